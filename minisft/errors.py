@@ -1,0 +1,61 @@
+"""Input validation that names the argument, the value and what was expected.
+
+Every public entry point checks its input with these helpers, so a bad call fails at the boundary
+with a message a user can act on, never with a bare traceback from deep inside NumPy.
+"""
+
+import numbers
+
+
+class MinisftError(ValueError):
+    """Base class of minisft's own errors (a ValueError, so generic handlers still catch it)."""
+
+
+class NonFiniteLossError(MinisftError):
+    """Training produced a NaN or infinite loss."""
+
+
+class CheckpointError(MinisftError):
+    """A checkpoint is missing, truncated, corrupt or from another configuration."""
+
+
+def _show(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bad_value(arg, value, expected):
+    """A ValueError that names `arg`, shows `value` and says what was `expected`."""
+    return MinisftError(f"{arg}={_show(value)}: expected {expected}")
+
+
+def bad_type(arg, value, expected):
+    """A TypeError that names `arg`, the type it got and what was `expected`."""
+    return TypeError(f"{arg} has type {type(value).__name__} ({_show(value)}): expected {expected}")
+
+
+def require(condition, arg, value, expected):
+    """Raise `bad_value(arg, value, expected)` unless `condition` holds."""
+    if not condition:
+        raise bad_value(arg, value, expected)
+
+
+def positive_int(arg, value):
+    """Return `value` as an int after checking it is a positive integer (bool excluded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise bad_type(arg, value, "a positive integer")
+    require(value > 0, arg, value, "a positive integer")
+    return int(value)
+
+
+def ratio_in(arg, value, low, high, low_open=True, high_open=False):
+    """Check a float lies in an interval such as (0, 1]; NaN always fails."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise bad_type(arg, value, "a real number")
+    lo_ok = v > low if low_open else v >= low
+    hi_ok = v < high if high_open else v <= high
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    require(lo_ok and hi_ok, arg, value, f"a number in {interval}")
+    return v

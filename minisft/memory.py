@@ -1,0 +1,61 @@
+"""Memory meter: bytes held by live arrays, by category, counted from the arrays themselves.
+
+Arrays are deduplicated by the buffer they view, so q, k, v views of one qkv array count once and a
+cache that keeps a reference to a weight does not double-count it (a reference costs nothing).
+Categories used across minisft: frozen (base tensors without gradient), trainable (tensors the
+optimizer updates), grads, optimizer (its state), activations (what the forward pass cached for
+backward, measured at its peak: the end of the forward pass).
+"""
+
+import dataclasses
+
+CATEGORIES = ("frozen", "trainable", "grads", "optimizer", "activations")
+
+
+def iter_arrays(obj):
+    """Every array reachable from `obj` through dataclasses, dicts, lists and tuples."""
+    if obj is None or isinstance(obj, (str, bytes, int, float, bool, frozenset)):
+        return
+    if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from iter_arrays(getattr(obj, f.name))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from iter_arrays(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from iter_arrays(v)
+
+
+def _buffer(a):
+    """(key, bytes) of the allocation that `a` views."""
+    if hasattr(a, "data") and hasattr(a.data, "mem"):  # cupy.ndarray: its memory pointer
+        return ("cupy", a.data.mem.ptr), a.data.mem.size
+    root = a
+    while getattr(root, "base", None) is not None and hasattr(root.base, "nbytes"):
+        root = root.base
+    return ("numpy", id(root)), root.nbytes
+
+
+def unique_nbytes(*objs, exclude=()):
+    """Bytes of the distinct buffers reachable from `objs`, minus those reachable from `exclude`."""
+    skip = {_buffer(a)[0] for a in iter_arrays(exclude)}
+    seen = {}
+    for obj in objs:
+        for a in iter_arrays(obj):
+            key, size = _buffer(a)
+            if key not in skip:
+                seen[key] = size
+    return sum(seen.values())
+
+
+def device_pool_bytes():
+    """CuPy's default pool: bytes in use and held, or None on the CPU."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    pool = cupy.get_default_memory_pool()
+    return {"used": pool.used_bytes(), "held": pool.total_bytes()}

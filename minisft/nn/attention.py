@@ -1,0 +1,82 @@
+"""Causal multi-head self-attention on a fused qkv input (GPT-2), before the output projection.
+
+    q, k, v = split(qkv)                       each (B, H, T, hd), hd = C / H
+    S = q kᵀ / √hd,  S_ij = −∞ for j > i        (B, H, T, T)
+    P = softmax(S)                             row-wise
+    y = P v                                    (B, H, T, hd)  ->  (B, T, C)
+
+Shapes: qkv (B, T, 3C)  ->  y (B, T, C).
+Derivation: proofs/attention.md (tests/test_nn_grad.py::test_attention_fd, ::test_attention_torch).
+"""
+
+import math
+from dataclasses import dataclass
+
+from ..backend import array_module
+from .need import backward_need, need_set
+
+
+@dataclass
+class AttentionCache:
+    q: object  # (B, H, T, hd)  needed for dk
+    k: object  # (B, H, T, hd)  needed for dq
+    v: object  # (B, H, T, hd)  needed for dP
+    p: object  # (B, H, T, T)   softmax probabilities, needed for dv and dS
+    need: frozenset
+
+
+def _split_heads(qkv, n_head):
+    """(B, T, 3C) -> three (B, H, T, hd) views."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hd = C // n_head
+    qkv = qkv.reshape(B, T, 3, n_head, hd)  # last axis 3C = [q | k | v], each C = H·hd
+    return [qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
+
+
+def _merge_heads(y):
+    """(B, H, T, hd) -> (B, T, H·hd)."""
+    B, H, T, hd = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+
+
+def causal_mask(T, xp):
+    """(T, T) bool, True where key j lies in the future of query i (j > i)."""
+    return xp.triu(xp.ones((T, T), dtype=bool), k=1)
+
+
+def attention_forward(qkv, n_head, need=("x",)):
+    """Scaled dot-product attention with a causal mask, heads split from the fused qkv."""
+    need = need_set(need, ("x",), "attention")
+    xp = array_module(qkv)
+    q, k, v = _split_heads(qkv, n_head)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T)
+    s = xp.where(causal_mask(qkv.shape[1], xp), -xp.inf, s)
+    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
+    p = xp.exp(s)
+    p /= xp.sum(p, axis=-1, keepdims=True)
+    y = _merge_heads(p @ v)
+    keep = "x" in need
+    cache = AttentionCache(*(a if keep else None for a in (q, k, v, p)), need=need)
+    return y, cache
+
+
+def attention_backward(dy, cache, need=None):
+    """Gradient with respect to the fused qkv input."""
+    need = backward_need(need, cache.need, "attention")
+    if "x" not in need:
+        return {}
+    xp = array_module(dy)
+    q, k, v, p = cache.q, cache.k, cache.v, cache.p
+    B, H, T, hd = q.shape
+    dy = dy.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, H, T, hd)
+    dv = p.transpose(0, 1, 3, 2) @ dy  # y = P v  =>  dv = Pᵀ dy
+    dp = dy @ v.transpose(0, 1, 3, 2)  # y = P v  =>  dP = dy vᵀ
+    # P = softmax(S):  dS = P ∘ (dP − rowsum(dP ∘ P)); masked entries have P = 0, hence dS = 0
+    ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
+    ds *= 1.0 / math.sqrt(hd)  # S = q kᵀ / √hd
+    dq = ds @ k  # dq = dS k
+    dk = ds.transpose(0, 1, 3, 2) @ q  # dk = dSᵀ q
+    dqkv = xp.stack([dq, dk, dv], axis=2)  # (B, H, 3, T, hd)
+    return {"x": dqkv.transpose(0, 3, 2, 1, 4).reshape(B, T, 3 * H * hd)}

@@ -1,0 +1,61 @@
+"""Mean softmax cross-entropy over the targets that are not `ignore_index` (as torch's default):
+
+    L = (1/n) Σ_{valid (b,t)} [ logsumexp(z[b,t,:]) − z[b,t,y[b,t]] ]
+
+Shapes: logits z (B, T, V), targets y (B, T) int  ->  scalar loss (0-d array).
+Derivation: proofs/cross_entropy.md (tests/test_nn_grad.py::test_cross_entropy_fd, ::..._torch).
+"""
+
+from dataclasses import dataclass
+
+from ..backend import array_module
+from ..errors import bad_value
+from .need import backward_need, need_set
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CrossEntropyCache:
+    probs: object  # (N, V) softmax(z); with the targets it is all dz needs
+    targets: object  # (N,) int, ignored entries already replaced by 0
+    valid: object  # (N,) bool
+    n_valid: int
+    shape: tuple
+    need: frozenset
+
+
+def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",)):
+    """Stable log-sum-exp cross-entropy; returns the mean loss as a 0-d array."""
+    need = need_set(need, ("x",), "cross_entropy")
+    xp = array_module(logits)
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V)  # (N, V)
+    y = targets.reshape(-1)
+    valid = y != ignore_index
+    n_valid = int(xp.count_nonzero(valid))
+    if n_valid == 0:
+        raise bad_value("targets", f"all {y.size} equal to ignore_index={ignore_index}",
+                        "at least one target that is not ignored")
+    y = xp.where(valid, y, 0)
+    zmax = xp.max(z, axis=-1, keepdims=True)
+    e = xp.exp(z - zmax)
+    sumexp = xp.sum(e, axis=-1, keepdims=True)
+    lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
+    z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
+    loss = xp.sum(xp.where(valid, lse - z_target, 0.0)) / n_valid
+    probs = e / sumexp if "x" in need else None
+    return loss, CrossEntropyCache(probs, y, valid, n_valid, logits.shape, need)
+
+
+def cross_entropy_backward(dloss, cache, need=None):
+    """dz = dL · (softmax(z) − onehot(y)) / n on valid rows, 0 on ignored rows."""
+    need = backward_need(need, cache.need, "cross_entropy")
+    if "x" not in need:
+        return {}
+    xp = array_module(cache.probs)
+    dz = cache.probs.copy()
+    rows = xp.arange(dz.shape[0])
+    dz[rows, cache.targets] -= 1.0
+    dz *= (xp.asarray(dloss, dtype=dz.dtype) / cache.n_valid) * cache.valid[:, None]
+    return {"x": dz.reshape(cache.shape)}

@@ -1,0 +1,65 @@
+"""Token + learned position embedding (GPT-2):  x[b, t] = wte[idx[b, t]] + wpe[t].
+
+Shapes: idx (B, T) int, wte (V, C), wpe (block_size, C)  ->  x (B, T, C).
+Derivation: proofs/embedding.md (tests/test_nn_grad.py::test_embedding_fd, ::test_embedding_torch).
+"""
+
+from dataclasses import dataclass
+
+from ..backend import array_module
+from .need import backward_need, need_set
+
+ALL = ("wte", "wpe")
+
+
+@dataclass
+class EmbeddingCache:
+    idx: object  # (B, T) token ids, needed to scatter dwte
+    vocab_size: int
+    block_size: int
+    need: frozenset
+
+
+def scatter_add_rows(target, rows, values):
+    """target[rows[n]] += values[n] for every n, repeated rows accumulating (not overwriting).
+
+    NumPy: ufunc.at (deterministic). CuPy: cupyx.scatter_add (atomic adds; summation order, and so
+    the last bits in float32, may vary from run to run on the GPU).
+    """
+    xp = array_module(target)
+    if xp.__name__ == "numpy":
+        xp.add.at(target, rows, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, rows, values)
+    return target
+
+
+def embedding_forward(idx, wte, wpe, need=ALL):
+    """x = wte[idx] + wpe[:T]."""
+    need = need_set(need, ALL, "embedding")
+    T = idx.shape[1]
+    x = wte[idx] + wpe[:T]
+    return x, EmbeddingCache(
+        idx=idx if "wte" in need else None,
+        vocab_size=wte.shape[0],
+        block_size=wpe.shape[0],
+        need=need,
+    )
+
+
+def embedding_backward(dx, cache, need=None):
+    """dwte[v] = Σ_{(b,t): idx[b,t]=v} dx[b, t];  dwpe[t] = Σ_b dx[b, t] (zero beyond T)."""
+    need = backward_need(need, cache.need, "embedding")
+    xp = array_module(dx)
+    B, T, C = dx.shape
+    grads = {}
+    if "wte" in need:
+        dwte = xp.zeros((cache.vocab_size, C), dtype=dx.dtype)
+        grads["wte"] = scatter_add_rows(dwte, cache.idx.reshape(-1), dx.reshape(-1, C))
+    if "wpe" in need:
+        dwpe = xp.zeros((cache.block_size, C), dtype=dx.dtype)
+        dwpe[:T] = xp.sum(dx, axis=0)
+        grads["wpe"] = dwpe
+    return grads

@@ -1,0 +1,34 @@
+"""Directional finite-difference checks in float64 with Richardson extrapolation.
+
+For a scalar f and direction v, D(h) = (f(θ + h v) − f(θ − h v)) / 2h has error c₂h² + c₄h⁴ + …;
+R = (4 D(h/2) − D(h)) / 3 cancels the h² term, leaving O(h⁴) truncation and ~ε|f|/h rounding.
+The analytic value is ⟨∇f, v⟩. The error is measured relative to the Cauchy–Schwarz scale
+‖∇f‖·‖v‖ (plus |f|·ε/h for rounding), so a derivative that happens to be near zero is not
+compared relative to itself.
+"""
+
+import numpy as np
+
+
+def richardson_directional(f, theta, v, h=1e-3):
+    def central(step):
+        return (f(theta + step * v) - f(theta - step * v)) / (2 * step)
+
+    return (4 * central(h / 2) - central(h)) / 3
+
+
+def assert_directional(f, theta, grad, rng, tol=1e-7, h=1e-3, label=""):
+    """Check ⟨grad, v⟩ against Richardson FD of f along a random direction v."""
+    v = rng.standard_normal(theta.shape)
+    fd = richardson_directional(f, theta, v, h)
+    an = float(np.sum(grad * v))
+    scale = float(np.linalg.norm(grad) * np.linalg.norm(v)) + abs(f(theta)) * 1e-16 / h + 1e-300
+    rel = abs(fd - an) / scale
+    assert rel <= tol, f"{label}: FD {fd!r} vs analytic {an!r}, relative error {rel:.3e} > {tol:.0e}"
+    return rel
+
+
+def max_rel_diff(a, b):
+    """max |a − b| / max(max |b|, tiny): the figure parity tests print."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)) if a.size else 0.0

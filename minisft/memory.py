@@ -59,3 +59,27 @@ def device_pool_bytes():
         return None
     pool = cupy.get_default_memory_pool()
     return {"used": pool.used_bytes(), "held": pool.total_bytes()}
+
+
+def memory_report(model, grads=None, optimizer=None):
+    """Bytes by category, measured from the live arrays (see the module docstring).
+
+    frozen: base tensors not being trained; trainable: trained base tensors and adapter parameters;
+    grads: the gradient arrays of the last step; optimizer: its state; activations: what the last
+    `loss_and_grads` forward pass cached for backward.
+    """
+    trainable = model.trainable_params()
+    frozen = {k: v for k, v in model.params.items() if k not in model.trainable}
+    report = {
+        "frozen": unique_nbytes(frozen),
+        "trainable": unique_nbytes(trainable),
+        "grads": unique_nbytes(grads or {}),
+        "optimizer": unique_nbytes(optimizer.state if optimizer is not None else {}),
+        "activations": model.last_activation_bytes,
+    }
+    report["total"] = sum(report[c] for c in CATEGORIES)
+    pool = device_pool_bytes() if model.backend == "cupy" else None
+    if pool is not None:
+        report["device_pool_used"] = pool["used"]
+        report["device_pool_held"] = pool["held"]
+    return report

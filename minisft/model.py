@@ -15,7 +15,7 @@ no activation memory at all.
 Adapters (minisft.adapters) attach to a linear layer by name (`add_adapter`); the base tensors are
 never modified by them ("wrap, don't mutate"). Each adapter has
     forward(x, y) -> (y, cache)         adds its contribution to the base output y (in place)
-    backward(dy, cache, need_x) -> (dx or None, {param name: grad})
+    backward(dy, cache, dx) -> {param name: grad}   adds its share of the input gradient into dx
 and a `params` dict of its own trainable arrays, keyed by globally unique names. Gradients of a
 parameter shared by several adapters (SharedLoRA) are summed.
 """
@@ -279,13 +279,10 @@ class GPT:
         for s in ("weight", "bias"):
             if s in g:
                 _accumulate(grads, f"{key}.{s}", g[s])
-        dx = g.get("x")
+        dx = g.get("x")  # a fresh array: adapters add their share into it in place
         for ad, c in zip(self.adapters.get(key, ()), ad_caches):
-            ad_dx, ad_grads = ad.backward(dy, c, need_x="x" in need)
-            for name, gr in ad_grads.items():
+            for name, gr in ad.backward(dy, c, dx).items():
                 _accumulate(grads, name, gr)
-            if ad_dx is not None:
-                dx = dx + ad_dx
         return dx
 
     def _norm_backward(self, key, dy, cache, grads):

@@ -1,0 +1,143 @@
+"""Optimizers (SGD with momentum, AdamW), learning-rate schedules and global-norm clipping.
+
+Optimizers update arrays in place and hold state only for the tensors they are given (the
+trainable ones), created lazily at the first step. `step(params, grads, masks=None)`:
+- `params`, `grads`: {name: array}; a name in params with no gradient this step is skipped.
+- `masks`: {name: bool array} of entries the step may change. Masked-out entries are left
+  exactly as they are — parameter *and* optimizer state (GMT's `freeze_masked=True`, pruned weights
+  in MGPP). To merely zero a gradient while AdamW's momentum and weight decay still act (GMT's
+  default), mask the gradient before calling step instead.
+
+AdamW follows torch.optim.AdamW (Loshchilov & Hutter 2019) operation for operation:
+    θ ← θ·(1 − lr·λ);  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²
+    θ ← θ − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
+"""
+
+import math
+
+from .backend import array_module
+from .errors import bad_value, ratio_in
+
+
+def _masked_assign(old, new, mask):
+    """old[...] = new where mask, unchanged elsewhere (in place)."""
+    xp = array_module(old)
+    if mask is None:
+        old[...] = new
+    else:
+        old[...] = xp.where(mask, new, old)
+
+
+class Optimizer:
+    def __init__(self, lr):
+        self.lr = float(lr)
+        if not self.lr > 0:
+            raise bad_value("lr", lr, "a positive learning rate")
+        self.state = {}
+        self.t = 0
+
+    def step(self, params, grads, masks=None, lr=None):
+        self.t += 1
+        lr = self.lr if lr is None else lr
+        masks = masks or {}
+        for name, p in params.items():
+            g = grads.get(name)
+            if g is not None:
+                self._update(name, p, g, lr, masks.get(name))
+
+    def state_arrays(self):
+        """{state name: array} for checkpoints and the memory meter."""
+        return {f"{name}.{k}": v for name, st in self.state.items() for k, v in st.items()}
+
+    def load_state_arrays(self, arrays, t):
+        self.t = int(t)
+        for key, v in arrays.items():
+            name, k = key.rsplit(".", 1)
+            self.state.setdefault(name, {})[k] = v
+
+
+class SGD(Optimizer):
+    """θ ← θ − lr·b,  b ← μ b + g (+ λθ in g when weight_decay > 0), as torch.optim.SGD."""
+
+    def __init__(self, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(lr)
+        self.momentum = ratio_in("momentum", momentum, 0.0, 1.0, low_open=False, high_open=True)
+        self.weight_decay = float(weight_decay)
+
+    def _update(self, name, p, g, lr, mask):
+        xp = array_module(p)
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            st = self.state.setdefault(name, {})
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = xp.zeros_like(p)
+                _masked_assign(st["momentum_buffer"], g, mask)
+            else:
+                _masked_assign(st["momentum_buffer"], self.momentum * st["momentum_buffer"] + g, mask)
+            g = st["momentum_buffer"]
+        _masked_assign(p, p - lr * g, mask)
+
+
+class AdamW(Optimizer):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(lr)
+        self.b1 = ratio_in("betas[0]", betas[0], 0.0, 1.0, low_open=False, high_open=True)
+        self.b2 = ratio_in("betas[1]", betas[1], 0.0, 1.0, low_open=False, high_open=True)
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def _update(self, name, p, g, lr, mask):
+        xp = array_module(p)
+        st = self.state.setdefault(name, {})
+        if "exp_avg" not in st:
+            st["exp_avg"], st["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        new_p = p * (1 - lr * self.weight_decay)
+        new_m = self.b1 * m + (1 - self.b1) * g
+        new_v = self.b2 * v + (1 - self.b2) * (g * g)
+        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        denom = xp.sqrt(new_v) / math.sqrt(bc2) + self.eps
+        new_p -= (lr / bc1) * (new_m / denom)
+        for old, new in ((m, new_m), (v, new_v), (p, new_p)):
+            _masked_assign(old, new, mask)
+
+
+def make_optimizer(name, lr, weight_decay=0.0, **kw):
+    if name == "adamw":
+        return AdamW(lr=lr, weight_decay=weight_decay, **kw)
+    if name == "sgd":
+        return SGD(lr=lr, weight_decay=weight_decay, **kw)
+    raise bad_value("optimizer", name, "'adamw' or 'sgd'")
+
+
+# ----------------------------------------------------------------------------------- schedules
+def lr_at(step, base_lr, schedule="constant", total_steps=None, warmup=0, gamma=0.85, step_every=1):
+    """Learning rate at `step` (0-based):
+    constant;  cosine — linear warmup over `warmup` steps, then cosine from base_lr to 0 at
+    total_steps;  step — base_lr · gamma^⌊step / step_every⌋ (SPruFT's ×0.85 per epoch)."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        if total_steps is None or total_steps <= warmup:
+            raise bad_value("total_steps", total_steps, f"an integer > warmup={warmup} for the cosine schedule")
+        if step < warmup:
+            return base_lr * (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / (total_steps - warmup))
+        return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return base_lr * gamma ** (step // step_every)
+    raise bad_value("schedule", schedule, "'constant', 'cosine' or 'step'")
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm
+    before clipping (as torch.nn.utils.clip_grad_norm_, including its 1e-6 in the denominator)."""
+    if not grads:
+        return 0.0
+    xp = array_module(next(iter(grads.values())))
+    total = math.sqrt(sum(float(xp.sum(g * g)) for g in grads.values()))
+    if max_norm is not None and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return total

@@ -1,0 +1,457 @@
+"""Corpora, the byte-level BPE tokenizer and batching (minisft/corpus.py, tokenizer.py, batches.py).
+
+Oracles: the split and cap rules recomputed from their definitions (SHA-256 of the key), the
+standard library re-listed with pathlib, pair counts of the byte-level pieces for the first BPE
+merge, an independent process (one thread) for training determinism, and brute-force window
+positions for batching.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+import minisft.tokenizer as tokenizer_mod
+from minisft import corpus as corpus_mod
+from minisft.backend import to_numpy
+from minisft.batches import TokenStream, corpus_streams, random_windows, validation_batches
+from minisft.corpus import Corpus, default_corpora, load_corpus
+from minisft.tokenizer import EOT, BPETokenizer, build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_CHARS = 200_000
+SMALL_VOCAB = 320
+# `xp` is a module (stateless), so sharing it across hypothesis examples is safe.
+with_xp = settings(suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture])
+
+
+def u(key):
+    """The split coordinate of a document key, from its definition in the corpus module doc."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _write_tree(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+@pytest.fixture(scope="module")
+def small():
+    return default_corpora(max_chars=SMALL_CHARS)
+
+
+@pytest.fixture(scope="module")
+def tok(small, tmp_path_factory):
+    return build_tokenizer(small, vocab_size=SMALL_VOCAB, cache_dir=tmp_path_factory.mktemp("tok-cache"))
+
+
+# ----------------------------------------------------------------------------------------- corpora
+
+
+def test_code_corpus_is_the_stdlib_sources_without_tests_packages_or_docs():
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "pydoc_data"}
+    expected = []
+    # site-packages is skipped while listing only because it is large; the filter below excludes it too
+    tops = [top for top in root.iterdir() if top.name != "site-packages"]
+    paths = [p for top in tops for p in ([top] if top.is_file() else top.rglob("*"))]
+    for p in (p for p in paths if p.suffix == ".py"):
+        folders = p.relative_to(root).parts[:-1]
+        if skip.isdisjoint(folders) and not any(f.startswith("config-") for f in folders):
+            if not p.name.startswith("_sysconfigdata"):
+                expected.append(p.read_bytes().decode("utf-8", errors="replace"))
+    code = load_corpus("code")
+    got = list(code.train_docs) + list(code.val_docs)
+    assert sorted(got) == sorted(t for t in expected if t)
+    assert (root / "os.py").read_text("utf-8") in got
+    for excluded in ("pydoc_data/topics.py", "test/test_grammar.py", "idlelib/idle_test/htest.py"):
+        if (root / excluded).exists():
+            assert (root / excluded).read_text("utf-8") not in got
+
+
+def test_docs_corpus_is_the_pydoc_topics():
+    from pydoc_data.topics import topics
+
+    docs = load_corpus("docs", val_fraction=0.2)
+    assert sorted(docs.train_docs + docs.val_docs) == sorted(t for t in topics.values() if t)
+    assert docs.split_by == "document"
+    assert set(docs.val_docs) == {t for k, t in topics.items() if u(k) < 0.2}
+
+
+@given(f1=st.floats(0.05, 0.95), f2=st.floats(0.05, 0.95))
+def test_validation_sets_are_nested_in_val_fraction(f1, f2):
+    f1, f2 = sorted((f1, f2))
+    a, b = load_corpus("docs", val_fraction=f1), load_corpus("docs", val_fraction=f2)
+    assume(a.split_by == b.split_by == "document")
+    assert set(a.val_docs) <= set(b.val_docs)
+    assert set(b.train_docs) <= set(a.train_docs)
+
+
+@given(cap=st.integers(1, 600_000))
+@example(cap=SMALL_CHARS)
+def test_max_chars_keeps_exactly_a_prefix_of_the_uncapped_order(cap):
+    full = load_corpus("docs")
+    capped = load_corpus("docs", max_chars=cap)
+    for split in ("train", "val"):
+        docs, ref = capped.docs(split), full.docs(split)
+        assert capped.n_chars(split) == min(cap, full.n_chars(split))
+        assert docs[:-1] == ref[: len(docs) - 1]
+        assert ref[len(docs) - 1].startswith(docs[-1])
+
+
+def test_code_corpus_cap_samples_across_the_library():
+    full, capped = load_corpus("code"), load_corpus("code", max_chars=SMALL_CHARS)
+    for split in ("train", "val"):
+        assert capped.n_chars(split) == min(SMALL_CHARS, full.n_chars(split))
+        assert "".join(full.docs(split)).startswith("".join(capped.docs(split)))
+
+
+USER_FILES = {
+    **{f"pkg/m{i}.py": f"def f{i}():\n    return {i}\n" * (i + 1) for i in range(20)},
+    **{f"notes/n{i}.txt": f"note {i} é 😀\n" * (i + 1) for i in range(20)},
+    "README.MD": "# Title\n",
+    "deep/a/b/c.rst": "Heading\n=======\n",
+}
+IGNORED_FILES = {
+    ".hidden.txt": "hidden",
+    ".git/config.txt": "git",
+    "pkg/__pycache__/m.py": "cache",
+    "data.bin": "binary",
+    "empty.txt": "",
+}
+
+
+def test_user_folder_split_matches_definition(tmp_path):
+    root = tmp_path / "corpus"
+    _write_tree(root, {**USER_FILES, **IGNORED_FILES})
+    got = load_corpus(root, val_fraction=0.25)
+    ranked = sorted((u(f"corpus/{rel}"), f"corpus/{rel}", text) for rel, text in USER_FILES.items())
+    assert got.split_by == "document"
+    assert got.val_docs == tuple(t for h, _, t in ranked if h < 0.25)
+    assert got.train_docs == tuple(t for h, _, t in ranked if h >= 0.25)
+    assert got.name == str(root)
+
+
+def test_split_ignores_listing_order_and_location(tmp_path, monkeypatch):
+    first, second = tmp_path / "a" / "corpus", tmp_path / "b" / "corpus"
+    _write_tree(first, USER_FILES)
+    _write_tree(second, dict(reversed(list(USER_FILES.items()))))
+    walk = os.walk
+
+    def reversed_walk(top, *args, **kwargs):
+        for folder, dirs, files in walk(top, *args, **kwargs):
+            dirs.reverse()
+            yield folder, dirs, files[::-1]
+
+    ref = load_corpus(first, val_fraction=0.3)
+    monkeypatch.setattr(corpus_mod.os, "walk", reversed_walk)
+    other = load_corpus(second, val_fraction=0.3)
+    assert (ref.train_docs, ref.val_docs) == (other.train_docs, other.val_docs)
+    assert ref.fingerprint() == other.fingerprint()
+
+
+def test_files_and_folders_together_count_each_file_once(tmp_path):
+    _write_tree(tmp_path, USER_FILES)
+    both = load_corpus([tmp_path / "pkg", tmp_path / "pkg" / "m3.py", str(tmp_path / "notes")], val_fraction=0.3)
+    docs = both.train_docs + both.val_docs
+    assert len(docs) == 40 and len(set(docs)) == 40
+
+
+def test_files_are_decoded_as_utf8_with_replacement(tmp_path):
+    raw = b"caf\xc3\xa9 \xff\xfe bad bytes\r\n" * 50
+    (tmp_path / "a.txt").write_bytes(raw)
+    got = load_corpus(tmp_path / "a.txt")
+    assert "".join(got.train_docs + got.val_docs) == raw.decode("utf-8", errors="replace")
+
+
+@given(n=st.integers(2, 3000), f=st.floats(0.01, 0.99))
+@example(n=2, f=0.5)
+def test_single_file_is_split_by_position(tmp_path_factory, n, f):
+    text = "".join(chr(0x61 + i % 26) for i in range(n))
+    path = tmp_path_factory.mktemp("one") / "one.txt"
+    path.write_text(text)
+    cut = n - round(n * f)
+    assume(0 < cut < n)
+    got = load_corpus(path, val_fraction=f)
+    assert got.split_by == "position"
+    assert got.train_docs == (text[:cut],) and got.val_docs == (text[cut:],)
+
+
+def test_fingerprint_is_content_addressed():
+    a = Corpus("a", ["ab", "c"], ["d"])
+    assert a.fingerprint() == Corpus("other name", ("ab", "c"), ("d",)).fingerprint()
+    assert re.fullmatch("[0-9a-f]{64}", a.fingerprint())
+    for b in (Corpus("a", ["a", "bc"], ["d"]), Corpus("a", ["ab"], ["c", "d"]), Corpus("a", ["ab", "c"], ["e"])):
+        assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [
+        ({"max_chars": 0}, "max_chars"),
+        ({"max_chars": -5}, "max_chars"),
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"val_fraction": float("nan")}, "val_fraction"),
+        ({"suffixes": ".txt"}, "suffixes"),
+        ({"suffixes": ["txt"]}, "suffixes"),
+        ({"suffixes": []}, "suffixes"),
+    ],
+)
+def test_bad_settings_name_the_argument(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        load_corpus("docs", **kwargs)
+
+
+def test_bad_sources_name_the_path(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "tiny.txt").write_text("x")
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "x.bin").write_text("x")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("")
+    cases = {
+        tmp_path / "missing": "existing file or folder",
+        tmp_path / "empty.txt": "non-empty text file",
+        tmp_path / "nothing": "files ending in",
+        tmp_path / "blank": "some text",
+        tmp_path / "tiny.txt": "enough text.*found 1 characters",
+    }
+    for path, why in cases.items():
+        with pytest.raises(ValueError, match="source=.*" + re.escape(path.name) + ".*" + why):
+            load_corpus(path)
+    with pytest.raises(ValueError, match="source"):
+        load_corpus([])
+    with pytest.raises(TypeError, match="source"):
+        load_corpus([3])
+    with pytest.raises(TypeError, match="source"):
+        load_corpus(42)
+    with pytest.raises(TypeError, match="train_docs"):
+        Corpus("x", "not a list", [])
+    with pytest.raises(ValueError, match="split"):
+        Corpus("x", ["a"], ["b"]).docs("test")
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+
+
+@given(text=st.text())
+@example(text="")
+@example(text=EOT)
+@example(text="\x00\r\n\t é 😀 中文 \u200b\ufeff")
+@example(text="   leading and trailing   ")
+def test_decode_inverts_encode(tok, text):
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32 and ids.ndim == 1
+    assert tok.decode(ids) == text
+
+
+def test_literal_end_of_text_is_ordinary_bytes(tok):
+    assert tok.eot_id not in tok.encode(f"a{EOT}b").tolist()
+
+
+@given(docs=st.lists(st.text(max_size=50), max_size=6))
+def test_encode_docs_is_each_document_then_end_of_text(tok, docs):
+    stream = tok.encode_docs(docs)
+    expected = [i for d in docs for i in tok.encode(d).tolist() + [tok.eot_id]]
+    assert stream.dtype == np.int32 and stream.tolist() == expected
+    assert tok.decode(stream) == "".join(d + EOT for d in docs)
+
+
+def test_vocabulary_size_and_compression(tok, small):
+    assert tok.vocab_size == SMALL_VOCAB and tok.eot_id == 0
+    for corpus in small:
+        text = "".join(corpus.val_docs)
+        assert len(tok.encode(text)) < len(text.encode("utf-8"))
+
+
+def test_first_merge_is_the_most_frequent_byte_pair(tok, small):
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    pre = ByteLevel(add_prefix_space=False)
+    counts = collections.Counter()
+    for doc in (d for c in small for d in c.train_docs):
+        for piece, _ in pre.pre_tokenize_str(doc):
+            counts.update(zip(piece, piece[1:]))
+    merge = json.loads(tok.to_str())["model"]["merges"][0]
+    pair = tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge)
+    assert counts[pair] == max(counts.values()), (pair, counts[pair], counts.most_common(3))
+
+
+def test_second_build_loads_the_cache(tok, small, monkeypatch):
+    mtime = tok.path.stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained although the tokenizer is cached")
+
+    monkeypatch.setattr(tokenizer_mod, "_train", no_training)
+    again = build_tokenizer(small, vocab_size=SMALL_VOCAB, cache_dir=tok.path.parent)
+    assert again.path == tok.path and tok.path.stat().st_mtime_ns == mtime
+    assert again.to_str() == tok.to_str()
+    with pytest.raises(AssertionError, match="retrained"):
+        build_tokenizer(small, vocab_size=SMALL_VOCAB + 1, cache_dir=tok.path.parent)
+    with pytest.raises(AssertionError, match="retrained"):
+        build_tokenizer(small[1], vocab_size=SMALL_VOCAB, cache_dir=tok.path.parent)
+
+
+def test_training_is_deterministic_across_processes_and_threads(tok, tmp_path):
+    script = (
+        "import sys; from minisft.corpus import default_corpora; from minisft.tokenizer import build_tokenizer; "
+        f"print(build_tokenizer(default_corpora(max_chars={SMALL_CHARS}), vocab_size={SMALL_VOCAB}, cache_dir=sys.argv[1]).path)"
+    )
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", script, str(tmp_path)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    other = Path(out.stdout.strip())
+    assert other.parent == tmp_path and other.name == tok.path.name
+    assert other.read_bytes() == tok.path.read_bytes()
+
+
+def test_save_and_load_round_trip(tok, tmp_path):
+    path = tok.save(tmp_path / "t.json")
+    loaded = BPETokenizer.from_file(path)
+    text = "for i in range(10):\n    print(i)  # 😀"
+    assert loaded.encode(text).tolist() == tok.encode(text).tolist()
+    assert loaded.eot_id == tok.eot_id and loaded.vocab_size == tok.vocab_size
+
+
+def test_corrupt_cache_names_the_file(small, tmp_path):
+    tok = build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
+    tok.path.write_text('{"model": ')
+    with pytest.raises(ValueError, match=re.escape(tok.path.name)):
+        build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
+    tok.path.write_text('{"model": 3}')
+    with pytest.raises(ValueError, match=re.escape(tok.path.name)):
+        build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
+
+
+def test_tokenizer_bad_input(tok, small, tmp_path):
+    for vocab_size in (0, 256, 257 - 1):
+        with pytest.raises(ValueError, match="vocab_size"):
+            build_tokenizer(small, vocab_size=vocab_size, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="min_frequency"):
+        build_tokenizer(small, min_frequency=0, cache_dir=tmp_path)
+    for corpora in ([], "code", [small[0], "docs"]):
+        with pytest.raises(TypeError, match="corpora"):
+            build_tokenizer(corpora, cache_dir=tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="path=.*file"):
+        build_tokenizer(small, cache_dir=tmp_path / "file" / "cache")
+    with pytest.raises(TypeError, match="text"):
+        tok.encode(b"bytes")
+    with pytest.raises(ValueError, match="text=.*surrogates"):
+        tok.encode("ok \ud800 not ok")
+    with pytest.raises(TypeError, match="docs"):
+        tok.encode_docs("one string")
+    with pytest.raises(ValueError, match=r"ids=.*\[0, 320\) \(found 320\)"):
+        tok.decode(np.array([1, 320]))
+    with pytest.raises(ValueError, match=r"ids=.*found -1"):
+        tok.decode([-1])
+    with pytest.raises(TypeError, match=r"(?s)ids .*1-D.*shape \(2, 2\)"):
+        tok.decode(np.zeros((2, 2), dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------------- batches
+
+
+@given(n=st.integers(2, 200), B=st.integers(1, 8), T=st.integers(1, 40), seed=st.integers(0, 2**32))
+@example(n=2, B=1, T=1, seed=0)
+@with_xp
+def test_random_windows_are_contiguous_and_shifted(xp, n, B, T, seed):
+    assume(n >= T + 1)
+    x, y = random_windows(xp.arange(n), B, T, np.random.default_rng(seed))
+    assert x.shape == y.shape == (B, T) and x.dtype == y.dtype == xp.int64
+    x, y = to_numpy(x), to_numpy(y)
+    starts = x[:, 0]
+    assert ((starts >= 0) & (starts <= n - T - 1)).all()
+    np.testing.assert_array_equal(x, starts[:, None] + np.arange(T))
+    np.testing.assert_array_equal(y, x + 1)
+    ids = np.random.default_rng(seed + 1).integers(0, 50, size=n)
+    x2, y2 = random_windows(xp.asarray(ids), B, T, np.random.default_rng(seed))
+    windows = np.stack([ids[s : s + T + 1] for s in starts])
+    np.testing.assert_array_equal(to_numpy(x2), windows[:, :-1])
+    np.testing.assert_array_equal(to_numpy(y2), windows[:, 1:])
+
+
+def test_random_windows_reach_every_start_and_repeat_with_the_seed():
+    n, T = 12, 6
+    x, _ = random_windows(np.arange(n), 2000, T, np.random.default_rng(0))
+    assert set(x[:, 0].tolist()) == set(range(n - T))
+    a = random_windows(np.arange(n), 8, T, np.random.default_rng(5))
+    b = random_windows(np.arange(n), 8, T, np.random.default_rng(5))
+    assert all((p == q).all() for p, q in zip(a, b))
+
+
+@given(n=st.integers(2, 400), B=st.integers(1, 6), T=st.integers(1, 30), data=st.data())
+@with_xp
+def test_validation_windows_are_disjoint_and_evenly_spaced(xp, n, B, T, data):
+    m = n // (T + 1)
+    assume(m >= B)
+    n_batches = data.draw(st.none() | st.integers(1, m // B), label="n_batches")
+    batches = validation_batches(xp.arange(n), B, T, n_batches)
+    nb = m // B if n_batches is None else n_batches
+    total = nb * B
+    expected_starts = [(T + 1) * ((k * m) // total) for k in range(total)]
+    assert len(batches) == nb
+    starts = []
+    for x, y in batches:
+        x, y = to_numpy(x), to_numpy(y)
+        assert x.shape == y.shape == (B, T) and x.dtype == np.int64
+        np.testing.assert_array_equal(y, x + 1)
+        np.testing.assert_array_equal(x, x[:, :1] + np.arange(T))
+        starts += x[:, 0].tolist()
+    assert starts == expected_starts
+    assert all(b - a >= T + 1 for a, b in zip(starts, starts[1:]))
+    if total == m:
+        assert starts == list(range(0, m * (T + 1), T + 1))
+    again = validation_batches(xp.arange(n), B, T, n_batches)
+    assert all((p[0] == q[0]).all() for p, q in zip(batches, again))
+
+
+def test_batches_bad_input():
+    ids = TokenStream(np.arange(10), name="docs/val")
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"len\(docs/val\)=10: expected at least 11 tokens"):
+        random_windows(ids, 2, 10, rng)
+    with pytest.raises(ValueError, match=r"len\(docs/val\)=10: expected at least 12 tokens"):
+        validation_batches(ids, 2, 5)
+    with pytest.raises(ValueError, match=r"n_batches=3: expected at most 2: docs/val has 10 tokens"):
+        validation_batches(ids, 1, 4, 3)
+    for kwargs, arg in (({"batch_size": 0}, "batch_size"), ({"block_size": -1}, "block_size")):
+        args = {"batch_size": 1, "block_size": 2, **kwargs}
+        with pytest.raises(ValueError, match=arg):
+            random_windows(ids, rng=rng, **args)
+        with pytest.raises(ValueError, match=arg):
+            validation_batches(ids, **args)
+    with pytest.raises(ValueError, match="n_batches"):
+        validation_batches(ids, 1, 2, 0)
+    with pytest.raises(TypeError, match="rng"):
+        random_windows(ids, 1, 2, 0)
+    with pytest.raises(TypeError, match="ids"):
+        TokenStream(np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(TypeError, match="ids"):
+        random_windows(np.arange(10.0), 1, 2, rng)
+    with pytest.raises(ValueError, match=r"code/train=.*\[-1, 3\].*\[0, inf\)"):
+        TokenStream(np.array([3, -1]), name="code/train")
+    with pytest.raises(ValueError, match=r"code/train=.*\[0, 8\)"):
+        TokenStream(np.array([0, 8]), name="code/train", vocab_size=8)
+
+
+def test_corpus_streams_are_named_encoded_documents(tok):
+    corpus = Corpus("mini", ["def f():\n    pass\n", "x = 1\n"], ["y = 2\n"])
+    train, val = corpus_streams(corpus, tok)
+    assert (train.name, val.name) == ("mini/train", "mini/val")
+    assert train.ids.tolist() == tok.encode_docs(corpus.train_docs).tolist()
+    assert tok.decode(val.ids) == "y = 2\n" + EOT

@@ -1,0 +1,192 @@
+"""Experiments on the embedded data: presets, the cached pretrained base, fine-tuning runs and the
+side-by-side comparison that `minisft compare` prints.
+
+Domains: the base model is pretrained on the standard library's source code ("code", the source
+domain) and fine-tuned on its documentation topics ("docs", the target domain, or the user's own
+text with --data). Every fine-tuning run reports the target validation loss and, to measure
+forgetting, the source validation loss.
+
+Layout of a workdir:
+    cache/                   trained tokenizers
+    pretrain/<key>.safetensors   the pretrained base of a preset (reused by later commands)
+    runs/<method-label>/     log.jsonl, checkpoint.safetensors, result.json of each fine-tuning run
+    compare.json, compare-timings.json, compare.png
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .batches import corpus_streams, random_windows, validation_batches
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import GPTConfig
+from .corpus import load_corpus
+from .errors import bad_value
+from .fileio import atomic_write_json, ensure_writable_dir
+from .methods import FullFineTune, make_method
+from .model import GPT
+from .tokenizer import build_tokenizer
+from .train import Task, TrainConfig, evaluate, train
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: GPTConfig
+    max_chars: int  # per split and domain
+    batch_size: int
+    pretrain_steps: int
+    pretrain_lr: float
+    finetune_steps: int
+    finetune_lr: float
+    eval_batches: int
+    lora_r: int
+
+
+PRESETS = {
+    "tiny": Preset("tiny", GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
+                   max_chars=1_000_000, batch_size=16, pretrain_steps=300, pretrain_lr=3e-3,
+                   finetune_steps=60, finetune_lr=1e-3, eval_batches=4, lora_r=4),
+    "small": Preset("small", GPTConfig(vocab_size=1024, block_size=64, n_layer=4, n_head=4, n_embd=128),
+                    max_chars=3_000_000, batch_size=16, pretrain_steps=600, pretrain_lr=2e-3,
+                    finetune_steps=150, finetune_lr=1e-3, eval_batches=8, lora_r=8),
+    "gpt2": Preset("gpt2", GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+                   max_chars=None, batch_size=8, pretrain_steps=2000, pretrain_lr=6e-4,
+                   finetune_steps=300, finetune_lr=1e-4, eval_batches=8, lora_r=8),
+}
+
+
+def get_preset(name, steps=None):
+    if name not in PRESETS:
+        raise bad_value("preset", name, f"one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return p if steps is None else replace(p, finetune_steps=steps)
+
+
+@dataclass
+class Data:
+    tokenizer: object
+    config: GPTConfig  # the preset's model with vocab_size set to the tokenizer's actual size
+    code: tuple  # (train stream, val stream)
+    target: tuple
+
+
+def build_data(preset, workdir, data=None):
+    """Corpora, the cached tokenizer and token streams for a preset (target = docs or `data`)."""
+    code = load_corpus("code", max_chars=preset.max_chars)
+    target = load_corpus("docs" if not data else data, max_chars=preset.max_chars)
+    tok = build_tokenizer([code, target], vocab_size=preset.model.vocab_size, cache_dir=Path(workdir) / "cache")
+    cfg = replace(preset.model, vocab_size=tok.vocab_size)
+    data = Data(tok, cfg, corpus_streams(code, tok), corpus_streams(target, tok))
+    for train_stream, val_stream in (data.code, data.target):  # fail now, not after pretraining
+        random_windows(train_stream, 1, preset.model.block_size, np.random.default_rng(0))
+        validation_batches(val_stream, preset.batch_size, preset.model.block_size, 1)
+    return data
+
+
+def _n_val_batches(stream, preset):
+    fit = len(stream) // ((preset.model.block_size + 1) * preset.batch_size)
+    return max(1, min(preset.eval_batches, fit))
+
+
+def make_task(train_stream, val_target, val_source, preset):
+    B, T = preset.batch_size, preset.model.block_size
+    return Task(train_ids=train_stream,
+                val_target=validation_batches(val_target, B, T, _n_val_batches(val_target, preset)),
+                val_source=validation_batches(val_source, B, T, _n_val_batches(val_source, preset)) if val_source is not None else [],
+                batch_size=B, block_size=T)
+
+
+def _key(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None):
+    """The base model of `preset`, pretrained on the code corpus; cached under workdir/pretrain."""
+    workdir = ensure_writable_dir(workdir)
+    cfg = TrainConfig(steps=preset.pretrain_steps, lr=preset.pretrain_lr, schedule="cosine",
+                      warmup=max(1, preset.pretrain_steps // 20), weight_decay=0.1,
+                      eval_every=preset.pretrain_steps, seed=seed)
+    key = _key({"preset": asdict(preset), "vocab": data.tokenizer.vocab_size, "tok": str(data.tokenizer.path),
+                "train": asdict(cfg), "dtype": dtype})
+    path = workdir / "pretrain" / f"{preset.name}-{key}.safetensors"
+    if path.exists():
+        arrays, _ = load_checkpoint(path)
+        return GPT.from_state_dict(arrays, data.config, backend=backend, dtype=dtype), None
+    model = GPT(data.config, backend=backend, dtype=dtype, seed=seed)
+    task = make_task(data.code[0], data.code[1], None, preset)
+    result = train(model, FullFineTune(), task, cfg, progress=progress, label=f"pretrain[{preset.name}]")
+    ensure_writable_dir(path.parent)
+    save_checkpoint(path, model.state_dict(), {"config": data.config.to_dict(), "result": result["final"]})
+    return model, result
+
+
+def unigram_entropy(stream, vocab_size):
+    """Entropy (nats) of the stream's unigram distribution: the loss of the best context-free model."""
+    counts = np.bincount(np.asarray(stream.ids), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0,
+             resume=False, progress=None, checkpoint_every=0):
+    """Fine-tune a fresh copy of the pretrained base on the target domain with `method`."""
+    model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
+    task = make_task(data.target[0], data.target[1], data.code[1], preset)
+    cfg = TrainConfig(steps=preset.finetune_steps, lr=preset.finetune_lr,
+                      eval_every=max(1, preset.finetune_steps // 5), seed=seed,
+                      checkpoint_every=checkpoint_every)
+    base_eval = {"target": evaluate_batches(model, task.val_target), "source": evaluate_batches(model, task.val_source)}
+    result = train(model, method, task, cfg, workdir=Path(workdir) / "runs" / label, resume=resume,
+                   progress=progress, label=label)
+    result["label"] = label
+    result["base"] = base_eval
+    result["sparsity"] = weight_sparsity(model)
+    return model, result
+
+
+def evaluate_batches(model, batches):
+    return evaluate(model, batches)
+
+
+def weight_sparsity(model):
+    """Fraction of exactly-zero entries of the effective linear weights (base + adapter deltas)."""
+    from .adapters import adapter_delta_weights
+    from .model import linear_layer_names
+
+    deltas = adapter_delta_weights(model)
+    zeros = total = 0
+    for layer in linear_layer_names(model.config):
+        W = model.params[layer + ".weight"]
+        if layer in deltas:
+            W = W + deltas[layer][0]
+        zeros += int((W == 0).sum())
+        total += int(W.size)
+    return zeros / total
+
+
+def compare_runs(preset):
+    """(label, method name, options) of every row of the comparison, at matched budgets."""
+    return [("full", "full", {}), (f"lora-r{preset.lora_r}", "lora", {"r": preset.lora_r, "alpha": preset.lora_r})]
+
+
+def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None):
+    """Run every method of `compare_runs` and write compare.json (deterministic on the CPU),
+    compare-timings.json and compare.png; returns (rows, timings)."""
+    workdir = ensure_writable_dir(workdir)
+    base_model, pre = pretrained(preset, workdir, data, backend, dtype, seed, progress)
+    rows, timings = [], {}
+    for label, name, options in compare_runs(preset):
+        if only and name not in only:
+            continue
+        _, r = finetune(preset, workdir, data, make_method(name, **options), label, backend, dtype, seed, progress=progress)
+        timings[label] = r.pop("ms_per_step")
+        rows.append(r)
+    out = {"preset": asdict(preset), "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend,
+           "dtype": dtype, "seed": seed, "rows": rows}
+    atomic_write_json(workdir / "compare.json", out)
+    atomic_write_json(workdir / "compare-timings.json", {"ms_per_step": timings})
+    return rows, timings

@@ -1,0 +1,36 @@
+"""Fine-tuning methods the trainer drives (see methods.base for the protocol).
+
+REGISTRY maps the CLI name of each method to its class; `make_method(name, **options)` builds one
+and rejects unknown names or options with an error that lists the valid ones.
+"""
+
+import inspect
+
+from ..errors import bad_value
+from .base import FullFineTune, LoRAMethod, Method
+
+REGISTRY = {"full": FullFineTune, "lora": LoRAMethod}
+
+
+def method_options(name):
+    """{option: default} accepted by method `name`."""
+    cls = _cls(name)
+    sig = inspect.signature(cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
+
+
+def _cls(name):
+    if name not in REGISTRY:
+        raise bad_value("method", name, f"one of {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def make_method(name, **options):
+    valid = method_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise bad_value(f"{name} options", unknown, f"options among {sorted(valid)}")
+    return _cls(name)(**options)
+
+
+__all__ = ["REGISTRY", "FullFineTune", "LoRAMethod", "Method", "make_method", "method_options"]

@@ -1,0 +1,173 @@
+"""Trainer, checkpoints, experiment pipeline and CLI: resume bit-identity, non-finite loss, the
+pretrained base beating the unigram entropy, deterministic compare, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+import minisft.experiment as ex
+from minisft.checkpoint import load_checkpoint, save_checkpoint
+from minisft.cli import main, parse_options
+from minisft.config import GPTConfig
+from minisft.errors import CheckpointError, NonFiniteLossError
+from minisft.methods import LoRAMethod, make_method
+from minisft.model import GPT
+from minisft.train import Task, TrainConfig, train
+from minisft.batches import TokenStream, validation_batches
+
+MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
+                  max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
+                  finetune_steps=12, finetune_lr=3e-3, eval_batches=2, lora_r=2)
+
+
+def synthetic_task(V=40, T=8, B=4, n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = TokenStream((np.cumsum(rng.integers(1, 3, n)) % V).astype(np.int32), "synthetic", V)
+    val = validation_batches(ids, B, T, 2)
+    return Task(ids, val, val, B, T)
+
+
+def small_model(V=40, T=8):
+    return GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=16), backend="numpy", seed=0)
+
+
+def run(tmp_path, steps, resume=False, ckpt_every=3, method=None):
+    model = small_model()
+    cfg = TrainConfig(steps=steps, lr=1e-2, eval_every=4, checkpoint_every=ckpt_every, seed=5, accumulation=2)
+    r = train(model, method or LoRAMethod(r=2, alpha=4), synthetic_task(), cfg, workdir=tmp_path, resume=resume, progress=False)
+    return model, r
+
+
+class Killed(Exception):
+    pass
+
+
+def killed_after(method, k):
+    """The same method, but the process 'dies' right after step k (its checkpoint written)."""
+    def after_step(model, step):
+        if step + 1 == k:
+            raise Killed
+    method.after_step = after_step
+    return method
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_is_bit_identical(tmp_path, method):
+    full_model, full = run(tmp_path / "a", 9, method=make_method(method))
+    with pytest.raises(Killed):
+        run(tmp_path / "b", 9, method=killed_after(make_method(method), 7))  # checkpoint at 6, log to 6
+    resumed_model, resumed = run(tmp_path / "b", 9, resume=True, method=make_method(method))
+    assert [h["loss"] for h in resumed["history"]["train"]] == [h["loss"] for h in full["history"]["train"]]
+    for k, v in full_model.trainable_params().items():
+        assert np.array_equal(v, resumed_model.trainable_params()[k]), k
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 10))
+
+
+def test_loss_falls_and_history_is_logged(tmp_path):
+    _, r = run(tmp_path, 12, method=make_method("full"))
+    losses = [h["loss"] for h in r["history"]["train"]]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert json.loads((tmp_path / "result.json").read_text())["counts"] == r["counts"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    class Explode(LoRAMethod):
+        def after_step(self, model, step):
+            if step == 4:
+                model.params["ln_f.weight"][...] = np.nan
+
+    with pytest.raises(NonFiniteLossError, match="loss=nan at step 5"):
+        run(tmp_path, 9, method=Explode(r=2))
+    arrays, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["step"] == 3 and all(np.all(np.isfinite(a)) for a in arrays.values())
+
+
+def test_bad_checkpoints(tmp_path):
+    run(tmp_path, 3)
+    ck = tmp_path / "checkpoint.safetensors"
+    good = ck.read_bytes()
+    ck.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        run(tmp_path, 6, resume=True)
+    ck.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        load_checkpoint(ck)
+    ck.write_bytes(good)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        run(tmp_path, 6, resume=True, method=LoRAMethod(r=3))
+    save_checkpoint(ck, {"x": np.zeros(2)}, {"no": "fingerprint"})
+    with pytest.raises(CheckpointError):
+        run(tmp_path, 6, resume=True)
+    with pytest.raises(ValueError, match="resume"):
+        run(tmp_path / "fresh", 6, resume=True)
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    with pytest.raises(ValueError, match="file"):
+        run(blocker / "sub", 2)
+    assert blocker.read_text() == "keep me"
+
+
+def test_bad_method_and_options():
+    with pytest.raises(ValueError, match="method"):
+        make_method("nope")
+    with pytest.raises(ValueError, match="bogus"):
+        make_method("lora", bogus=1)
+    with pytest.raises(ValueError, match="targets"):
+        LoRAMethod(targets=("attn.q",)).prepare(small_model(), None, np.random.default_rng(0))
+    assert parse_options(["r=4", "targets=('mlp.c_fc',)", "init=zeros"]) == {"r": 4, "targets": ("mlp.c_fc",), "init": "zeros"}
+    with pytest.raises(ValueError, match="--set"):
+        parse_options(["r"])
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+
+
+@pytest.fixture(scope="module")
+def micro_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("work")
+
+
+def test_pretrain_beats_unigram_entropy_and_finetune_helps(micro_workdir):
+    data = ex.build_data(MICRO, micro_workdir)
+    model, result = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
+    h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
+    task = ex.make_task(data.code[0], data.code[1], None, MICRO)
+    loss = ex.evaluate_batches(model, task.val_target)
+    print(f"micro pretrain: code val loss {loss:.4f} vs unigram entropy {h:.4f}")
+    assert loss < h - 0.3
+    again, cached = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
+    assert cached is None and all(np.array_equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    _, r = ex.finetune(MICRO, micro_workdir, data, make_method("full"), "full", backend="numpy")
+    assert r["final"]["target"] < r["base"]["target"]
+
+
+def test_compare_is_deterministic_and_cli_works(micro_workdir, monkeypatch, capsys):
+    monkeypatch.setitem(ex.PRESETS, "micro", MICRO)
+    args = ["compare", "--preset", "micro", "--backend", "numpy", "--workdir", str(micro_workdir), "--quiet"]
+    assert main(args) == 0
+    first = (micro_workdir / "compare.json").read_bytes()
+    out = capsys.readouterr().out
+    assert "lora-r2" in out and "docs val" in out
+    assert main(args) == 0
+    assert (micro_workdir / "compare.json").read_bytes() == first
+    assert main(["finetune", "--preset", "micro", "--backend", "numpy", "--workdir", str(micro_workdir),
+                 "--quiet", "--method", "lora", "--set", "r=2"]) == 0
+    assert main(["finetune", "--preset", "micro", "--workdir", str(micro_workdir), "--method", "nope"]) == 2
+    assert "method='nope'" in capsys.readouterr().err
+
+
+def test_cli_bad_data_paths(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (tmp_path / "missing.txt", empty):
+        assert main(["compare", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--data", str(path)]) == 2
+        assert str(path) in capsys.readouterr().err
+    tiny_file = tmp_path / "tiny.txt"
+    tiny_file.write_text("just a few words")
+    assert main(["finetune", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--method", "full",
+                 "--data", str(tiny_file)]) == 2
+    assert "tokens" in capsys.readouterr().err

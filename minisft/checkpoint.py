@@ -21,7 +21,7 @@ META_KEY = "minisft"
 
 def save_checkpoint(path, arrays, meta):
     """Write {name: array} (any backend) and `meta` (JSON-serialisable) to `path` atomically."""
-    host = {k: np.ascontiguousarray(to_numpy(v)) for k, v in arrays.items()}
+    host = {k: np.array(to_numpy(v), order="C") for k, v in arrays.items()}  # keeps 0-d arrays 0-d
     data = safetensors_bytes(host, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     return atomic_write_bytes(path, data)
 

@@ -183,7 +183,7 @@ class GPT:
     def _layer_trains(self, key):
         """Whether layer `key` (a parameter-name prefix) owns anything that receives a gradient."""
         has_base = any(f"{key}.{s}" in self.trainable for s in ("weight", "bias"))
-        return has_base or bool(self.adapters.get(key))
+        return has_base or any(not ad.merged for ad in self.adapters.get(key, ()))
 
     def _plan(self, with_grad):
         """need sets for every layer, in forward order, or None without gradients.

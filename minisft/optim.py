@@ -11,9 +11,14 @@ trainable ones), created lazily at the first step. `step(params, grads, masks=No
 AdamW follows torch.optim.AdamW (Loshchilov & Hutter 2019) operation for operation:
     θ ← θ·(1 − lr·λ);  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²
     θ ← θ − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
+with t counted per tensor, as torch does: a tensor's t advances only on steps that give it a
+gradient (a tensor skipped at some step, or added later, gets torch's bias correction). Within a
+tensor, t is shared by its entries: an entry masked out for a while resumes with the tensor's t.
 """
 
 import math
+
+import numpy as np
 
 from .backend import array_module
 from .errors import bad_value, ratio_in
@@ -34,26 +39,26 @@ class Optimizer:
         if not self.lr > 0:
             raise bad_value("lr", lr, "a positive learning rate")
         self.state = {}
-        self.t = 0
 
     def step(self, params, grads, masks=None, lr=None):
-        self.t += 1
         lr = self.lr if lr is None else lr
         masks = masks or {}
         for name, p in params.items():
             g = grads.get(name)
             if g is not None:
-                self._update(name, p, g, lr, masks.get(name))
+                st = self.state.setdefault(name, {})
+                st["step"] = st.get("step", 0) + 1
+                self._update(st, p, g, lr, masks.get(name))
 
     def state_arrays(self):
-        """{state name: array} for checkpoints and the memory meter."""
-        return {f"{name}.{k}": v for name, st in self.state.items() for k, v in st.items()}
+        """{state name: array} for checkpoints and the memory meter (step counts as 0-d int64)."""
+        return {f"{name}.{k}": (np.asarray(v, dtype=np.int64) if k == "step" else v)
+                for name, st in self.state.items() for k, v in st.items()}
 
-    def load_state_arrays(self, arrays, t):
-        self.t = int(t)
+    def load_state_arrays(self, arrays):
         for key, v in arrays.items():
             name, k = key.rsplit(".", 1)
-            self.state.setdefault(name, {})[k] = v
+            self.state.setdefault(name, {})[k] = int(v) if k == "step" else v
 
 
 class SGD(Optimizer):
@@ -64,12 +69,11 @@ class SGD(Optimizer):
         self.momentum = ratio_in("momentum", momentum, 0.0, 1.0, low_open=False, high_open=True)
         self.weight_decay = float(weight_decay)
 
-    def _update(self, name, p, g, lr, mask):
+    def _update(self, st, p, g, lr, mask):
         xp = array_module(p)
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
-            st = self.state.setdefault(name, {})
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = xp.zeros_like(p)
                 _masked_assign(st["momentum_buffer"], g, mask)
@@ -86,16 +90,15 @@ class AdamW(Optimizer):
         self.b2 = ratio_in("betas[1]", betas[1], 0.0, 1.0, low_open=False, high_open=True)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, name, p, g, lr, mask):
+    def _update(self, st, p, g, lr, mask):
         xp = array_module(p)
-        st = self.state.setdefault(name, {})
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         new_p = p * (1 - lr * self.weight_decay)
         new_m = self.b1 * m + (1 - self.b1) * g
         new_v = self.b2 * v + (1 - self.b2) * (g * g)
-        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        bc1, bc2 = 1 - self.b1 ** st["step"], 1 - self.b2 ** st["step"]
         denom = xp.sqrt(new_v) / math.sqrt(bc2) + self.eps
         new_p -= (lr / bc1) * (new_m / denom)
         for old, new in ((m, new_m), (v, new_v), (p, new_p)):

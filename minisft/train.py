@@ -121,7 +121,7 @@ def _restore(model, opt, method, path, fingerprint):
         if v.shape != params[k].shape:
             raise CheckpointError(f"checkpoint={str(path)!r}: {k} has shape {v.shape}, expected {params[k].shape}")
         params[k][...] = model.xp.asarray(v)
-    opt.load_state_arrays({k[4:]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("opt/")}, meta["opt_t"])
+    opt.load_state_arrays({k[4:]: (v if v.ndim == 0 else model.xp.asarray(v)) for k, v in arrays.items() if k.startswith("opt/")})
     method.load_state_arrays({k[7:]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("method/")})
     return meta
 
@@ -174,7 +174,7 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
                 f.write(json.dumps(rec) + "\n")
         bar.update(step + 1 - start, loss, (step + 1 - start) * tokens_per_step)
         if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            meta = {"fingerprint": fingerprint, "step": step + 1, "opt_t": opt.t,
+            meta = {"fingerprint": fingerprint, "step": step + 1,
                     "rng": generator.bit_generator.state, "history": history}
             save_checkpoint(ckpt, _checkpoint_arrays(model, opt, method), meta)
     bar.close()

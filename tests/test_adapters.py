@@ -459,3 +459,20 @@ def test_kaiming_init_on_bias_does_not_crash():
     model = tiny(0)
     ad = RowDelta(model, "h.0.mlp.c_fc", [0, 3], init="kaiming_uniform", generator=1)
     assert np.all(ad.bias == 0) and np.all(np.abs(ad.weight) <= 1 / np.sqrt(8)) and np.any(ad.weight != 0)
+
+
+def test_adamw_counts_steps_per_tensor_like_torch():
+    """A tensor that gets no gradient at step 1 starts its bias correction at its own first step."""
+    a, b = np.ones(3), np.ones(3)
+    ta, tb = (torch.ones(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    topt = torch.optim.AdamW([ta, tb], lr=0.1, weight_decay=0.0)
+    opt = AdamW(lr=0.1, weight_decay=0.0)
+    g = np.array([1.0, -1.0, 1.0])
+    for step in range(3):
+        ta.grad = torch.tensor(g)
+        tb.grad = None if step == 0 else torch.tensor(g)
+        topt.step()
+        opt.step({"a": a, "b": b}, {"a": g} if step == 0 else {"a": g, "b": g})
+    for ours, theirs in ((a, ta), (b, tb)):
+        d = max_rel_diff(ours, theirs.detach().numpy())
+        assert d <= 1e-13, f"max rel diff vs torch {d:.3e}"

@@ -59,9 +59,13 @@ def test_linear_fd(seed, n, t, d_in, d_out, bias):
 
 
 @given(seed=seeds, C=small, lead=st.lists(small, min_size=1, max_size=3))
+@example(seed=90, C=1, lead=[1])  # was C=2 (C += 1): failed at 3.1e-7 before the shift below
 def test_layernorm_fd(seed, C, lead):
     rng = np.random.default_rng(seed)
-    C += 1  # C = 1 normalises to exactly zero: a valid but degenerate case tested separately
+    # C >= 3. C = 1 normalises to exactly zero; at C = 2 xhat = ±√(σ²/(σ²+eps)), so dx is only
+    # ~eps/σ² in size and finite-difference rounding is as large as the derivative itself. Both are
+    # degenerate but valid: test_layernorm_constant_vector_is_finite and the torch parity test cover them.
+    C += 2
     inputs = {"x": rng.standard_normal((*lead, C)) * 3 + 1,
               "weight": rng.standard_normal(C), "bias": rng.standard_normal(C)}
     check_layer(layernorm_forward, layernorm_backward, inputs, list(inputs), rng)

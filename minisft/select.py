@@ -1,0 +1,176 @@
+"""Smallest-k selection by magnitude with deterministic ties: the one mechanism behind GMT's
+gradient masks (`minisft.gmt`) and MGPP's magnitude pruning (`minisft.mgpp`).
+
+Order. Entries are ranked by the key (|x|, tensor position, flat C-order index), ascending. Among
+equal magnitudes the earlier tensor, then the LOWER flat index, is dropped first. This is exactly
+the order of a stable argsort of |x| over the tensors concatenated in order, the oracle the tests
+use (tests/test_gmt_mask.py, tests/test_mgpp_primitives.py).
+
+Magnitude key. |x| is widened to float64 (exact for float16/32/64) and its bits are read as uint64.
+For non-negative, non-NaN floats the bit pattern is monotone in the value, so ranking keys ranks
+magnitudes; -0.0 and +0.0 are the same magnitude; +inf is the largest. NaN has no rank: an error.
+
+Threshold t = the k-th smallest key (k >= 1):
+- one tensor: `xp.partition` of the keys at k-1 (a selection, average O(n), not a sort);
+- several tensors: radix select over the 64 key bits, 16 bits per pass (the algorithm of PyTorch's
+  CUDA kthvalue/topk): each of the 4 passes histograms (bincount) the next 16 bits of the keys that
+  match the prefix found so far, tensor by tensor, recomputing each tensor's keys. No concatenated
+  copy is made and no keys are kept: the extra memory is one tensor's temporaries and 65 536
+  counters.
+Masks: drop every key < t, and of the keys == t the first `need = k - #{key < t}` in (tensor, index)
+order, found with a running cumulative count. Neither step synchronises with the host.
+
+Counts. `ratio_count` reads a ratio as the shortest decimal that round-trips to the float (Python's
+repr) and rounds the exact product: floor(0.7 * 10) = 7 and floor(0.29 * 100) = 29, where float
+arithmetic gives 7 and 28 and the binary value of 0.7 (0.6999...) would give 6.
+Derivations: proofs/gmt_mask.md.
+"""
+
+import math
+import numbers
+from fractions import Fraction
+
+import numpy as np
+
+from .backend import array_module
+from .errors import bad_type, bad_value, ratio_in, require
+
+RADIX_BITS = 16
+_NBINS = 1 << RADIX_BITS
+_KEY_BITS = 64
+_ALL_ONES = (1 << _KEY_BITS) - 1
+ROUNDINGS = ("floor", "half_up")
+
+
+def real_in(arg, value, low, high, low_open, high_open):
+    """`value` as a float after checking it is a real number (not a bool or a string) in the interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise bad_type(arg, value, "a real number")
+    return ratio_in(arg, value, low, high, low_open=low_open, high_open=high_open)
+
+
+def decimal_fraction(value):
+    """The exact rational value of the shortest decimal that round-trips to float `value`."""
+    return Fraction(repr(float(value)))
+
+
+def ratio_count(ratio, n, rounding):
+    """floor(ratio * n) ("floor") or floor(ratio * n + 1/2) ("half_up"), in exact arithmetic on the
+    decimal reading of `ratio` (see the module docstring)."""
+    require(rounding in ROUNDINGS, "rounding", rounding, f"one of {ROUNDINGS}")
+    exact = decimal_fraction(ratio) * n
+    return math.floor(exact + Fraction(1, 2) if rounding == "half_up" else exact)
+
+
+def tensor_list(arg, arrays):
+    """Validate a list/tuple or dict of float arrays on one backend; return (arrays as a list,
+    rebuild) where rebuild(values) puts a list of results back into the input's structure."""
+    if isinstance(arrays, dict):
+        names = list(arrays)
+        values = [arrays[name] for name in names]
+        labels = [f"{arg}[{name!r}]" for name in names]
+
+        def rebuild(results):
+            return dict(zip(names, results))
+
+    elif isinstance(arrays, (list, tuple)):
+        values = list(arrays)
+        labels = [f"{arg}[{i}]" for i in range(len(values))]
+        kind = type(arrays)
+
+        def rebuild(results):
+            return kind(results)
+
+    else:
+        raise bad_type(arg, arrays, "a list, tuple or dict of float arrays")
+    for label, a in zip(labels, values):
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")) or not np.issubdtype(a.dtype, np.floating):
+            raise bad_type(label, a, "a NumPy or CuPy array of a floating dtype")
+    modules = {array_module(a).__name__ for a in values}
+    require(len(modules) <= 1, arg, sorted(modules), "arrays all on one backend (numpy or cupy)")
+    if values:
+        xp = array_module(*values)
+        any_nan = sum(xp.count_nonzero(xp.isnan(a)) for a in values)
+        if int(any_nan):  # the one host synchronisation: an error must be raised here
+            label = next(lb for lb, a in zip(labels, values) if int(xp.count_nonzero(xp.isnan(a))))
+            raise bad_value(label, "an array with NaN entries", "no NaN (NaN has no magnitude rank)")
+    return values, rebuild
+
+
+def magnitude_key(x):
+    """(x.size,) uint64: the bits of float64 |x| in C order, monotone in |x| (NaN excluded)."""
+    xp = array_module(x)
+    return xp.abs(x).astype(xp.float64, copy=False).ravel().view(xp.uint64)
+
+
+def _kth_key_partition(key, k):
+    """k-th smallest key t (1 <= k <= key.size) of one tensor, and need = k - #{key < t}."""
+    xp = array_module(key)
+    t = xp.partition(key, k - 1)[k - 1]
+    return t, k - xp.count_nonzero(key < t)
+
+
+def _kth_key_radix(arrays, k):
+    """k-th smallest key t (1 <= k <= total size) over several tensors by radix select, and
+    need = the rank of the target among the keys == t, which is k - #{key < t}.
+
+    Keys are recomputed tensor by tensor in each pass, so only one tensor's keys exist at a time.
+    """
+    xp = array_module(*arrays)
+    prefix = xp.zeros((), dtype=xp.uint64)  # the bits of t found so far
+    rank = xp.asarray(k, dtype=xp.int64)  # rank of the target among the keys matching `prefix`
+    for shift in range(_KEY_BITS - RADIX_BITS, -1, -RADIX_BITS):
+        above = xp.uint64(_ALL_ONES ^ ((1 << (shift + RADIX_BITS)) - 1))  # bits already fixed
+        hist = xp.zeros(_NBINS, dtype=xp.int64)
+        for a in arrays:
+            key = magnitude_key(a)
+            digit = ((key >> xp.uint64(shift)) & xp.uint64(_NBINS - 1)).astype(xp.int64)
+            # keys off the prefix are counted in a discard half, bin _NBINS + digit: spread like the
+            # others rather than piled on one counter (GPU atomics on one address serialise)
+            digit = xp.where((key & above) == prefix, digit, digit + _NBINS)
+            hist += xp.bincount(digit, minlength=2 * _NBINS)[:_NBINS]
+        at_or_below = xp.cumsum(hist)
+        d = xp.searchsorted(at_or_below, rank.reshape(1))[0]  # first digit whose count reaches rank
+        rank = rank - (at_or_below[d] - hist[d])
+        prefix = prefix | (d.astype(xp.uint64) << xp.uint64(shift))
+    return prefix, rank
+
+
+def _keep_masks(arrays, t, need):
+    """Masks (True = kept) dropping every key < t and the first `need` keys == t in (tensor, index)
+    order."""
+    xp = array_module(*arrays)
+    ties_before = 0
+    masks = []
+    for a in arrays:
+        key = magnitude_key(a)
+        tie = key == t
+        tie_rank = xp.cumsum(tie) + ties_before  # 1-based rank of each tie over all tensors so far
+        drop = (key < t) | (tie & (tie_rank <= need))
+        ties_before = ties_before + xp.count_nonzero(tie)
+        masks.append(~drop.reshape(a.shape))
+    return masks
+
+
+def smallest_k_keep_mask(x, k):
+    """(x.shape) bool, True = kept: False at the k smallest |x|, ties dropped by lower flat index first.
+
+    `x` is a validated float array (see `tensor_list`), 0 <= k <= x.size.
+    """
+    xp = array_module(x)
+    if k == 0:
+        return xp.ones(x.shape, dtype=bool)
+    t, need = _kth_key_partition(magnitude_key(x), k)
+    return _keep_masks([x], t, need)[0]
+
+
+def smallest_k_keep_masks(arrays, k):
+    """list of bool masks (shapes of `arrays`), True = kept: False at the k smallest |x| over all
+    arrays, ties dropped by (tensor position, flat index) first. 0 <= k <= total size."""
+    if not arrays:
+        return []
+    xp = array_module(*arrays)
+    if k == 0:
+        return [xp.ones(a.shape, dtype=bool) for a in arrays]
+    t, need = _kth_key_radix(arrays, k)
+    return _keep_masks(arrays, t, need)

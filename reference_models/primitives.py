@@ -1,0 +1,84 @@
+"""PyTorch twins of the GMT, MGPP and LoRA-drop primitives (minisft.gmt, minisft.mgpp,
+minisft.loradrop), written independently with torch's own tools as the parity oracle:
+torch.kthvalue for the mask threshold, torch.logsumexp for the prior and autograd for its gradient,
+torch.sort + cumsum for the layer selection.
+
+Conventions shared with minisft (they are the specification, not shared code): masks are True where
+kept; the k smallest |x| are dropped with ties dropped at the lower flat index first (and, across
+tensors, the earlier tensor first); k = floor(r * n) for GMT and floor(s * n + 1/2) for MGPP, with
+the ratio read as its shortest decimal (Fraction(repr(r))).
+"""
+
+import math
+from fractions import Fraction
+
+import torch
+
+
+def _count(ratio, n, half_up):
+    exact = Fraction(repr(float(ratio))) * n + (Fraction(1, 2) if half_up else 0)
+    return math.floor(exact)
+
+
+def _drop_k_smallest(flat_abs, k):
+    """(n,) magnitudes -> (n,) bool, True = kept: the k smallest dropped, ties by lower index."""
+    keep = torch.ones_like(flat_abs, dtype=torch.bool)
+    if k == 0:
+        return keep
+    t = torch.kthvalue(flat_abs, k).values
+    below = flat_abs < t
+    tie = flat_abs == t
+    need = k - int(below.sum())
+    return keep & ~below & ~(tie & (torch.cumsum(tie.long(), 0) <= need))
+
+
+def gradient_mask(grad, drop_ratio):
+    """(shape) float tensor -> (shape) bool, floor(drop_ratio * n) smallest |grad| False."""
+    flat = grad.detach().abs().reshape(-1).double()
+    return _drop_k_smallest(flat, _count(drop_ratio, flat.numel(), False)).reshape(grad.shape)
+
+
+def global_masks(tensors, ratio, half_up=False):
+    """list of float tensors -> list of bool masks over all of them together (a concatenated copy
+    here: the reference favours plainness over memory)."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.detach().abs().reshape(-1).double() for t in tensors])
+    keep = _drop_k_smallest(flat, _count(ratio, flat.numel(), half_up))
+    return [m.reshape(t.shape) for m, t in zip(torch.split(keep, [t.numel() for t in tensors]), tensors)]
+
+
+def neg_log_prior(theta, lam, sigma0, sigma1):
+    """-log(lam N(theta; 0, sigma1^2) + (1 - lam) N(theta; 0, sigma0^2)) via torch.logsumexp."""
+
+    def log_normal(sigma):
+        return -0.5 * (theta / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+
+    parts = torch.stack([math.log(lam) + log_normal(sigma1), math.log(1 - lam) + log_normal(sigma0)])
+    return -torch.logsumexp(parts, dim=0)
+
+
+def neg_log_prior_grad(theta, lam, sigma0, sigma1):
+    """Elementwise derivative of `neg_log_prior` by autograd."""
+    theta = theta.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(neg_log_prior(theta, lam, sigma0, sigma1).sum(), theta)
+    return grad
+
+
+def cubic_sparsity(step, final, t_start, t_end, initial=0.0):
+    """Zhu & Gupta's cubic schedule, piecewise, in plain float arithmetic."""
+    if step <= t_start:
+        return initial
+    if step >= t_end:
+        return final
+    return final + (initial - final) * (1 - (step - t_start) / (t_end - t_start)) ** 3
+
+
+def select_layers(importance, threshold):
+    """(n_layers,) importance -> sorted int64 tensor of kept layers: stable sort descending,
+    float64 cumsum of normalised importance, first position reaching the threshold."""
+    g = importance.double()
+    order = torch.sort(g, descending=True, stable=True).indices
+    cum = torch.cumsum(g[order] / g.sum(), 0)
+    n_kept = int((cum < threshold).sum()) + 1
+    return torch.sort(order[: min(n_kept, g.numel())]).values

@@ -1,0 +1,202 @@
+"""GMT gradient masks (minisft.gmt) and the shared smallest-k selection (minisft.select).
+
+Oracle: a stable argsort of |g| over the tensors concatenated in order, whose first k entries are
+dropped, with k = floor(r * n) computed by `decimal` (the documented decimal reading of r).
+Derivations: proofs/gmt_mask.md.
+"""
+
+import math
+from decimal import Decimal
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from minisft.backend import to_numpy
+from minisft.gmt import global_gradient_masks, gradient_mask
+from minisft.select import RADIX_BITS
+
+fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+WIDE = st.floats(allow_nan=False, allow_infinity=True, width=64)
+# few distinct magnitudes (signed zeros, a subnormal, inf): many ties
+TIED = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 5e-324, np.inf])
+SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6)
+RATIOS = st.floats(0.0, 1.0, exclude_max=True)
+
+
+def arrays(elements=st.one_of(WIDE, TIED), dtype=np.float64):
+    return hnp.arrays(dtype, SHAPES, elements=elements)
+
+
+def floor_count(ratio, n):
+    return math.floor(Decimal(repr(float(ratio))) * n)
+
+
+def oracle_keep(arrays_np, k):
+    """Masks dropping the first k entries of a stable argsort of |x| over the concatenation."""
+    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
+    keep = np.ones(flat.size, dtype=bool)
+    keep[np.argsort(flat, kind="stable")[:k]] = False
+    pieces = np.split(keep, np.cumsum([a.size for a in arrays_np]))
+    return [m.reshape(a.shape) for m, a in zip(pieces, arrays_np)]
+
+
+@fixture_ok
+@given(g=arrays(), r=RATIOS)
+@example(g=np.array([1.0, -1.0, 1.0, 0.0, -0.0]), r=0.5)
+@example(g=np.array([np.inf, 5e-324, -5e-324, 1e308, 0.0]), r=0.8)
+def test_mask_equals_stable_argsort_oracle(xp, g, r):
+    mask = gradient_mask(xp.asarray(g), r)
+    assert mask.shape == g.shape and mask.dtype == bool
+    (expected,) = oracle_keep([g], floor_count(r, g.size))
+    np.testing.assert_array_equal(to_numpy(mask), expected)
+
+
+@fixture_ok
+@given(g=arrays(), r=RATIOS)
+def test_exact_count_and_kept_dominate_dropped(xp, g, r):
+    mask = to_numpy(gradient_mask(xp.asarray(g), r))
+    assert int((~mask).sum()) == floor_count(r, g.size)
+    kept, dropped = np.abs(g[mask]), np.abs(g[~mask])
+    if kept.size and dropped.size:
+        assert kept.min() >= dropped.max()
+
+
+def test_ties_drop_lower_flat_index_first(xp):
+    # the documented rule: among equal |g| the lower flat index is dropped first
+    mask = gradient_mask(xp.asarray([[3.0, -1.0], [1.0, 1.0]]), 0.5)
+    np.testing.assert_array_equal(to_numpy(mask), [[True, False], [False, True]])
+    masks = global_gradient_masks([xp.asarray([2.0, 1.0]), xp.asarray([-1.0, 1.0])], 0.5)
+    flat = np.concatenate([to_numpy(m) for m in masks])
+    np.testing.assert_array_equal(flat, [True, False, False, True])
+
+
+@fixture_ok
+@given(g=arrays(elements=TIED), r=RATIOS)
+def test_ties_deterministic_and_repeatable(xp, g, r):
+    first = to_numpy(gradient_mask(xp.asarray(g), r))
+    again = to_numpy(gradient_mask(xp.asarray(g.copy()), r))
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, oracle_keep([g], floor_count(r, g.size))[0])
+
+
+@fixture_ok
+@given(
+    g=arrays(elements=st.floats(-1e6, 1e6, allow_subnormal=False)),
+    r=RATIOS,
+    signs=st.integers(0, 2**32 - 1),
+    power=st.integers(-20, 20),
+)
+def test_invariant_to_sign_flips_and_exact_positive_scaling(xp, g, r, signs, power):
+    flip = np.random.default_rng(signs).choice([-1.0, 1.0], size=g.shape)
+    base = to_numpy(gradient_mask(xp.asarray(g), r))
+    np.testing.assert_array_equal(to_numpy(gradient_mask(xp.asarray(g * flip), r)), base)
+    np.testing.assert_array_equal(to_numpy(gradient_mask(xp.asarray(g * 2.0**power), r)), base)
+
+
+@fixture_ok
+@given(g=arrays())
+def test_zero_drop_ratio_keeps_everything(xp, g):
+    assert bool(to_numpy(gradient_mask(xp.asarray(g), 0.0)).all())
+    masks = global_gradient_masks([xp.asarray(g), xp.asarray(g)], 0.0)
+    assert all(bool(to_numpy(m).all()) for m in masks)
+
+
+@fixture_ok
+@given(g=arrays(), r=RATIOS)
+def test_global_on_one_tensor_equals_per_tensor(xp, g, r):
+    # radix select (global) and partition (per tensor) must agree exactly
+    (glob,) = global_gradient_masks([xp.asarray(g)], r)
+    np.testing.assert_array_equal(to_numpy(glob), to_numpy(gradient_mask(xp.asarray(g), r)))
+
+
+@fixture_ok
+@given(gs=st.lists(arrays(), min_size=0, max_size=4), r=RATIOS)
+@example(gs=[np.array([1.0, 2.0]), np.array([]), np.array([[2.0], [1.0]])], r=0.5)
+def test_global_exact_count_equals_bruteforce_oracle(xp, gs, r):
+    masks = global_gradient_masks([xp.asarray(g) for g in gs], r)
+    total = sum(g.size for g in gs)
+    expected = oracle_keep(gs, floor_count(r, total))
+    assert len(masks) == len(gs)
+    for m, e in zip(masks, expected):
+        np.testing.assert_array_equal(to_numpy(m), e)
+    assert sum(int((~to_numpy(m)).sum()) for m in masks) == floor_count(r, total)
+
+
+def test_global_dict_structure_mixed_dtypes_and_layout(xp):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7))
+    b = rng.standard_normal(11).astype(np.float32)
+    c = np.asfortranarray(rng.standard_normal((3, 4))).T  # non-contiguous view
+    grads = {"h.0.w": xp.asarray(a), "h.0.b": xp.asarray(b), "h.1.w": xp.asarray(c)}
+    masks = global_gradient_masks(grads, 0.37)
+    assert list(masks) == list(grads)
+    expected = oracle_keep([a, b, c], floor_count(0.37, a.size + b.size + c.size))
+    for name, e in zip(masks, expected):
+        np.testing.assert_array_equal(to_numpy(masks[name]), e)
+    assert isinstance(global_gradient_masks(tuple(grads.values()), 0.5), tuple)
+    assert global_gradient_masks([], 0.5) == [] and global_gradient_masks({}, 0.5) == {}
+
+
+def test_radix_select_on_keys_sharing_high_bits(xp):
+    # magnitudes equal in their top 48 key bits, differing only in the last radix digit
+    base = np.float64(1.5).view(np.uint64)
+    keys = base + np.arange(2 ** (RADIX_BITS + 1), dtype=np.uint64)[::-1].copy()
+    values = keys.view(np.float64)
+    parts = [values[:1000], -values[1000:50000], values[50000:]]
+    masks = global_gradient_masks([xp.asarray(p) for p in parts], 0.61)
+    for m, e in zip(masks, oracle_keep(parts, floor_count(0.61, values.size))):
+        np.testing.assert_array_equal(to_numpy(m), e)
+
+
+def test_count_reads_ratio_as_its_decimal(xp):
+    # float arithmetic: 0.29 * 100 = 28.999999999999996; the decimal 0.29 * 100 is 29
+    assert int((~to_numpy(gradient_mask(xp.arange(100.0) + 1, 0.29))).sum()) == 29
+    # binary 0.7 is 0.69999999999999995559...; the decimal 0.7 * 10 is 7
+    assert int((~to_numpy(gradient_mask(xp.arange(10.0) + 1, 0.7))).sum()) == 7
+
+
+@fixture_ok
+@given(g=arrays(elements=st.one_of(st.floats(-10, 10), TIED)), r=RATIOS)
+def test_parity_with_torch_reference(xp, g, r):
+    torch = pytest.importorskip("torch")
+    from reference_models import primitives as ref
+
+    ours = to_numpy(gradient_mask(xp.asarray(g), r))
+    theirs = ref.gradient_mask(torch.from_numpy(g), r).numpy()
+    assert np.array_equal(ours, theirs), f"{int((ours != theirs).sum())} entries differ"
+    parts = [g, np.asarray(-np.flip(g)), np.asarray(g * 3.0)]  # 0-d stays an array
+    ours = [to_numpy(m) for m in global_gradient_masks([xp.asarray(p) for p in parts], r)]
+    theirs = ref.global_masks([torch.from_numpy(p) for p in parts], r)
+    diff = sum(int((o != t.numpy()).sum()) for o, t in zip(ours, theirs))
+    assert diff == 0, f"{diff} entries differ from the torch reference"
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), float("inf"), -float("inf")])
+def test_bad_drop_ratio_value(xp, bad):
+    with pytest.raises(ValueError, match="drop_ratio"):
+        gradient_mask(xp.ones(4), bad)
+    with pytest.raises(ValueError, match="drop_ratio"):
+        global_gradient_masks([xp.ones(4)], bad)
+
+
+@pytest.mark.parametrize("bad", ["0.5", None, True, [0.5]])
+def test_bad_drop_ratio_type(xp, bad):
+    with pytest.raises(TypeError, match="drop_ratio"):
+        gradient_mask(xp.ones(4), bad)
+
+
+def test_bad_grads(xp):
+    with pytest.raises(ValueError, match="grad"):
+        gradient_mask(xp.asarray([1.0, float("nan")]), 0.5)
+    with pytest.raises(ValueError, match=r"grads\['b'\]"):
+        global_gradient_masks({"a": xp.ones(3), "b": xp.asarray([float("nan")])}, 0.5)
+    with pytest.raises(TypeError, match="grad"):
+        gradient_mask(xp.arange(4), 0.5)  # integer gradient
+    with pytest.raises(TypeError, match="grad"):
+        gradient_mask([1.0, 2.0], 0.5)  # not an array
+    with pytest.raises(TypeError, match="grads"):
+        global_gradient_masks({"a set, not a list or dict"}, 0.5)

@@ -83,3 +83,34 @@ def memory_report(model, grads=None, optimizer=None):
         report["device_pool_used"] = pool["used"]
         report["device_pool_held"] = pool["held"]
     return report
+
+
+class PeakMemoryHook:
+    """CuPy memory hook tracking the bytes the default pool hands out (current and peak) while it
+    is active: `with PeakMemoryHook() as h: ...; h.peak`. GPU only (imports cupy when entered)."""
+
+    def __init__(self):
+        self.current = self.peak = 0
+        self._hook = None
+
+    def __enter__(self):
+        from cupy.cuda import memory_hook
+
+        meter = self
+
+        class _Hook(memory_hook.MemoryHook):
+            name = "minisft-peak"
+
+            def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+                meter.current += mem_size
+                meter.peak = max(meter.peak, meter.current)
+
+            def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
+                meter.current -= mem_size
+
+        self._hook = _Hook()
+        self._hook.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hook.__exit__(*exc)

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module
 from .errors import bad_value, ratio_in
 
@@ -95,10 +96,13 @@ class AdamW(Optimizer):
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
         m, v = st["exp_avg"], st["exp_avg_sq"]
+        bc1, bc2 = 1 - self.b1 ** st["step"], 1 - self.b2 ** st["step"]
+        if kernels.enabled(p):  # the same update as one fused kernel (minisft.kernels.adamw)
+            kernels.adamw(p, g, m, v, lr, self.weight_decay, self.b1, self.b2, self.eps, bc1, bc2, mask)
+            return
         new_p = p * (1 - lr * self.weight_decay)
         new_m = self.b1 * m + (1 - self.b1) * g
         new_v = self.b2 * v + (1 - self.b2) * (g * g)
-        bc1, bc2 = 1 - self.b1 ** st["step"], 1 - self.b2 ** st["step"]
         denom = xp.sqrt(new_v) / math.sqrt(bc2) + self.eps
         new_p -= (lr / bc1) * (new_m / denom)
         for old, new in ((m, new_m), (v, new_v), (p, new_p)):

@@ -12,6 +12,7 @@ Derivation: proofs/attention.md (tests/test_nn_grad.py::test_attention_fd, ::tes
 import math
 from dataclasses import dataclass
 
+from .. import kernels
 from ..backend import array_module
 from .need import backward_need, need_set
 
@@ -51,11 +52,15 @@ def attention_forward(qkv, n_head, need=("x",)):
     xp = array_module(qkv)
     q, k, v = _split_heads(qkv, n_head)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    s = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T)
-    s = xp.where(causal_mask(qkv.shape[1], xp), -xp.inf, s)
-    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
-    p = xp.exp(s)
-    p /= xp.sum(p, axis=-1, keepdims=True)
+    s = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
+    if kernels.enabled(s):  # the same softmax in one fused pass (minisft.kernels.softmax_rows)
+        p = kernels.softmax_rows(s, scale, causal_T=s.shape[-1])
+    else:
+        s *= scale
+        s = xp.where(causal_mask(qkv.shape[1], xp), -xp.inf, s)
+        s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
+        p = xp.exp(s)
+        p /= xp.sum(p, axis=-1, keepdims=True)
     y = _merge_heads(p @ v)
     keep = "x" in need
     cache = AttentionCache(*(a if keep else None for a in (q, k, v, p)), need=need)
@@ -74,8 +79,12 @@ def attention_backward(dy, cache, need=None):
     dv = p.transpose(0, 1, 3, 2) @ dy  # y = P v  =>  dv = Pᵀ dy
     dp = dy @ v.transpose(0, 1, 3, 2)  # y = P v  =>  dP = dy vᵀ
     # P = softmax(S):  dS = P ∘ (dP − rowsum(dP ∘ P)); masked entries have P = 0, hence dS = 0
-    ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
-    ds *= 1.0 / math.sqrt(hd)  # S = q kᵀ / √hd
+    # and S = q kᵀ / √hd brings the factor 1/√hd
+    if kernels.enabled(dp):
+        ds = kernels.softmax_rows_backward(p, dp, 1.0 / math.sqrt(hd), overwrite=True)
+    else:
+        ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
+        ds *= 1.0 / math.sqrt(hd)
     dq = ds @ k  # dq = dS k
     dk = ds.transpose(0, 1, 3, 2) @ q  # dk = dSᵀ q
     dqkv = xp.stack([dq, dk, dv], axis=2)  # (B, H, 3, T, hd)

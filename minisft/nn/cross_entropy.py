@@ -8,6 +8,7 @@ Derivation: proofs/cross_entropy.md (tests/test_nn_grad.py::test_cross_entropy_f
 
 from dataclasses import dataclass
 
+from .. import kernels
 from ..backend import array_module
 from ..errors import bad_value
 from .need import backward_need, need_set
@@ -37,14 +38,20 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",
     if n_valid == 0:
         raise bad_value("targets", f"all {y.size} equal to ignore_index={ignore_index}",
                         "at least one target that is not ignored")
-    y = xp.where(valid, y, 0)
-    zmax = xp.max(z, axis=-1, keepdims=True)
-    e = xp.exp(z - zmax)
-    sumexp = xp.sum(e, axis=-1, keepdims=True)
-    lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
-    z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
-    loss = xp.sum(xp.where(valid, lse - z_target, 0.0)) / n_valid
-    probs = e / sumexp if "x" in need else None
+    if kernels.enabled(z):  # one fused pass (minisft.kernels.cross_entropy_rows)
+        probs, row_loss = kernels.cross_entropy_rows(z, y, ignore_index)
+        loss = xp.sum(row_loss) / n_valid
+        y = xp.where(valid, y, 0)
+    else:
+        y = xp.where(valid, y, 0)
+        zmax = xp.max(z, axis=-1, keepdims=True)
+        e = xp.exp(z - zmax)
+        sumexp = xp.sum(e, axis=-1, keepdims=True)
+        lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
+        z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
+        loss = xp.sum(xp.where(valid, lse - z_target, 0.0)) / n_valid
+        probs = e / sumexp
+    probs = probs if "x" in need else None
     return loss, CrossEntropyCache(probs, y, valid, n_valid, logits.shape, need)
 
 
@@ -54,8 +61,11 @@ def cross_entropy_backward(dloss, cache, need=None):
     if "x" not in need:
         return {}
     xp = array_module(cache.probs)
-    dz = cache.probs.copy()
-    rows = xp.arange(dz.shape[0])
-    dz[rows, cache.targets] -= 1.0
-    dz *= (xp.asarray(dloss, dtype=dz.dtype) / cache.n_valid) * cache.valid[:, None]
+    scale = float(dloss) / cache.n_valid
+    if kernels.enabled(cache.probs):
+        dz = kernels.cross_entropy_backward(cache.probs, cache.targets, cache.valid, scale)
+    else:
+        dz = cache.probs.copy()
+        dz[xp.arange(dz.shape[0]), cache.targets] -= 1.0
+        dz *= xp.asarray(scale, dtype=dz.dtype) * cache.valid[:, None]
     return {"x": dz.reshape(cache.shape)}

@@ -8,6 +8,7 @@ Derivation: proofs/gelu.md (tests/test_nn_grad.py::test_gelu_fd, ::test_gelu_tor
 import math
 from dataclasses import dataclass
 
+from .. import kernels
 from ..backend import array_module
 from .need import backward_need, need_set
 
@@ -25,8 +26,11 @@ def gelu_forward(x, need=("x",)):
     """y = 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))."""
     need = need_set(need, ("x",), "gelu")
     xp = array_module(x)
-    u = SQRT_2_OVER_PI * (x + COEFF * x * x * x)
-    y = 0.5 * x * (1.0 + xp.tanh(u))
+    if kernels.enabled(x):
+        y = kernels.gelu(x)
+    else:
+        u = SQRT_2_OVER_PI * (x + COEFF * x * x * x)
+        y = 0.5 * x * (1.0 + xp.tanh(u))
     return y, GeluCache(x=x if "x" in need else None, need=need)
 
 
@@ -37,6 +41,8 @@ def gelu_backward(dy, cache, need=None):
         return {}
     xp = array_module(dy)
     x = cache.x
+    if kernels.enabled(dy):
+        return {"x": kernels.gelu_backward(dy, x)}
     t = xp.tanh(SQRT_2_OVER_PI * (x + COEFF * x * x * x))
     du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * COEFF * x * x)
     return {"x": dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)}

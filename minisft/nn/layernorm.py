@@ -6,6 +6,7 @@ Derivation: proofs/layernorm.md (tests/test_nn_grad.py::test_layernorm_fd, ::tes
 
 from dataclasses import dataclass
 
+from .. import kernels
 from ..backend import array_module
 from .need import backward_need, need_set
 
@@ -25,13 +26,16 @@ def layernorm_forward(x, weight, bias, eps=EPS, need=ALL):
     """Normalise each vector x[..., :] to zero mean and unit variance, then scale and shift."""
     need = need_set(need, ALL, "layernorm")
     xp = array_module(x)
-    mean = xp.mean(x, axis=-1, keepdims=True)
-    xc = x - mean
-    var = xp.mean(xc * xc, axis=-1, keepdims=True)  # biased variance, as torch.nn.LayerNorm
-    rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = xc * rstd
-    y = xhat * weight + bias
     keep_xhat = "x" in need or "weight" in need
+    if kernels.enabled(x):
+        y, xhat, rstd = kernels.layernorm(x, weight, bias, eps, keep_xhat, "x" in need)
+    else:
+        mean = xp.mean(x, axis=-1, keepdims=True)
+        xc = x - mean
+        var = xp.mean(xc * xc, axis=-1, keepdims=True)  # biased variance, as torch.nn.LayerNorm
+        rstd = 1.0 / xp.sqrt(var + eps)
+        xhat = xc * rstd
+        y = xhat * weight + bias
     cache = LayerNormCache(
         xhat=xhat if keep_xhat else None,
         rstd=rstd if "x" in need else None,
@@ -51,7 +55,9 @@ def layernorm_backward(dy, cache, need=None):
         grads["weight"] = xp.sum(dy * cache.xhat, axis=lead)  # y = xhat·w + b
     if "bias" in need:
         grads["bias"] = xp.sum(dy, axis=lead)
-    if "x" in need:
+    if "x" in need and kernels.enabled(dy):
+        grads["x"] = kernels.layernorm_backward_x(dy, cache.xhat, cache.rstd, cache.weight)
+    elif "x" in need:
         # xhat = (x − μ)·rstd:  dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
         dxhat = dy * cache.weight
         mean_dxhat = xp.mean(dxhat, axis=-1, keepdims=True)

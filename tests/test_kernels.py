@@ -1,0 +1,125 @@
+"""Every fused CuPy kernel against the plain xp body it replaces (GPU only; skipped without one).
+The plain body is run with MINISFT_FUSED=0; both run on the GPU on the same fresh random inputs."""
+
+import numpy as np
+import pytest
+
+from minisft.backend import gpu_available, to_numpy
+from minisft.nn import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
+                        gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
+from minisft.optim import AdamW
+from tests.gradcheck import max_rel_diff
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
+TOL = {"float64": 1e-12, "float32": 2e-5}
+
+
+def both(monkeypatch, fn):
+    """(fused result, plain result) of fn() on the GPU."""
+    monkeypatch.setenv("MINISFT_FUSED", "1")
+    fused = fn()
+    monkeypatch.setenv("MINISFT_FUSED", "0")
+    plain = fn()
+    return fused, plain
+
+
+def close(a, b, dtype, what):
+    d = max_rel_diff(to_numpy(a), to_numpy(b))
+    assert d <= TOL[dtype], f"{what}: fused vs plain max rel diff {d:.3e}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 129, 2, 16), (3, 1, 1, 1)])
+def test_attention_kernels(monkeypatch, dtype, shape):
+    import cupy as cp
+    B, T, H, hd = shape
+    rng = np.random.default_rng(T)
+    qkv = cp.asarray(rng.standard_normal((B, T, 3 * H * hd)) * 3, dtype=dtype)
+    dy = cp.asarray(rng.standard_normal((B, T, H * hd)), dtype=dtype)
+
+    def run():
+        y, c = attention_forward(qkv, H)
+        return y, attention_backward(dy, c)["x"]
+
+    (yf, gf), (yp, gp) = both(monkeypatch, run)
+    close(yf, yp, dtype, "attention forward")
+    close(gf, gp, dtype, "attention backward")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N,V", [(7, 5), (33, 50257), (4, 1)])
+def test_cross_entropy_kernels(monkeypatch, dtype, N, V):
+    import cupy as cp
+    rng = np.random.default_rng(N)
+    z = cp.asarray(rng.standard_normal((1, N, V)) * 4, dtype=dtype)
+    y = rng.integers(0, V, (1, N))
+    y[0, ::3] = -100
+    y[0, 1] = rng.integers(0, V)
+    y = cp.asarray(y)
+
+    def run():
+        loss, c = cross_entropy_forward(z, y)
+        return loss, cross_entropy_backward(0.7, c)["x"]
+
+    (lf, gf), (lp, gp) = both(monkeypatch, run)
+    close(lf, lp, dtype, "cross-entropy loss")
+    close(gf, gp, dtype, "cross-entropy backward")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_kernels(monkeypatch, dtype):
+    import cupy as cp
+    x = cp.asarray(np.random.default_rng(0).standard_normal((64, 300)) * 4, dtype=dtype)
+    dy = cp.asarray(np.random.default_rng(1).standard_normal((64, 300)), dtype=dtype)
+
+    def run():
+        y, c = gelu_forward(x)
+        return y, gelu_backward(dy, c)["x"]
+
+    (yf, gf), (yp, gp) = both(monkeypatch, run)
+    close(yf, yp, dtype, "gelu forward")
+    close(gf, gp, dtype, "gelu backward")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("need", [("x", "weight", "bias"), ("weight",), ("x",), ()])
+@pytest.mark.parametrize("C", [3, 768, 1500])
+def test_layernorm_kernels(monkeypatch, dtype, need, C):
+    import cupy as cp
+    rng = np.random.default_rng(C)
+    x = cp.asarray(rng.standard_normal((2, 9, C)) * 2 + 1, dtype=dtype)
+    w, b = (cp.asarray(rng.standard_normal(C), dtype=dtype) for _ in range(2))
+    dy = cp.asarray(rng.standard_normal((2, 9, C)), dtype=dtype)
+
+    def run():
+        y, c = layernorm_forward(x, w, b, need=need)
+        return y, layernorm_backward(dy, c)
+
+    (yf, gf), (yp, gp) = both(monkeypatch, run)
+    close(yf, yp, dtype, "layernorm forward")
+    assert set(gf) == set(gp) == set(need)
+    for k in gf:
+        close(gf[k], gp[k], dtype, f"layernorm backward {k}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_adamw_kernel(monkeypatch, dtype, masked):
+    import cupy as cp
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((37, 11))
+    grads = [rng.standard_normal((37, 11)) for _ in range(4)]
+    mask = cp.asarray(rng.random((37, 11)) < 0.5) if masked else None
+
+    def run():
+        p = cp.asarray(p0, dtype=dtype)
+        opt = AdamW(lr=1e-2, weight_decay=0.1)
+        for g in grads:
+            opt.step({"p": p}, {"p": cp.asarray(g, dtype=dtype)}, masks={"p": mask} if masked else None)
+        return p, opt.state["p"]["exp_avg"], opt.state["p"]["exp_avg_sq"]
+
+    fused, plain = both(monkeypatch, run)
+    for a, b, what in zip(fused, plain, ("param", "exp_avg", "exp_avg_sq")):
+        close(a, b, dtype, f"adamw {what}")
+    if masked:
+        assert cp.all(fused[0][~mask] == cp.asarray(p0, dtype=dtype)[~mask])

@@ -170,7 +170,12 @@ def weight_sparsity(model):
 
 def compare_runs(preset):
     """(label, method name, options) of every row of the comparison, at matched budgets."""
-    return [("full", "full", {}), (f"lora-r{preset.lora_r}", "lora", {"r": preset.lora_r, "alpha": preset.lora_r})]
+    r = preset.lora_r
+    return [
+        ("full", "full", {}),
+        (f"lora-r{r}", "lora", {"r": r, "alpha": r}),
+        (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.finetune_lr}),
+    ]
 
 
 def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None):

@@ -8,8 +8,9 @@ import inspect
 
 from ..errors import bad_value
 from .base import FullFineTune, LoRAMethod, Method
+from .loradrop import LoRADrop
 
-REGISTRY = {"full": FullFineTune, "lora": LoRAMethod}
+REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop}
 
 
 def method_options(name):
@@ -33,4 +34,4 @@ def make_method(name, **options):
     return _cls(name)(**options)
 
 
-__all__ = ["REGISTRY", "FullFineTune", "LoRAMethod", "Method", "make_method", "method_options"]
+__all__ = ["REGISTRY", "FullFineTune", "LoRADrop", "LoRAMethod", "Method", "make_method", "method_options"]

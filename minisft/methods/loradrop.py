@@ -1,0 +1,247 @@
+"""LoRA-drop (Zhou et al. 2024, "LoRA-drop: Efficient LoRA Parameter Pruning based on Output
+Evaluation", arXiv 2402.07721, §3): keep LoRA on the layers whose LoRA *output* matters, let the
+others share one LoRA.
+
+    1. probe     LoRA on every target layer, trained for `probe_steps` AdamW steps on batches drawn
+                 from a sample D_s holding a fraction `sample_fraction` of the training data
+    2. score     g_i = sum_{x in D_s} ||Delta W_i x_i||^2 = sum_{tokens} ||s B A x_i||^2
+                 I_i = g_i / sum_j g_j
+    3. select    keep the smallest prefix of the layers sorted by I descending whose cumulative
+                 I reaches the threshold T            (minisft.loradrop.select_layers, default 0.9)
+    4. reset     kept layers get their own fresh LoRA; the dropped layers of each module type share
+                 ONE LoRA (SharedLoRA), whose gradient is the sum over the layers that use it
+
+g_i is accumulated during forward-only passes: for the scoring, each layer's LoRA is stood in for by
+a wrapper that lets the LoRA add its contribution s (x A^T) B^T into a zero buffer, adds the buffer
+into the layer output (so every later layer sees exactly the probe model's hidden states) and adds
+its squared norm to a float64 running sum on the device; no per-sample output is kept.
+Derivations: proofs/loradrop_method.md.
+
+Choices where the paper is ambiguous (ALGORITHMS.md §3):
+- The sample D_s ("a sampled fraction of the training data"; the paper samples a stratified alpha%
+  of a labelled data set): the training stream is cut into its m = floor(n / (T + 1)) disjoint
+  windows of T + 1 tokens, and k = floor(sample_fraction * m) of them (fraction read as its
+  shortest decimal) are drawn without replacement; k = 0 is an error. D_s is fixed for the run.
+- Probe: plain LoRA (same r, alpha) on every target layer, base frozen; AdamW(lr=probe_lr,
+  weight_decay=0, torch defaults otherwise), constant lr, no clipping, one batch per step of
+  task.batch_size windows drawn uniformly with replacement from D_s.
+- Scoring batches: every window of D_s exactly once, in order, in batches of task.batch_size (the
+  last one may be smaller), with every probe LoRA active. x_i runs over every token position.
+- Selection scope: `selection="joint"` (default) sorts all target layers together by I, normalised
+  over all of them (ALGORITHMS.md §3 step 3 sorts one list of layers); g is a sum over output
+  coordinates, so wide layers (c_attn: 3C, c_fc: 4C outputs) tend to outrank narrow ones.
+  `selection="per_type"` applies the threshold to each module type (attn.c_attn, attn.c_proj,
+  mlp.c_fc, mlp.c_proj) separately, each normalised within its type. Sharing is always per
+  module type (the layer shapes differ between types).
+- Re-initialisation: `reinit=True` (default) gives kept layers fresh LoRA; `reinit=False` keeps the
+  probe's trained LoRA on them. The shared LoRA is always fresh (no single probe LoRA is its origin).
+- Random draws, all from the trainer's Generator, in this order: D_s (rng.choice(m, k,
+  replace=False), sorted); the probe LoRAs' A, target layers in model order; per probe step, the
+  batch (rng.integers(0, k, batch_size)); the fresh A of each kept layer in model order
+  (reinit=True only); each shared LoRA's A in the order of LINEAR_SUFFIXES.
+"""
+
+import numpy as np
+
+from ..adapters import LoRA, SharedLoRA
+from ..backend import array_module, to_numpy
+from ..batches import _stream, _windows
+from ..errors import bad_type, bad_value, positive_int, require
+from ..loradrop import layer_output_sq_norm, normalize_importance, select_layers
+from ..model import LINEAR_SUFFIXES
+from ..optim import make_optimizer
+from ..select import ratio_count, real_in
+from .base import Method, target_layers
+
+SELECTIONS = ("joint", "per_type")
+
+
+# ---------------------------------------------------------------------------------- scoring
+class _OutputNorm:
+    """Scoring stand-in for a LoRA adapter: the same contribution to y, plus its squared norm
+    accumulated (float64, on the device) into `g`. Forward only."""
+
+    def __init__(self, lora):
+        self.lora, self.params = lora, lora.params
+        self.g = array_module(lora.A).zeros((), dtype=np.float64)
+
+    def forward(self, x, y):
+        """x: (..., d_in), y: (..., d_out) base output; adds s (x A^T) B^T into y in place."""
+        delta = array_module(y).zeros_like(y)
+        self.lora.forward(x, delta)  # delta = s (x A^T) B^T exactly (added to zeros)
+        self.g = self.g + layer_output_sq_norm(delta.reshape(-1, delta.shape[-1]))
+        y += delta
+        return y, None
+
+
+def _scored_loras(model):
+    """{layer: its one LoRA adapter} over the layers that carry a LoRA."""
+    found = {}
+    for layer, ads in model.adapters.items():
+        loras = [ad for ad in ads if isinstance(ad, LoRA)]
+        if len(loras) > 1:
+            raise bad_value(f"model.adapters[{layer!r}]", f"{len(loras)} LoRA adapters", "at most one LoRA per layer")
+        if loras:
+            require(not loras[0].merged, f"model.adapters[{layer!r}]", "a merged LoRA",
+                    "an unmerged LoRA (a merged one's output is inside the base weight)")
+            found[layer] = loras[0]
+    require(bool(found), "model", "a model without LoRA adapters", "a model with a LoRA adapter on at least one layer")
+    return found
+
+
+def layer_scores(model, batches):
+    """g_i = sum over the batches' tokens of ||s B A x_i||^2 for every layer i with a LoRA.
+
+    batches: non-empty list of (x, y), each (B, T) token ids (forward-only passes; y only feeds the
+    loss) -> ({layer: g_i as a Python float}, mean loss over the batches)."""
+    if not isinstance(batches, (list, tuple)):
+        raise bad_type("batches", batches, "a list of (x, y) token batches")
+    require(len(batches) > 0, "batches", batches, "a non-empty list of (x, y) token batches (the sample)")
+    loras = _scored_loras(model)
+    probes = {layer: _OutputNorm(ad) for layer, ad in loras.items()}
+    saved = {layer: list(ads) for layer, ads in model.adapters.items()}
+    try:
+        for layer, probe in probes.items():
+            model.adapters[layer] = [probe if ad is loras[layer] else ad for ad in saved[layer]]
+        loss = float(np.mean([model.loss(x, y) for x, y in batches]))
+    finally:
+        model.adapters.update(saved)
+    xp = array_module(next(iter(loras.values())).A)
+    g = to_numpy(xp.stack([p.g for p in probes.values()]))  # one host transfer
+    return dict(zip(probes, (float(v) for v in g))), loss
+
+
+def _normalized(scores):
+    """{layer: g} -> {layer: I}, with the cause named when g cannot be normalised."""
+    g = np.array(list(scores.values()), dtype=np.float64)
+    require(bool(np.isfinite(g).all()), "importance", scores,
+            "finite LoRA output norms (a NaN/inf LoRA output: the probe diverged; lower probe_lr)")
+    require(bool((g > 0).any()), "importance", scores,
+            "a non-zero LoRA output on some layer; every LoRA output is zero on the sample "
+            "(B still at its zero initialisation: an untrained probe)")
+    return dict(zip(scores, (float(v) for v in normalize_importance(g))))
+
+
+def layer_importance(model, batches):
+    """I_i = g_i / sum_j g_j for every layer with a LoRA: {layer: I_i}, summing to 1.
+    batches: non-empty list of (x, y) (B, T) token batches, forward only (see layer_scores)."""
+    return _normalized(layer_scores(model, batches)[0])
+
+
+# -------------------------------------------------------------------------------- selection
+def _suffix(layer):
+    return layer.split(".", 2)[2]
+
+
+def keep_and_share(layers, scores, threshold, selection="joint"):
+    """Which layers keep their own LoRA. layers: target layer names (model order); scores:
+    {layer: g_i}. -> (kept layer names in model order, {suffix: dropped layers of that type}) with
+    an entry only for types that drop a layer, suffixes in LINEAR_SUFFIXES order."""
+    require(selection in SELECTIONS, "selection", selection, f"one of {SELECTIONS}")
+    pools = [layers] if selection == "joint" else [[n for n in layers if _suffix(n) == s] for s in LINEAR_SUFFIXES]
+    kept = set()
+    for pool in (p for p in pools if p):
+        idx = select_layers(np.array([scores[n] for n in pool], dtype=np.float64), threshold)
+        kept.update(pool[i] for i in idx)
+    shared = {s: [n for n in layers if _suffix(n) == s and n not in kept] for s in LINEAR_SUFFIXES}
+    return [n for n in layers if n in kept], {s: d for s, d in shared.items() if d}
+
+
+def lora_param_count(model, layers, r):
+    """Exact parameters of one rank-r LoRA per layer: sum r (d_in + d_out)."""
+    return sum(r * sum(model.params[n + ".weight"].shape) for n in layers)
+
+
+# ------------------------------------------------------------------------------------ method
+class LoRADrop(Method):
+    """LoRA-drop: probe, score by LoRA output, keep the important layers, share one LoRA per
+    module type among the rest (module docstring)."""
+
+    name = "loradrop"
+
+    def __init__(self, r=8, alpha=8, threshold=0.9, sample_fraction=0.1, probe_steps=20, probe_lr=1e-3,
+                 targets=LINEAR_SUFFIXES, selection="joint", reinit=True):
+        self.r = positive_int("r", r)
+        self.alpha = real_in("alpha", alpha, 0.0, float("inf"), low_open=True, high_open=True)
+        self.threshold = real_in("threshold", threshold, 0.0, 1.0, low_open=True, high_open=False)
+        self.sample_fraction = real_in("sample_fraction", sample_fraction, 0.0, 1.0, low_open=True, high_open=False)
+        require(probe_steps != 0, "probe_steps", probe_steps, "at least 1: an untrained probe has B = 0, so "
+                "every LoRA output, and with it every layer's importance, is zero")
+        self.probe_steps = positive_int("probe_steps", probe_steps)
+        self.probe_lr = real_in("probe_lr", probe_lr, 0.0, float("inf"), low_open=True, high_open=True)
+        if isinstance(targets, str) or not all(t in LINEAR_SUFFIXES for t in targets) or not targets:
+            raise bad_value("targets", targets, f"a non-empty subset of {LINEAR_SUFFIXES}")
+        self.targets = tuple(targets)
+        require(selection in SELECTIONS, "selection", selection, f"one of {SELECTIONS}")
+        self.selection = selection
+        if not isinstance(reinit, bool):
+            raise bad_type("reinit", reinit, "True or False")
+        self.reinit = reinit
+        self._report = {}
+
+    def options(self):
+        return {"r": self.r, "alpha": self.alpha, "threshold": self.threshold,
+                "sample_fraction": self.sample_fraction, "probe_steps": self.probe_steps,
+                "probe_lr": self.probe_lr, "targets": list(self.targets), "selection": self.selection,
+                "reinit": self.reinit}
+
+    def sample(self, task, rng):
+        """D_s: (starts (k,) host int64 of the sampled windows, m the number of disjoint windows,
+        batch(indices into starts) -> (x, y) each (len(indices), T)) (module docstring)."""
+        stream = _stream(task.train_ids)
+        T = task.block_size
+        m = len(stream) // (T + 1)
+        require(m >= 1, f"len({stream.name})", len(stream), f"at least block_size + 1 = {T + 1} tokens (one window)")
+        k = ratio_count(self.sample_fraction, m, "floor")
+        require(k >= 1, "sample_fraction", self.sample_fraction,
+                f"a fraction keeping at least one of the {m} windows of {stream.name} (got floor(fraction * {m}) = 0)")
+        starts = (T + 1) * np.sort(rng.choice(m, size=k, replace=False)).astype(np.int64)
+        return starts, m, (lambda i: _windows(stream.ids, starts[i], T))
+
+    def prepare(self, model, task, rng):
+        model.freeze()
+        layers = target_layers(model, self.targets)
+        starts, m, batch = self.sample(task, rng)
+        k, B = len(starts), task.batch_size
+        probe = {n: model.add_adapter(n, LoRA(model, n, r=self.r, alpha=self.alpha, generator=rng)) for n in layers}
+        opt = make_optimizer("adamw", self.probe_lr, weight_decay=0.0)
+        for _ in range(self.probe_steps):
+            probe_loss, grads = model.loss_and_grads(*batch(rng.integers(0, k, size=B)))
+            opt.step(model.trainable_params(), grads)
+        sample = [batch(np.arange(i, min(i + B, k))) for i in range(0, k, B)]
+        scores, sample_loss = layer_scores(model, sample)
+        importance = _normalized(scores)
+        kept, shared = keep_and_share(layers, scores, self.threshold, self.selection)
+        for n in layers:
+            if not (n in kept and not self.reinit):
+                _detach(model, n, probe[n])
+        if self.reinit:
+            for n in kept:
+                model.add_adapter(n, LoRA(model, n, r=self.r, alpha=self.alpha, generator=rng))
+        for suffix, dropped in shared.items():
+            SharedLoRA(model, suffix, dropped[0], r=self.r, alpha=self.alpha, generator=rng).attach(model, dropped)
+        n_all = lora_param_count(model, layers, self.r)
+        n_kept = lora_param_count(model, kept, self.r)
+        n_shared = lora_param_count(model, [d[0] for d in shared.values()], self.r)
+        self._report = {
+            "sample": {"windows": k, "of_windows": m, "tokens": k * task.block_size},
+            "probe": {"steps": self.probe_steps, "lr": self.probe_lr, "last_loss": probe_loss, "sample_loss": sample_loss},
+            "scores": scores,
+            "importance": importance,
+            "kept": kept,
+            "shared": shared,
+            "params": {"loradrop": n_kept + n_shared, "kept": n_kept, "shared": n_shared, "lora_all_targets": n_all},
+            "retained_fraction": (n_kept + n_shared) / n_all,
+        }
+
+    def report(self):
+        return self._report
+
+
+def _detach(model, layer, adapter):
+    """Remove one adapter object from a layer (the layer's entry goes when it is the last)."""
+    rest = [ad for ad in model.adapters[layer] if ad is not adapter]
+    if rest:
+        model.adapters[layer] = rest
+    else:
+        del model.adapters[layer]

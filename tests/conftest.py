@@ -27,6 +27,13 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+try:  # the oracles run on small tensors: one intra-op thread avoids oversubscribing a 2-core machine
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
+
 
 def _cupy_or_none():
     from minisft.backend import gpu_available

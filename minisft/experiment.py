@@ -27,6 +27,7 @@ from .corpus import load_corpus
 from .errors import bad_value
 from .fileio import atomic_write_json, ensure_writable_dir
 from .methods import FullFineTune, make_method
+from .methods.spruft import rows_matching_lora
 from .model import GPT
 from .tokenizer import build_tokenizer
 from .train import Task, TrainConfig, evaluate, train
@@ -171,9 +172,11 @@ def weight_sparsity(model):
 def compare_runs(preset):
     """(label, method name, options) of every row of the comparison, at matched budgets."""
     r = preset.lora_r
+    rows = rows_matching_lora(preset.model, r)["options"]  # SPruFT at LoRA's trainable budget
     return [
         ("full", "full", {}),
         (f"lora-r{r}", "lora", {"r": r, "alpha": r}),
+        (f"spruft-rows{rows['rows']}", "spruft", {**rows, "importance": "taylor"}),
         (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.finetune_lr}),
     ]
 

@@ -9,8 +9,9 @@ import inspect
 from ..errors import bad_value
 from .base import FullFineTune, LoRAMethod, Method
 from .loradrop import LoRADrop
+from .spruft import SPruFT
 
-REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop}
+REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop, "spruft": SPruFT}
 
 
 def method_options(name):
@@ -34,4 +35,4 @@ def make_method(name, **options):
     return _cls(name)(**options)
 
 
-__all__ = ["REGISTRY", "FullFineTune", "LoRADrop", "LoRAMethod", "Method", "make_method", "method_options"]
+__all__ = ["REGISTRY", "FullFineTune", "LoRADrop", "LoRAMethod", "Method", "SPruFT", "make_method", "method_options"]

@@ -1,0 +1,442 @@
+"""SPruFT — row-based sparse fine-tuning (Li & Bhaskara 2025, "An Efficient Row-Based Sparse
+Fine-Tuning", arXiv 2502.11439, §3; ALGORITHMS.md §1).
+
+Score the output neurons (rows) of every target linear layer Y = X Wᵀ + b with a structural-pruning
+importance computed once on calibration batches of the frozen base model, keep the top rows, and
+train a dense delta on exactly those rows (`adapters.RowDelta`):
+
+    W_eff = W + Mᵀ ΔW_r,   b_eff = b + Mᵀ Δb_r          (M the one-hot selector of the kept rows)
+
+Importance of row i (G = Σ_batches dYᵀX, the weight gradient summed over the calibration batches):
+
+    "magnitude"      Σ_j |W_ij|^p, p ∈ {1, 2}                    no calibration batch drawn
+    "taylor"         Σ_j |W_ij G_ij|                             GradientProbe accumulates G
+    multivariable    |Σ_j W_ij G_ij| = |Σ_b Σ_n dY_ni (XWᵀ)_ni|  StreamingTaylorProbe: (d_out,) sums only
+    "obd"            Σ_j W_ij² F_ij, F = mean per-sequence G_s²  SquaredGradientProbe
+    "zeroth_order"   Σ_j |W_ij Ĝ_ij|, Ĝ the forward-only SPSA estimate of G (ε = zo_eps,
+                     zo_samples directions per calibration batch); `multivariable` applies as well
+
+(calibration statistics: `minisft.calibration`; derivations: proofs/spruft.md, proofs/importance.md).
+
+Neuron mode ("fine-tune the weights involving the selected neurons"): an MLP hidden neuron is
+{row of mlp.c_fc (+ its bias), column of mlp.c_proj}, an attention head {its q, k, v rows of
+attn.c_attn (+ biases), its columns of attn.c_proj} (`minisft.structure`); a group's importance is
+the mean of its members' row / column scores (col_* versions of the scores above). A selected group
+trains its rows (RowDelta) and columns (ColumnDelta, no bias: a column owns no bias entry).
+
+Choices where the paper or its released code is ambiguous:
+- Budget, scope="layer": per layer `rows_for_ratio(d_out, ratio)` rows (⌊ratio·d_out⌋ rounded down
+  to a multiple of 4, at least 1) or exactly `rows`; ratio defaults to 0.05 when neither is given.
+  scope="global": the same total (⌊ratio·Σ d_out⌋, at least 1, without the multiple-of-4 rounding;
+  or rows × number of layers) spent under ONE threshold on layer-mean-normalised scores; a layer may
+  then get no row (and no adapter). `rows` must fit every target layer in both scopes.
+- Neuron mode counts groups: per block and kind `rows_for_ratio(n_groups, ratio)` groups (so a
+  model with few heads trains at least one head per block) or `rows` groups; scope="global" puts one
+  threshold per kind (heads compete with heads, neurons with neurons: a head holds 4·hd rows and
+  columns, a neuron 2, so a count of mixed groups would mean nothing). Targets must then hold both
+  members of each kind: (attn.c_attn, attn.c_proj) and/or (mlp.c_fc, mlp.c_proj).
+- Ties go to the lower row (group) index and, globally, to the earlier layer (block).
+- Calibration: `calib_batches` batches of `task.batch_size` sequences (the released LLM script uses
+  50 batches of size 1), drawn with `task.sample(rng)`; statistics are sums over batches of the
+  gradients of each batch's mean loss (a positive per-layer constant away from any other scaling:
+  no selection changes). The released code's pitfalls are regression tests here: per-batch
+  gradients are never carried over (each batch adds only its own), the OBD accumulator sums its
+  squares, and every score is reduced over the input axis j of W (d_out, d_in).
+- Draw order from `rng`: the calibration batches; then (zeroth order) the directions, batch by batch;
+  then the kaiming draws of each adapter (init="kaiming_uniform") in linear-layer order. "magnitude"
+  draws no batch. Bias deltas start at zero whatever `init` (kaiming needs a fan-in a 1-D bias lacks).
+- Bias entries are not scored; with bias=True each kept row trains its bias entry too.
+- Memory: "taylor" and "obd" hold one d_out×d_in statistic per target layer during `prepare` (one
+  full gradient's worth, as the released code's `.grad`), freed before training; the multivariable
+  score holds only (d_out,) vectors. Training holds only the row/column deltas' gradients and
+  AdamW moments (no d_out×d_in buffer).
+- "quantile_taylor" is not offered by the method. The paper's quantile mean is taken over the
+  per-class Taylor scores of a CLASSIFICATION objective so that a neuron important for any class
+  survives. Our objective is next-token prediction: grouping calibration batches as "classes" would
+  only take quantiles over exchangeable replicates of one distribution (a noisy L-estimator, not a
+  class-robust score), and grouping positions by their target token gives thousands of classes that
+  mostly have no sample (zero scores dominate every quantile). The primitive stays available:
+  `importance.quantile_mean` over per-class scores the caller defines (tested there, per-class
+  gradients recomputed from zero for each class).
+- `prepare` needs a model without adapters and freezes every base tensor.
+Equal budget with LoRA: `rows_matching_lora(config, r)` (exact counts, proofs/spruft.md §5).
+"""
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ..adapters import ColumnDelta, RowDelta
+from ..adapters.rows import INITS
+from ..backend import to_numpy
+from ..calibration import (
+    GradientProbe,
+    SquaredGradientProbe,
+    StreamingTaylorProbe,
+    calibration_batches,
+    run_calibration,
+    zeroth_order_weight_gradients,
+)
+from ..config import GPTConfig
+from ..errors import CheckpointError, bad_type, bad_value, positive_int, require
+from ..importance import (
+    MAGNITUDE_P,
+    col_magnitude,
+    col_obd,
+    col_taylor,
+    global_threshold_rows,
+    row_magnitude,
+    row_obd,
+    row_taylor,
+    rows_for_ratio,
+    top_rows,
+)
+from ..model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
+from ..select import decimal_fraction, ratio_count, real_in
+from ..structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
+from .base import Method, target_layers
+
+IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order")
+SCOPES = ("layer", "global")
+MODES = ("rows", "neurons")
+DEFAULT_RATIO = 0.05
+# (row score, column score) of each importance; taylor and zeroth_order take (W, G, multivariable)
+SCORERS = {
+    "magnitude": (row_magnitude, col_magnitude),
+    "taylor": (row_taylor, col_taylor),
+    "zeroth_order": (row_taylor, col_taylor),
+    "obd": (row_obd, col_obd),
+}
+# neuron-mode group kinds: (row member, column member) suffixes of a block
+GROUP_KINDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
+
+
+def _bool(arg, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad_type(arg, value, "True or False")
+    return bool(value)
+
+
+def _targets(targets, mode):
+    if isinstance(targets, str) or not isinstance(targets, (list, tuple)):
+        raise bad_type("targets", targets, f"a list or tuple of suffixes among {LINEAR_SUFFIXES}")
+    targets = tuple(targets)
+    ok = bool(targets) and all(t in LINEAR_SUFFIXES for t in targets) and len(set(targets)) == len(targets)
+    require(ok, "targets", list(targets), f"a non-empty list of distinct suffixes among {LINEAR_SUFFIXES}")
+    if mode == "neurons":
+        whole = all(set(pair) <= set(targets) or not set(pair) & set(targets) for pair in GROUP_KINDS.values())
+        require(whole, "targets", list(targets),
+                f"in neuron mode, complete groups: {list(GROUP_KINDS.values())} (each pair wholly or not)")
+    return targets
+
+
+def _axis_score(importance, axis, W, stat, p, multivariable):
+    """(d_out,) row scores (axis "rows") or (d_in,) column scores (axis "cols") of W (d_out, d_in)."""
+    fn = SCORERS[importance][0 if axis == "rows" else 1]
+    if importance == "magnitude":
+        return fn(W, p)
+    if importance == "obd":
+        return fn(W, stat)
+    return fn(W, stat, multivariable)
+
+
+def _shapes(arrays):
+    return {name: list(a.shape) for name, a in arrays.items()}
+
+
+def _layer_suffix(param_suffix):
+    """Drop ".weight": "mlp.c_fc.weight" -> "mlp.c_fc"."""
+    return param_suffix[: -len(".weight")]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What one budget applies to: a layer's rows (row mode), or one block's groups of one kind
+    (neuron mode: MLP neurons or attention heads)."""
+
+    size: int  # rows of the layer / groups of the block
+    family: str  # units that share one global threshold: "rows", or the group kind "attn" / "mlp"
+    axes: tuple  # ((layer, "rows" | "cols"), ...): the member scores the unit's score needs
+    groups: Groups = None  # neuron mode only
+    block: int = None  # neuron mode only
+
+    def score(self, scores):
+        """{layer: {axis: scores}} -> (size,) this unit's scores."""
+        if self.groups is None:
+            layer, axis = self.axes[0]
+            return scores[layer][axis]
+        members = {(m.suffix, m.axis): scores[layer][axis] for m, (layer, axis) in zip(self.groups.members, self.axes)}
+        return group_scores(self.groups, members)
+
+    def indices(self, selected):
+        """Selected unit indices (host) -> ({layer: rows}, {layer: cols}) of the adapters to train."""
+        if self.groups is None:
+            return {self.axes[0][0]: selected}, {}
+        rows, cols = group_adapter_indices(self.groups, selected, self.block)
+        return ({_layer_suffix(k): v for k, v in rows.items()}, {_layer_suffix(k): v for k, v in cols.items()})
+
+
+class SPruFT(Method):
+    """SPruFT: dense deltas on the rows (or neuron groups) picked by a pruning importance."""
+
+    name = "spruft"
+
+    def __init__(self, ratio=None, rows=None, importance="taylor", scope="layer", mode="rows", init="zeros",
+                 calib_batches=8, multivariable=False, p=2, targets=LINEAR_SUFFIXES, zo_samples=16,
+                 zo_eps=1e-3, bias=True):
+        if ratio is not None and rows is not None:
+            raise bad_value("ratio/rows", (ratio, rows), "exactly one of ratio and rows (the other None)")
+        if rows is None:
+            ratio = real_in("ratio", DEFAULT_RATIO if ratio is None else ratio, 0.0, 1.0,
+                            low_open=True, high_open=False)
+        else:
+            rows = positive_int("rows", rows)
+        if importance == "quantile_taylor":
+            raise bad_value("importance", importance, f"one of {IMPORTANCES}: the quantile mean needs classes, "
+                            "which a next-token objective lacks (see minisft.methods.spruft's docstring)")
+        require(importance in IMPORTANCES, "importance", importance, f"one of {IMPORTANCES}")
+        require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
+        require(mode in MODES, "mode", mode, f"one of {MODES}")
+        require(init in INITS, "init", init, f"one of {INITS}")
+        multivariable = _bool("multivariable", multivariable)
+        require(not multivariable or importance in ("taylor", "zeroth_order"), "multivariable", multivariable,
+                f"False for importance={importance!r} (it is a Taylor-score option)")
+        if isinstance(p, bool) or p not in MAGNITUDE_P:
+            raise bad_value("p", p, f"one of {MAGNITUDE_P}")
+        self.ratio, self.rows = ratio, rows
+        self.importance, self.scope, self.mode, self.init = importance, scope, mode, init
+        self.calib_batches = positive_int("calib_batches", calib_batches)
+        self.multivariable, self.p = multivariable, int(p)
+        self.targets = _targets(targets, mode)
+        self.zo_samples = positive_int("zo_samples", zo_samples)
+        self.zo_eps = real_in("zo_eps", zo_eps, 0.0, math.inf, low_open=True, high_open=True)
+        self.bias = _bool("bias", bias)
+        # after prepare: host int64 indices {layer: rows / cols}; host scores {layer: {axis: (d,)}}
+        # and {unit: (n,)} (a unit is a layer in row mode, "h.{i}.attn" / "h.{i}.mlp" in neuron mode)
+        self.selected_rows, self.selected_cols, self._report = {}, {}, {}
+        self.layer_scores, self.unit_scores = {}, {}
+
+    def options(self):
+        return {"ratio": self.ratio, "rows": self.rows, "importance": self.importance, "scope": self.scope,
+                "mode": self.mode, "init": self.init, "calib_batches": self.calib_batches,
+                "multivariable": self.multivariable, "p": self.p, "targets": list(self.targets),
+                "zo_samples": self.zo_samples, "zo_eps": self.zo_eps, "bias": self.bias}
+
+    # ------------------------------------------------------------------------------- prepare
+    def prepare(self, model, task, rng):
+        require(not model.adapters, "model.adapters", sorted(model.adapters)[:4],
+                "a model without adapters (SPruFT scores and wraps the base model)")
+        layers = target_layers(model, self.targets)
+        units = self._units(model, layers)  # validates `rows` against the model before any work
+        needs_batches = self.importance != "magnitude"
+        batches = calibration_batches(task, rng, self.calib_batches) if needs_batches else []
+        model.freeze()
+        scores, calibration = self._layer_scores(model, batches, rng, units)
+        unit_scores = {name: u.score(scores) for name, u in units.items()}
+        self.layer_scores = {layer: {axis: to_numpy(s) for axis, s in d.items()} for layer, d in scores.items()}
+        self.unit_scores = {name: to_numpy(s) for name, s in unit_scores.items()}
+        chosen = self._select(units, unit_scores)
+        self.selected_rows, self.selected_cols = {}, {}
+        for name, u in units.items():
+            rows, cols = u.indices(chosen[name])
+            self.selected_rows.update({k: v for k, v in rows.items() if v.size})
+            self.selected_cols.update({k: v for k, v in cols.items() if v.size})
+        trainable = self._attach(model, layers, rng)
+        self._report = self._make_report(layers, units, chosen, trainable, calibration)
+
+    def _units(self, model, layers):
+        """{unit name: _Unit}: one per layer (row mode) or per block and group kind (neuron mode)."""
+        if self.mode == "rows":
+            units = {layer: _Unit(model.params[layer + ".weight"].shape[0], "rows", ((layer, "rows"),))
+                     for layer in layers}
+        else:
+            cfg = model.config
+            make = {"attn": lambda: attention_head_groups(cfg.n_embd, cfg.n_head),
+                    "mlp": lambda: mlp_neuron_groups(cfg.n_embd)}
+            units = {}
+            for i in range(cfg.n_layer):
+                for kind, (row_suffix, _) in GROUP_KINDS.items():
+                    if f"h.{i}.{row_suffix}" in layers:
+                        groups = make[kind]()
+                        axes = tuple((f"h.{i}.{_layer_suffix(m.suffix)}", "rows" if m.axis == ROWS else "cols")
+                                     for m in groups.members)
+                        units[f"h.{i}.{kind}"] = _Unit(groups.n_groups, kind, axes, groups, i)
+        if self.rows is not None:
+            what = "rows" if self.mode == "rows" else "groups"
+            for name, u in units.items():
+                require(self.rows <= u.size, "rows", self.rows, f"at most {u.size}, the {what} of {name}")
+        return units
+
+    def _layer_scores(self, model, batches, rng, units):
+        """({layer: {axis: scores}}, calibration facts) for every (layer, axis) the units need."""
+        axes = {}
+        for u in units.values():
+            for layer, axis in u.axes:
+                axes.setdefault(layer, []).append(axis)
+        W = {layer: model.params[layer + ".weight"] for layer in axes}
+        calibration = {"batches": len(batches)}
+        if self.importance == "magnitude":
+            stats = dict.fromkeys(axes)
+        else:
+            if self.importance == "zeroth_order":
+                stats = zeroth_order_weight_gradients(model, list(axes), batches, self.zo_samples, self.zo_eps, rng)
+                calibration.update(forward_passes=2 * self.zo_samples * len(batches), buffers=_shapes(stats))
+            else:
+                probes = {layer: self._probe(model, layer, axes[layer]) for layer in axes}
+                calibration["mean_loss"] = run_calibration(model, probes, batches)
+                calibration["buffers"] = {layer: _shapes(pr.buffers()) for layer, pr in probes.items()}
+                if self.importance == "taylor" and self.multivariable:
+                    return {layer: pr.scores() for layer, pr in probes.items()}, calibration
+                stats = {layer: pr.G if self.importance == "taylor" else pr.fisher() for layer, pr in probes.items()}
+        scores = {layer: {axis: _axis_score(self.importance, axis, W[layer], stats[layer], self.p, self.multivariable)
+                          for axis in axes[layer]} for layer in axes}
+        return scores, calibration
+
+    def _probe(self, model, layer, axes):
+        if self.importance == "obd":
+            return SquaredGradientProbe(model, layer)
+        if self.multivariable:
+            return StreamingTaylorProbe(model, layer, rows="rows" in axes, cols="cols" in axes)
+        return GradientProbe(model, layer)
+
+    def _select(self, units, unit_scores):
+        """{unit: host int64 indices}: top-k per unit, or one threshold per family (global)."""
+        if self.scope == "layer":
+            return {name: to_numpy(top_rows(unit_scores[name], self._count(u.size))) for name, u in units.items()}
+        chosen = {}
+        for family in dict.fromkeys(u.family for u in units.values()):
+            names = [name for name, u in units.items() if u.family == family]
+            sizes = [units[name].size for name in names]
+            total = (max(1, ratio_count(self.ratio, sum(sizes), "floor")) if self.rows is None
+                     else self.rows * len(names))
+            picked = global_threshold_rows({name: unit_scores[name] for name in names}, total)
+            chosen.update({name: to_numpy(idx) for name, idx in picked.items()})
+        return chosen
+
+    def _count(self, size):
+        return rows_for_ratio(size, self.ratio) if self.rows is None else self.rows
+
+    def _attach(self, model, layers, rng):
+        """Row deltas (and column deltas in neuron mode) in linear-layer order; {layer: trainable}."""
+        trainable = {}
+        for layer in layers:
+            n = 0
+            if layer in self.selected_rows:
+                ad = RowDelta(model, layer, self.selected_rows[layer], bias=self.bias, init=self.init, generator=rng)
+                n += model.add_adapter(layer, ad).n_trainable()
+            if layer in self.selected_cols:
+                ad = ColumnDelta(model, layer, self.selected_cols[layer], init=self.init, generator=rng)
+                n += model.add_adapter(layer, ad).n_trainable()
+            trainable[layer] = n
+        return trainable
+
+    # -------------------------------------------------------------------------------- report
+    def _make_report(self, layers, units, chosen, trainable, calibration):
+        report = {
+            "importance": self.importance, "multivariable": self.multivariable, "mode": self.mode,
+            "scope": self.scope,
+            "rows": {layer: self.selected_rows[layer].tolist() for layer in layers if layer in self.selected_rows},
+            "counts": {layer: int(self.selected_rows.get(layer, np.empty(0)).size) for layer in layers},
+            "trainable_by_layer": trainable,
+            "trainable": sum(trainable.values()),
+            "calibration": calibration,
+        }
+        if self.mode == "neurons":
+            report["columns"] = {layer: self.selected_cols[layer].tolist()
+                                 for layer in layers if layer in self.selected_cols}
+            report["column_counts"] = {layer: int(self.selected_cols.get(layer, np.empty(0)).size) for layer in layers}
+            report["groups"] = {name: chosen[name].tolist() for name in units}
+        return report
+
+    def report(self):
+        return self._report
+
+    # ----------------------------------------------------------------------- checkpoint state
+    def state_arrays(self):
+        """The selection, so that a resumed run can check it re-selected the same rows and columns."""
+        out = {f"rows/{k}": v for k, v in self.selected_rows.items()}
+        out.update({f"cols/{k}": v for k, v in self.selected_cols.items()})
+        return out
+
+    def load_state_arrays(self, arrays):
+        mine = self.state_arrays()
+        same = set(arrays) == set(mine) and all(np.array_equal(to_numpy(arrays[k]), mine[k]) for k in mine)
+        if not same:
+            raise CheckpointError("checkpoint: its SPruFT selection differs from the one prepare() just made "
+                                  "(expected the same rows and columns; same data, seed and options?)")
+
+
+# ------------------------------------------------------------------------- budget matching
+def _target_shapes(model_config, targets):
+    """[(layer, d_out, d_in)] of the target linear layers of `model_config`."""
+    if not isinstance(model_config, GPTConfig):
+        raise bad_type("model_config", model_config, "a minisft.GPTConfig")
+    targets = _targets(targets, "rows")
+    shapes = param_shapes(model_config)
+    return [(layer, *shapes[layer + ".weight"]) for layer in linear_layer_names(model_config)
+            if layer.split(".", 2)[2] in targets]
+
+
+def lora_trainable(model_config, r, targets=LINEAR_SUFFIXES):
+    """Exact LoRA parameter count at rank r: Σ_layers r·(d_in + d_out) (A (r, d_in), B (d_out, r))."""
+    layers = _target_shapes(model_config, targets)
+    r = positive_int("r", r)
+    smallest = min(min(d_out, d_in) for _, d_out, d_in in layers)
+    require(r <= smallest, "r", r, f"at most min(d_out, d_in) = {smallest} over the target layers")
+    return sum(r * (d_out + d_in) for _, d_out, d_in in layers)
+
+
+def spruft_rows_per_layer(model_config, ratio=None, rows=None, targets=LINEAR_SUFFIXES):
+    """{layer: kept rows} of SPruFT's row mode with scope="layer" (exactly one of ratio, rows)."""
+    method = SPruFT(ratio=ratio, rows=rows, targets=targets)  # validates the budget arguments
+    layers = _target_shapes(model_config, method.targets)
+    if method.rows is not None:
+        smallest = min(d_out for _, d_out, _ in layers)
+        require(method.rows <= smallest, "rows", method.rows, f"at most {smallest}, the rows of the smallest layer")
+    return {layer: method._count(d_out) for layer, d_out, _ in layers}
+
+
+def spruft_trainable(model_config, ratio=None, rows=None, targets=LINEAR_SUFFIXES, bias=True):
+    """Exact SPruFT trainable count (row mode, scope="layer"): Σ_layers k_l·(d_in + bias)."""
+    d_in = {layer: d for layer, _, d in _target_shapes(model_config, targets)}
+    counts = spruft_rows_per_layer(model_config, ratio, rows, targets)
+    return sum(k * (d_in[layer] + int(_bool("bias", bias))) for layer, k in counts.items())
+
+
+def _short_decimal_in(low, high):
+    """The shortest decimal ratio ρ with low <= ρ < high (Fractions, 0 <= low < high <= 1), or 1 when
+    high is past 1; a float whose decimal reading (`select.decimal_fraction`) is exactly ρ."""
+    for digits in range(1, 18):
+        scale = 10**digits
+        candidate = Fraction(math.ceil(max(low, Fraction(1, scale)) * scale), scale)
+        if candidate < high:
+            value = float(candidate)
+            if decimal_fraction(value) == candidate:
+                return value
+    raise AssertionError(f"no short decimal in [{low}, {high})")  # unreachable: high - low >= 1/d_out²
+
+
+def rows_matching_lora(model_config, r, targets=LINEAR_SUFFIXES, bias=True):
+    """The SPruFT budget (row mode, scope="layer") whose exact trainable count — row weights plus bias
+    deltas — is closest to LoRA's at rank r on the same target layers.
+
+    Searches every per-layer row count `rows` = k (1 <= k <= smallest d_out) and every distinct
+    outcome of `ratio` (the per-layer counts change only at ratio = 4m/d_out; each interval between
+    breakpoints is represented by its shortest decimal). Ties: `rows` first, then the smaller count.
+    Returns {"options": {"rows": k} or {"ratio": ρ}, "spruft_trainable", "lora_trainable",
+    "rows_per_layer": {layer: k_l}}.
+    """
+    layers = _target_shapes(model_config, targets)
+    lora = lora_trainable(model_config, r, targets)
+    bias = _bool("bias", bias)
+    candidates = [{"rows": k} for k in range(1, min(d_out for _, d_out, _ in layers) + 1)]
+    breaks = sorted({Fraction(4 * m, d_out) for _, d_out, _ in layers for m in range(1, d_out // 4 + 1)})
+    edges = [Fraction(0)] + breaks + [Fraction(2)]
+    candidates += [{"ratio": _short_decimal_in(lo, hi)} for lo, hi in zip(edges[:-1], edges[1:]) if lo < 1]
+    totals = [spruft_trainable(model_config, targets=targets, bias=bias, **o) for o in candidates]
+    best = min(range(len(candidates)), key=lambda c: (abs(totals[c] - lora), "rows" not in candidates[c], totals[c]))
+    options = candidates[best]
+    return {"options": options, "spruft_trainable": totals[best], "lora_trainable": lora,
+            "rows_per_layer": spruft_rows_per_layer(model_config, targets=targets, **options)}

@@ -23,6 +23,8 @@ def _common(p):
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"where caches, runs and results go (default ./{DEFAULT_WORKDIR})")
     p.add_argument("--data", nargs="+", metavar="PATH", help="your own text files/folders as the target domain (default: the stdlib docs)")
     p.add_argument("--steps", type=int, help="fine-tuning steps (default: the preset's)")
+    p.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the preset's finetune_lr for "
+                   "methods that train base tensors, peft_lr for adapter methods)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -94,7 +96,7 @@ def _run(args):
         method = make_method(args.method, **parse_options(args.set))
         label = args.label or args.method
         _, r = ex.finetune(preset, workdir, data, method, label, args.backend, args.dtype, args.seed,
-                           resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every)
+                           resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every, lr=args.lr)
         print(format_table([r], {label: r["ms_per_step"]}, base=r["base"]))
         print(f"\nrun written to {workdir / 'runs' / label}")
         return 0

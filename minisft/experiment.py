@@ -42,7 +42,8 @@ class Preset:
     pretrain_steps: int
     pretrain_lr: float
     finetune_steps: int
-    finetune_lr: float
+    finetune_lr: float  # methods that update the base tensors (full, GMT, MGPP)
+    peft_lr: float  # adapter methods (LoRA, LoRA-drop, SPruFT, AdaPEFT): 10x, the usual PEFT ratio
     eval_batches: int
     lora_r: int
 
@@ -50,13 +51,13 @@ class Preset:
 PRESETS = {
     "tiny": Preset("tiny", GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
                    max_chars=1_000_000, batch_size=16, pretrain_steps=300, pretrain_lr=3e-3,
-                   finetune_steps=60, finetune_lr=1e-3, eval_batches=4, lora_r=4),
+                   finetune_steps=60, finetune_lr=1e-3, peft_lr=1e-2, eval_batches=4, lora_r=4),
     "small": Preset("small", GPTConfig(vocab_size=1024, block_size=64, n_layer=4, n_head=4, n_embd=128),
                     max_chars=3_000_000, batch_size=16, pretrain_steps=600, pretrain_lr=2e-3,
-                    finetune_steps=150, finetune_lr=1e-3, eval_batches=8, lora_r=8),
+                    finetune_steps=150, finetune_lr=1e-3, peft_lr=1e-2, eval_batches=8, lora_r=8),
     "gpt2": Preset("gpt2", GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
                    max_chars=None, batch_size=8, pretrain_steps=2000, pretrain_lr=6e-4,
-                   finetune_steps=300, finetune_lr=1e-4, eval_batches=8, lora_r=8),
+                   finetune_steps=300, finetune_lr=1e-4, peft_lr=1e-3, eval_batches=8, lora_r=8),
 }
 
 
@@ -132,12 +133,17 @@ def unigram_entropy(stream, vocab_size):
     return float(-(p * np.log(p)).sum())
 
 
+def method_lr(preset, method):
+    """The preset's learning rate for `method`: finetune_lr if it trains base tensors, else peft_lr."""
+    return preset.finetune_lr if method.trains_base else preset.peft_lr
+
+
 def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0,
-             resume=False, progress=None, checkpoint_every=0):
+             resume=False, progress=None, checkpoint_every=0, lr=None):
     """Fine-tune a fresh copy of the pretrained base on the target domain with `method`."""
     model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
     task = make_task(data.target[0], data.target[1], data.code[1], preset)
-    cfg = TrainConfig(steps=preset.finetune_steps, lr=preset.finetune_lr,
+    cfg = TrainConfig(steps=preset.finetune_steps, lr=lr or method_lr(preset, method),
                       eval_every=max(1, preset.finetune_steps // 5), seed=seed,
                       checkpoint_every=checkpoint_every)
     base_eval = {"target": evaluate_batches(model, task.val_target), "source": evaluate_batches(model, task.val_source)}
@@ -177,7 +183,7 @@ def compare_runs(preset):
         ("full", "full", {}),
         (f"lora-r{r}", "lora", {"r": r, "alpha": r}),
         (f"spruft-rows{rows['rows']}", "spruft", {**rows, "importance": "taylor"}),
-        (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.finetune_lr}),
+        (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.peft_lr}),
     ]
 
 

@@ -18,7 +18,7 @@ from minisft.batches import TokenStream, validation_batches
 
 MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
                   max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
-                  finetune_steps=12, finetune_lr=3e-3, eval_batches=2, lora_r=2)
+                  finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
 
 
 def synthetic_task(V=40, T=8, B=4, n=3000, seed=0):

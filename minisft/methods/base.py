@@ -17,6 +17,7 @@ from ..model import LINEAR_SUFFIXES, linear_layer_names
 
 class Method:
     name = "method"
+    trains_base = False  # True: the method updates base tensors in place (full-FT learning rate)
 
     def prepare(self, model, task, rng):
         raise TypeError(f"{type(self).__name__} must implement prepare(model, task, rng)")
@@ -68,6 +69,7 @@ class FullFineTune(Method):
     """Every base tensor trains in place (weights, biases, LayerNorms, embeddings)."""
 
     name = "full"
+    trains_base = True
 
     def prepare(self, model, task, rng):
         model.unfreeze()

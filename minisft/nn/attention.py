@@ -56,10 +56,10 @@ def attention_forward(qkv, n_head, need=("x",)):
     if kernels.enabled(s):  # the same softmax in one fused pass (minisft.kernels.softmax_rows)
         p = kernels.softmax_rows(s, scale, causal_T=s.shape[-1])
     else:
-        s *= scale
-        s = xp.where(causal_mask(qkv.shape[1], xp), -xp.inf, s)
+        s *= scale  # in place: s is fresh from the matmul
+        s[..., causal_mask(qkv.shape[1], xp)] = -xp.inf
         s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
-        p = xp.exp(s)
+        p = xp.exp(s, out=s)
         p /= xp.sum(p, axis=-1, keepdims=True)
     y = _merge_heads(p @ v)
     keep = "x" in need
@@ -83,7 +83,9 @@ def attention_backward(dy, cache, need=None):
     if kernels.enabled(dp):
         ds = kernels.softmax_rows_backward(p, dp, 1.0 / math.sqrt(hd), overwrite=True)
     else:
-        ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
+        ds = dp  # in place: dp is fresh from the matmul
+        ds -= xp.sum(dp * p, axis=-1, keepdims=True)
+        ds *= p
         ds *= 1.0 / math.sqrt(hd)
     dq = ds @ k  # dq = dS k
     dk = ds.transpose(0, 1, 3, 2) @ q  # dk = dSᵀ q

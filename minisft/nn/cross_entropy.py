@@ -45,12 +45,14 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",
     else:
         y = xp.where(valid, y, 0)
         zmax = xp.max(z, axis=-1, keepdims=True)
-        e = xp.exp(z - zmax)
+        e = z - zmax
+        xp.exp(e, out=e)
         sumexp = xp.sum(e, axis=-1, keepdims=True)
         lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
         z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
         loss = xp.sum(xp.where(valid, lse - z_target, 0.0)) / n_valid
-        probs = e / sumexp
+        probs = e
+        probs /= sumexp
     probs = probs if "x" in need else None
     return loss, CrossEntropyCache(probs, y, valid, n_valid, logits.shape, need)
 

@@ -28,9 +28,16 @@ def gelu_forward(x, need=("x",)):
     xp = array_module(x)
     if kernels.enabled(x):
         y = kernels.gelu(x)
-    else:
-        u = SQRT_2_OVER_PI * (x + COEFF * x * x * x)
-        y = 0.5 * x * (1.0 + xp.tanh(u))
+    else:  # in place on one temporary: y = ½ x (1 + tanh(√(2/π)(x + 0.044715 x³)))
+        y = x * x
+        y *= COEFF
+        y += 1.0
+        y *= x
+        y *= SQRT_2_OVER_PI  # u
+        xp.tanh(y, out=y)
+        y += 1.0
+        y *= x
+        y *= 0.5
     return y, GeluCache(x=x if "x" in need else None, need=need)
 
 
@@ -43,6 +50,22 @@ def gelu_backward(dy, cache, need=None):
     x = cache.x
     if kernels.enabled(dy):
         return {"x": kernels.gelu_backward(dy, x)}
-    t = xp.tanh(SQRT_2_OVER_PI * (x + COEFF * x * x * x))
-    du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * COEFF * x * x)
-    return {"x": dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)}
+    # in place on three temporaries
+    du = x * x
+    t = du * COEFF
+    t += 1.0
+    t *= x
+    t *= SQRT_2_OVER_PI
+    xp.tanh(t, out=t)  # t = tanh(u)
+    du *= 3.0 * COEFF * SQRT_2_OVER_PI
+    du += SQRT_2_OVER_PI  # du/dx = √(2/π)(1 + 3·0.044715 x²)
+    g = t * t
+    xp.subtract(1.0, g, out=g)
+    g *= x
+    g *= du
+    g *= 0.5  # ½ x (1 − t²) du/dx
+    t += 1.0
+    t *= 0.5  # ½ (1 + t)
+    g += t
+    g *= dy
+    return {"x": g}

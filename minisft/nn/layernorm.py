@@ -30,12 +30,12 @@ def layernorm_forward(x, weight, bias, eps=EPS, need=ALL):
     if kernels.enabled(x):
         y, xhat, rstd = kernels.layernorm(x, weight, bias, eps, keep_xhat, "x" in need)
     else:
-        mean = xp.mean(x, axis=-1, keepdims=True)
-        xc = x - mean
-        var = xp.mean(xc * xc, axis=-1, keepdims=True)  # biased variance, as torch.nn.LayerNorm
+        xhat = x - xp.mean(x, axis=-1, keepdims=True)  # x − μ, normalised in place below
+        var = xp.mean(xhat * xhat, axis=-1, keepdims=True)  # biased variance, as torch.nn.LayerNorm
         rstd = 1.0 / xp.sqrt(var + eps)
-        xhat = xc * rstd
-        y = xhat * weight + bias
+        xhat *= rstd
+        y = xhat * weight
+        y += bias
     cache = LayerNormCache(
         xhat=xhat if keep_xhat else None,
         rstd=rstd if "x" in need else None,
@@ -59,8 +59,10 @@ def layernorm_backward(dy, cache, need=None):
         grads["x"] = kernels.layernorm_backward_x(dy, cache.xhat, cache.rstd, cache.weight)
     elif "x" in need:
         # xhat = (x − μ)·rstd:  dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
-        dxhat = dy * cache.weight
-        mean_dxhat = xp.mean(dxhat, axis=-1, keepdims=True)
-        mean_dxhat_xhat = xp.mean(dxhat * cache.xhat, axis=-1, keepdims=True)
-        grads["x"] = cache.rstd * (dxhat - mean_dxhat - cache.xhat * mean_dxhat_xhat)
+        dx = dy * cache.weight  # dxhat, turned into dx in place
+        mean_dxhat_xhat = xp.mean(dx * cache.xhat, axis=-1, keepdims=True)
+        dx -= xp.mean(dx, axis=-1, keepdims=True)
+        dx -= cache.xhat * mean_dxhat_xhat
+        dx *= cache.rstd
+        grads["x"] = dx
     return grads

@@ -1,0 +1,1 @@
+"""Benchmarks of minisft's primitives: `python -m minisft.bench.<name>` (timings, not tests)."""

@@ -1,10 +1,23 @@
 """minisft: exact reference implementations of sparse / parameter-efficient fine-tuning methods
 on a GPT-2-style transformer with hand-written backward passes (NumPy on the CPU, CuPy on the GPU).
+
+    import minisft as ms
+    model = ms.GPT(ms.GPTConfig(), backend="numpy", dtype="float64", seed=0)
+    loss, grads = model.loss_and_grads(idx, targets)
+
+Algorithm primitives: ms.importance, ms.knapsack, ms.gmt, ms.mgpp, ms.loradrop (array in, array
+out); methods the trainer drives: ms.methods (SPruFT, AdaPEFT, LoRADrop, GMT, MGPP, FullFineTune,
+LoRAMethod); adapters: ms.adapters; HF GPT-2 conversion: ms.interop.
 """
 
-from . import backend, errors, interop, memory, nn
+from . import (adapters, backend, batches, calibration, checkpoint, corpus, errors, fileio, gmt, importance,
+               interop, kernels, knapsack, loradrop, memory, methods, mgpp, nn, optim, structure, tokenizer, train)
 from .config import GPTConfig
 from .model import GPT
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "backend", "errors", "interop", "memory", "nn"]
+__all__ = [
+    "GPT", "GPTConfig", "adapters", "backend", "batches", "calibration", "checkpoint", "corpus", "errors",
+    "fileio", "gmt", "importance", "interop", "kernels", "knapsack", "loradrop", "memory", "methods", "mgpp",
+    "nn", "optim", "structure", "tokenizer", "train",
+]

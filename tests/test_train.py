@@ -171,3 +171,22 @@ def test_cli_bad_data_paths(tmp_path, capsys):
     assert main(["finetune", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--method", "full",
                  "--data", str(tiny_file)]) == 2
     assert "tokens" in capsys.readouterr().err
+
+
+def test_tiny_preset_end_to_end(tmp_path, capsys):
+    """The issue's CI run: `minisft pretrain --preset tiny` beats the unigram entropy by a wide
+    margin, and `minisft compare --preset tiny` runs every method and fine-tuning lowers the docs
+    validation loss below the base model's."""
+    work = str(tmp_path / "work")
+    assert main(["pretrain", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    loss = float(out.split("code validation loss ")[1].split()[0])
+    entropy = float(out.split("unigram entropy of the code corpus ")[1].split()[0])
+    print(out)
+    assert loss < entropy - 0.5
+    assert main(["compare", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
+    result = json.loads((tmp_path / "work" / "compare.json").read_text())
+    assert {r["method"] for r in result["rows"]} == set(n for _, n, _ in ex.compare_runs(ex.PRESETS["tiny"]))
+    for r in result["rows"]:
+        assert r["final"]["target"] < r["base"]["target"], r["label"]
+    assert (tmp_path / "work" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out

@@ -43,6 +43,8 @@ def parser():
     _common(cmp_)
     cmp_.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods")
     sub.add_parser("methods", help="list the methods and their options")
+    sub.add_parser("bench", help="time a training step against PyTorch (needs the test extra; "
+                                 "`minisft bench --help` lists its options)", add_help=False)
     return ap
 
 
@@ -62,6 +64,11 @@ def parse_options(pairs):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the benchmark imports torch, so it lives in reference_models
+        from reference_models.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return _run(args)

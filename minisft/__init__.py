@@ -10,14 +10,14 @@ out); methods the trainer drives: ms.methods (SPruFT, AdaPEFT, LoRADrop, GMT, MG
 LoRAMethod); adapters: ms.adapters; HF GPT-2 conversion: ms.interop.
 """
 
-from . import (adapters, backend, batches, calibration, checkpoint, corpus, errors, fileio, gmt, importance,
+from . import (adapters, backend, batches, calibration, checkpoint, corpus, curvature, errors, fileio, gmt, groups, importance,
                interop, kernels, knapsack, loradrop, memory, methods, mgpp, nn, optim, structure, tokenizer, train)
 from .config import GPTConfig
 from .model import GPT
 
 __version__ = "0.1.0"
 __all__ = [
-    "GPT", "GPTConfig", "adapters", "backend", "batches", "calibration", "checkpoint", "corpus", "errors",
-    "fileio", "gmt", "importance", "interop", "kernels", "knapsack", "loradrop", "memory", "methods", "mgpp",
+    "GPT", "GPTConfig", "adapters", "backend", "batches", "calibration", "checkpoint", "corpus", "curvature", "errors",
+    "fileio", "gmt", "groups", "importance", "interop", "kernels", "knapsack", "loradrop", "memory", "methods", "mgpp",
     "nn", "optim", "structure", "tokenizer", "train",
 ]

@@ -42,6 +42,15 @@ def parser():
     cmp_ = sub.add_parser("compare", help="the main job: every method on the same base, one table")
     _common(cmp_)
     cmp_.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods")
+    af = sub.add_parser("adapeft-front", help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)")
+    _common(af)
+    af.add_argument("--budget", type=float, help="parameters (int) or a fraction of the base (< 1); default: LoRA's count")
+    af.add_argument("--groups", default="modules", choices=["modules", "tensors"])
+    af.add_argument("--estimator", default="exact", choices=["exact", "gen"])
+    af.add_argument("--direction", default="adam", choices=["adam", "sgd"])
+    af.add_argument("--probe-steps", type=int, default=8)
+    af.add_argument("--every", type=int, default=4)
+    af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
     sub.add_parser("methods", help="list the methods and their options")
     sub.add_parser("bench", help="time a training step against PyTorch (needs the test extra; "
                                  "`minisft bench --help` lists its options)", add_help=False)
@@ -98,6 +107,18 @@ def _run(args):
         print(f"pretrained {preset.name} base: code validation loss {loss:.4f} nats/token; "
               f"unigram entropy of the code corpus {h:.4f} nats/token"
               + ("" if result else " (loaded from cache)"))
+        return 0
+    if args.command == "adapeft-front":
+        from .adapeft_front import adapeft_front
+
+        budget = args.budget
+        if budget is not None and budget >= 1:
+            budget = int(budget)
+        result, png, why = adapeft_front(preset, workdir, data, args.backend, args.dtype, args.seed, args.train_front,
+                                         budget, args.groups, args.estimator, args.direction, args.probe_steps,
+                                         args.every, progress)
+        print(f"front of {len(result['report']['front'])} points written to {workdir / 'adapeft-front.json'}"
+              + (f", plot: {png}" if png else f" ({why})"))
         return 0
     if args.command == "finetune":
         method = make_method(args.method, **parse_options(args.set))

@@ -27,7 +27,7 @@ from .corpus import load_corpus
 from .errors import bad_value
 from .fileio import atomic_write_json, ensure_writable_dir
 from .methods import FullFineTune, make_method
-from .methods.spruft import rows_matching_lora
+from .methods.spruft import lora_trainable, rows_matching_lora
 from .model import GPT
 from .tokenizer import build_tokenizer
 from .train import Task, TrainConfig, evaluate, train
@@ -184,6 +184,8 @@ def compare_runs(preset):
         (f"lora-r{r}", "lora", {"r": r, "alpha": r}),
         (f"spruft-rows{rows['rows']}", "spruft", {**rows, "importance": "taylor"}),
         (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.peft_lr}),
+        (f"adapeft-r{r}", "adapeft", {"budget": lora_trainable(preset.model, r), "lora_r": r, "lora_alpha": r,
+                                       "probe_lr": preset.peft_lr}),
     ]
 
 

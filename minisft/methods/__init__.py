@@ -7,11 +7,13 @@ and rejects unknown names or options with an error that lists the valid ones.
 import inspect
 
 from ..errors import bad_value
+from .adapeft import AdaPEFT, GroupSubset
 from .base import FullFineTune, LoRAMethod, Method
 from .loradrop import LoRADrop
 from .spruft import SPruFT
 
-REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop, "spruft": SPruFT}
+REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop, "spruft": SPruFT,
+            "adapeft": AdaPEFT, "group_subset": GroupSubset}
 
 
 def method_options(name):
@@ -35,4 +37,4 @@ def make_method(name, **options):
     return _cls(name)(**options)
 
 
-__all__ = ["REGISTRY", "FullFineTune", "LoRADrop", "LoRAMethod", "Method", "SPruFT", "make_method", "method_options"]
+__all__ = ["REGISTRY", "AdaPEFT", "FullFineTune", "GroupSubset", "LoRADrop", "LoRAMethod", "Method", "SPruFT", "make_method", "method_options"]

@@ -13,14 +13,14 @@ Default budget: the LoRA baseline's trainable count (rank preset.lora_r on all f
 of every block), so the front's chosen point is comparable with the compare table's LoRA row.
 """
 
-import io
 from dataclasses import asdict
 
 from .backend import rng as make_rng
 from .experiment import finetune, make_task, method_lr, pretrained
-from .fileio import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+from .fileio import atomic_write_json, ensure_writable_dir
 from .methods.adapeft import AdaPEFT, GroupSubset
 from .methods.spruft import lora_trainable
+from .report import save_png
 
 
 def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0, train_front=False,
@@ -89,9 +89,4 @@ def plot_front(result, path):
         ax2.set(xscale="log", xlabel="trainable parameters", ylabel="target validation loss",
                 title="realised after fine-tuning")
         ax2.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path, None
+    return save_png(fig, path), None

@@ -49,12 +49,20 @@ def plot_curves(rows, path):
     ax1.set(xlabel="step", ylabel="target (docs) validation loss", title="validation")
     ax2.set(xlabel="step", ylabel="training loss", title="training")
     ax1.legend(fontsize=7)
-    fig.tight_layout()
-    from .fileio import atomic_write_bytes
+    return save_png(fig, path), None
+
+
+def save_png(fig, path):
+    """Write a matplotlib figure to `path` as PNG, atomically, and close it."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    from .fileio import atomic_write_bytes
+
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-    return path, None
+    return path

@@ -16,7 +16,6 @@ ratio 0.5 per tensor (the masking is part of the step).
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -6,7 +6,6 @@ import argparse
 import collections
 import time
 
-import numpy as np
 
 
 def main(argv=None):

@@ -88,7 +88,7 @@ def main(argv=None):
 
 def _run(args):
     from . import experiment as ex
-    from .methods import REGISTRY, make_method, method_options
+    from .methods import REGISTRY, method_options
     from .report import format_table, plot_curves
 
     if args.command == "methods":
@@ -121,7 +121,7 @@ def _run(args):
               + (f", plot: {png}" if png else f" ({why})"))
         return 0
     if args.command == "finetune":
-        method = make_method(args.method, **parse_options(args.set))
+        method = ex.build_method(args.method, parse_options(args.set), preset)
         label = args.label or args.method
         _, r = ex.finetune(preset, workdir, data, method, label, args.backend, args.dtype, args.seed,
                            resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every, lr=args.lr)

@@ -26,7 +26,7 @@ from .config import GPTConfig
 from .corpus import load_corpus
 from .errors import bad_value
 from .fileio import atomic_write_json, ensure_writable_dir
-from .methods import FullFineTune, make_method
+from .methods import FullFineTune, make_method, method_options
 from .methods.spruft import lora_trainable, rows_matching_lora
 from .model import GPT
 from .tokenizer import build_tokenizer
@@ -186,7 +186,20 @@ def compare_runs(preset):
         (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.peft_lr}),
         (f"adapeft-r{r}", "adapeft", {"budget": lora_trainable(preset.model, r), "lora_r": r, "lora_alpha": r,
                                        "probe_lr": preset.peft_lr}),
+        ("gmt-d0.5", "gmt", {"drop_ratio": 0.5}),
+        ("gmt-d0.9", "gmt", {"drop_ratio": 0.9}),
+        *[(f"mgpp-s{round(100 * s)}", "mgpp", {"final_sparsity": s}) for s in (0.5, 0.8, 0.9)],
+        *[(f"magprune-s{round(100 * s)}", "mgpp", {"final_sparsity": s, "prior": False}) for s in (0.5, 0.8, 0.9)],
     ]
+
+
+def build_method(name, options, preset, steps=None):
+    """make_method, telling a method that schedules by step count (MGPP) the run's length unless
+    the options already say it."""
+    options = dict(options)
+    if "total_steps" in method_options(name) and options.get("total_steps") is None:
+        options["total_steps"] = steps or preset.finetune_steps
+    return make_method(name, **options)
 
 
 def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None):
@@ -198,8 +211,11 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
     for label, name, options in compare_runs(preset):
         if only and name not in only:
             continue
-        _, r = finetune(preset, workdir, data, make_method(name, **options), label, backend, dtype, seed, progress=progress)
+        _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, seed,
+                        progress=progress)
         timings[label] = r.pop("ms_per_step")
+        for key in [k for k in r["report"] if k.endswith("ms_per_step")]:  # timings stay out of compare.json
+            timings[f"{label}:{key}"] = r["report"].pop(key)
         rows.append(r)
     out = {"preset": asdict(preset), "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend,
            "dtype": dtype, "seed": seed, "rows": rows}

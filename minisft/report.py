@@ -9,6 +9,10 @@ def _fmt_loss(v):
     return "-" if v is None else f"{v:.4f}"
 
 
+def _fmt_ms(v):
+    return "-" if v is None else f"{v:.1f}"
+
+
 def table_rows(rows, timings, base=None):
     out = []
     if base is not None:
@@ -18,7 +22,7 @@ def table_rows(rows, timings, base=None):
         out.append([r["label"], f"{c['trainable']:,}", f"{c['trainable_pct']:.2f}",
                     f"{m['frozen'] / MB:.2f}", f"{m['trainable'] / MB:.2f}", f"{m['grads'] / MB:.2f}",
                     f"{m['optimizer'] / MB:.2f}", f"{m['activations'] / MB:.2f}",
-                    f"{timings.get(r['label'], float('nan')):.1f}", _fmt_loss(f.get("target")),
+                    _fmt_ms(timings.get(r["label"])), _fmt_loss(f.get("target")),
                     _fmt_loss(f.get("source")), f"{r['sparsity']:.3f}"])
     return out
 

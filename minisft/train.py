@@ -183,7 +183,7 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
         "options": method.options(),
         "counts": count_params(model),
         "memory": peak or memory_report(model, grads, opt),
-        "ms_per_step": 1000 * float(np.median(step_times)) if step_times else float("nan"),
+        "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,  # None: no step ran
         "final": history["eval"][-1] if history["eval"] else None,
         "history": history,
         "report": method.report(),

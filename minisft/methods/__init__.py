@@ -9,11 +9,13 @@ import inspect
 from ..errors import bad_value
 from .adapeft import AdaPEFT, GroupSubset
 from .base import FullFineTune, LoRAMethod, Method
+from .gmt import GMT
 from .loradrop import LoRADrop
+from .mgpp import MGPP
 from .spruft import SPruFT
 
 REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop, "spruft": SPruFT,
-            "adapeft": AdaPEFT, "group_subset": GroupSubset}
+            "adapeft": AdaPEFT, "group_subset": GroupSubset, "gmt": GMT, "mgpp": MGPP}
 
 
 def method_options(name):
@@ -37,4 +39,4 @@ def make_method(name, **options):
     return _cls(name)(**options)
 
 
-__all__ = ["REGISTRY", "AdaPEFT", "FullFineTune", "GroupSubset", "LoRADrop", "LoRAMethod", "Method", "SPruFT", "make_method", "method_options"]
+__all__ = ["REGISTRY", "AdaPEFT", "FullFineTune", "GMT", "GroupSubset", "MGPP", "LoRADrop", "LoRAMethod", "Method", "SPruFT", "make_method", "method_options"]

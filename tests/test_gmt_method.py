@@ -21,6 +21,7 @@ from minisft.methods.gmt import GMT
 from minisft.model import GPT, param_shapes
 from minisft.optim import AdamW
 from minisft.train import Task, TrainConfig, train
+from tests.gradcheck import max_rel_diff
 
 CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -83,16 +84,25 @@ def recording(method, model_order):
 @pytest.mark.parametrize("scope,freeze_masked", [("tensor", False), ("tensor", True), ("global", False), ("global", True)])
 def test_drop_ratio_zero_is_vanilla_full_fine_tuning_bit_for_bit(xp, scope, freeze_masked):
     """GMT(0) keeps every entry: 6 AdamW steps (weight decay, clipping, 2 micro-batches) give exactly
-    the parameters and losses of FullFineTune."""
+    the parameters and losses of FullFineTune. Bit for bit on the CPU; on the GPU the embedding
+    gradient's atomic scatter-add sums in a varying order (minisft.nn.embedding.scatter_add_rows), so
+    two identical runs agree only to rounding there: within 1e-10 (float64)."""
     cfg = TrainConfig(steps=6, lr=1e-2, weight_decay=0.1, grad_clip=0.5, accumulation=2, eval_every=6, seed=3)
     task = synthetic_task(3)
     full, gmt = tiny(xp, 3), tiny(xp, 3)
     r_full = train(full, FullFineTune(), task, cfg, progress=False)
     r_gmt = train(gmt, GMT(0.0, scope=scope, freeze_masked=freeze_masked), task, cfg, progress=False)
-    assert [h["loss"] for h in r_gmt["history"]["train"]] == [h["loss"] for h in r_full["history"]["train"]]
     assert set(gmt.trainable) == set(full.trainable) == set(full.params)
-    for name, p in host(full.params).items():
-        assert np.array_equal(to_numpy(gmt.params[name]), p), f"{name} differs from vanilla full fine-tuning"
+    losses = ([h["loss"] for h in r["history"]["train"]] for r in (r_gmt, r_full))
+    if xp is np:
+        assert next(losses) == next(losses)
+        for name, p in host(full.params).items():
+            assert np.array_equal(to_numpy(gmt.params[name]), p), f"{name} differs from vanilla full fine-tuning"
+    else:
+        np.testing.assert_allclose(next(losses), next(losses), rtol=1e-10)
+        for name, p in host(full.params).items():
+            d = max_rel_diff(to_numpy(gmt.params[name]), p)
+            assert d <= 1e-10, f"{name} differs from vanilla full fine-tuning: max rel diff {d:.3e}"
     assert r_gmt["report"]["kept_fraction_overall"] == 1.0
 
 

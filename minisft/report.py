@@ -45,6 +45,9 @@ def plot_curves(rows, path):
     except ImportError:
         return None, "matplotlib is not installed (pip install 'minisft[plot]'); no plot written"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: compare has up to 13 runs
+    for ax in (ax1, ax2):
+        ax.set_prop_cycle(color=colors)
     for r in rows:
         ev = r["history"]["eval"]
         ax1.plot([e["step"] for e in ev], [e["target"] for e in ev], marker="o", label=r["label"])

@@ -36,3 +36,13 @@ def max_rel_diff(a, b):
     """max |a − b| / max(max |b|, tiny): the figure parity tests print."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)) if a.size else 0.0
+
+
+def assert_trained_like(params, want, start, steps, tol=1e-10):
+    """Multi-step parity: every tensor in `want` (the reference's, {name: array}) within `tol` of
+    `params`, and training moved the parameters (so the comparison is not vacuous)."""
+    for name, w in want.items():
+        diff = float(np.max(np.abs(np.asarray(params[name]) - w)))
+        assert diff <= tol, f"{name}: max |Δ| vs torch after {steps} steps {diff:.3e}"
+    moved = max(float(np.max(np.abs(np.asarray(params[n]) - start[n]))) for n in start)
+    assert moved > 1e-2, "training did not move the parameters: the comparison would be vacuous"

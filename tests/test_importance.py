@@ -484,7 +484,7 @@ def test_rows_for_ratio_rules(d_out, ratio):
 
     k = rows_for_ratio(d_out, ratio)
     exact = Fraction(repr(ratio)) * d_out
-    assert 1 <= k <= d_out
+    assert k >= 1 and k <= d_out
     if exact >= 4:
         assert k % 4 == 0 and k <= exact < k + 4
     else:

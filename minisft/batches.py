@@ -49,7 +49,8 @@ class TokenStream:
         return int(self.ids.shape[0])
 
 
-def _stream(ids):
+def as_stream(ids):
+    """`ids` as a TokenStream (checked once), or `ids` itself when it already is one."""
     return ids if isinstance(ids, TokenStream) else TokenStream(ids)
 
 
@@ -58,7 +59,7 @@ def _need(stream, length, why):
         raise bad_value(f"len({stream.name})", len(stream), f"at least {length} tokens ({why})")
 
 
-def _windows(ids, starts, block_size):
+def windows_at(ids, starts, block_size):
     """x, y: (B, T) int64 from windows ids[s : s + T + 1] for s in `starts` ((B,) host ints)."""
     xp = array_module(ids)
     offsets = to_device(np.asarray(starts, dtype=np.int64)[:, None] + np.arange(block_size + 1), xp)
@@ -72,14 +73,14 @@ def random_windows(ids, batch_size, block_size, rng):
     ids: (n,) token ids or a TokenStream; rng: numpy.random.Generator (advanced by one draw).
     Returns x, y: (B, T) int64 with y[:, t] the token after x[:, t].
     """
-    stream = _stream(ids)
+    stream = as_stream(ids)
     B = positive_int("batch_size", batch_size)
     T = positive_int("block_size", block_size)
     if not isinstance(rng, np.random.Generator):
         raise bad_type("rng", rng, "a numpy.random.Generator")
     _need(stream, T + 1, f"one window of block_size + 1 = {T + 1}")
     starts = rng.integers(0, len(stream) - T, size=B)
-    return _windows(stream.ids, starts, T)
+    return windows_at(stream.ids, starts, T)
 
 
 def validation_batches(ids, batch_size, block_size, n_batches=None):
@@ -88,7 +89,7 @@ def validation_batches(ids, batch_size, block_size, n_batches=None):
     ids: (n,) token ids or a TokenStream. n_batches: None uses as many full batches as fit.
     Returns a list of (x, y), each (B, T) int64.
     """
-    stream = _stream(ids)
+    stream = as_stream(ids)
     B = positive_int("batch_size", batch_size)
     T = positive_int("block_size", block_size)
     _need(stream, B * (T + 1), f"one batch of batch_size * (block_size + 1) = {B} * {T + 1}")
@@ -105,7 +106,7 @@ def validation_batches(ids, batch_size, block_size, n_batches=None):
         )
     k = np.arange(n_batches * B, dtype=np.int64)
     starts = (T + 1) * (k * fit // (n_batches * B))
-    x, y = _windows(stream.ids, starts, T)
+    x, y = windows_at(stream.ids, starts, T)
     return [(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B]) for i in range(n_batches)]
 
 

@@ -59,7 +59,8 @@ MIN_SIGMA = 1e-150  # so that 1/sigma^2 is a finite float64 (float32 needs sigma
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _check_prior(lam, sigma0, sigma1):
+def check_prior(lam, sigma0, sigma1):
+    """Validated (λ, σ0, σ1): λ in (0, 1), MIN_SIGMA ≤ σ0 < σ1 finite; a clear error otherwise."""
     lam = real_in("lam", lam, 0.0, 1.0, low_open=True, high_open=True)
     sigma0 = real_in("sigma0", sigma0, MIN_SIGMA, math.inf, low_open=False, high_open=True)
     sigma1 = real_in("sigma1", sigma1, MIN_SIGMA, math.inf, low_open=False, high_open=True)
@@ -77,7 +78,7 @@ def _log_components(theta, lam, sigma0, sigma1):
 
 def neg_log_prior(theta, lam=DEFAULT_LAMBDA, sigma0=DEFAULT_SIGMA0, sigma1=DEFAULT_SIGMA1):
     """-log pi(theta), elementwise. theta: any shape -> the same shape (theta's float dtype)."""
-    lam, sigma0, sigma1 = _check_prior(lam, sigma0, sigma1)
+    lam, sigma0, sigma1 = check_prior(lam, sigma0, sigma1)
     xp = array_module(theta)
     slab, spike = _log_components(xp.asarray(theta), lam, sigma0, sigma1)
     return -xp.logaddexp(slab, spike)
@@ -91,7 +92,7 @@ def neg_log_prior_grad(theta, lam=DEFAULT_LAMBDA, sigma0=DEFAULT_SIGMA0, sigma1=
     theta * (w / sigma / sigma): the factor is finite (sigma >= 1e-150) so w0 = 0 at large |theta|
     gives exactly 0, and a subnormal theta keeps full relative precision (one rounded product).
     """
-    lam, sigma0, sigma1 = _check_prior(lam, sigma0, sigma1)
+    lam, sigma0, sigma1 = check_prior(lam, sigma0, sigma1)
     xp = array_module(theta)
     theta = xp.asarray(theta)
     slab, spike = _log_components(theta, lam, sigma0, sigma1)

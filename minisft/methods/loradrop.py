@@ -45,7 +45,7 @@ import numpy as np
 
 from ..adapters import LoRA, SharedLoRA
 from ..backend import array_module, to_numpy
-from ..batches import _stream, _windows
+from ..batches import as_stream, windows_at
 from ..errors import bad_type, bad_value, positive_int, require
 from ..loradrop import layer_output_sq_norm, normalize_importance, select_layers
 from ..model import LINEAR_SUFFIXES
@@ -188,7 +188,7 @@ class LoRADrop(Method):
     def sample(self, task, rng):
         """D_s: (starts (k,) host int64 of the sampled windows, m the number of disjoint windows,
         batch(indices into starts) -> (x, y) each (len(indices), T)) (module docstring)."""
-        stream = _stream(task.train_ids)
+        stream = as_stream(task.train_ids)
         T = task.block_size
         m = len(stream) // (T + 1)
         require(m >= 1, f"len({stream.name})", len(stream), f"at least block_size + 1 = {T + 1} tokens (one window)")
@@ -196,7 +196,7 @@ class LoRADrop(Method):
         require(k >= 1, "sample_fraction", self.sample_fraction,
                 f"a fraction keeping at least one of the {m} windows of {stream.name} (got floor(fraction * {m}) = 0)")
         starts = (T + 1) * np.sort(rng.choice(m, size=k, replace=False)).astype(np.int64)
-        return starts, m, (lambda i: _windows(stream.ids, starts[i], T))
+        return starts, m, (lambda i: windows_at(stream.ids, starts[i], T))
 
     def prepare(self, model, task, rng):
         model.freeze()

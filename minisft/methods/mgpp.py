@@ -44,7 +44,7 @@ Choices (where the paper is ambiguous, or where our trainer decides):
 - State: the masks travel in checkpoints (`state_arrays`), so a resumed run prunes on from them.
 """
 
-from ..batches import _stream
+from ..batches import as_stream
 from ..errors import bad_type, bad_value, positive_int, require
 from ..mgpp import (
     DEFAULT_LAMBDA,
@@ -54,7 +54,7 @@ from ..mgpp import (
     DEFAULT_SIGMA0,
     DEFAULT_SIGMA1,
     SCOPES,
-    _check_prior,
+    check_prior,
     cubic_sparsity,
     neg_log_prior_grad,
 )
@@ -66,7 +66,7 @@ from .gmt import zero_where_dropped
 
 def training_windows(task):
     """Disjoint windows of block_size + 1 tokens in the task's training stream (>= 1)."""
-    stream = _stream(task.train_ids)
+    stream = as_stream(task.train_ids)
     m = len(stream) // (task.block_size + 1)
     require(m >= 1, f"len({stream.name})", len(stream), f"at least block_size + 1 = {task.block_size + 1} tokens")
     return m
@@ -82,7 +82,7 @@ class MGPP(Method):
                  t_start=DEFAULT_PRUNE_START_FRACTION, t_end=DEFAULT_PRUNE_END_FRACTION,
                  every=DEFAULT_PRUNE_EVERY, prior=True, scope="global", n_train=None, total_steps=None):
         self.final_sparsity = real_in("final_sparsity", final_sparsity, 0.0, 1.0, low_open=False, high_open=True)
-        self.lam, self.sigma0, self.sigma1 = _check_prior(lam, sigma0, sigma1)
+        self.lam, self.sigma0, self.sigma1 = check_prior(lam, sigma0, sigma1)
         self.t_start = real_in("t_start", t_start, 0.0, 1.0, low_open=False, high_open=True)
         self.t_end = real_in("t_end", t_end, 0.0, 1.0, low_open=True, high_open=False)
         require(self.t_end > self.t_start, "t_end", t_end, f"a fraction greater than t_start={t_start!r}")

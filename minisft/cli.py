@@ -103,7 +103,7 @@ def _run(args):
         model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress)
         task = ex.make_task(data.code[0], data.code[1], None, preset)
         h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
-        loss = ex.evaluate_batches(model, task.val_target)
+        loss = ex.evaluate(model, task.val_target)
         print(f"pretrained {preset.name} base: code validation loss {loss:.4f} nats/token; "
               f"unigram entropy of the code corpus {h:.4f} nats/token"
               + ("" if result else " (loaded from cache)"))

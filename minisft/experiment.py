@@ -146,17 +146,13 @@ def finetune(preset, workdir, data, method, label, backend="auto", dtype="float3
     cfg = TrainConfig(steps=preset.finetune_steps, lr=lr or method_lr(preset, method),
                       eval_every=max(1, preset.finetune_steps // 5), seed=seed,
                       checkpoint_every=checkpoint_every)
-    base_eval = {"target": evaluate_batches(model, task.val_target), "source": evaluate_batches(model, task.val_source)}
+    base_eval = {"target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
     result = train(model, method, task, cfg, workdir=Path(workdir) / "runs" / label, resume=resume,
                    progress=progress, label=label)
     result["label"] = label
     result["base"] = base_eval
     result["sparsity"] = weight_sparsity(model)
     return model, result
-
-
-def evaluate_batches(model, batches):
-    return evaluate(model, batches)
 
 
 def weight_sparsity(model):

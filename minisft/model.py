@@ -349,8 +349,9 @@ class GPT:
 
 
 def _accumulate(grads, name, g):
-    """grads[name] += g (first write stores g itself: no copy, no zero buffer)."""
+    """grads[name] += g in place (the first write stores g itself: no copy, no zero buffer). Every
+    stored gradient is a fresh array produced by a backward function, so adding into it is safe."""
     if name in grads:
-        grads[name] = grads[name] + g
+        grads[name] += g
     else:
         grads[name] = g

@@ -142,7 +142,8 @@ def clip_grad_norm(grads, max_norm):
     if not grads:
         return 0.0
     xp = array_module(next(iter(grads.values())))
-    total = math.sqrt(sum(float(xp.sum(g * g)) for g in grads.values()))
+    # squared norms summed on the device: one host sync per step, no g*g temporaries
+    total = math.sqrt(float(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads.values())))
     if max_norm is not None and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads.values():

@@ -209,7 +209,10 @@ def _accumulated_grads(model, task, generator, accumulation):
         loss, g = model.loss_and_grads(x, y)
         total += loss
         for k, v in g.items():
-            grads[k] = grads[k] + v if k in grads else v
+            if k in grads:
+                grads[k] += v  # fresh arrays from this step's backward: add in place
+            else:
+                grads[k] = v
     if accumulation > 1:
         for k in grads:
             grads[k] /= accumulation

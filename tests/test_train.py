@@ -136,7 +136,7 @@ def test_pretrain_beats_unigram_entropy_and_finetune_helps(micro_workdir):
     model, result = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
     h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
     task = ex.make_task(data.code[0], data.code[1], None, MICRO)
-    loss = ex.evaluate_batches(model, task.val_target)
+    loss = ex.evaluate(model, task.val_target)
     print(f"micro pretrain: code val loss {loss:.4f} vs unigram entropy {h:.4f}")
     assert loss < h - 0.3
     again, cached = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")

@@ -35,6 +35,22 @@ class ColumnDeltaLinear(nn.Module):
         return self.base(x) + x.index_select(-1, self.cols) @ self.weight.T
 
 
+class DenseDeltaLinear(nn.Module):
+    """y = base(x) + x (M ∘ ΔW)ᵀ + Δb, M a fixed 0/1 mask (all ones for a plain dense delta);
+    autograd then gives dΔW = M ∘ (dyᵀ x)."""
+
+    def __init__(self, base, weight, bias=None, mask=None):
+        super().__init__()
+        self.base = base
+        self.weight = nn.Parameter(torch.as_tensor(np.asarray(weight)).clone())
+        self.bias = None if bias is None else nn.Parameter(torch.as_tensor(np.asarray(bias)).clone())
+        self.register_buffer("mask", None if mask is None else torch.as_tensor(np.asarray(mask)))
+
+    def forward(self, x):
+        w = self.weight if self.mask is None else self.weight * self.mask
+        return self.base(x) + nn.functional.linear(x, w, self.bias)
+
+
 class LoRAFactors(nn.Module):
     """A (r, d_in), B (d_out, r) and the scaling; one instance may serve several layers."""
 

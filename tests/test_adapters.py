@@ -87,7 +87,7 @@ def test_adapter_gradients_fd(kind, seed, layer_i, C, H):
 # ----------------------------------------------------------------------- PyTorch parity
 torch = pytest.importorskip("torch")
 from reference_models.adapters import (  # noqa: E402
-    ColumnDeltaLinear, LoRAFactors, LoRALinear, RowDeltaLinear, freeze_base, wrap_linear)
+    ColumnDeltaLinear, DenseDeltaLinear, LoRAFactors, LoRALinear, RowDeltaLinear, freeze_base, wrap_linear)
 from reference_models.torch_gpt import TorchGPT  # noqa: E402
 
 
@@ -100,7 +100,13 @@ def torch_twin_with(model, adapters_by_layer):
     for layer, ads in adapters_by_layer.items():
         for ad in ads:
             p = {k.rsplit(".", 1)[-1]: to_numpy(v) for k, v in ad.params.items()}
-            if isinstance(ad, RowDelta):
+            if isinstance(ad, Dense):  # Dense and ElementMask
+                mask = to_numpy(ad.mask) if isinstance(ad, ElementMask) else None
+                mod = wrap_linear(ref, layer, lambda b: DenseDeltaLinear(b, p["weight"], p.get("bias"), mask))
+                names[ad.name("weight")] = mod.weight
+                if ad.bias is not None:
+                    names[ad.name("bias")] = mod.bias
+            elif isinstance(ad, RowDelta):
                 mod = wrap_linear(ref, layer, lambda b: RowDeltaLinear(b, ad.rows_host, p["weight"], p["bias"]))
                 names[ad.name("weight")], names[ad.name("bias")] = mod.weight, mod.bias
             elif isinstance(ad, ColumnDelta):
@@ -116,7 +122,7 @@ def torch_twin_with(model, adapters_by_layer):
     return ref, names
 
 
-@pytest.mark.parametrize("kind", ["rows", "cols", "lora", "shared_lora"])
+@pytest.mark.parametrize("kind", ["dense", "element_mask", "rows", "cols", "lora", "shared_lora"])
 @given(seed=st.integers(0, 10**6))
 @settings(max_examples=6)
 def test_adapters_match_torch_reference(kind, seed):

@@ -8,16 +8,14 @@ plain path back for comparison.
 
 | kernel                  | replaces (plain xp)                                    | passes over the big array |
 |-------------------------|--------------------------------------------------------|---------------------------|
-| softmax_rows            | scale, causal where(−∞), max, subtract, exp, sum, divide | 2 reads + 1 write (online max/sum) |
-| softmax_rows_backward   | dP∘P, rowsum, subtract, multiply, scale                | 2 reads + 1 write         |
 | cross_entropy_rows      | max, subtract, exp, sum, log, gather, divide           | 2 reads + 1 write         |
 | cross_entropy_backward  | copy, scatter −1, scale, mask                          | 1 read + 1 write          |
 | gelu / gelu_backward    | 8 / 12 elementwise kernels                             | 1 / 2 reads + 1 write     |
 | layernorm / backward    | 9 / 7 kernels                                          | 1-2 reads + 1-2 writes    |
 | adamw                   | ~15 kernels per tensor                                 | one kernel per tensor     |
 
-Rows are reduced by one thread block each; (max, sum) pairs combine as in the online softmax
-(Milakov & Gimelshein 2018): (m, s) ⊕ (m', s') = (M, s·e^{m−M} + s'·e^{m'−M}), M = max(m, m').
+Attention has its own tiled kernels in minisft.flash_attention. Rows are reduced by one thread block
+each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 2018): (m, s) ⊕ (m', s') = (M, s·e^{m−M} + s'·e^{m'−M}), M = max(m, m').
 """
 
 import functools
@@ -76,34 +74,6 @@ template <typename T> __device__ void block_combine(T &m, T &s) {
     warp_combine(m, s);
 }
 
-// P[r, :] = softmax(scale · S[r, :]) with, when causal_T > 0, columns j > r mod causal_T masked.
-template <typename T>
-__device__ void softmax_rows(const T* __restrict__ S, T* __restrict__ P, long long n_cols, T scale, long long causal_T) {
-    long long r = blockIdx.x;
-    const T* s = S + r * n_cols;
-    T* p = P + r * n_cols;
-    long long limit = causal_T > 0 ? (r % causal_T) + 1 : n_cols;
-    T m = (T)NEG_INF, sum = 0;
-    for (long long j = threadIdx.x; j < limit; j += blockDim.x) {
-        T z = s[j] * scale;
-        if (z > m) { sum = sum * exp(m - z) + 1; m = z; } else { sum += exp(z - m); }
-    }
-    block_combine(m, sum);
-    T inv = (T)1 / sum;
-    for (long long j = threadIdx.x; j < n_cols; j += blockDim.x)
-        p[j] = j < limit ? exp(s[j] * scale - m) * inv : (T)0;
-}
-// dS[r, :] = scale · P ∘ (dP − Σ_j dP_j P_j)  (written over dP)
-template <typename T>
-__device__ void softmax_rows_backward(const T* __restrict__ P, T* __restrict__ dP, long long n_cols, T scale) {
-    long long r = blockIdx.x;
-    const T* p = P + r * n_cols;
-    T* d = dP + r * n_cols;
-    T acc = 0;
-    for (long long j = threadIdx.x; j < n_cols; j += blockDim.x) acc += d[j] * p[j];
-    acc = block_sum(acc);
-    for (long long j = threadIdx.x; j < n_cols; j += blockDim.x) d[j] = scale * p[j] * (d[j] - acc);
-}
 // probs[r, :] = softmax(Z[r, :]); loss[r] = logsumexp(Z[r, :]) − Z[r, y_r] (0 where y_r is ignored)
 template <typename T>
 __device__ void cross_entropy_rows(const T* __restrict__ Z, const long long* __restrict__ y, T* __restrict__ probs,
@@ -160,8 +130,6 @@ __device__ void layernorm_rows_backward(const T* __restrict__ dY, const T* __res
 _ENTRY = r"""
 extern "C" {
 #define INSTANTIATE(T, S) \
-__global__ void softmax_rows_##S(const T* s, T* p, long long n, T scale, long long ct) { softmax_rows<T>(s, p, n, scale, ct); } \
-__global__ void softmax_rows_backward_##S(const T* p, T* d, long long n, T scale) { softmax_rows_backward<T>(p, d, n, scale); } \
 __global__ void cross_entropy_rows_##S(const T* z, const long long* y, T* p, T* l, long long n, long long ig) { cross_entropy_rows<T>(z, y, p, l, n, ig); } \
 __global__ void layernorm_rows_##S(const T* x, const T* w, const T* b, T* y, T* xh, T* rs, long long C, T eps, int kx, int kr) { layernorm_rows<T>(x, w, b, y, xh, rs, C, eps, kx, kr); } \
 __global__ void layernorm_rows_backward_##S(const T* dy, const T* xh, const T* rs, const T* w, T* dx, long long C) { layernorm_rows_backward<T>(dy, xh, rs, w, dx, C); }
@@ -194,30 +162,6 @@ def _launch(name, x, n_rows, args):
 def _scalar(x, v):
     """`v` as a scalar of x's dtype (float or double in the kernel)."""
     return x.dtype.type(v)
-
-
-# ----------------------------------------------------------------------------- softmax rows
-def softmax_rows(s, scale, causal_T=0):
-    """P = softmax(scale·s) over the last axis; rows r with column j > r mod causal_T masked."""
-    import cupy
-
-    s = cupy.ascontiguousarray(s)
-    p = cupy.empty_like(s)
-    n_cols = s.shape[-1]
-    _launch("softmax_rows", s, s.size // n_cols, (s, p, n_cols, _scalar(s, scale), causal_T))
-    return p
-
-
-def softmax_rows_backward(p, dp, scale, overwrite=False):
-    """dS = scale · P ∘ (dP − rowsum(dP ∘ P)); written over dp when `overwrite` (and dp is
-    contiguous), else into a new array."""
-    import cupy
-
-    d = dp if overwrite and dp.flags.c_contiguous else cupy.array(dp, order="C")
-    p = cupy.ascontiguousarray(p)
-    n_cols = p.shape[-1]
-    _launch("softmax_rows_backward", p, p.size // n_cols, (p, d, n_cols, _scalar(p, scale)))
-    return d
 
 
 # ---------------------------------------------------------------------------- cross-entropy

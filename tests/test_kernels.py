@@ -1,8 +1,13 @@
 """Every fused CuPy kernel against the plain xp body it replaces (GPU only; skipped without one).
 The plain body is run with MINISFT_FUSED=0; both run on the GPU on the same fresh random inputs."""
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from minisft.backend import gpu_available, to_numpy
 from minisft.nn import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
@@ -12,6 +17,20 @@ from tests.gradcheck import max_rel_diff
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
+
+
+@contextlib.contextmanager
+def fused(flag):
+    """MINISFT_FUSED=flag inside the block (for hypothesis tests, where monkeypatch cannot be used)."""
+    old = os.environ.get("MINISFT_FUSED")
+    os.environ["MINISFT_FUSED"] = flag
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINISFT_FUSED"]
+        else:
+            os.environ["MINISFT_FUSED"] = old
 
 
 def both(monkeypatch, fn):
@@ -28,22 +47,59 @@ def close(a, b, dtype, what):
     assert d <= TOL[dtype], f"{what}: fused vs plain max rel diff {d:.3e}"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 129, 2, 16), (3, 1, 1, 1)])
-def test_attention_kernels(monkeypatch, dtype, shape):
+def _attention_case(shape, dtype, seed):
     import cupy as cp
     B, T, H, hd = shape
-    rng = np.random.default_rng(T)
+    rng = np.random.default_rng(seed)
     qkv = cp.asarray(rng.standard_normal((B, T, 3 * H * hd)) * 3, dtype=dtype)
     dy = cp.asarray(rng.standard_normal((B, T, H * hd)), dtype=dtype)
 
     def run():
         y, c = attention_forward(qkv, H)
-        return y, attention_backward(dy, c)["x"]
+        return y, attention_backward(dy, c)["x"], type(c).__name__
 
-    (yf, gf), (yp, gp) = both(monkeypatch, run)
-    close(yf, yp, dtype, "attention forward")
-    close(gf, gp, dtype, "attention backward")
+    return run
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@settings(max_examples=12)
+@given(B=st.integers(1, 3), T=st.integers(1, 300), H=st.integers(1, 3), hd=st.sampled_from([16, 32, 48, 64, 128]))
+@example(B=1, T=1, H=1, hd=16)       # a single query: one tile, one key
+@example(B=2, T=64, H=2, hd=64)      # exactly one full tile
+@example(B=1, T=129, H=2, hd=64)     # a last tile with one row
+@example(B=8, T=1024, H=2, hd=64)    # the gpt2 preset's T and head dim
+def test_flash_attention(dtype, B, T, H, hd):
+    """minisft.flash_attention (tiled, online softmax, P recomputed) against the plain xp body."""
+    if dtype == "float64" and hd == 128:
+        hd = 64  # f64 tiles of hd 128 exceed an H100's shared memory per block; the plain path takes those
+    run = _attention_case((B, T, H, hd), dtype, seed=T * 7 + hd)
+    with fused("1"):
+        yf, gf, kind = run()
+    with fused("0"):
+        yp, gp, plain_kind = run()
+    assert (kind, plain_kind) == ("TiledAttentionCache", "AttentionCache")
+    close(yf, yp, dtype, f"flash attention forward {B, T, H, hd}")
+    close(gf, gp, dtype, f"flash attention backward {B, T, H, hd}")
+
+
+def test_flash_attention_reproducible():
+    """Every sum in the tiled backward is taken in a fixed order (no atomics): two runs agree bit for bit."""
+    run = _attention_case((2, 300, 3, 64), "float32", seed=0)
+    with fused("1"):
+        (y1, g1, _), (y2, g2, _) = run(), run()
+    assert bool((y1 == y2).all()) and bool((g1 == g2).all())
+
+
+@pytest.mark.parametrize("hd", [8, 20])
+def test_attention_unsupported_head_dim_takes_plain_path(hd):
+    """Head dims the tiles do not take (not a multiple of 16) fall back to the plain body on the GPU."""
+    run = _attention_case((2, 70, 2, hd), "float32", seed=hd)
+    with fused("1"):
+        yf, gf, kind = run()
+    with fused("0"):
+        yp, gp, _ = run()
+    assert kind == "AttentionCache"
+    assert bool((yf == yp).all()) and bool((gf == gp).all())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

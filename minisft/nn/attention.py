@@ -7,12 +7,16 @@
 
 Shapes: qkv (B, T, 3C)  ->  y (B, T, C).
 Derivation: proofs/attention.md (tests/test_nn_grad.py::test_attention_fd, ::test_attention_torch).
+
+On CuPy arrays (unless MINISFT_FUSED=0) the same function is computed in tiles by
+minisft.flash_attention, which never stores S or P; the body below is its oracle
+(tests/test_kernels.py::test_flash_attention).
 """
 
 import math
 from dataclasses import dataclass
 
-from .. import kernels
+from .. import flash_attention, kernels
 from ..backend import array_module
 from .need import backward_need, need_set
 
@@ -23,6 +27,16 @@ class AttentionCache:
     k: object  # (B, H, T, hd)  needed for dq
     v: object  # (B, H, T, hd)  needed for dP
     p: object  # (B, H, T, T)   softmax probabilities, needed for dv and dS
+    need: frozenset
+
+
+@dataclass
+class TiledAttentionCache:
+    """What minisft.flash_attention's backward reads: P is recomputed from L."""
+    qkv: object  # (B, T, 3C)  q, k, v
+    y: object    # (B, T, C)   output, for δ = rowsum(dy ∘ y)
+    lse: object  # (B, H, T)   log-sum-exp of each query row's scaled scores
+    n_head: int
     need: frozenset
 
 
@@ -50,19 +64,18 @@ def attention_forward(qkv, n_head, need=("x",)):
     """Scaled dot-product attention with a causal mask, heads split from the fused qkv."""
     need = need_set(need, ("x",), "attention")
     xp = array_module(qkv)
-    q, k, v = _split_heads(qkv, n_head)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    s = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
-    if kernels.enabled(s):  # the same softmax in one fused pass (minisft.kernels.softmax_rows)
-        p = kernels.softmax_rows(s, scale, causal_T=s.shape[-1])
-    else:
-        s *= scale  # in place: s is fresh from the matmul
-        s[..., causal_mask(qkv.shape[1], xp)] = -xp.inf
-        s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
-        p = xp.exp(s, out=s)
-        p /= xp.sum(p, axis=-1, keepdims=True)
-    y = _merge_heads(p @ v)
     keep = "x" in need
+    if kernels.enabled(qkv) and flash_attention.supported(qkv.shape[-1] // (3 * n_head), qkv.dtype):
+        y, lse = flash_attention.flash_attention(qkv, n_head)
+        return y, TiledAttentionCache(*((qkv, y, lse) if keep else (None,) * 3), n_head=n_head, need=need)
+    q, k, v = _split_heads(qkv, n_head)
+    s = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
+    s *= 1.0 / math.sqrt(q.shape[-1])  # in place: s is fresh from the matmul
+    s[..., causal_mask(qkv.shape[1], xp)] = -xp.inf
+    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
+    p = xp.exp(s, out=s)
+    p /= xp.sum(p, axis=-1, keepdims=True)
+    y = _merge_heads(p @ v)
     cache = AttentionCache(*(a if keep else None for a in (q, k, v, p)), need=need)
     return y, cache
 
@@ -72,6 +85,8 @@ def attention_backward(dy, cache, need=None):
     need = backward_need(need, cache.need, "attention")
     if "x" not in need:
         return {}
+    if isinstance(cache, TiledAttentionCache):
+        return {"x": flash_attention.flash_attention_backward(dy, cache.qkv, cache.y, cache.lse, cache.n_head)}
     xp = array_module(dy)
     q, k, v, p = cache.q, cache.k, cache.v, cache.p
     B, H, T, hd = q.shape
@@ -80,13 +95,10 @@ def attention_backward(dy, cache, need=None):
     dp = dy @ v.transpose(0, 1, 3, 2)  # y = P v  =>  dP = dy vᵀ
     # P = softmax(S):  dS = P ∘ (dP − rowsum(dP ∘ P)); masked entries have P = 0, hence dS = 0
     # and S = q kᵀ / √hd brings the factor 1/√hd
-    if kernels.enabled(dp):
-        ds = kernels.softmax_rows_backward(p, dp, 1.0 / math.sqrt(hd), overwrite=True)
-    else:
-        ds = dp  # in place: dp is fresh from the matmul
-        ds -= xp.sum(dp * p, axis=-1, keepdims=True)
-        ds *= p
-        ds *= 1.0 / math.sqrt(hd)
+    ds = dp  # in place: dp is fresh from the matmul
+    ds -= xp.sum(dp * p, axis=-1, keepdims=True)
+    ds *= p
+    ds *= 1.0 / math.sqrt(hd)
     dq = ds @ k  # dq = dS k
     dk = ds.transpose(0, 1, 3, 2) @ q  # dk = dSᵀ q
     dqkv = xp.stack([dq, dk, dv], axis=2)  # (B, H, 3, T, hd)

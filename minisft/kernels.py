@@ -13,6 +13,7 @@ plain path back for comparison.
 | gelu / gelu_backward    | 8 / 12 elementwise kernels                             | 1 / 2 reads + 1 write     |
 | layernorm / backward    | 9 / 7 kernels                                          | 1-2 reads + 1-2 writes    |
 | adamw                   | ~15 kernels per tensor                                 | one kernel per tensor     |
+| column_sums             | a∘b, sum over rows (CuPy's leading-axis reduction)     | 1 read, coalesced         |
 
 Attention has its own tiled kernels in minisft.flash_attention. Rows are reduced by one thread block
 each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 2018): (m, s) ⊕ (m', s') = (M, s·e^{m−M} + s'·e^{m'−M}), M = max(m, m').
@@ -21,6 +22,8 @@ each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 20
 import functools
 import math
 import os
+
+import numpy as np
 
 THREADS = 256
 
@@ -76,7 +79,7 @@ template <typename T> __device__ void block_combine(T &m, T &s) {
 
 // probs[r, :] = softmax(Z[r, :]); loss[r] = logsumexp(Z[r, :]) − Z[r, y_r] (0 where y_r is ignored)
 template <typename T>
-__device__ void cross_entropy_rows(const T* __restrict__ Z, const long long* __restrict__ y, T* __restrict__ probs,
+__device__ void cross_entropy_rows(const T* Z, const long long* __restrict__ y, T* probs,
                                    T* __restrict__ loss, long long n_cols, long long ignore_index) {
     long long r = blockIdx.x;
     const T* z = Z + r * n_cols;
@@ -86,10 +89,31 @@ __device__ void cross_entropy_rows(const T* __restrict__ Z, const long long* __r
         T v = z[j];
         if (v > m) { sum = sum * exp(m - v) + 1; m = v; } else { sum += exp(v - m); }
     }
+    bool ignored = y[r] == ignore_index;
+    T z_target = ignored ? (T)0 : z[y[r]];  // read before the barrier in block_combine: probs may alias Z
     block_combine(m, sum);
     T inv = (T)1 / sum;
     for (long long j = threadIdx.x; j < n_cols; j += blockDim.x) p[j] = exp(z[j] - m) * inv;
-    if (threadIdx.x == 0) loss[r] = y[r] == ignore_index ? (T)0 : m + log(sum) - z[y[r]];
+    if (threadIdx.x == 0) loss[r] = ignored ? (T)0 : m + log(sum) - z_target;
+}
+// partial[k, c] = Σ_{r = k·R}^{min((k+1)·R, N) − 1} A[r, c] (· B[r, c] when has_b); a block covers 32 columns
+// with 8 rows at a time, so a warp reads 32 consecutive elements of a row
+template <typename T>
+__device__ void column_sums(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ partial, long long N,
+                            long long C, long long R, int has_b) {
+    __shared__ T buf[8][33];
+    int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    long long c = blockIdx.x * 32LL + tx, r0 = blockIdx.y * R, r1 = r0 + R < N ? r0 + R : N;
+    T acc = 0;
+    if (c < C)
+        for (long long r = r0 + ty; r < r1; r += 8) acc += has_b ? A[r * C + c] * B[r * C + c] : A[r * C + c];
+    buf[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        T s = 0;
+        for (int k = 0; k < 8; ++k) s += buf[k][tx];
+        partial[blockIdx.y * C + c] = s;
+    }
 }
 // layer norm of row r: y = (x − μ)·rstd·w + b; keeps xhat and rstd
 template <typename T>
@@ -132,6 +156,7 @@ extern "C" {
 #define INSTANTIATE(T, S) \
 __global__ void cross_entropy_rows_##S(const T* z, const long long* y, T* p, T* l, long long n, long long ig) { cross_entropy_rows<T>(z, y, p, l, n, ig); } \
 __global__ void layernorm_rows_##S(const T* x, const T* w, const T* b, T* y, T* xh, T* rs, long long C, T eps, int kx, int kr) { layernorm_rows<T>(x, w, b, y, xh, rs, C, eps, kx, kr); } \
+__global__ void column_sums_##S(const T* a, const T* b, T* p, long long N, long long C, long long R, int hb) { column_sums<T>(a, b, p, N, C, R, hb); } \
 __global__ void layernorm_rows_backward_##S(const T* dy, const T* xh, const T* rs, const T* w, T* dx, long long C) { layernorm_rows_backward<T>(dy, xh, rs, w, dx, C); }
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
@@ -152,8 +177,6 @@ def _fn(name, dtype):
 
 def _launch(name, x, n_rows, args):
     """One block of THREADS threads per row; Python ints go in as C long long (int64), bools as int."""
-    import numpy as np
-
     args = tuple(np.int32(a) if isinstance(a, bool) else np.int64(a) if isinstance(a, int) else a for a in args)
     if n_rows:
         _fn(name, x.dtype)((int(n_rows),), (THREADS,), args)
@@ -165,14 +188,15 @@ def _scalar(x, v):
 
 
 # ---------------------------------------------------------------------------- cross-entropy
-def cross_entropy_rows(z, y, ignore_index):
-    """(probs (N, V), per-row loss (N,)) of logits z (N, V) and int64 targets y (N,)."""
+def cross_entropy_rows(z, y, ignore_index, out=None):
+    """(probs (N, V), per-row loss (N,)) of logits z (N, V) and int64 targets y (N,); probs are
+    written into `out` when given (it may be z itself)."""
     import cupy
 
     z = cupy.ascontiguousarray(z)
     y = cupy.ascontiguousarray(y, dtype=cupy.int64)
     N, V = z.shape
-    probs = cupy.empty_like(z)
+    probs = cupy.empty_like(z) if out is None else out
     loss = cupy.empty(N, dtype=z.dtype)
     _launch("cross_entropy_rows", z, N, (z, y, probs, loss, V, ignore_index))
     return probs, loss
@@ -188,9 +212,10 @@ def _ce_backward_kernel():
         "minisft_ce_backward")
 
 
-def cross_entropy_backward(probs, y, valid, scale):
-    """dz = scale · (probs − onehot(y)) on valid rows, 0 on ignored rows."""
-    return _ce_backward_kernel()(probs, y, valid, probs.shape[-1], probs.dtype.type(scale))
+def cross_entropy_backward(probs, y, valid, scale, out=None):
+    """dz = scale · (probs − onehot(y)) on valid rows, 0 on ignored rows; into `out` when given (it
+    may be probs itself: each element is read, then written, by one thread)."""
+    return _ce_backward_kernel()(probs, y, valid, probs.shape[-1], probs.dtype.type(scale), out)
 
 
 # ------------------------------------------------------------------------------------- gelu
@@ -217,6 +242,35 @@ def gelu(x):
 
 def gelu_backward(dy, x):
     return _gelu_kernels()[1](dy, x)
+
+
+# ------------------------------------------------------------------------------ column sums
+COLUMN_CHUNK = 256  # rows summed by one block in a pass
+
+
+def column_sums(a, b=None):
+    """Σ over the leading axes of a, or of a ∘ b without forming it: (..., C) -> (C,). Blocks sum
+    COLUMN_CHUNK rows each, then their partial sums are summed the same way: a fixed order, so the
+    result is reproducible (bias and LayerNorm weight gradients)."""
+    import cupy
+
+    C = a.shape[-1]
+    a2 = cupy.ascontiguousarray(a).reshape(-1, C)
+    b2 = a2 if b is None else cupy.ascontiguousarray(b).reshape(-1, C)
+    if a2.shape[0] == 0:
+        return cupy.zeros(C, dtype=a.dtype)
+
+    def one_pass(x, y, has_b):
+        n = x.shape[0]
+        out = cupy.empty((-(-n // COLUMN_CHUNK), C), dtype=x.dtype)
+        args = tuple(np.int64(v) for v in (n, C, COLUMN_CHUNK)) + (np.int32(has_b),)
+        _fn("column_sums", x.dtype)((-(-C // 32), out.shape[0]), (THREADS,), (x, y, out) + args)
+        return out
+
+    partial = one_pass(a2, b2, b is not None)
+    while partial.shape[0] > 1:
+        partial = one_pass(partial, partial, False)
+    return partial[0]
 
 
 # -------------------------------------------------------------------------------- layernorm

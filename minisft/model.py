@@ -269,7 +269,7 @@ class GPT:
         idx, targets = self._check_inputs(idx, targets)
         x, _ = self._forward(idx, None)
         logits, _ = linear_forward(x, self.params["wte.weight"], need=())
-        loss, _ = cross_entropy_forward(logits, targets, need=())
+        loss, _ = cross_entropy_forward(logits, targets, need=(), overwrite=True)
         return float(loss)
 
     # ----------------------------------------------------------------------------- backward
@@ -299,13 +299,13 @@ class GPT:
         P, cfg = self.params, self.config
         x, caches = self._forward(idx, plan)
         logits, c_head = linear_forward(x, P["wte.weight"], need=plan["head"])
-        loss, c_loss = cross_entropy_forward(logits, targets, need=plan["loss"])
+        loss, c_loss = cross_entropy_forward(logits, targets, need=plan["loss"], overwrite=True)  # own logits
         self.last_activation_bytes = unique_nbytes(caches, c_head, c_loss, exclude=(self.params, self.adapter_params()))
         grads = {}
         if not plan["loss"]:
             return float(loss), grads
         del logits
-        dlogits = cross_entropy_backward(self.xp.asarray(1.0, dtype=self.dtype), c_loss)["x"]
+        dlogits = cross_entropy_backward(self.xp.asarray(1.0, dtype=self.dtype), c_loss, overwrite=True)["x"]
         g = linear_backward(dlogits, c_head)  # logits = x wteᵀ: tied head
         if "weight" in g:
             _accumulate(grads, "wte.weight", g["weight"])

@@ -122,6 +122,56 @@ def test_cross_entropy_kernels(monkeypatch, dtype, N, V):
     close(gf, gp, dtype, "cross-entropy backward")
 
 
+@given(N=st.integers(0, 3000), C=st.integers(1, 100), with_b=st.booleans())
+@example(N=8192, C=768, with_b=True)  # a gpt2 LayerNorm weight gradient: two passes of partial sums
+@example(N=256 * 256 + 1, C=3, with_b=False)  # three passes
+def test_column_sums_kernel(N, C, with_b):
+    """kernels.column_sums against NumPy's float64 sum over rows (of a ∘ b), in float64."""
+    import cupy as cp
+    from minisft import kernels
+    rng = np.random.default_rng(N + C)
+    a, b = rng.standard_normal((N, C)), rng.standard_normal((N, C))
+    got = kernels.column_sums(cp.asarray(a), cp.asarray(b) if with_b else None)
+    want = (a * b if with_b else a).sum(axis=0)
+    d = float(np.max(np.abs(to_numpy(got) - want)))
+    assert got.shape == (C,) and d <= 1e-12 * max(1.0, N), f"column sums: max abs diff {d:.3e}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_kernels_in_place(dtype):
+    """The fused softmax-CE writing over its own logits (GPT.loss_and_grads) equals the copying kernel."""
+    import cupy as cp
+    rng = np.random.default_rng(3)
+    z = cp.asarray(rng.standard_normal((1, 40, 1000)) * 4, dtype=dtype)
+    y = cp.asarray(rng.integers(0, 1000, (1, 40)))
+    with fused("1"):
+        loss, c = cross_entropy_forward(z.copy(), y)
+        dz = cross_entropy_backward(1.0, c)["x"]
+        z_own = z.copy()
+        loss_own, c_own = cross_entropy_forward(z_own, y, overwrite=True)
+        dz_own = cross_entropy_backward(1.0, c_own, overwrite=True)["x"]
+    assert float(loss_own) == float(loss)
+    assert bool((dz_own == dz).all()) and bool((z_own == dz).all())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_bias_gradient_kernel(monkeypatch, dtype):
+    """The bias gradient of a linear layer through kernels.column_sums against the plain sum."""
+    import cupy as cp
+    from minisft.nn import linear_backward, linear_forward
+    rng = np.random.default_rng(5)
+    x = cp.asarray(rng.standard_normal((3, 700, 20)), dtype=dtype)
+    w, b = cp.asarray(rng.standard_normal((30, 20)), dtype=dtype), cp.asarray(rng.standard_normal(30), dtype=dtype)
+    dy = cp.asarray(rng.standard_normal((3, 700, 30)), dtype=dtype)
+
+    def run():
+        _, c = linear_forward(x, w, b)
+        return linear_backward(dy, c)["bias"]
+
+    fused_db, plain_db = both(monkeypatch, run)
+    close(fused_db, plain_db, dtype, "linear bias gradient")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gelu_kernels(monkeypatch, dtype):
     import cupy as cp

@@ -4,7 +4,7 @@ Derivations: proofs/<layer>.md."""
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
@@ -255,6 +255,26 @@ def test_layernorm_constant_vector_is_finite():
     y, c = layernorm_forward(np.full((2, 5), 3.0), np.ones(5), np.zeros(5))
     assert np.all(y == 0)
     assert np.all(np.isfinite(layernorm_backward(np.ones((2, 5)), c)["x"]))
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # xp is stateless
+@given(seed=seeds, N=st.integers(1, 9), V=st.integers(1, 40))
+def test_cross_entropy_overwrite_is_the_same_function(xp, seed, N, V):
+    """overwrite=True (probabilities over the logits, dz over the probabilities) gives the very same
+    loss and dz as the copying path, and really reuses the logits' memory."""
+    rng = np.random.default_rng(seed)
+    z = xp.asarray(rng.standard_normal((1, N, V)) * 4)
+    y = rng.integers(0, V, (1, N))
+    y[0, ::2] = -100 if N > 1 else y[0, 0]
+    y = xp.asarray(y)
+    loss, c = cross_entropy_forward(z.copy(), y)
+    dz = cross_entropy_backward(2.0, c)["x"]
+    z_own = z.copy()
+    loss_own, c_own = cross_entropy_forward(z_own, y, overwrite=True)
+    assert float(loss_own) == float(loss)
+    assert bool((c_own.probs.reshape(z.shape) == z_own).all())  # the probabilities live in z_own
+    dz_own = cross_entropy_backward(2.0, c_own, overwrite=True)["x"]
+    assert bool((dz_own == dz).all()) and bool((z_own == dz).all())
 
 
 def test_cross_entropy_all_ignored_is_an_error():

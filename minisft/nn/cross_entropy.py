@@ -26,8 +26,13 @@ class CrossEntropyCache:
     need: frozenset
 
 
-def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",)):
-    """Stable log-sum-exp cross-entropy; returns the mean loss as a 0-d array."""
+def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",), overwrite=False):
+    """Stable log-sum-exp cross-entropy; returns the mean loss as a 0-d array.
+
+    overwrite: the probabilities may be written over `logits` (a contiguous array) instead of into a
+    new (N, V) array. For a caller
+    that owns the logits and reads them no more (GPT.loss_and_grads): at GPT-2's vocabulary the
+    logits are the largest activation, and this keeps one copy instead of two."""
     need = need_set(need, ("x",), "cross_entropy")
     xp = array_module(logits)
     V = logits.shape[-1]
@@ -39,17 +44,17 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",
         raise bad_value("targets", f"all {y.size} equal to ignore_index={ignore_index}",
                         "at least one target that is not ignored")
     if kernels.enabled(z):  # one fused pass (minisft.kernels.cross_entropy_rows)
-        probs, row_loss = kernels.cross_entropy_rows(z, y, ignore_index)
+        probs, row_loss = kernels.cross_entropy_rows(z, y, ignore_index, out=z if overwrite else None)
         loss = xp.sum(row_loss) / n_valid
         y = xp.where(valid, y, 0)
     else:
         y = xp.where(valid, y, 0)
+        z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]  # read before z may be overwritten
         zmax = xp.max(z, axis=-1, keepdims=True)
-        e = z - zmax
+        e = xp.subtract(z, zmax, out=z if overwrite else None)
         xp.exp(e, out=e)
         sumexp = xp.sum(e, axis=-1, keepdims=True)
         lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
-        z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
         loss = xp.sum(xp.where(valid, lse - z_target, 0.0)) / n_valid
         probs = e
         probs /= sumexp
@@ -57,17 +62,20 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",
     return loss, CrossEntropyCache(probs, y, valid, n_valid, logits.shape, need)
 
 
-def cross_entropy_backward(dloss, cache, need=None):
-    """dz = dL · (softmax(z) − onehot(y)) / n on valid rows, 0 on ignored rows."""
+def cross_entropy_backward(dloss, cache, need=None, overwrite=False):
+    """dz = dL · (softmax(z) − onehot(y)) / n on valid rows, 0 on ignored rows.
+
+    overwrite: write dz over the cached probabilities (the cache is spent afterwards)."""
     need = backward_need(need, cache.need, "cross_entropy")
     if "x" not in need:
         return {}
     xp = array_module(cache.probs)
     scale = float(dloss) / cache.n_valid
     if kernels.enabled(cache.probs):
-        dz = kernels.cross_entropy_backward(cache.probs, cache.targets, cache.valid, scale)
+        dz = kernels.cross_entropy_backward(cache.probs, cache.targets, cache.valid, scale,
+                                            out=cache.probs if overwrite else None)
     else:
-        dz = cache.probs.copy()
+        dz = cache.probs if overwrite else cache.probs.copy()
         dz[xp.arange(dz.shape[0]), cache.targets] -= 1.0
         dz *= xp.asarray(scale, dtype=dz.dtype) * cache.valid[:, None]
     return {"x": dz.reshape(cache.shape)}

@@ -6,6 +6,7 @@ Derivation: proofs/linear.md (tests/test_nn_grad.py::test_linear_fd, ::test_line
 
 from dataclasses import dataclass
 
+from .. import kernels
 from ..backend import array_module
 from .need import backward_need, need_set
 
@@ -49,5 +50,6 @@ def linear_backward(dy, cache, need=None):
     if "weight" in need:
         grads["weight"] = dy2.T @ cache.x2  # y = x W^T  =>  dW = dy^T x
     if "bias" in need:
-        grads["bias"] = xp.sum(dy2, axis=0)  # y = ... + b  =>  db = sum_n dy_n
+        # y = ... + b  =>  db = sum_n dy_n
+        grads["bias"] = kernels.column_sums(dy2) if kernels.enabled(dy2) else xp.sum(dy2, axis=0)
     return grads

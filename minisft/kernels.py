@@ -215,7 +215,8 @@ def _ce_backward_kernel():
 def cross_entropy_backward(probs, y, valid, scale, out=None):
     """dz = scale · (probs − onehot(y)) on valid rows, 0 on ignored rows; into `out` when given (it
     may be probs itself: each element is read, then written, by one thread)."""
-    return _ce_backward_kernel()(probs, y, valid, probs.shape[-1], probs.dtype.type(scale), out)
+    args = (probs, y, valid, probs.shape[-1], probs.dtype.type(scale))
+    return _ce_backward_kernel()(*args) if out is None else _ce_backward_kernel()(*args, out)
 
 
 # ------------------------------------------------------------------------------------- gelu

@@ -43,7 +43,7 @@ def model_flops(cfg, B, T):
 def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     import minisft as ms
     from minisft.adapters import RowDelta
-    from minisft.gmt import gradient_mask
+    from minisft.gmt import gradient_masks
     from minisft.importance import row_magnitude, rows_for_ratio, top_rows
     from minisft.methods import LoRAMethod
     from minisft.model import linear_layer_names
@@ -67,7 +67,8 @@ def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     def step():
         loss, grads = model.loss_and_grads(x, y)
         if method == "gmt":
-            grads = {k: g * gradient_mask(g, 0.5) for k, g in grads.items()}
+            masks = gradient_masks(grads, 0.5)
+            grads = {k: g * masks[k] for k, g in grads.items()}
         opt.step(model.trainable_params(), grads)
         return loss
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
-from minisft.gmt import global_gradient_masks, gradient_mask
+from minisft.gmt import global_gradient_masks, gradient_mask, gradient_masks
 from minisft.select import RADIX_BITS
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -126,6 +126,17 @@ def test_global_exact_count_equals_bruteforce_oracle(xp, gs, r):
     assert sum(int((~to_numpy(m)).sum()) for m in masks) == floor_count(r, total)
 
 
+@fixture_ok
+@given(gs=st.lists(arrays(), min_size=0, max_size=4), r=RATIOS)
+def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
+    """gradient_masks (validated together) is gradient_mask applied to each tensor, as a dict too."""
+    batched = gradient_masks({f"t{i}": xp.asarray(g) for i, g in enumerate(gs)}, r)
+    assert list(batched) == [f"t{i}" for i in range(len(gs))]
+    for i, g in enumerate(gs):
+        (expected,) = oracle_keep([g], floor_count(r, g.size))
+        np.testing.assert_array_equal(to_numpy(batched[f"t{i}"]), expected)
+
+
 def test_global_dict_structure_mixed_dtypes_and_layout(xp):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 7))
@@ -200,3 +211,5 @@ def test_bad_grads(xp):
         gradient_mask([1.0, 2.0], 0.5)  # not an array
     with pytest.raises(TypeError, match="grads"):
         global_gradient_masks({"a set, not a list or dict"}, 0.5)
+    with pytest.raises(ValueError, match=r"grads\['w'\]"):
+        gradient_masks({"v": xp.ones(2), "w": xp.asarray([float("nan")])}, 0.5)

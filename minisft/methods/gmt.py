@@ -9,7 +9,7 @@ over the N micro-batches of one update,
     θ_ij ← θ_ij − η · M(Γ_ij, k)                            (this method's transform_grads + the optimizer)
 
 where M keeps Γ_ij when |Γ_ij| is not among the floor(drop_ratio · n) smallest magnitudes and
-zeroes it otherwise (`minisft.gmt.gradient_mask`; `global_gradient_masks` for scope="global").
+zeroes it otherwise (`minisft.gmt.gradient_masks`; `global_gradient_masks` for scope="global").
 
 Choices (where the paper is ambiguous, or where our trainer decides):
 - What trains: every base tensor, as `FullFineTune` (embeddings, LayerNorms, biases, weights): the
@@ -39,7 +39,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..errors import bad_type, require
-from ..gmt import global_gradient_masks, gradient_mask
+from ..gmt import global_gradient_masks, gradient_masks
 from ..select import real_in
 from .base import Method
 
@@ -91,7 +91,7 @@ class GMT(Method):
         """{name: (shape) float gradient} -> {name: (shape) bool}, True = kept (scope's ranking)."""
         if self.scope == "global":
             return global_gradient_masks(grads, self.drop_ratio)
-        return {name: gradient_mask(g, self.drop_ratio) for name, g in grads.items()}
+        return gradient_masks(grads, self.drop_ratio)
 
     def transform_grads(self, model, grads, step):
         """Zero the dropped entries of every gradient in place; grads: {name: (shape) array}."""

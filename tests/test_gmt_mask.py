@@ -56,6 +56,18 @@ def test_mask_equals_stable_argsort_oracle(xp, g, r):
 
 
 @fixture_ok
+@given(g=st.one_of(arrays(st.floats(width=32, allow_nan=False), np.float32),
+                   arrays(st.floats(width=16, allow_nan=False), np.float16)), r=RATIOS)
+@example(g=np.array([0.0, -0.0, 1.0, -1.0, np.inf], dtype=np.float32), r=0.6)
+def test_narrow_floats_rank_like_their_float64_values(xp, g, r):
+    """Per tensor, float32/float16 are ranked on their own bits (native_magnitude_key): the same masks
+    as the stable-argsort oracle on the exact float64 values."""
+    mask = gradient_mask(xp.asarray(g), r)
+    (expected,) = oracle_keep([g], floor_count(r, g.size))
+    np.testing.assert_array_equal(to_numpy(mask), expected)
+
+
+@fixture_ok
 @given(g=arrays(), r=RATIOS)
 def test_exact_count_and_kept_dominate_dropped(xp, g, r):
     mask = to_numpy(gradient_mask(xp.asarray(g), r))

@@ -322,8 +322,15 @@ def supported(hd, dtype):
     and the tiles within the device's shared memory per block."""
     import cupy
 
-    limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
-    return hd % 16 == 0 and 0 < hd and all(shared_bytes(n, hd, dtype.itemsize) <= limit for n in _KERNELS)
+    return _supported(hd, dtype.itemsize, cupy.cuda.Device().id)
+
+
+@functools.cache
+def _supported(hd, itemsize, device_id):
+    import cupy
+
+    limit = cupy.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
+    return hd % 16 == 0 and 0 < hd and all(shared_bytes(n, hd, itemsize) <= limit for n in _KERNELS)
 
 
 @functools.cache

@@ -24,7 +24,7 @@ The optimizer-side subtlety (AdamW moving masked entries through momentum and we
 with the method class, not here. Derivations: proofs/gmt_mask.md.
 """
 
-from .select import ratio_count, real_in, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list
+from .select import ratio_count, real_in, smallest_k_keep_mask_each, smallest_k_keep_masks, tensor_list
 
 
 def _drop_ratio(drop_ratio):
@@ -32,7 +32,7 @@ def _drop_ratio(drop_ratio):
 
 
 def _per_tensor_masks(arrays, drop_ratio):
-    return [smallest_k_keep_mask(a, ratio_count(drop_ratio, a.size, "floor")) for a in arrays]
+    return smallest_k_keep_mask_each(arrays, [ratio_count(drop_ratio, a.size, "floor") for a in arrays])
 
 
 def gradient_mask(grad, drop_ratio):

@@ -174,6 +174,40 @@ def smallest_k_keep_mask(x, k):
     return _keep_masks([x], t, need, key_of=native_magnitude_key)[0]
 
 
+SMALL_TENSOR = 1 << 20  # tensors with fewer entries are ranked together by smallest_k_keep_mask_each
+
+
+def smallest_k_keep_mask_each(arrays, ks):
+    """[smallest_k_keep_mask(a, k) for a, k in zip(arrays, ks)]: per-tensor selections of many
+    tensors. Those smaller than SMALL_TENSOR are ranked together by one stable sort on
+    (tensor, |x|, flat index), which gives each its own k smallest with the same tie rule: on a GPU
+    a dozen small kernels per tensor cost more than the selection itself."""
+    masks = [None] * len(arrays)
+    small = [i for i, a in enumerate(arrays) if a.size < SMALL_TENSOR]
+    for i, a in enumerate(arrays):
+        if a.size >= SMALL_TENSOR:
+            masks[i] = smallest_k_keep_mask(a, ks[i])
+    if small:
+        for i, m in zip(small, _smallest_k_by_tensor([arrays[i] for i in small], [ks[i] for i in small])):
+            masks[i] = m
+    return masks
+
+
+def _smallest_k_by_tensor(arrays, ks):
+    xp = array_module(*arrays)
+    sizes = [a.size for a in arrays]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    key = xp.concatenate([magnitude_key(a) for a in arrays])
+    tensor = xp.repeat(xp.arange(len(arrays)), sizes)  # (total,) which tensor each key belongs to
+    order = xp.argsort(key, kind="stable")  # by |x|; ties keep concatenation order = flat index
+    order = order[xp.argsort(tensor[order], kind="stable")]  # then by tensor: (tensor, |x|, index)
+    tensor_sorted = tensor[order]
+    rank = xp.arange(key.size) - xp.asarray(starts)[tensor_sorted]  # place in its tensor's sorted run
+    drop = xp.empty(key.size, dtype=bool)
+    drop[order] = rank < xp.asarray(np.asarray(ks, dtype=np.int64))[tensor_sorted]
+    return [~drop[s:s + n].reshape(a.shape) for s, n, a in zip(starts, sizes, arrays)]
+
+
 def smallest_k_keep_masks(arrays, k):
     """list of bool masks (shapes of `arrays`), True = kept: False at the k smallest |x| over all
     arrays, ties dropped by (tensor position, flat index) first. 0 <= k <= total size."""

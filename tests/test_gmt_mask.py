@@ -149,6 +149,22 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
         np.testing.assert_array_equal(to_numpy(batched[f"t{i}"]), expected)
 
 
+@pytest.mark.parametrize("small_tensor", [0, 1 << 40], ids=["each-alone", "all-together"])
+def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, small_tensor):
+    """Whether tensors are ranked one by one (partition) or together (one sort by tensor, |x|,
+    index), every tensor gets its own floor(r·n) smallest, ties by lower index."""
+    import minisft.select as select
+    monkeypatch.setattr(select, "SMALL_TENSOR", small_tensor)
+    rng = np.random.default_rng(7)
+    gs = [rng.choice([0.0, -0.0, 1.0, -2.0, 2.0, 3.5], size=s) for s in [(5, 4), (0,), (1,), (13,), (3, 3, 3)]]
+    gs += [rng.standard_normal(s).astype(np.float32) for s in [(40,), (2, 7)]]
+    for r in (0.0, 0.3, 0.5, 0.95):
+        masks = gradient_masks([xp.asarray(g) for g in gs], r)
+        for g, m in zip(gs, masks):
+            (expected,) = oracle_keep([g], floor_count(r, g.size))
+            np.testing.assert_array_equal(to_numpy(m), expected)
+
+
 def test_global_dict_structure_mixed_dtypes_and_layout(xp):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 7))

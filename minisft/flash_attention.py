@@ -334,11 +334,16 @@ def _supported(hd, itemsize, device_id):
 
 
 @functools.cache
-def _kernel(name, hd, suffix):
+def _module(hd):
+    """The kernels compiled for head dim `hd` (a compile-time constant: the tiles' loops unroll)."""
     import cupy
 
-    module = cupy.RawModule(code=_SOURCE, options=("--std=c++14", f"-DHD={hd}"))
-    fn = module.get_function(f"{name}_{suffix}")
+    return cupy.RawModule(code=_SOURCE, options=("--std=c++14", f"-DHD={hd}"))
+
+
+@functools.cache
+def _kernel(name, hd, suffix):
+    fn = _module(hd).get_function(f"{name}_{suffix}")
     fn.max_dynamic_shared_size_bytes = shared_bytes(name, hd, 8 if suffix == "f64" else 4)
     return fn
 

@@ -16,7 +16,8 @@ plain path back for comparison.
 | column_sums             | a∘b, sum over rows (CuPy's leading-axis reduction)     | 1 read, coalesced         |
 
 Attention has its own tiled kernels in minisft.flash_attention. Rows are reduced by one thread block
-each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 2018): (m, s) ⊕ (m', s') = (M, s·e^{m−M} + s'·e^{m'−M}), M = max(m, m').
+each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 2018):
+(m, s) ⊕ (m', s') = (M, s·e^{m−M} + s'·e^{m'−M}), M = max(m, m').
 """
 
 import functools

@@ -13,7 +13,7 @@ from minisft.backend import gpu_available, to_numpy
 from minisft.nn import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
                         gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
 from minisft.optim import AdamW
-from tests.gradcheck import max_rel_diff
+from tests.gradcheck import assert_directional, max_rel_diff
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
@@ -80,6 +80,35 @@ def test_flash_attention(dtype, B, T, H, hd):
     assert (kind, plain_kind) == ("TiledAttentionCache", "AttentionCache")
     close(yf, yp, dtype, f"flash attention forward {B, T, H, hd}")
     close(gf, gp, dtype, f"flash attention backward {B, T, H, hd}")
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 2), T=st.integers(1, 150), H=st.integers(1, 2),
+       hd=st.sampled_from([16, 32, 64]))
+@example(seed=0, B=1, T=65, H=2, hd=16)  # a second key tile holding one key
+def test_flash_attention_fd_and_torch_float64(seed, B, T, H, hd):
+    """The tiled backward itself, in float64 on the GPU: directional Richardson FD of Σ y∘proj, and
+    parity with PyTorch autograd through F.scaled_dot_product_attention(is_causal=True) on the CPU."""
+    import cupy as cp
+    import torch
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((B, T, 3 * H * hd))
+    proj = rng.standard_normal((B, T, H * hd))
+    with fused("1"):
+        y, c = attention_forward(cp.asarray(qkv), H)
+        assert type(c).__name__ == "TiledAttentionCache"
+        grad = to_numpy(attention_backward(cp.asarray(proj), c)["x"])
+
+        def f(theta):
+            return float(cp.sum(attention_forward(cp.asarray(theta), H, need=())[0] * cp.asarray(proj)))
+
+        assert_directional(f, qkv, grad, rng, label="tiled attention qkv")
+    x = torch.tensor(qkv, requires_grad=True)
+    q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in x.split(H * hd, dim=2))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+    (ref * torch.tensor(proj)).sum().backward()
+    dy, dg = max_rel_diff(to_numpy(y), ref.detach().numpy()), max_rel_diff(grad, x.grad.numpy())
+    assert dy <= 1e-12 and dg <= 1e-12, f"tiled attention vs torch: y max rel diff {dy:.3e}, dqkv {dg:.3e}"
 
 
 def test_flash_attention_reproducible():

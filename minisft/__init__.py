@@ -10,8 +10,11 @@ out); methods the trainer drives: ms.methods (SPruFT, AdaPEFT, LoRADrop, GMT, MG
 LoRAMethod); adapters: ms.adapters; HF GPT-2 conversion: ms.interop.
 """
 
-from . import (adapters, backend, batches, calibration, checkpoint, corpus, curvature, errors, fileio, gmt, groups, importance,
-               interop, kernels, knapsack, loradrop, memory, methods, mgpp, nn, optim, structure, tokenizer, train)
+from . import (adapters, backend, batches, checkpoint, corpus, errors, fileio, interop, kernels, memory, methods, nn, optim,
+               tokenizer, train)
+from .methods import gmt, loradrop, mgpp
+from .methods.adapeft import curvature, groups, knapsack
+from .methods.spruft import calibration, importance, structure
 from .config import GPTConfig
 from .model import GPT
 

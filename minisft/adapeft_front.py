@@ -18,8 +18,8 @@ from dataclasses import asdict
 from .backend import rng as make_rng
 from .experiment import finetune, make_task, method_lr, pretrained
 from .fileio import atomic_write_json, ensure_writable_dir
-from .methods.adapeft import AdaPEFT, GroupSubset
-from .methods.spruft import lora_trainable
+from .methods.adapeft.method import AdaPEFT, GroupSubset
+from .methods.spruft.method import lora_trainable
 from .report import save_png
 
 

@@ -27,7 +27,7 @@ from .corpus import load_corpus
 from .errors import bad_value
 from .fileio import atomic_write_json, ensure_writable_dir
 from .methods import FullFineTune, make_method, method_options
-from .methods.spruft import lora_trainable, rows_matching_lora
+from .methods.spruft.method import lora_trainable, rows_matching_lora
 from .model import GPT
 from .tokenizer import build_tokenizer
 from .train import Task, TrainConfig, evaluate, train

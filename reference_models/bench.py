@@ -43,8 +43,8 @@ def model_flops(cfg, B, T):
 def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     import minisft as ms
     from minisft.adapters import RowDelta
-    from minisft.gmt import gradient_masks
-    from minisft.importance import row_magnitude, rows_for_ratio, top_rows
+    from minisft.methods.gmt.masks import gradient_masks
+    from minisft.methods.spruft.importance import row_magnitude, rows_for_ratio, top_rows
     from minisft.methods import LoRAMethod
     from minisft.model import linear_layer_names
     from minisft.optim import AdamW

@@ -14,13 +14,13 @@ import pytest
 from scipy.stats import spearmanr
 
 import minisft.experiment as ex
-from minisft import knapsack
+from minisft.methods.adapeft import knapsack
 from minisft.adapeft_front import adapeft_front
 from minisft.batches import TokenStream, validation_batches
 from minisft.config import GPTConfig
 from minisft.errors import NonFiniteLossError
-from minisft.groups import apply_groups_by_name, build_groups, dense_only
-from minisft.methods.adapeft import AdaPEFT, GroupSubset, probe
+from minisft.methods.adapeft.groups import apply_groups_by_name, build_groups, dense_only
+from minisft.methods.adapeft.method import AdaPEFT, GroupSubset, probe
 from minisft.methods.base import FullFineTune, count_params
 from minisft.model import GPT, param_shapes
 from minisft.optim import AdamW, SGD
@@ -343,7 +343,7 @@ def test_bad_input():
 
 def test_no_valid_estimate_is_an_error_not_an_empty_selection(monkeypatch):
     """When every estimate of every group is invalid, prepare refuses to train nothing."""
-    import minisft.methods.adapeft as mod
+    import minisft.methods.adapeft.method as mod
 
     def all_invalid(groups, sizes, *args, **kw):
         return [{"group": g, "n": sizes[g], "a": -1.0, "b": 1.0, "r2": None, "influence": None, "ppi": None,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
 from minisft.config import GPTConfig
-from minisft.curvature import (
+from minisft.methods.adapeft.curvature import (
     GEN_MULTIPLIERS,
     gen_losses,
     group_influence,
@@ -22,7 +22,7 @@ from minisft.curvature import (
     shifted,
     step_direction,
 )
-from minisft.groups import build_groups
+from minisft.methods.adapeft.groups import build_groups
 from minisft.model import GPT
 from minisft.optim import AdamW
 from tests.gradcheck import max_rel_diff

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
-from minisft.gmt import global_gradient_masks, gradient_mask, gradient_masks
+from minisft.methods.gmt.masks import global_gradient_masks, gradient_mask, gradient_masks
 from minisft.select import RADIX_BITS
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -17,7 +17,7 @@ from minisft.backend import to_numpy
 from minisft.batches import TokenStream, validation_batches
 from minisft.config import GPTConfig
 from minisft.methods.base import FullFineTune
-from minisft.methods.gmt import GMT
+from minisft.methods.gmt.method import GMT
 from minisft.model import GPT, param_shapes
 from minisft.optim import AdamW
 from minisft.train import Task, TrainConfig, train

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
 from minisft.errors import NonFiniteLossError
-from minisft.importance import (
+from minisft.methods.spruft.importance import (
     TaylorAccumulator,
     check_rows,
     col_magnitude,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from minisft import knapsack
+from minisft.methods.adapeft import knapsack
 from minisft.backend import to_numpy
 
 METHODS = ["dp", "branch_and_bound", "auto"]

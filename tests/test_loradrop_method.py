@@ -17,9 +17,9 @@ from minisft.adapters import LoRA
 from minisft.backend import to_numpy
 from minisft.batches import TokenStream, validation_batches
 from minisft.config import GPTConfig
-from minisft.loradrop import select_layers
+from minisft.methods.loradrop.selection import select_layers
 from minisft.methods.base import LoRAMethod, count_params
-from minisft.methods.loradrop import LoRADrop, keep_and_share, layer_importance, layer_scores
+from minisft.methods.loradrop.method import LoRADrop, keep_and_share, layer_importance, layer_scores
 from minisft.model import GPT, LINEAR_SUFFIXES, linear_layer_names
 from minisft.train import Task, TrainConfig, train
 from tests.gradcheck import assert_directional, max_rel_diff

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
-from minisft.loradrop import layer_output_sq_norm, normalize_importance, select_layers
+from minisft.methods.loradrop.selection import layer_output_sq_norm, normalize_importance, select_layers
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 EPS = np.finfo(np.float64).eps

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from minisft.backend import to_numpy
 from minisft.checkpoint import load_checkpoint
 from minisft.methods.base import FullFineTune
-from minisft.methods.mgpp import MGPP
-from minisft.mgpp import neg_log_prior
+from minisft.methods.mgpp.method import MGPP
+from minisft.methods.mgpp.prior import neg_log_prior
 from minisft.model import linear_layer_names
 from minisft.train import TrainConfig, train
 from tests.gradcheck import assert_directional, assert_trained_like

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from minisft.backend import to_numpy
-from minisft.mgpp import (
+from minisft.methods.mgpp.prior import (
     DEFAULT_LAMBDA,
     DEFAULT_SIGMA0,
     DEFAULT_SIGMA1,

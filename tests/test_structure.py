@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
-from minisft.importance import col_taylor, row_taylor, top_rows
-from minisft.structure import (
+from minisft.methods.spruft.importance import col_taylor, row_taylor, top_rows
+from minisft.methods.spruft.structure import (
     COLS,
     ROWS,
     attention_head_groups,

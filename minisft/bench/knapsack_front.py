@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from minisft.backend import rng
-from minisft.knapsack import pareto_front
+from minisft.methods.adapeft.knapsack import pareto_front
 
 
 def random_groups(groups, seed):

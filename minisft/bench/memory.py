@@ -13,7 +13,7 @@ import numpy as np
 
 from ..adapters import ElementMask, LoRA, RowDelta
 from ..experiment import PRESETS
-from ..importance import row_magnitude, rows_for_ratio, top_rows
+from ..methods.spruft.importance import row_magnitude, rows_for_ratio, top_rows
 from ..memory import CATEGORIES, memory_report
 from ..methods.base import count_params
 from ..model import GPT, linear_layer_names

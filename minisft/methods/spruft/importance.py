@@ -44,9 +44,9 @@ import math
 
 import numpy as np
 
-from .backend import array_module, rng as make_rng, to_device, to_numpy
-from .errors import NonFiniteLossError, bad_type, bad_value, positive_int, require
-from .select import ratio_count, real_in
+from ...backend import array_module, rng as make_rng, to_device, to_numpy
+from ...errors import NonFiniteLossError, bad_type, bad_value, positive_int, require
+from ...select import ratio_count, real_in
 
 MAGNITUDE_P = (1, 2)
 

@@ -44,9 +44,9 @@ Choices (where the paper is ambiguous, or where our trainer decides):
 - State: the masks travel in checkpoints (`state_arrays`), so a resumed run prunes on from them.
 """
 
-from ..batches import as_stream
-from ..errors import bad_type, bad_value, positive_int, require
-from ..mgpp import (
+from ...batches import as_stream
+from ...errors import bad_type, bad_value, positive_int, require
+from .prior import (
     DEFAULT_LAMBDA,
     DEFAULT_PRUNE_END_FRACTION,
     DEFAULT_PRUNE_EVERY,
@@ -58,10 +58,10 @@ from ..mgpp import (
     cubic_sparsity,
     neg_log_prior_grad,
 )
-from ..model import linear_layer_names
-from ..select import ratio_count, real_in, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list
-from .base import Method
-from .gmt import zero_where_dropped
+from ...model import linear_layer_names
+from ...select import ratio_count, real_in, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list
+from ..base import Method
+from ..gmt.method import zero_where_dropped
 
 
 def training_windows(task):

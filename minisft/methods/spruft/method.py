@@ -68,10 +68,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..adapters import ColumnDelta, RowDelta
-from ..adapters.rows import INITS
-from ..backend import to_numpy
-from ..calibration import (
+from ...adapters import ColumnDelta, RowDelta
+from ...adapters.rows import INITS
+from ...backend import to_numpy
+from .calibration import (
     GradientProbe,
     SquaredGradientProbe,
     StreamingTaylorProbe,
@@ -79,9 +79,9 @@ from ..calibration import (
     run_calibration,
     zeroth_order_weight_gradients,
 )
-from ..config import GPTConfig
-from ..errors import CheckpointError, bad_type, bad_value, positive_int, require
-from ..importance import (
+from ...config import GPTConfig
+from ...errors import CheckpointError, bad_type, bad_value, positive_int, require
+from .importance import (
     MAGNITUDE_P,
     col_magnitude,
     col_obd,
@@ -93,10 +93,10 @@ from ..importance import (
     rows_for_ratio,
     top_rows,
 )
-from ..model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
-from ..select import decimal_fraction, ratio_count, real_in
-from ..structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
-from .base import Method, target_layers
+from ...model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
+from ...select import decimal_fraction, ratio_count, real_in
+from .structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
+from ..base import Method, target_layers
 
 IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order")
 SCOPES = ("layer", "global")

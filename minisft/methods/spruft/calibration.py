@@ -37,8 +37,8 @@ Choices (ALGORITHMS.md §1; derivations in proofs/spruft.md):
   documents; the model's tensors are swapped, never written, and restored even on an error.
 """
 
-from .adapters.base import Adapter
-from .errors import bad_type, bad_value, positive_int, require
+from ...adapters.base import Adapter
+from ...errors import bad_type, bad_value, positive_int, require
 from .importance import TaylorAccumulator, per_sample_sq_grad_sum, zeroth_order_gradient
 
 

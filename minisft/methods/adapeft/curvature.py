@@ -48,9 +48,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .backend import array_module
-from .errors import bad_type, require
-from .optim import AdamW
+from ...backend import array_module
+from ...errors import bad_type, require
+from ...optim import AdamW
 
 ESTIMATORS = ("exact", "gen")
 DIRECTIONS = ("adam", "sgd")

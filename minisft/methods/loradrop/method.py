@@ -43,15 +43,15 @@ Choices where the paper is ambiguous (ALGORITHMS.md §3):
 
 import numpy as np
 
-from ..adapters import LoRA, SharedLoRA
-from ..backend import array_module, to_numpy
-from ..batches import as_stream, windows_at
-from ..errors import bad_type, bad_value, positive_int, require
-from ..loradrop import layer_output_sq_norm, normalize_importance, select_layers
-from ..model import LINEAR_SUFFIXES
-from ..optim import make_optimizer
-from ..select import ratio_count, real_in
-from .base import Method, target_layers
+from ...adapters import LoRA, SharedLoRA
+from ...backend import array_module, to_numpy
+from ...batches import as_stream, windows_at
+from ...errors import bad_type, bad_value, positive_int, require
+from .selection import layer_output_sq_norm, normalize_importance, select_layers
+from ...model import LINEAR_SUFFIXES
+from ...optim import make_optimizer
+from ...select import ratio_count, real_in
+from ..base import Method, target_layers
 
 SELECTIONS = ("joint", "per_type")
 

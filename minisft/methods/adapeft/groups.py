@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .adapters import LoRA
-from .backend import rng as make_rng
-from .errors import bad_type, bad_value, positive_int, require
-from .model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
+from ...adapters import LoRA
+from ...backend import rng as make_rng
+from ...errors import bad_type, bad_value, positive_int, require
+from ...model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
 
 PARTITIONS = ("modules", "tensors")
 LORA_PREFIX = "lora:"

@@ -28,9 +28,9 @@ from itertools import accumulate
 
 import numpy as np
 
-from .backend import array_module, to_numpy
-from .errors import bad_type, require
-from .select import decimal_fraction, real_in
+from ...backend import array_module, to_numpy
+from ...errors import bad_type, require
+from ...select import decimal_fraction, real_in
 
 
 def _checked_importance(importance):

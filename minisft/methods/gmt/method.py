@@ -37,11 +37,11 @@ import time
 
 import numpy as np
 
-from ..backend import array_module
-from ..errors import bad_type, require
-from ..gmt import global_gradient_masks, gradient_masks
-from ..select import real_in
-from .base import Method
+from ...backend import array_module
+from ...errors import bad_type, require
+from .masks import global_gradient_masks, gradient_masks
+from ...select import real_in
+from ..base import Method
 
 SCOPES = ("tensor", "global")
 

@@ -16,10 +16,10 @@ of every block), so the front's chosen point is comparable with the compare tabl
 from dataclasses import asdict
 
 from .backend import rng as make_rng
+from .budgets import lora_trainable
 from .experiment import finetune, make_task, method_lr, pretrained
 from .fileio import atomic_write_json, ensure_writable_dir
-from .methods.adapeft.method import AdaPEFT, GroupSubset
-from .methods.spruft.method import lora_trainable
+from .methods.adapeft import AdaPEFT, GroupSubset
 from .report import save_png
 
 

@@ -92,3 +92,9 @@ def rng(seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise bad_value("seed", seed, "a non-negative integer")
     return np.random.default_rng(int(seed))
+
+
+def synchronize(xp):
+    """Wait for the device's queued work (CuPy); nothing on NumPy."""
+    if xp.__name__ == "cupy":
+        xp.cuda.get_current_stream().synchronize()

@@ -6,6 +6,8 @@ with a message a user can act on, never with a bare traceback from deep inside N
 
 import numbers
 
+import numpy as np
+
 
 class MinisftError(ValueError):
     """Base class of minisft's own errors (a ValueError, so generic handlers still catch it)."""
@@ -59,3 +61,17 @@ def ratio_in(arg, value, low, high, low_open=True, high_open=False):
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     require(lo_ok and hi_ok, arg, value, f"a number in {interval}")
     return v
+
+
+def real_in(arg, value, low, high, low_open, high_open):
+    """`value` as a float after checking it is a real number (not a bool or a string) in the interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise bad_type(arg, value, "a real number")
+    return ratio_in(arg, value, low, high, low_open=low_open, high_open=high_open)
+
+
+def boolean(arg, value):
+    """`value` as a bool after checking it is True or False (a NumPy bool too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad_type(arg, value, "True or False")
+    return bool(value)

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from .batches import corpus_streams, random_windows, validation_batches
+from .budgets import lora_trainable
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .corpus import load_corpus
 from .errors import bad_value
 from .fileio import atomic_write_json, ensure_writable_dir
 from .methods import FullFineTune, make_method, method_options
-from .methods.spruft.method import lora_trainable, rows_matching_lora
+from .methods.spruft import rows_matching_lora
 from .model import GPT
 from .tokenizer import build_tokenizer
 from .train import Task, TrainConfig, evaluate, train

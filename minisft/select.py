@@ -27,13 +27,12 @@ Derivations: proofs/gmt_mask.md.
 """
 
 import math
-import numbers
 from fractions import Fraction
 
 import numpy as np
 
 from .backend import array_module
-from .errors import bad_type, bad_value, ratio_in, require
+from .errors import bad_type, bad_value, require
 
 RADIX_BITS = 16
 _NBINS = 1 << RADIX_BITS
@@ -41,12 +40,6 @@ _KEY_BITS = 64
 _ALL_ONES = (1 << _KEY_BITS) - 1
 ROUNDINGS = ("floor", "half_up")
 
-
-def real_in(arg, value, low, high, low_open, high_open):
-    """`value` as a float after checking it is a real number (not a bool or a string) in the interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise bad_type(arg, value, "a real number")
-    return ratio_in(arg, value, low, high, low_open=low_open, high_open=high_open)
 
 
 def decimal_fraction(value):
@@ -160,6 +153,11 @@ def _keep_masks(arrays, t, need, key_of=magnitude_key):
         ties_before = ties_before + xp.count_nonzero(tie)
         masks.append(~drop.reshape(a.shape))
     return masks
+
+
+def zero_where_dropped(g, keep):
+    """g[~keep] = 0 in place. g: any shape, keep: bool of g's shape."""
+    array_module(g).copyto(g, 0, where=~keep)
 
 
 def smallest_k_keep_mask(x, k):

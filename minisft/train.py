@@ -22,11 +22,11 @@ import numpy as np
 
 from .backend import rng as make_rng
 from .batches import random_windows
+from .budgets import count_params
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import CheckpointError, NonFiniteLossError, bad_value, positive_int
 from .fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from .memory import memory_report
-from .methods.base import count_params
 from .optim import clip_grad_norm, lr_at, make_optimizer
 
 

@@ -44,7 +44,8 @@ def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     import minisft as ms
     from minisft.adapters import RowDelta
     from minisft.methods.gmt.masks import gradient_masks
-    from minisft.methods.spruft.importance import row_magnitude, rows_for_ratio, top_rows
+    from minisft.methods.spruft.budget import rows_for_ratio
+    from minisft.methods.spruft.importance import row_magnitude, top_rows
     from minisft.methods import LoRAMethod
     from minisft.model import linear_layer_names
     from minisft.optim import AdamW

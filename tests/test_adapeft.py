@@ -21,7 +21,8 @@ from minisft.config import GPTConfig
 from minisft.errors import NonFiniteLossError
 from minisft.methods.adapeft.groups import apply_groups_by_name, build_groups, dense_only
 from minisft.methods.adapeft.method import AdaPEFT, GroupSubset, probe
-from minisft.methods.base import FullFineTune, count_params
+from minisft.budgets import count_params, lora_trainable
+from minisft.methods.base import FullFineTune
 from minisft.model import GPT, param_shapes
 from minisft.optim import AdamW, SGD
 from minisft.train import Task, TrainConfig, train
@@ -250,7 +251,6 @@ def test_transfer_of_a_subset_by_group_name_across_model_sizes():
     sizes, the share of the larger model's optimal influence the transferred set captures, and the
     realised target losses. Checked: the transferred set trains exactly its groups on the larger
     model, both subsets lower the target loss, and the numbers are well defined."""
-    from minisft.methods.spruft import lora_trainable
 
     small, large = CFG, GPTConfig(vocab_size=40, block_size=8, n_layer=3, n_head=2, n_embd=32)
     target = synthetic_task((1, 3), B=8, seed=1)

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
 from minisft.errors import NonFiniteLossError
+from minisft.methods.spruft.budget import rows_for_ratio
 from minisft.methods.spruft.importance import (
     TaylorAccumulator,
-    check_rows,
     col_magnitude,
     col_obd,
     col_taylor,
@@ -31,7 +31,6 @@ from minisft.methods.spruft.importance import (
     row_obd,
     row_taylor,
     row_taylor_streaming,
-    rows_for_ratio,
     top_rows,
     zeroth_order_gradient,
 )
@@ -491,18 +490,12 @@ def test_rows_for_ratio_rules(d_out, ratio):
         assert k == 1
 
 
-def test_rows_and_ratio_bad_input():
+def test_rows_for_ratio_bad_input():
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="ratio"):
             rows_for_ratio(10, bad)
     with pytest.raises(ValueError, match="d_out"):
         rows_for_ratio(0, 0.5)
-    assert check_rows(10, 10) == 10
-    for bad in (0, 11):
-        with pytest.raises(ValueError, match="rows"):
-            check_rows(10, bad)
-    with pytest.raises(TypeError, match="rows"):
-        check_rows(10, 2.0)
 
 
 def test_bad_scores_input():

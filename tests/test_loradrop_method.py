@@ -18,7 +18,8 @@ from minisft.backend import to_numpy
 from minisft.batches import TokenStream, validation_batches
 from minisft.config import GPTConfig
 from minisft.methods.loradrop.selection import select_layers
-from minisft.methods.base import LoRAMethod, count_params
+from minisft.budgets import count_params
+from minisft.methods.base import LoRAMethod
 from minisft.methods.loradrop.method import LoRADrop, keep_and_share, layer_importance, layer_scores
 from minisft.model import GPT, LINEAR_SUFFIXES, linear_layer_names
 from minisft.train import Task, TrainConfig, train
@@ -217,7 +218,7 @@ def test_shared_lora_gradient_fd_and_sum_over_its_layers(seed):
     ({"sample_fraction": 0.0}, "sample_fraction"), ({"sample_fraction": 1.01}, "sample_fraction"),
     ({"probe_steps": 0}, "probe_steps"), ({"probe_steps": -2}, "probe_steps"),
     ({"probe_lr": 0.0}, "probe_lr"), ({"r": 0}, "r"), ({"alpha": -1.0}, "alpha"),
-    ({"targets": ()}, "targets"), ({"targets": ("attn.q",)}, "targets"), ({"targets": "attn.c_attn"}, "targets"),
+    ({"targets": ()}, "targets"), ({"targets": ("attn.q",)}, "targets"), ({"targets": ("mlp.c_fc", "mlp.c_fc")}, "targets"),
     ({"selection": "global"}, "selection"),
 ])
 def test_bad_options_raise_in_init(kwargs, match):
@@ -232,6 +233,8 @@ def test_bad_option_types_raise_in_init():
         LoRADrop(threshold="0.9")
     with pytest.raises(TypeError, match="probe_steps"):
         LoRADrop(probe_steps=2.5)
+    with pytest.raises(TypeError, match="targets"):  # one suffix, not a list of them
+        LoRADrop(targets="attn.c_attn")
 
 
 def test_probe_steps_zero_names_the_cause():

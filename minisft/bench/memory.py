@@ -12,10 +12,11 @@ import argparse
 import numpy as np
 
 from ..adapters import ElementMask, LoRA, RowDelta
+from ..budgets import count_params
 from ..experiment import PRESETS
-from ..methods.spruft.importance import row_magnitude, rows_for_ratio, top_rows
 from ..memory import CATEGORIES, memory_report
-from ..methods.base import count_params
+from ..methods.spruft.budget import rows_for_ratio
+from ..methods.spruft.importance import row_magnitude, top_rows
 from ..model import GPT, linear_layer_names
 from ..optim import AdamW
 

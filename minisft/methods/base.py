@@ -11,8 +11,8 @@ A method decides *what* trains; the trainer (minisft.train) does the rest. Hooks
 """
 
 from ..adapters import LoRA
-from ..errors import bad_value
-from ..model import LINEAR_SUFFIXES, linear_layer_names
+from ..budgets import target_layers
+from ..model import LINEAR_SUFFIXES
 
 
 class Method:
@@ -43,26 +43,6 @@ class Method:
 
     def report(self):
         return {}
-
-
-def count_params(model):
-    """Exact trainable and total parameter counts (total = base tensors + adapter parameters)."""
-    trainable = sum(int(a.size) for a in model.trainable_params().values())
-    for ads in model.adapters.values():  # an ElementMask trains only its unmasked entries
-        for ad in ads:
-            if hasattr(ad, "mask"):
-                trainable -= int(ad.weight.size) - ad.n_trainable()
-    total = sum(int(a.size) for a in model.params.values()) + sum(int(a.size) for a in model.adapter_params().values())
-    base = sum(int(a.size) for a in model.params.values())
-    return {"trainable": trainable, "total": total, "base": base, "trainable_pct": 100.0 * trainable / base}
-
-
-def target_layers(model, targets):
-    """Linear layer names whose suffix is in `targets` (e.g. ("attn.c_attn", "mlp.c_fc"))."""
-    unknown = [t for t in targets if t not in LINEAR_SUFFIXES]
-    if unknown or not targets:
-        raise bad_value("targets", list(targets), f"a non-empty subset of {LINEAR_SUFFIXES}")
-    return [n for n in linear_layer_names(model.config) if n.split(".", 2)[2] in targets]
 
 
 class FullFineTune(Method):

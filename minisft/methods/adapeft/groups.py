@@ -26,6 +26,7 @@ import numpy as np
 
 from ...adapters import LoRA
 from ...backend import rng as make_rng
+from ...budgets import lora_param_count
 from ...errors import bad_type, bad_value, positive_int, require
 from ...model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
 
@@ -134,8 +135,8 @@ def build_groups(config, groups="modules", lora_r=8):
         for layer in lora_layers:
             d_out, d_in = shapes[layer + ".weight"]
             require(lora_r <= min(d_out, d_in), "lora_r", lora_r, f"at most min(d_out, d_in) = {min(d_out, d_in)} for {layer}")
-        size = sum(int(np.prod(shapes[t])) for t in tensors) + sum(
-            lora_r * sum(shapes[layer + ".weight"]) for layer in lora_layers)
+        size = sum(int(np.prod(shapes[t])) for t in tensors) + lora_param_count(
+            (shapes[layer + ".weight"] for layer in lora_layers), lora_r)
         out.append(Group(name, tuple(tensors), tuple(lora_layers), lora_r, size))
     return out
 

@@ -38,12 +38,13 @@ import math
 
 import numpy as np
 
+from ...budgets import count_params
+from ...errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
+from ...optim import SGD, AdamW
+from ..base import Method
 from . import knapsack
 from .curvature import DIRECTIONS, ESTIMATORS, group_influence, step_direction
-from ...errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
 from .groups import apply_groups_by_name, build_groups, check_groups, dense_only
-from ...optim import SGD, AdamW
-from ..base import Method, count_params
 
 
 def check_budget(budget):

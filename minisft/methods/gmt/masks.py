@@ -24,7 +24,8 @@ The optimizer-side subtlety (AdamW moving masked entries through momentum and we
 with the method class, not here. Derivations: proofs/gmt_mask.md.
 """
 
-from ...select import ratio_count, real_in, smallest_k_keep_mask_each, smallest_k_keep_masks, tensor_list
+from ...errors import real_in
+from ...select import ratio_count, smallest_k_keep_mask_each, smallest_k_keep_masks, tensor_list
 
 
 def _drop_ratio(drop_ratio):

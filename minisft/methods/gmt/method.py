@@ -37,24 +37,13 @@ import time
 
 import numpy as np
 
-from ...backend import array_module
-from ...errors import bad_type, require
-from .masks import global_gradient_masks, gradient_masks
-from ...select import real_in
+from ...backend import synchronize
+from ...errors import boolean, real_in, require
+from ...select import zero_where_dropped
 from ..base import Method
+from .masks import global_gradient_masks, gradient_masks
 
 SCOPES = ("tensor", "global")
-
-
-def synchronize(xp):
-    """Wait for the device's queued work (CuPy); nothing on NumPy."""
-    if xp.__name__ == "cupy":
-        xp.cuda.get_current_stream().synchronize()
-
-
-def zero_where_dropped(g, keep):
-    """g[~keep] = 0 in place. g: any shape, keep: bool of g's shape."""
-    array_module(g).copyto(g, 0, where=~keep)
 
 
 class GMT(Method):
@@ -67,9 +56,7 @@ class GMT(Method):
     def __init__(self, drop_ratio=0.5, scope="tensor", freeze_masked=False):
         self.drop_ratio = real_in("drop_ratio", drop_ratio, 0.0, 1.0, low_open=False, high_open=True)
         require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
-        if not isinstance(freeze_masked, bool):
-            raise bad_type("freeze_masked", freeze_masked, "True or False")
-        self.scope, self.freeze_masked = scope, freeze_masked
+        self.scope, self.freeze_masked = scope, boolean("freeze_masked", freeze_masked)
         self._reset()
 
     def _reset(self):

@@ -46,12 +46,13 @@ import numpy as np
 from ...adapters import LoRA, SharedLoRA
 from ...backend import array_module, to_numpy
 from ...batches import as_stream, windows_at
-from ...errors import bad_type, bad_value, positive_int, require
-from .selection import layer_output_sq_norm, normalize_importance, select_layers
+from ...budgets import check_targets, lora_param_count, target_layers
+from ...errors import bad_type, bad_value, boolean, positive_int, real_in, require
 from ...model import LINEAR_SUFFIXES
 from ...optim import make_optimizer
-from ...select import ratio_count, real_in
-from ..base import Method, target_layers
+from ...select import ratio_count
+from ..base import Method
+from .selection import layer_output_sq_norm, normalize_importance, select_layers
 
 SELECTIONS = ("joint", "per_type")
 
@@ -147,11 +148,6 @@ def keep_and_share(layers, scores, threshold, selection="joint"):
     return [n for n in layers if n in kept], {s: d for s, d in shared.items() if d}
 
 
-def lora_param_count(model, layers, r):
-    """Exact parameters of one rank-r LoRA per layer: sum r (d_in + d_out)."""
-    return sum(r * sum(model.params[n + ".weight"].shape) for n in layers)
-
-
 # ------------------------------------------------------------------------------------ method
 class LoRADrop(Method):
     """LoRA-drop: probe, score by LoRA output, keep the important layers, share one LoRA per
@@ -169,14 +165,10 @@ class LoRADrop(Method):
                 "every LoRA output, and with it every layer's importance, is zero")
         self.probe_steps = positive_int("probe_steps", probe_steps)
         self.probe_lr = real_in("probe_lr", probe_lr, 0.0, float("inf"), low_open=True, high_open=True)
-        if isinstance(targets, str) or not all(t in LINEAR_SUFFIXES for t in targets) or not targets:
-            raise bad_value("targets", targets, f"a non-empty subset of {LINEAR_SUFFIXES}")
-        self.targets = tuple(targets)
+        self.targets = check_targets(targets)
         require(selection in SELECTIONS, "selection", selection, f"one of {SELECTIONS}")
         self.selection = selection
-        if not isinstance(reinit, bool):
-            raise bad_type("reinit", reinit, "True or False")
-        self.reinit = reinit
+        self.reinit = boolean("reinit", reinit)
         self._report = {}
 
     def options(self):
@@ -220,9 +212,8 @@ class LoRADrop(Method):
                 model.add_adapter(n, LoRA(model, n, r=self.r, alpha=self.alpha, generator=rng))
         for suffix, dropped in shared.items():
             SharedLoRA(model, suffix, dropped[0], r=self.r, alpha=self.alpha, generator=rng).attach(model, dropped)
-        n_all = lora_param_count(model, layers, self.r)
-        n_kept = lora_param_count(model, kept, self.r)
-        n_shared = lora_param_count(model, [d[0] for d in shared.values()], self.r)
+        n_all, n_kept, n_shared = (lora_param_count((model.params[n + ".weight"].shape for n in names), self.r)
+                                   for names in (layers, kept, [d[0] for d in shared.values()]))
         self._report = {
             "sample": {"windows": k, "of_windows": m, "tokens": k * task.block_size},
             "probe": {"steps": self.probe_steps, "lr": self.probe_lr, "last_loss": probe_loss, "sample_loss": sample_loss},

@@ -29,8 +29,8 @@ from itertools import accumulate
 import numpy as np
 
 from ...backend import array_module, to_numpy
-from ...errors import bad_type, require
-from ...select import decimal_fraction, real_in
+from ...errors import bad_type, real_in, require
+from ...select import decimal_fraction
 
 
 def _checked_importance(importance):

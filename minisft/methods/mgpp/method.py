@@ -45,7 +45,7 @@ Choices (where the paper is ambiguous, or where our trainer decides):
 """
 
 from ...batches import as_stream
-from ...errors import bad_type, bad_value, positive_int, require
+from ...errors import bad_value, boolean, positive_int, real_in, require
 from .prior import (
     DEFAULT_LAMBDA,
     DEFAULT_PRUNE_END_FRACTION,
@@ -59,9 +59,8 @@ from .prior import (
     neg_log_prior_grad,
 )
 from ...model import linear_layer_names
-from ...select import ratio_count, real_in, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list
+from ...select import ratio_count, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list, zero_where_dropped
 from ..base import Method
-from ..gmt.method import zero_where_dropped
 
 
 def training_windows(task):
@@ -87,9 +86,7 @@ class MGPP(Method):
         self.t_end = real_in("t_end", t_end, 0.0, 1.0, low_open=True, high_open=False)
         require(self.t_end > self.t_start, "t_end", t_end, f"a fraction greater than t_start={t_start!r}")
         self.every = positive_int("every", every)
-        if not isinstance(prior, bool):
-            raise bad_type("prior", prior, "True or False")
-        self.prior = prior
+        self.prior = boolean("prior", prior)
         require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
         self.scope = scope
         self.n_train = None if n_train is None else positive_int("n_train", n_train)

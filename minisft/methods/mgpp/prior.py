@@ -44,8 +44,8 @@ import math
 import numbers
 
 from ...backend import array_module
-from ...errors import bad_type, require
-from ...select import ratio_count, real_in, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list
+from ...errors import bad_type, real_in, require
+from ...select import ratio_count, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list
 
 DEFAULT_LAMBDA = 1e-3
 DEFAULT_SIGMA0 = 1e-4

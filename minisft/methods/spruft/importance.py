@@ -45,8 +45,7 @@ import math
 import numpy as np
 
 from ...backend import array_module, rng as make_rng, to_device, to_numpy
-from ...errors import NonFiniteLossError, bad_type, bad_value, positive_int, require
-from ...select import ratio_count, real_in
+from ...errors import NonFiniteLossError, bad_type, bad_value, positive_int, real_in, require
 
 MAGNITUDE_P = (1, 2)
 
@@ -300,19 +299,6 @@ def normalize_by_layer_mean(scores):
 # ----------------------------------------------------------------------------------------------
 # budgets and selection
 # ----------------------------------------------------------------------------------------------
-
-
-def rows_for_ratio(d_out, ratio):
-    """floor(ratio · d_out) rounded down to a multiple of 4, at least 1; ratio in (0, 1]."""
-    d_out = positive_int("d_out", d_out)
-    ratio = real_in("ratio", ratio, 0.0, 1.0, low_open=True, high_open=False)
-    k = ratio_count(ratio, d_out, "floor")
-    return max(1, k - k % 4)
-
-
-def check_rows(d_out, rows):
-    """A direct row count, validated: an int with 1 <= rows <= d_out."""
-    return _count_in("rows", rows, positive_int("d_out", d_out))
 
 
 def _descending_order(scores):

@@ -64,13 +64,18 @@ Equal budget with LoRA: `rows_matching_lora(config, r)` (exact counts, proofs/sp
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
 from ...adapters import ColumnDelta, RowDelta
 from ...adapters.rows import INITS
 from ...backend import to_numpy
+from ...budgets import check_targets, target_layers
+from ...errors import CheckpointError, bad_value, boolean, positive_int, real_in, require
+from ...model import LINEAR_SUFFIXES
+from ...select import ratio_count
+from ..base import Method
+from .budget import check_budget, unit_count
 from .calibration import (
     GradientProbe,
     SquaredGradientProbe,
@@ -79,8 +84,6 @@ from .calibration import (
     run_calibration,
     zeroth_order_weight_gradients,
 )
-from ...config import GPTConfig
-from ...errors import CheckpointError, bad_type, bad_value, positive_int, require
 from .importance import (
     MAGNITUDE_P,
     col_magnitude,
@@ -90,18 +93,13 @@ from .importance import (
     row_magnitude,
     row_obd,
     row_taylor,
-    rows_for_ratio,
     top_rows,
 )
-from ...model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
-from ...select import decimal_fraction, ratio_count, real_in
 from .structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
-from ..base import Method, target_layers
 
 IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order")
 SCOPES = ("layer", "global")
 MODES = ("rows", "neurons")
-DEFAULT_RATIO = 0.05
 # (row score, column score) of each importance; taylor and zeroth_order take (W, G, multivariable)
 SCORERS = {
     "magnitude": (row_magnitude, col_magnitude),
@@ -113,18 +111,8 @@ SCORERS = {
 GROUP_KINDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
 
 
-def _bool(arg, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise bad_type(arg, value, "True or False")
-    return bool(value)
-
-
 def _targets(targets, mode):
-    if isinstance(targets, str) or not isinstance(targets, (list, tuple)):
-        raise bad_type("targets", targets, f"a list or tuple of suffixes among {LINEAR_SUFFIXES}")
-    targets = tuple(targets)
-    ok = bool(targets) and all(t in LINEAR_SUFFIXES for t in targets) and len(set(targets)) == len(targets)
-    require(ok, "targets", list(targets), f"a non-empty list of distinct suffixes among {LINEAR_SUFFIXES}")
+    targets = check_targets(targets)
     if mode == "neurons":
         whole = all(set(pair) <= set(targets) or not set(pair) & set(targets) for pair in GROUP_KINDS.values())
         require(whole, "targets", list(targets),
@@ -186,13 +174,7 @@ class SPruFT(Method):
     def __init__(self, ratio=None, rows=None, importance="taylor", scope="layer", mode="rows", init="zeros",
                  calib_batches=8, multivariable=False, p=2, targets=LINEAR_SUFFIXES, zo_samples=16,
                  zo_eps=1e-3, bias=True):
-        if ratio is not None and rows is not None:
-            raise bad_value("ratio/rows", (ratio, rows), "exactly one of ratio and rows (the other None)")
-        if rows is None:
-            ratio = real_in("ratio", DEFAULT_RATIO if ratio is None else ratio, 0.0, 1.0,
-                            low_open=True, high_open=False)
-        else:
-            rows = positive_int("rows", rows)
+        ratio, rows = check_budget(ratio, rows)
         if importance == "quantile_taylor":
             raise bad_value("importance", importance, f"one of {IMPORTANCES}: the quantile mean needs classes, "
                             "which a next-token objective lacks (see minisft.methods.spruft's docstring)")
@@ -200,7 +182,7 @@ class SPruFT(Method):
         require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
         require(mode in MODES, "mode", mode, f"one of {MODES}")
         require(init in INITS, "init", init, f"one of {INITS}")
-        multivariable = _bool("multivariable", multivariable)
+        multivariable = boolean("multivariable", multivariable)
         require(not multivariable or importance in ("taylor", "zeroth_order"), "multivariable", multivariable,
                 f"False for importance={importance!r} (it is a Taylor-score option)")
         if isinstance(p, bool) or p not in MAGNITUDE_P:
@@ -212,7 +194,7 @@ class SPruFT(Method):
         self.targets = _targets(targets, mode)
         self.zo_samples = positive_int("zo_samples", zo_samples)
         self.zo_eps = real_in("zo_eps", zo_eps, 0.0, math.inf, low_open=True, high_open=True)
-        self.bias = _bool("bias", bias)
+        self.bias = boolean("bias", bias)
         # after prepare: host int64 indices {layer: rows / cols}; host scores {layer: {axis: (d,)}}
         # and {unit: (n,)} (a unit is a layer in row mode, "h.{i}.attn" / "h.{i}.mlp" in neuron mode)
         self.selected_rows, self.selected_cols, self._report = {}, {}, {}
@@ -304,7 +286,7 @@ class SPruFT(Method):
     def _select(self, units, unit_scores):
         """{unit: host int64 indices}: top-k per unit, or one threshold per family (global)."""
         if self.scope == "layer":
-            return {name: to_numpy(top_rows(unit_scores[name], self._count(u.size))) for name, u in units.items()}
+            return {name: to_numpy(top_rows(unit_scores[name], unit_count(u.size, self.ratio, self.rows))) for name, u in units.items()}
         chosen = {}
         for family in dict.fromkeys(u.family for u in units.values()):
             names = [name for name, u in units.items() if u.family == family]
@@ -315,8 +297,6 @@ class SPruFT(Method):
             chosen.update({name: to_numpy(idx) for name, idx in picked.items()})
         return chosen
 
-    def _count(self, size):
-        return rows_for_ratio(size, self.ratio) if self.rows is None else self.rows
 
     def _attach(self, model, layers, rng):
         """Row deltas (and column deltas in neuron mode) in linear-layer order; {layer: trainable}."""
@@ -366,77 +346,3 @@ class SPruFT(Method):
         if not same:
             raise CheckpointError("checkpoint: its SPruFT selection differs from the one prepare() just made "
                                   "(expected the same rows and columns; same data, seed and options?)")
-
-
-# ------------------------------------------------------------------------- budget matching
-def _target_shapes(model_config, targets):
-    """[(layer, d_out, d_in)] of the target linear layers of `model_config`."""
-    if not isinstance(model_config, GPTConfig):
-        raise bad_type("model_config", model_config, "a minisft.GPTConfig")
-    targets = _targets(targets, "rows")
-    shapes = param_shapes(model_config)
-    return [(layer, *shapes[layer + ".weight"]) for layer in linear_layer_names(model_config)
-            if layer.split(".", 2)[2] in targets]
-
-
-def lora_trainable(model_config, r, targets=LINEAR_SUFFIXES):
-    """Exact LoRA parameter count at rank r: Σ_layers r·(d_in + d_out) (A (r, d_in), B (d_out, r))."""
-    layers = _target_shapes(model_config, targets)
-    r = positive_int("r", r)
-    smallest = min(min(d_out, d_in) for _, d_out, d_in in layers)
-    require(r <= smallest, "r", r, f"at most min(d_out, d_in) = {smallest} over the target layers")
-    return sum(r * (d_out + d_in) for _, d_out, d_in in layers)
-
-
-def spruft_rows_per_layer(model_config, ratio=None, rows=None, targets=LINEAR_SUFFIXES):
-    """{layer: kept rows} of SPruFT's row mode with scope="layer" (exactly one of ratio, rows)."""
-    method = SPruFT(ratio=ratio, rows=rows, targets=targets)  # validates the budget arguments
-    layers = _target_shapes(model_config, method.targets)
-    if method.rows is not None:
-        smallest = min(d_out for _, d_out, _ in layers)
-        require(method.rows <= smallest, "rows", method.rows, f"at most {smallest}, the rows of the smallest layer")
-    return {layer: method._count(d_out) for layer, d_out, _ in layers}
-
-
-def spruft_trainable(model_config, ratio=None, rows=None, targets=LINEAR_SUFFIXES, bias=True):
-    """Exact SPruFT trainable count (row mode, scope="layer"): Σ_layers k_l·(d_in + bias)."""
-    d_in = {layer: d for layer, _, d in _target_shapes(model_config, targets)}
-    counts = spruft_rows_per_layer(model_config, ratio, rows, targets)
-    return sum(k * (d_in[layer] + int(_bool("bias", bias))) for layer, k in counts.items())
-
-
-def _short_decimal_in(low, high):
-    """The shortest decimal ratio ρ with low <= ρ < high (Fractions, 0 <= low < high <= 1), or 1 when
-    high is past 1; a float whose decimal reading (`select.decimal_fraction`) is exactly ρ."""
-    for digits in range(1, 18):
-        scale = 10**digits
-        candidate = Fraction(math.ceil(max(low, Fraction(1, scale)) * scale), scale)
-        if candidate < high:
-            value = float(candidate)
-            if decimal_fraction(value) == candidate:
-                return value
-    raise AssertionError(f"no short decimal in [{low}, {high})")  # unreachable: high - low >= 1/d_out²
-
-
-def rows_matching_lora(model_config, r, targets=LINEAR_SUFFIXES, bias=True):
-    """The SPruFT budget (row mode, scope="layer") whose exact trainable count — row weights plus bias
-    deltas — is closest to LoRA's at rank r on the same target layers.
-
-    Searches every per-layer row count `rows` = k (1 <= k <= smallest d_out) and every distinct
-    outcome of `ratio` (the per-layer counts change only at ratio = 4m/d_out; each interval between
-    breakpoints is represented by its shortest decimal). Ties: `rows` first, then the smaller count.
-    Returns {"options": {"rows": k} or {"ratio": ρ}, "spruft_trainable", "lora_trainable",
-    "rows_per_layer": {layer: k_l}}.
-    """
-    layers = _target_shapes(model_config, targets)
-    lora = lora_trainable(model_config, r, targets)
-    bias = _bool("bias", bias)
-    candidates = [{"rows": k} for k in range(1, min(d_out for _, d_out, _ in layers) + 1)]
-    breaks = sorted({Fraction(4 * m, d_out) for _, d_out, _ in layers for m in range(1, d_out // 4 + 1)})
-    edges = [Fraction(0)] + breaks + [Fraction(2)]
-    candidates += [{"ratio": _short_decimal_in(lo, hi)} for lo, hi in zip(edges[:-1], edges[1:]) if lo < 1]
-    totals = [spruft_trainable(model_config, targets=targets, bias=bias, **o) for o in candidates]
-    best = min(range(len(candidates)), key=lambda c: (abs(totals[c] - lora), "rows" not in candidates[c], totals[c]))
-    options = candidates[best]
-    return {"options": options, "spruft_trainable": totals[best], "lora_trainable": lora,
-            "rows_per_layer": spruft_rows_per_layer(model_config, targets=targets, **options)}

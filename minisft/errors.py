@@ -50,6 +50,14 @@ def positive_int(arg, value):
     return int(value)
 
 
+def nonnegative_int(arg, value):
+    """Return `value` as an int after checking it is a non-negative integer (bool excluded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise bad_type(arg, value, "a non-negative integer")
+    require(value >= 0, arg, value, "a non-negative integer")
+    return int(value)
+
+
 def ratio_in(arg, value, low, high, low_open=True, high_open=False):
     """Check a float lies in an interval such as (0, 1]; NaN always fails."""
     try:

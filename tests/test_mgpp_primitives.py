@@ -16,15 +16,8 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from minisft.backend import to_numpy
-from minisft.methods.mgpp.prior import (
-    DEFAULT_LAMBDA,
-    DEFAULT_SIGMA0,
-    DEFAULT_SIGMA1,
-    cubic_sparsity,
-    magnitude_masks,
-    neg_log_prior,
-    neg_log_prior_grad,
-)
+from minisft.methods.mgpp.prior import DEFAULT_LAMBDA, DEFAULT_SIGMA0, DEFAULT_SIGMA1, neg_log_prior, neg_log_prior_grad
+from minisft.methods.mgpp.schedule import cubic_sparsity, magnitude_masks
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 EPS = np.finfo(np.float64).eps
@@ -333,6 +326,63 @@ def test_magnitude_masks_parity_with_torch_reference(xp, params, s):
     theirs = ref.global_masks([torch.from_numpy(v) for v in params.values()], s, half_up=True)
     diff = sum(int((to_numpy(ours[k]) != t.numpy()).sum()) for k, t in zip(params, theirs))
     assert diff == 0, f"{diff} mask entries differ from the torch reference"
+
+
+def oracle_keep_among(arrays_np, olds, k):
+    """Masks that keep everything `olds` pruned pruned and prune the first k survivors of a stable
+    argsort of |theta| over the concatenation (pruned entries rank last)."""
+    flat = np.concatenate([np.where(o, np.abs(a), np.inf).ravel() for a, o in zip(arrays_np, olds)] + [np.zeros(0)])
+    keep = np.concatenate([o.ravel() for o in olds] + [np.zeros(0, dtype=bool)])
+    keep[np.argsort(flat, kind="stable")[:k]] = False
+    pieces = np.split(keep, np.cumsum([a.size for a in arrays_np]))
+    return [m.reshape(a.shape) for m, a in zip(pieces, arrays_np)]
+
+
+@fixture_ok
+@given(params=PARAMS, s=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=2, max_size=2).map(sorted),
+       scope=st.sampled_from(["global", "layer"]), zero=st.integers(0, 2**32 - 1))
+@example(params={"h.0.mlp.c_fc.weight": np.array([0.5, 0.0, 0.25, 0.75]), "h.1.mlp.c_fc.weight": np.array([1.0, 0.0])},
+         s=[0.3, 0.5], scope="global", zero=0)  # survivors at 0 tie with the pruned zeros of the first step
+def test_repruning_ranks_only_the_survivors(xp, params, s, scope, zero):
+    """magnitude_masks(kept=earlier masks): pruned entries stay pruned and count toward the target;
+    the rest is taken among the survivors, smallest |theta| first, even when some survivors were
+    set to exactly 0 after the first step (so they tie with the pruned zeros)."""
+    first = magnitude_masks({k: xp.asarray(v) for k, v in params.items()}, s[0], scope=scope)
+    rng = np.random.default_rng(zero)
+    later = {}
+    for k, v in params.items():  # pruned weights are zeroed; a few survivors drift to exactly 0
+        w = np.where(to_numpy(first[k]), v, 0.0)
+        w[to_numpy(first[k]) & (rng.random(v.shape) < 0.3)] = 0.0
+        later[k] = w
+    masks = magnitude_masks({k: xp.asarray(v) for k, v in later.items()}, s[1], scope=scope, kept=first)
+    olds = [to_numpy(first[k]) for k in params]
+    if scope == "global":
+        n = sum(v.size for v in params.values())
+        expected = oracle_keep_among(list(later.values()), olds, half_up_count(s[1], n) - sum(int((~o).sum()) for o in olds))
+    else:
+        expected = [oracle_keep_among([v], [o], half_up_count(s[1], v.size) - int((~o).sum()))[0]
+                    for v, o in zip(later.values(), olds)]
+    for name, o, e in zip(params, olds, expected):
+        m = to_numpy(masks[name])
+        np.testing.assert_array_equal(m, e)
+        assert not np.any(m & ~o), f"{name}: a pruned entry came back"
+        if scope == "layer":
+            assert int((~m).sum()) == half_up_count(s[1], m.size)
+    if scope == "global":
+        assert sum(int((~to_numpy(m)).sum()) for m in masks.values()) == half_up_count(s[1], sum(v.size for v in params.values()))
+
+
+def test_repruning_refuses_earlier_masks_that_prune_more(xp):
+    params = {"a": xp.asarray([1.0, 2.0, 3.0, 4.0]), "b": xp.asarray([5.0, 6.0])}
+    kept = magnitude_masks(params, 0.5)
+    with pytest.raises(ValueError, match="kept.*more than sparsity"):
+        magnitude_masks(params, 0.2, kept=kept)
+    with pytest.raises(ValueError, match="kept"):
+        magnitude_masks(params, 0.5, kept={"a": kept["a"]})
+    with pytest.raises(ValueError, match=r"kept\['b'\]"):
+        magnitude_masks(params, 0.5, kept={"a": kept["a"], "b": xp.ones(3, dtype=bool)})
+    with pytest.raises(ValueError, match=r"kept\[0\]"):
+        magnitude_masks([params["a"]], 0.5, kept=[xp.ones(4)])
 
 
 def test_bad_magnitude_mask_arguments(xp):

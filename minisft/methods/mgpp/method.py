@@ -1,67 +1,20 @@
-"""MGPP — magnitude pruning with a mixture Gaussian prior, as a fine-tuning method (Zhang, Sun &
-Liang 2024, "Magnitude Pruning of Large Pretrained Transformer Models with a Mixture Gaussian
-Prior", arXiv 2411.00969; ALGORITHMS.md §5).
-
-Fine-tune every base tensor on the regularised objective
-
-    J(θ) = (1/B) Σ_b ℓ_b(θ) + (1/n) Σ_{w prunable} −log π(w),   π = λ N(0, σ1²) + (1 − λ) N(0, σ0²)
-
-(the mean loss of the batch plus the prior spread over the n training examples), and prune the
-prunable weights by magnitude on the cubic schedule of Zhu & Gupta (2017):
-
-    s_t = s_f + (s_i − s_f)(1 − (t − t_i)/(t_f − t_i))³  for t_i ≤ t ≤ t_f,  s_i = 0 before, s_f after.
-
-Hooks: `transform_grads` adds (1/n)·∇(−log π)(w) (`minisft.mgpp.neg_log_prior_grad`) to the
-mean-loss gradient of each prunable weight, which is ∇J (proofs/gmt_mgpp_methods.md §3);
-`after_step` prunes at the pruning steps so that exactly round(s_t · n_prunable) weights are zero;
-`optimizer_masks` hands the masks to the optimizer, which leaves pruned entries (weight and
-moments, weight decay included) exactly as they are: zero, for good. prior=False is the plain
-cubic magnitude-pruning baseline on the same schedule.
-
-Choices (where the paper is ambiguous, or where our trainer decides):
-- Prunable: the weight matrices of the linear layers (attn.c_attn, attn.c_proj, mlp.c_fc,
-  mlp.c_proj of every block), not biases, LayerNorms or the embeddings (the tied LM head is wte);
-  the prior acts on the prunable weights only. Every base tensor trains (full fine-tuning).
-- n (`n_train`): the number of training examples. Default: the training stream's disjoint
-  windows of block_size + 1 tokens, floor(len / (T + 1)), the unit one sample of `task.sample`
-  is made of (as LoRA-drop's sample). Our loss is a mean over the T tokens of each window, so the
-  exact posterior scaling would be n·T (proofs/gmt_mgpp_methods.md §3): pass n_train to use it.
-- Step counting: t = the number of optimizer updates done (`after_step(model, step)` runs with
-  t = step + 1). t_start, t_end are fractions of `total_steps`: t_i = floor(t_start · total_steps),
-  t_f = floor(t_end · total_steps) (exact decimal reading), t_f > t_i required. The trainer does
-  not tell a method its step count, so `total_steps` is an option (set it to TrainConfig.steps);
-  `prepare` refuses to start without it.
-- Pruning steps: t = t_i + k·every (k ≥ 1) below t_f, and t_f itself, so the final sparsity is
-  reached at t_f ≤ total_steps whatever `every`; afterwards the mask is fixed.
-- Re-pruning ranks only the surviving weights: the pruned ones enter the ranking as +inf, and the
-  round(s_t · n) − (already pruned) smallest survivors are pruned (globally over all prunable
-  matrices in model order, or per matrix with scope="layer"; ties: earlier matrix, lower flat
-  index). As pruned weights are 0 this equals ranking every weight by |w|, except when a survivor
-  is exactly 0: then the index tie-break could otherwise revive a pruned weight.
-- Gradients of pruned entries are set to 0 in `transform_grads` (they are no longer parameters),
-  so they are left out of the trainer's clipping norm as well.
-- The prior's constants are minisft's defaults (`minisft.mgpp`); the paper's could not be confirmed.
-- State: the masks travel in checkpoints (`state_arrays`), so a resumed run prunes on from them.
-"""
+"""MGPP as a fine-tuning method: the `MGPP` class the trainer drives (map, hooks and choices:
+minisft/methods/mgpp/__init__.py; derivations: proofs/gmt_mgpp_methods.md)."""
 
 from ...batches import as_stream
 from ...errors import bad_value, boolean, positive_int, real_in, require
-from .prior import (
-    DEFAULT_LAMBDA,
+from ...model import linear_layer_names
+from ...select import ratio_count, zero_where_dropped
+from ..base import Method
+from .prior import DEFAULT_LAMBDA, DEFAULT_SIGMA0, DEFAULT_SIGMA1, check_prior, neg_log_prior_grad
+from .schedule import (
     DEFAULT_PRUNE_END_FRACTION,
     DEFAULT_PRUNE_EVERY,
     DEFAULT_PRUNE_START_FRACTION,
-    DEFAULT_SIGMA0,
-    DEFAULT_SIGMA1,
     SCOPES,
-    check_prior,
     cubic_sparsity,
-    neg_log_prior_grad,
+    magnitude_masks,
 )
-from ...model import linear_layer_names
-from ...select import ratio_count, smallest_k_keep_mask, smallest_k_keep_masks, tensor_list, zero_where_dropped
-from ..base import Method
-
 
 def training_windows(task):
     """Disjoint windows of block_size + 1 tokens in the task's training stream (>= 1)."""
@@ -147,24 +100,14 @@ class MGPP(Method):
             self.prune(model, cubic_sparsity(step + 1, self.final_sparsity, self.t_i, self.t_f))
 
     def prune(self, model, sparsity):
-        """Prune the smallest surviving |w| of the prunable (d_out, d_in) weights, in place, up to
-        exactly the target counts at `sparsity` (a float in [0, 1)); newly pruned entries are set
-        to 0 and the masks ((d_out, d_in) bool, True = kept) only ever lose True entries."""
-        xp = model.xp
-        weights = [model.params[name] for name in self.prunable]
-        old = [self.masks.get(name) for name in self.prunable]
-        ranked = [w if m is None else xp.where(m, xp.abs(w), xp.inf) for w, m in zip(weights, old)]
-        ranked, _ = tensor_list("weights", dict(zip(self.prunable, ranked)))  # a NaN weight is an error
-        pruned = [0 if m is None else int(m.size - xp.count_nonzero(m)) for m in old]
-        if self.scope == "global":
-            [target] = self.target_counts(sparsity)
-            keep = smallest_k_keep_masks(ranked, target - sum(pruned))
-        else:
-            keep = [smallest_k_keep_mask(r, k - p) for r, k, p in zip(ranked, self.target_counts(sparsity), pruned)]
-        for name, w, m, kp in zip(self.prunable, weights, old, keep):
-            mask = kp if m is None else kp & m
-            zero_where_dropped(w, mask)
-            self.masks[name] = mask
+        """Prune the prunable (d_out, d_in) weights in place to exactly the target counts at
+        `sparsity` (a float in [0, 1)): `magnitude_masks` over the survivors of the last pruning
+        step; newly pruned entries are set to 0 and the masks ((d_out, d_in) bool, True = kept)
+        only ever lose True entries."""
+        weights = {name: model.params[name] for name in self.prunable}
+        self.masks = magnitude_masks(weights, sparsity, self.scope, kept=self.masks or None)
+        for name, mask in self.masks.items():
+            zero_where_dropped(weights[name], mask)
 
     def state_arrays(self):
         return {f"mask/{name}": m for name, m in self.masks.items()}

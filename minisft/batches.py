@@ -59,6 +59,14 @@ def _need(stream, length, why):
         raise bad_value(f"len({stream.name})", len(stream), f"at least {length} tokens ({why})")
 
 
+def disjoint_windows(ids, block_size):
+    """(stream, m): `ids` as a TokenStream and m = floor(len / (T + 1)) >= 1, the number of disjoint
+    windows of T + 1 tokens it holds (the unit LoRA-drop's sample and MGPP's n count)."""
+    stream = as_stream(ids)
+    _need(stream, block_size + 1, f"one window of block_size + 1 = {block_size + 1}")
+    return stream, len(stream) // (block_size + 1)
+
+
 def windows_at(ids, starts, block_size):
     """x, y: (B, T) int64 from windows ids[s : s + T + 1] for s in `starts` ((B,) host ints)."""
     xp = array_module(ids)

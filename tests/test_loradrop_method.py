@@ -81,7 +81,7 @@ def test_importance_is_nonnegative_sums_to_one_on_every_backend(xp, seed):
     g_dev, _ = layer_scores(dev, [(xp.asarray(x), xp.asarray(y)) for x, y in data])
     for n in layers:
         assert abs(g_dev[n] - g_host[n]) <= 1e-12 * g_host[n], f"{n}: {g_dev[n]} vs {g_host[n]}"
-    imp = layer_importance(dev, [(xp.asarray(x), xp.asarray(y)) for x, y in data])
+    imp = layer_importance(g_dev)
     assert set(imp) == set(layers)
     assert all(v >= 0 for v in imp.values())
     assert abs(sum(imp.values()) - 1.0) <= 4 * len(imp) * np.finfo(np.float64).eps
@@ -246,30 +246,30 @@ def test_bad_importance_input():
     model = tiny(4)
     data = batches(model, 4)
     with pytest.raises(ValueError, match="model.*LoRA"):
-        layer_importance(model, data)
+        layer_importance(layer_scores(model, data)[0])
     with_loras(model, ["h.0.mlp.c_fc", "h.1.mlp.c_fc"], np.random.default_rng(4))
     with pytest.raises(ValueError, match="batches"):
-        layer_importance(model, [])
+        layer_importance(layer_scores(model, [])[0])
     with pytest.raises(TypeError, match="batches"):
-        layer_importance(model, iter(data))
+        layer_importance(layer_scores(model, iter(data))[0])
     model.adapters["h.0.mlp.c_fc"][0].A[0, 0] = np.nan
     with pytest.raises(ValueError, match="importance.*finite"):
-        layer_importance(model, data)
+        layer_importance(layer_scores(model, data)[0])
     untrained = tiny(4)
     untrained.freeze()
     for n in linear_layer_names(untrained.config):
         untrained.add_adapter(n, LoRA(untrained, n, r=2))  # B = 0: what a probe with no step leaves
     with pytest.raises(ValueError, match="importance.*every LoRA output is zero.*untrained probe"):
-        layer_importance(untrained, data)
+        layer_importance(layer_scores(untrained, data)[0])
     merged = with_loras(tiny(4), ["h.0.mlp.c_fc"], np.random.default_rng(4))
     merged.adapters["h.0.mlp.c_fc"][0].merge(merged)
     with pytest.raises(ValueError, match="merged"):
-        layer_importance(merged, data)
+        layer_importance(layer_scores(merged, data)[0])
     twice = tiny(4)
     with_loras(twice, ["h.0.mlp.c_fc"], np.random.default_rng(4))
     with_loras(twice, ["h.0.mlp.c_fc"], np.random.default_rng(5))
     with pytest.raises(ValueError, match="at most one LoRA"):
-        layer_importance(twice, data)
+        layer_importance(layer_scores(twice, data)[0])
 
 
 def test_sample_too_small_for_the_stream():

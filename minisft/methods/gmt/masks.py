@@ -1,27 +1,11 @@
-"""GMT — Gradient-Mask Tuning (Li et al. 2024, arXiv 2406.15330; v1 "Gradient-Mask Tuning Elevates
-the Upper Limits of LLM Performance", v2 "Enhancing Large Language Model Performance with
-Gradient-Based Parameter Selection"): the gradient-mask primitive.
-
-The paper accumulates the gradient over the N micro-batches of one update,
-Gamma_ij = (1/N) sum_n grad_{theta_ij} L(Theta, B_n), and steps with the masked gradient,
-theta_ij <- theta_ij - eta * M(Gamma_ij, k), where M keeps Gamma_ij when |Gamma_ij| reaches the
-threshold T_k of the drop ratio and zeroes it otherwise. This module computes the mask M:
+"""GMT's gradient masks (map and choices: minisft/methods/gmt/__init__.py).
 
     gradient_mask(G, r)          per tensor (the paper's default): exactly floor(r * n) entries
                                  of smallest |G| are dropped (False), n = G.size
     gradient_masks(Gs, r)        the same for several tensors, validated together
     global_gradient_masks(Gs, r) one ranking over all tensors: exactly floor(r * N_total) dropped
 
-Choices where the paper is ambiguous (ALGORITHMS.md §4):
-- "below the quantile" is made exact: a count, floor(r * n), not a threshold comparison, so ties
-  at the quantile cannot make the count drift. r is read as its shortest decimal (0.7 * 10 = 7).
-- Ties in |G| are broken by position: the LOWER flat (C-order) index is dropped first; globally,
-  the earlier tensor (list order / dict insertion order) first. Hence the result equals dropping the
-  first k entries of a stable argsort of |G| (the test oracle).
-- Sign is ignored (|-0.0| = |+0.0|); +inf is the largest magnitude and is kept first; NaN is an
-  error. r in [0, 1); r = 0 keeps everything (vanilla fine-tuning, exactly).
-The optimizer-side subtlety (AdamW moving masked entries through momentum and weight decay) lives
-with the method class, not here. Derivations: proofs/gmt_mask.md.
+The ranking is minisft.select's exact smallest-k selection. Derivations: proofs/gmt_mask.md.
 """
 
 from ...errors import real_in

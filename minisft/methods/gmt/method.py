@@ -1,37 +1,5 @@
-"""GMT — Gradient-Mask Tuning as a fine-tuning method (Li et al. 2024, arXiv 2406.15330; v2 title
-"Enhancing Large Language Model Performance with Gradient-Based Parameter Selection";
-ALGORITHMS.md §4).
-
-Full fine-tuning whose every optimizer step uses a masked gradient. With Γ the gradient averaged
-over the N micro-batches of one update,
-
-    Γ_ij = (1/N) Σ_n ∇_{θ_ij} L(Θ, B_n)                    (the trainer: TrainConfig.accumulation = N)
-    θ_ij ← θ_ij − η · M(Γ_ij, k)                            (this method's transform_grads + the optimizer)
-
-where M keeps Γ_ij when |Γ_ij| is not among the floor(drop_ratio · n) smallest magnitudes and
-zeroes it otherwise (`minisft.gmt.gradient_masks`; `global_gradient_masks` for scope="global").
-
-Choices (where the paper is ambiguous, or where our trainer decides):
-- What trains: every base tensor, as `FullFineTune` (embeddings, LayerNorms, biases, weights): the
-  paper applies GMT to all parameters of the LLM under SFT. Adapter parameters, if a model
-  carried any, would be masked the same way; `prepare` attaches none.
-- Accumulation belongs to the trainer alone: `TrainConfig.accumulation` averages the micro-batch
-  gradients before `transform_grads` sees them, so the mask is taken on Γ exactly as in the paper.
-  The method has no accumulation option (one mechanism, no way for two counts to disagree).
-- scope="tensor" (default): one ranking per parameter tensor. scope="global": one ranking over
-  every trainable tensor together, in the model's parameter order (the tie-break between tensors).
-- freeze_masked=False (default, the paper's masked gradient): the dropped entries' gradients are
-  set to 0 and AdamW still moves them through momentum and decoupled weight decay
-  (proofs/adamw_masks.md). freeze_masked=True: the masks also go to the optimizer
-  (`optimizer_masks`), so dropped entries and their moments stay exactly as they were.
-- Dropped entries are zeroed in both modes before the trainer's gradient clipping, so the clipping
-  norm is the norm of M(Γ), the gradient actually applied.
-- `masks` holds the last step's masks (one bool per trainable entry between steps).
-- Overhead: the wall time of `transform_grads`, ending with a device synchronisation on CuPy (the
-  trainer's clipping synchronises right after anyway, so no stall is added); `report()` gives the
-  median in ms. The kept counts summed over steps travel in checkpoints; timings do not.
-Derivations: proofs/gmt_mgpp_methods.md.
-"""
+"""GMT as a fine-tuning method: the `GMT` class the trainer drives (map and choices:
+minisft/methods/gmt/__init__.py; derivations: proofs/gmt_mgpp_methods.md)."""
 
 import time
 
@@ -48,7 +16,7 @@ SCOPES = ("tensor", "global")
 
 class GMT(Method):
     """Gradient-Mask Tuning: full fine-tuning with the smallest-|Γ| gradient entries dropped at
-    every step (module docstring)."""
+    every step (package docstring, minisft.methods.gmt)."""
 
     name = "gmt"
     trains_base = True

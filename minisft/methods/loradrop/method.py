@@ -1,51 +1,18 @@
-"""LoRA-drop (Zhou et al. 2024, "LoRA-drop: Efficient LoRA Parameter Pruning based on Output
-Evaluation", arXiv 2402.07721, §3): keep LoRA on the layers whose LoRA *output* matters, let the
-others share one LoRA.
-
-    1. probe     LoRA on every target layer, trained for `probe_steps` AdamW steps on batches drawn
-                 from a sample D_s holding a fraction `sample_fraction` of the training data
-    2. score     g_i = sum_{x in D_s} ||Delta W_i x_i||^2 = sum_{tokens} ||s B A x_i||^2
-                 I_i = g_i / sum_j g_j
-    3. select    keep the smallest prefix of the layers sorted by I descending whose cumulative
-                 I reaches the threshold T            (minisft.loradrop.select_layers, default 0.9)
-    4. reset     kept layers get their own fresh LoRA; the dropped layers of each module type share
-                 ONE LoRA (SharedLoRA), whose gradient is the sum over the layers that use it
+"""LoRA-drop as a fine-tuning method: the probe, the scoring by LoRA output and the `LoRADrop` class
+the trainer drives (map and choices: minisft/methods/loradrop/__init__.py).
 
 g_i is accumulated during forward-only passes: for the scoring, each layer's LoRA is stood in for by
 a wrapper that lets the LoRA add its contribution s (x A^T) B^T into a zero buffer, adds the buffer
 into the layer output (so every later layer sees exactly the probe model's hidden states) and adds
 its squared norm to a float64 running sum on the device; no per-sample output is kept.
 Derivations: proofs/loradrop_method.md.
-
-Choices where the paper is ambiguous (ALGORITHMS.md §3):
-- The sample D_s ("a sampled fraction of the training data"; the paper samples a stratified alpha%
-  of a labelled data set): the training stream is cut into its m = floor(n / (T + 1)) disjoint
-  windows of T + 1 tokens, and k = floor(sample_fraction * m) of them (fraction read as its
-  shortest decimal) are drawn without replacement; k = 0 is an error. D_s is fixed for the run.
-- Probe: plain LoRA (same r, alpha) on every target layer, base frozen; AdamW(lr=probe_lr,
-  weight_decay=0, torch defaults otherwise), constant lr, no clipping, one batch per step of
-  task.batch_size windows drawn uniformly with replacement from D_s.
-- Scoring batches: every window of D_s exactly once, in order, in batches of task.batch_size (the
-  last one may be smaller), with every probe LoRA active. x_i runs over every token position.
-- Selection scope: `selection="joint"` (default) sorts all target layers together by I, normalised
-  over all of them (ALGORITHMS.md §3 step 3 sorts one list of layers); g is a sum over output
-  coordinates, so wide layers (c_attn: 3C, c_fc: 4C outputs) tend to outrank narrow ones.
-  `selection="per_type"` applies the threshold to each module type (attn.c_attn, attn.c_proj,
-  mlp.c_fc, mlp.c_proj) separately, each normalised within its type. Sharing is always per
-  module type (the layer shapes differ between types).
-- Re-initialisation: `reinit=True` (default) gives kept layers fresh LoRA; `reinit=False` keeps the
-  probe's trained LoRA on them. The shared LoRA is always fresh (no single probe LoRA is its origin).
-- Random draws, all from the trainer's Generator, in this order: D_s (rng.choice(m, k,
-  replace=False), sorted); the probe LoRAs' A, target layers in model order; per probe step, the
-  batch (rng.integers(0, k, batch_size)); the fresh A of each kept layer in model order
-  (reinit=True only); each shared LoRA's A in the order of LINEAR_SUFFIXES.
 """
 
 import numpy as np
 
 from ...adapters import LoRA, SharedLoRA
 from ...backend import array_module, to_numpy
-from ...batches import as_stream, windows_at
+from ...batches import disjoint_windows, windows_at
 from ...budgets import check_targets, lora_param_count, target_layers
 from ...errors import bad_type, bad_value, boolean, positive_int, real_in, require
 from ...model import LINEAR_SUFFIXES
@@ -112,8 +79,9 @@ def layer_scores(model, batches):
     return dict(zip(probes, (float(v) for v in g))), loss
 
 
-def _normalized(scores):
-    """{layer: g} -> {layer: I}, with the cause named when g cannot be normalised."""
+def layer_importance(scores):
+    """I_i = g_i / sum_j g_j: {layer: g_i} (from `layer_scores`) -> {layer: I_i}, summing to 1, with
+    the cause named when g cannot be normalised (a diverged or an untrained probe)."""
     g = np.array(list(scores.values()), dtype=np.float64)
     require(bool(np.isfinite(g).all()), "importance", scores,
             "finite LoRA output norms (a NaN/inf LoRA output: the probe diverged; lower probe_lr)")
@@ -121,12 +89,6 @@ def _normalized(scores):
             "a non-zero LoRA output on some layer; every LoRA output is zero on the sample "
             "(B still at its zero initialisation: an untrained probe)")
     return dict(zip(scores, (float(v) for v in normalize_importance(g))))
-
-
-def layer_importance(model, batches):
-    """I_i = g_i / sum_j g_j for every layer with a LoRA: {layer: I_i}, summing to 1.
-    batches: non-empty list of (x, y) (B, T) token batches, forward only (see layer_scores)."""
-    return _normalized(layer_scores(model, batches)[0])
 
 
 # -------------------------------------------------------------------------------- selection
@@ -151,7 +113,7 @@ def keep_and_share(layers, scores, threshold, selection="joint"):
 # ------------------------------------------------------------------------------------ method
 class LoRADrop(Method):
     """LoRA-drop: probe, score by LoRA output, keep the important layers, share one LoRA per
-    module type among the rest (module docstring)."""
+    module type among the rest (package docstring)."""
 
     name = "loradrop"
 
@@ -179,11 +141,9 @@ class LoRADrop(Method):
 
     def sample(self, task, rng):
         """D_s: (starts (k,) host int64 of the sampled windows, m the number of disjoint windows,
-        batch(indices into starts) -> (x, y) each (len(indices), T)) (module docstring)."""
-        stream = as_stream(task.train_ids)
+        batch(indices into starts) -> (x, y) each (len(indices), T)) (package docstring)."""
         T = task.block_size
-        m = len(stream) // (T + 1)
-        require(m >= 1, f"len({stream.name})", len(stream), f"at least block_size + 1 = {T + 1} tokens (one window)")
+        stream, m = disjoint_windows(task.train_ids, T)
         k = ratio_count(self.sample_fraction, m, "floor")
         require(k >= 1, "sample_fraction", self.sample_fraction,
                 f"a fraction keeping at least one of the {m} windows of {stream.name} (got floor(fraction * {m}) = 0)")
@@ -202,7 +162,7 @@ class LoRADrop(Method):
             opt.step(model.trainable_params(), grads)
         sample = [batch(np.arange(i, min(i + B, k))) for i in range(0, k, B)]
         scores, sample_loss = layer_scores(model, sample)
-        importance = _normalized(scores)
+        importance = layer_importance(scores)
         kept, shared = keep_and_share(layers, scores, self.threshold, self.selection)
         for n in layers:
             if not (n in kept and not self.reinit):

@@ -1,25 +1,11 @@
-"""LoRA-drop — LoRA parameter pruning by output (Zhou et al. 2024, "LoRA-drop: Efficient LoRA
-Parameter Pruning based on Output Evaluation", arXiv 2402.07721): the layer-selection primitives.
+"""LoRA-drop's layer-selection primitives (map and choices: minisft/methods/loradrop/__init__.py).
 
-After a short LoRA probe run on a sample of the data, layer i's importance is the squared norm of
-its LoRA output over the sample, and the layers are kept by cumulative normalised importance:
-
-    g_i = sum_x ||Delta W_i x_i||^2          (layer_output_sq_norm: one batch's contribution)
-    I_i = g_i / sum_j g_j                     (normalize_importance)
+    g_i = sum_x ||Delta W_i x_i||^2          layer_output_sq_norm: one batch's contribution
+    I_i = g_i / sum_j g_j                     normalize_importance
     keep the smallest prefix of the layers sorted by I descending whose cumulative I reaches T
-                                              (select_layers; default T = 0.9)
+                                              select_layers (default T = 0.9)
 
-Kept layers get their own LoRA; the others share one LoRA (done by the method class, not here).
-
-Choices where the paper is ambiguous:
-- "reaches T" means cumulative I >= T. The comparison is exact: sum_{j in prefix} g_j >= T * sum_j g_j
-  evaluated in rational arithmetic on the exact values of the float importances (a loop over
-  layers, not elements), with T read as its shortest decimal (0.9 means 9/10). So no rounding in a
-  float cumsum can stop early or late; T = 1 keeps exactly the layers with g > 0.
-- Ties in importance: the lower layer index comes first (a stable sort of -g).
-- Importance is normalised internally, so any positive rescaling of g that is exact in floating
-  point (e.g. by a power of two) leaves the selection unchanged.
-- Bad importance (empty, not 1-D, NaN, inf, negative, all zero) raises, naming `importance`.
+Bad importance (empty, not 1-D, NaN, inf, negative, all zero) raises, naming `importance`.
 Derivations: proofs/loradrop_selection.md.
 """
 
@@ -57,7 +43,7 @@ def select_layers(importance, threshold=0.9):
     """Layers that keep their own LoRA. importance: (n_layers,) g or I (normalised internally),
     threshold T in (0, 1] -> sorted (n_kept,) int64 NumPy array of layer indices: the smallest
     prefix of the layers by importance descending (ties: lower index first) with cumulative
-    importance >= T, compared exactly (module docstring)."""
+    importance >= T, compared exactly (package docstring)."""
     threshold = real_in("threshold", threshold, 0.0, 1.0, low_open=True, high_open=False)
     g = _checked_importance(importance)
     order = np.argsort(-g, kind="stable")

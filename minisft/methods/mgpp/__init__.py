@@ -31,7 +31,7 @@ Choices where the paper is ambiguous, or where minisft's trainer decides:
   mlp.c_proj of every block), not biases, LayerNorms or the embeddings (the tied LM head is wte);
   the prior acts on the prunable weights only. Every base tensor trains (full fine-tuning).
 - n (`n_train`): the number of training examples. Default: the training stream's disjoint windows
-  of block_size + 1 tokens, floor(len / (T + 1)) (method.training_windows), the unit one sample of
+  of block_size + 1 tokens, floor(len / (T + 1)) (batches.disjoint_windows), the unit one sample of
   `task.sample` is made of. The loss is a mean over the T tokens of each window, so the exact
   posterior scaling would be n·T (proofs/gmt_mgpp_methods.md §3): pass n_train to use it.
 - The pruned count is round(s · n) rounded half up, floor(s · n + 1/2), exactly, with s read as its
@@ -57,11 +57,11 @@ Choices where the paper is ambiguous, or where minisft's trainer decides:
 - State: the masks travel in checkpoints (`state_arrays`), so a resumed run prunes on from them.
 """
 
-from .method import MGPP, training_windows
+from .method import MGPP
 from .prior import DEFAULT_LAMBDA, DEFAULT_SIGMA0, DEFAULT_SIGMA1, MIN_SIGMA, check_prior, neg_log_prior, neg_log_prior_grad
 from .schedule import (DEFAULT_PRUNE_END_FRACTION, DEFAULT_PRUNE_EVERY, DEFAULT_PRUNE_START_FRACTION, SCOPES, cubic_sparsity,
                        magnitude_masks)
 
 __all__ = ["DEFAULT_LAMBDA", "DEFAULT_PRUNE_END_FRACTION", "DEFAULT_PRUNE_EVERY", "DEFAULT_PRUNE_START_FRACTION",
            "DEFAULT_SIGMA0", "DEFAULT_SIGMA1", "MGPP", "MIN_SIGMA", "SCOPES", "check_prior", "cubic_sparsity",
-           "magnitude_masks", "neg_log_prior", "neg_log_prior_grad", "training_windows"]
+           "magnitude_masks", "neg_log_prior", "neg_log_prior_grad"]

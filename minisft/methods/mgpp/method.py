@@ -1,7 +1,7 @@
 """MGPP as a fine-tuning method: the `MGPP` class the trainer drives (map, hooks and choices:
 minisft/methods/mgpp/__init__.py; derivations: proofs/gmt_mgpp_methods.md)."""
 
-from ...batches import as_stream
+from ...batches import disjoint_windows
 from ...errors import bad_value, boolean, positive_int, real_in, require
 from ...model import linear_layer_names
 from ...select import ratio_count, zero_where_dropped
@@ -16,16 +16,8 @@ from .schedule import (
     magnitude_masks,
 )
 
-def training_windows(task):
-    """Disjoint windows of block_size + 1 tokens in the task's training stream (>= 1)."""
-    stream = as_stream(task.train_ids)
-    m = len(stream) // (task.block_size + 1)
-    require(m >= 1, f"len({stream.name})", len(stream), f"at least block_size + 1 = {task.block_size + 1} tokens")
-    return m
-
-
 class MGPP(Method):
-    """Mixture-Gaussian-prior magnitude pruning during full fine-tuning (module docstring)."""
+    """Mixture-Gaussian-prior magnitude pruning during full fine-tuning (package docstring, minisft.methods.mgpp)."""
 
     name = "mgpp"
     trains_base = True
@@ -72,7 +64,7 @@ class MGPP(Method):
         model.unfreeze()
         self.prunable = [f"{layer}.weight" for layer in linear_layer_names(model.config)]
         self.sizes = {name: int(model.params[name].size) for name in self.prunable}
-        self.n = self.n_train if self.n_train is not None else training_windows(task)
+        self.n = self.n_train if self.n_train is not None else disjoint_windows(task.train_ids, task.block_size)[1]
         self.masks = {}
 
     def transform_grads(self, model, grads, step):

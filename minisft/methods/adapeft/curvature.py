@@ -1,46 +1,17 @@
-"""Curvature along a step direction, and AdaPEFT's per-group influence.
-
-AdaPEFT (Xu & Bu, arXiv 2505.12579) scores a parameter group k by the loss decrease that the best
-step along the group's slice d_k of a step direction d achieves under a second-order Taylor model:
+"""Curvature along a step direction, and AdaPEFT's per-group influence (map and choices:
+minisft/methods/adapeft/__init__.py; derivations: proofs/adapeft.md).
 
     L(θ − x d_k) ≈ L(θ) − b_k x + ½ a_k x²,   b_k = g_kᵀ d_k,   a_k = d_kᵀ H_kk d_k
-    I_k = max_x [b_k x − ½ a_k x²] = b_k² / (2 a_k)      (at x* = b_k / a_k; needs a_k > 0)
-    PPI_k = I_k / n_k                                       (per-parameter influence)
-
-For SGD (d = g) this is ‖g_k‖⁴ / (2 g_kᵀ H_kk g_k). Derivations: proofs/adapeft.md.
+    I_k = max_x [b_k x − ½ a_k x²] = b_k² / (2 a_k)      influence (at x* = b_k / a_k; a_k > 0)
+    PPI_k = I_k / n_k                                      group_influence's "ppi"
 
 Two estimators of (a_k, b_k):
 - "exact": b_k = g_kᵀ d_k from the gradient, and H d_k by a central difference of explicit
-  gradients, (∇L(θ + ε d_k) − ∇L(θ − ε d_k)) / 2ε (`hvp`), error O(ε²).
-- "gen", forward-only (GeN, Bu & Xu, arXiv 2407.02772): the losses L(θ − c η d_k) for
-  c ∈ {−2, −1, +1, +2}, least-squares fit of L(θ − x d_k) − L(θ) = ½ a_k x² − b_k x
-  (`quadratic_fit`), with its R² over the 4 perturbed points.
-An estimate is valid only when a_k > 0, b_k > 0 and (for "gen") R² > 0.99; an invalid one keeps
-its numbers and says why — it is never silently zeroed.
-
-Choices where the sources leave room (ALGORITHMS.md §2):
-- HVP step: ε = u^{1/(p+1)} · ℓ_p / max_i |d_i| for a scheme of error order p (u the unit
-  roundoff of the dtype): the classical balance of the O(ε^p) truncation against the O(u/ε)
-  rounding of the gradient difference, for a loss whose derivatives change over a length ℓ_p per
-  coordinate. ℓ_p = c_p · RMS(θ_S), θ_S the parameters on the support of d (RMS taken as 1 when
-  they are all zero, as fresh LoRA B or biases), with c_2 = 0.1 for the central difference and
-  c_4 = 0.02 for its Richardson extrapolation (4 D(ε/2) − D(ε)) / 3 (`richardson=True`). The c_p
-  are measured, not derived: over 80 random float64 tiny GPTs (1–3 blocks, width 8–32, every
-  group of the "modules" partition, random and gradient directions) they put each scheme near its
-  smallest worst-case error against PyTorch double backward (≈ 4e-8 central, ≈ 4e-9 Richardson).
-  LayerNorm and softmax make a GPT's loss curve on a finer scale than its 0.02-scale weights,
-  hence c_p < 1. Per coordinate (max |d_i|) rather than per norm: a direction concentrated on a
-  few rows (the gradient of wte) must not take an outsized step on them.
-- GeN step unit η: the caller's (AdaPEFT uses the probe's learning rate, as GeN does). R² is the
-  ordinary centred R² (as sklearn's r2_score in GeN's code) of the 4 perturbed points; the anchor
-  L(θ) enters exactly (it is subtracted), not as a fitted point. With the anchor and only 2
-  perturbed points the fit interpolates and R² = 1 whatever the loss — hence the 4 points.
-- GeN evaluates every perturbed loss and the anchor on one caller-supplied `loss_fn` (AdaPEFT: one
-  fresh minibatch per probe shared by all 4K + 1 forward passes); a_k and b_k both come from the fit.
-- Adam direction: the AdamW update of this step divided by the learning rate,
-  d = m̂/(√v̂ + ε_adam) + λθ, computed from the moments this step *would* have without writing them
-  (the released GeN code calls optimizer.step() to get d and then steps again, advancing the
-  moments twice per probed step; here the optimizer advances once, in the caller's own step).
+  gradients, (∇L(θ + ε d_k) − ∇L(θ − ε d_k)) / 2ε (`hvp`, Richardson-extrapolated by default).
+- "gen", forward-only (GeN): the losses L(θ − c η d_k) for c ∈ {−2, −1, +1, +2}, least-squares fit
+  of L(θ − x d_k) − L(θ) = ½ a_k x² − b_k x (`quadratic_fit`), with its R² over the 4 points.
+An estimate is valid only when a_k > 0, b_k > 0 and (for "gen") R² > 0.99 (`validity`); an invalid
+one keeps its numbers and says why — it is never silently zeroed.
 """
 
 import math
@@ -56,7 +27,7 @@ ESTIMATORS = ("exact", "gen")
 DIRECTIONS = ("adam", "sgd")
 GEN_MULTIPLIERS = (-2.0, -1.0, 1.0, 2.0)  # c: the losses are taken at θ − c·η·d_k
 R2_MIN = 0.99
-HVP_LENGTH = {2: 0.1, 4: 0.02}  # order of the difference scheme -> ℓ / RMS(θ_S) of its step (docstring)
+HVP_LENGTH = {2: 0.1, 4: 0.02}  # order of the difference scheme -> ℓ / RMS(θ_S) of its step (package docstring)
 
 
 # ------------------------------------------------------------------------------- directions
@@ -119,7 +90,7 @@ def shifted(params, direction, scale):
 
 
 def hvp_step(params, direction, order=2):
-    """The default step ε = u^{1/(order+1)} · HVP_LENGTH[order] · RMS(θ_S) / max|d| (module
+    """The default step ε = u^{1/(order+1)} · HVP_LENGTH[order] · RMS(θ_S) / max|d| (package
     docstring); order 2 for the central difference, 4 with Richardson. None when d = 0."""
     dmax = max(float(array_module(d).abs(d).max()) if d.size else 0.0 for d in direction.values())
     if dmax == 0:

@@ -1,22 +1,14 @@
-"""Parameter groups: the units AdaPEFT selects (Xu & Bu, arXiv 2505.12579; ALGORITHMS.md §2).
+"""Parameter groups: the units AdaPEFT selects (map and choices: minisft/methods/adapeft/__init__.py).
 
 A group k has a name, an exact size n_k (its trainable parameter count) and a way to train it:
 base tensors it trains densely in place (`GPT.unfreeze`) and linear layers it gives a fresh LoRA
 adapter (rank r, PEFT initialisation). Groups are written as fnmatch patterns:
     "h.*.ln_1.weight"      base parameter names (trained in place)
-    "lora:h.*.mlp.c_fc"    linear layer names (each gets LoRA; n = r·(d_in + d_out) per layer)
-
-Partitions (choices where the paper's groups needed a concrete reading):
-- "modules" — the PEFT modules of the paper: one LoRA group per module type over all blocks
-  (lora:attn.c_attn, lora:attn.c_proj, lora:mlp.c_fc, lora:mlp.c_proj); "bias" — every linear
-  bias (BitFit on the linear layers); "layernorm" — every LayerNorm weight and bias, ln_f
-  included; "embeddings" — wte (which is also the tied LM head) and wpe, trained densely.
-- "tensors" — fine-grained: every base tensor (each weight matrix, bias and LayerNorm parameter of
-  each block, wte, wpe, ln_f) its own group, named by the tensor and trained densely in place. A
-  weight matrix is not turned into LoRA here: the fine-grained unit is the tensor itself, so the
-  partition's sizes add up to the base parameter count.
-- a dict {group name: pattern or list of patterns} of the user's own.
-Groups must be disjoint (no tensor or LoRA layer in two groups) and every pattern must match.
+    "lora:h.*.mlp.c_fc"    linear layer names (each gets LoRA; n = r·(d_in + d_out) per layer,
+                           budgets.lora_param_count)
+Partitions: "modules", "tensors", or a dict {group name: pattern or list of patterns} of the
+user's own. Groups must be disjoint (no tensor or LoRA layer in two groups) and every pattern must
+match.
 """
 
 import fnmatch

@@ -1,4 +1,4 @@
-"""0-1 knapsack selection: AdaPEFT's selection step (Xu & Bu, arXiv 2505.12579; ALGORITHMS.md §2).
+"""0-1 knapsack selection: AdaPEFT's selection step (map: minisft/methods/adapeft/__init__.py).
 
 AdaPEFT turns "train the most influential parameters within a budget" (ε-constraint form, then a
 second-order Taylor expansion of the loss) into the classical 0-1 knapsack over parameter groups k

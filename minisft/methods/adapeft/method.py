@@ -1,37 +1,10 @@
-"""AdaPEFT: train the parameter groups a 0-1 knapsack picks by second-order influence
-(Xu & Bu, "Adaptive PEFT via Hessian-informed subset selection", arXiv 2505.12579; ALGORITHMS.md §2).
+"""AdaPEFT as a fine-tuning method: the probe, the selection and the `AdaPEFT` / `GroupSubset`
+classes the trainer drives (map and choices: minisft/methods/adapeft/__init__.py).
 
-    I_k = (g_kᵀ d_k)² / (2 d_kᵀ H_kk d_k),   PPI_k = I_k / n_k
-    max_z Σ_k z_k I_k   s.t.   Σ_k z_k n_k ≤ budget,   z ∈ {0, 1}^K
-
-`prepare` runs a short probe with every group of the partition active (minisft.groups): at probe
-steps 0, Φ, 2Φ, … (Φ = `every`) it measures each group's influence (minisft.curvature), then takes
-the step; each group's I_k is the mean of its valid estimates. Then `knapsack.solve(I, n, budget)`
-(values I_k = PPI_k·n_k, weights n_k), the model is reset to its base and only the chosen groups
-are made trainable. `report()`: per group n_k, mean I_k, PPI_k, valid/probed counts and each invalid
-estimate's reason; every probe's raw estimates; the exact Pareto front and the greedy chain (each
-point: parameters, influence, group names; greedy points flagged on/off the front, and the index
-where the chain first leaves it); the greedy prefix that fits the budget; the chosen set.
-
-Choices where the paper leaves room:
-- Probe optimizer: AdamW (direction "adam", β = (0.9, 0.999), no weight decay) or plain SGD
-  (direction "sgd"), at `probe_lr` (constant), no gradient clipping, one fresh task batch per step. The
-  direction is computed once per probed step from the optimizer's state; the optimizer then
-  advances once (curvature.step_direction).
-- GeN's step unit η defaults to `probe_lr` (GeN evaluates multiples of the current learning rate);
-  its perturbed losses and anchor use one fresh batch per probed step, drawn after the step's
-  gradient batch.
-- Reset after the probe: base tensors are restored bit-exactly from a copy, the probe's adapters
-  are dropped, and the chosen LoRA groups get *fresh* adapters (drawn from the same generator) —
-  the probe only measures, its updates are discarded.
-- A group with no valid estimate gets influence 0, which the knapsack never picks (its tie rule
-  leaves zero-value items out); `report()` lists why each estimate was invalid. If no group with a
-  valid estimate fits the budget, prepare raises rather than train nothing.
-- `budget`: an int is a parameter count; a float in (0, 1] a fraction of the base parameter count
-  (floor). A budget below the smallest group's size is refused before the probe runs.
-- Learning rate class (`trains_base`, which picks the preset's rate in minisft.experiment): the
-  PEFT rate for partitions with LoRA groups ("modules" — its dense groups are the small BitFit,
-  LayerNorm and embedding tensors); the full fine-tuning rate for all-dense partitions ("tensors").
+`report()`: per group n_k, mean I_k, PPI_k, valid/probed counts and each invalid estimate's reason;
+every probe's raw estimates; the exact Pareto front and the greedy chain (each point: parameters,
+influence, group names; greedy points flagged on/off the front, and the index where the chain first
+leaves it); the greedy prefix that fits the budget; the chosen set.
 """
 
 import math

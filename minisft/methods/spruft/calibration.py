@@ -1,6 +1,5 @@
-"""Calibration statistics for SPruFT's importance scores (Li & Bhaskara 2025, "An Efficient Row-Based
-Sparse Fine-Tuning", arXiv 2502.11439, §3): probe adapters that accumulate gradient statistics of a
-frozen model over calibration batches, and the forward-only (zeroth-order) gradient estimate.
+"""Calibration statistics for SPruFT's importance scores (map and choices:
+minisft/methods/spruft/__init__.py; derivations: proofs/spruft.md).
 
 A linear layer is Y = X Wᵀ + b, W (d_out, d_in); X (N, d_in) and dY (N, d_out) are one batch
 flattened over (B, T), dY the gradient of the batch's MEAN loss (what `GPT.loss_and_grads`
@@ -22,19 +21,6 @@ gradient planner route dY to that layer, so a fully frozen model computes exactl
 asked for: no weight-gradient buffer of any base tensor, and no statistic of an unprobed layer.
 `buffers()` lists what a probe holds (the streaming probe holds only 1-D vectors: the
 multivariable score never forms a d_out×d_in array; tests/test_spruft.py checks it).
-
-Choices (ALGORITHMS.md §1; derivations in proofs/spruft.md):
-- Every statistic is a SUM over calibration batches of the batch-mean-loss gradients (what autograd's
-  `.grad` holds after one backward per batch without zeroing); the absolute value of the
-  multivariable score is taken only after the sum (`importance.TaylorAccumulator`). For equally
-  shaped batches without ignored targets (Task.sample's) the scale (1/(B·T) in dY, its square in F)
-  is one positive constant per layer: no selection changes.
-- OBD: a sample is one sequence; its gradient is that of its share (1/(B·T)) Σ_t ℓ_bt of the batch's
-  mean loss, so Σ_s over a batch of the per-sample gradients is the batch gradient. F divides the
-  summed squares by the number of samples seen (`SquaredGradientProbe.fisher`).
-- Zeroth order: fresh directions z for every calibration batch (K·zo_samples directions in all),
-  drawn jointly over all probed weights in layer order, as `importance.zeroth_order_gradient`
-  documents; the model's tensors are swapped, never written, and restored even on an error.
 """
 
 from ...adapters.base import Adapter

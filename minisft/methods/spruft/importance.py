@@ -1,5 +1,5 @@
-"""SPruFT's neuron importance scores and row budgets (Li & Bhaskara 2025, "An Efficient Row-Based
-Sparse Fine-Tuning", arXiv 2502.11439, §3; scores from structural pruning: Torch-Pruning, LLM-Pruner).
+"""SPruFT's neuron importance scores and their selection (map and choices:
+minisft/methods/spruft/__init__.py; scores from structural pruning: Torch-Pruning, LLM-Pruner).
 
 A linear layer is Y = X Wᵀ + b with W (d_out, d_in); X (N, d_in) and dY (N, d_out) are one batch
 flattened over (B, T); the weight gradient is G = dYᵀ X. Row i of W is output neuron i. Scores:
@@ -7,36 +7,17 @@ flattened over (B, T); the weight gradient is G = dYᵀ X. Row i of W is output 
     magnitude          s_i = Σ_j |W_ij|^p,  p ∈ {1, 2}                           row_magnitude
     Taylor (default)   s_i = Σ_j |W_ij G_ij|                                     row_taylor
     multivariable      s_i = |Σ_j W_ij G_ij| = |Σ_n dY_ni (X Wᵀ)_ni|             row_taylor(..., True),
-                                                                                 row_taylor_streaming
+                                                                                 row_taylor_streaming,
+                                                                                 TaylorAccumulator
     OBD                s_i = Σ_j W_ij² F_ij,  F = (1/S) Σ_s G_s ⊙ G_s             row_obd,
                        (G_s the gradient of sample s's loss)                     per_sample_sq_grad_sum
     zeroth order       Ĝ = (1/K) Σ_k [(L(θ+εz_k) − L(θ−εz_k)) / 2ε] z_k,  z_k ~ N(0, I), then
                        row_taylor(W, Ĝ)                                          zeroth_order_gradient
     quantile mean      s_i = (1/Q) Σ_q quantile_q({S_c,i}_c),  q ∈ linspace(0, 1, Q)   quantile_mean
 
-Budgets: `rows_for_ratio` (per layer), `top_rows` (per-layer selection), `global_threshold_rows`
-(one threshold on layer-mean-normalised scores across layers). Column ("input feature") versions,
-used by the structural neuron mode (`minisft.structure`), are the row functions applied to Wᵀ:
-`col_magnitude`, `col_taylor`, `col_obd`, and `col_taylor_streaming(dX, X)` with dX = dY W.
-
-Choices where the paper or its released code is ambiguous (ALGORITHMS.md §1):
-- Bias entries are not scored: a row's score involves only W's row (the bias delta still trains
-  with its row, see the adapters).
-- Calibration: G (or the signed streaming sums) is summed over calibration batches before the
-  absolute value is taken; the scale (sum vs mean over batches) is a positive constant per layer and
-  changes neither a per-layer nor a mean-normalised global selection (proofs/importance.md).
-- OBD: `per_sample_sq_grad_sum` returns Σ_s G_s ⊙ G_s; F is that sum over all calibration samples
-  divided by their count. A sample is one sequence (index b of a (B, T, ·) batch). dY must be the
-  gradient of the loss SUMMED over samples (for a mean loss, dY carries a 1/B factor and F a 1/B²
-  factor: again a positive per-layer constant).
-- Ties in `top_rows` / `global_threshold_rows`: equal scores go to the lower index (and, globally,
-  to the earlier layer in the dict's order). NaN scores are an error.
-- `rows_for_ratio`: floor(ratio · d_out) with ratio read as its shortest decimal (0.7 · 10 = 7, as
-  in `minisft.select.ratio_count`), rounded down to a multiple of 4, at least 1 (so d_out < 8 gives
-  a single row below ratio 1, and 4 ≤ d_out < 8 gives 4 at ratio 1).
-- Global budget: no multiple-of-4 rounding, and a layer may receive 0 rows (an empty index array:
-  that layer gets no adapter). A layer whose scores have a non-positive mean cannot be normalised:
-  an error.
+Column ("input feature") versions, used by the neuron mode (structure.py), are the row functions
+applied to Wᵀ: col_magnitude, col_taylor, col_obd. Selection: top_rows (per layer),
+global_threshold_rows (one threshold on scores normalised by normalize_by_layer_mean).
 Derivations and the tests that check them: proofs/importance.md.
 """
 
@@ -119,16 +100,6 @@ def row_taylor(W, G, multivariable=False):
     return xp.sum(xp.abs(W * G), axis=1)
 
 
-def _signed_paired_sums(arg_a, a, arg_b, b):
-    """a, b (..., d) -> (d,): Σ_n a_nk b_nk over all leading positions n (no d_out×d_in buffer)."""
-    _float_array(arg_a, a, None, "an array (..., d)")
-    _float_array(arg_b, b, None, "an array (..., d)")
-    _like(arg_b, b, arg_a, a)
-    xp = array_module(a)
-    d = a.shape[-1]
-    return xp.einsum("nk,nk->k", a.reshape(-1, d), b.reshape(-1, d))
-
-
 def row_taylor_streaming(dY, Y_nobias):
     """dY, Y_nobias (..., d_out) -> (d_out,): the SIGNED sums Σ_n dY_ni (X Wᵀ)_ni.
 
@@ -137,8 +108,16 @@ def row_taylor_streaming(dY, Y_nobias):
     |Σ_j W_ij G_ij| is |Σ over calibration batches of this|: sum the signed outputs over batches
     FIRST, take the absolute value LAST (`TaylorAccumulator` does exactly that). Never forms a
     d_out×d_in buffer; memory O(N·d_out) for the elementwise product.
+
+    Columns (neuron mode) are the same sums of other factors: Σ_i W_ij G_ij = Σ_n X_nj (dY W)_nj,
+    i.e. row_taylor_streaming(dY W, X) with dY W the gradient reaching X through this layer only.
     """
-    return _signed_paired_sums("dY", dY, "Y_nobias", Y_nobias)
+    _float_array("dY", dY, None, "an array (..., d)")
+    _float_array("Y_nobias", Y_nobias, None, "an array (..., d)")
+    _like("Y_nobias", Y_nobias, "dY", dY)
+    xp = array_module(dY)
+    d = dY.shape[-1]
+    return xp.einsum("nk,nk->k", dY.reshape(-1, d), Y_nobias.reshape(-1, d))
 
 
 class TaylorAccumulator:
@@ -279,21 +258,17 @@ def quantile_mean(S, n_quantiles=11):
     return w @ xp.sort(S, axis=0)
 
 
-def _mean_normalized(arg, scores):
+def normalize_by_layer_mean(scores, arg="scores"):
+    """scores (d,) -> scores / mean(scores) (Torch-Pruning's default; what `global_threshold_rows`
+    ranks). A mean that is zero (an all-zero layer), negative or non-finite is an error naming `arg`."""
+    _float_array(arg, scores, 1, "1-D (d,)")
+    require(scores.shape[0] >= 1, f"{arg}.shape", tuple(scores.shape), "at least one score")
     xp = array_module(scores)
     mean = xp.mean(scores)
     m = float(mean)  # host synchronisation: a non-positive mean must raise here
     if not (m > 0.0 and math.isfinite(m)):
         raise bad_value(f"mean({arg})", m, "a positive finite mean (scores cannot be mean-normalised)")
     return scores / mean
-
-
-def normalize_by_layer_mean(scores):
-    """scores (d,) -> scores / mean(scores) (Torch-Pruning's default). A mean that is zero (an
-    all-zero layer), negative or non-finite is an error naming `scores`."""
-    _float_array("scores", scores, 1, "1-D (d,)")
-    require(scores.shape[0] >= 1, "scores.shape", tuple(scores.shape), "at least one score")
-    return _mean_normalized("scores", scores)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +310,7 @@ def global_threshold_rows(scores_by_layer, total_rows):
         same_backend = not normed or array_module(s) is array_module(normed[0])
         require(same_backend, arg, type(s).__module__, "one backend for all layers")
         _no_nan(arg, s)
-        normed.append(_mean_normalized(arg, s))
+        normed.append(normalize_by_layer_mean(s, arg))
     sizes = [s.shape[0] for s in normed]
     total_rows = _count_in("total_rows", total_rows, sum(sizes))
     xp = array_module(*normed)
@@ -358,12 +333,6 @@ def col_magnitude(W, p=2):
 def col_taylor(W, G, multivariable=False):
     """W, G (d_out, d_in) -> (d_in,): Σ_i |W_ij G_ij|, or |Σ_i W_ij G_ij|."""
     return row_taylor(_matrix("W", W).T, _matrix("G", G).T, multivariable)
-
-
-def col_taylor_streaming(dX, X):
-    """dX, X (..., d_in) -> (d_in,): the SIGNED sums Σ_n dX_nj X_nj, dX = dY W the gradient reaching
-    X through THIS layer only. Σ_i W_ij G_ij = Σ_n X_nj (dY W)_nj; abs after accumulation, as rows."""
-    return _signed_paired_sums("dX", dX, "X", X)
 
 
 def col_obd(W, F):

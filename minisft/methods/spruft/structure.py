@@ -1,6 +1,5 @@
-"""Structural (neuron) groups of a GPT-2 block for SPruFT's neuron mode (Li & Bhaskara 2025,
-arXiv 2502.11439: "fine-tune the weights involving the selected neurons"; groups as in the
-dependency graphs of Torch-Pruning / LLM-Pruner).
+"""Structural (neuron) groups of a GPT-2 block for SPruFT's neuron mode (map and choices:
+minisft/methods/spruft/__init__.py; groups as in the dependency graphs of Torch-Pruning / LLM-Pruner).
 
 Parameter names are HF GPT-2's without "transformer." and without the block prefix "h.{i}."
 (the suffixes below); weights are (out, in), C = n_embd, hd = C / n_head:
@@ -14,17 +13,8 @@ Parameter names are HF GPT-2's without "transformer." and without the block pref
 
 A `Groups` holds, per member tensor, an index matrix (n_groups, k): row g lists group g's indices
 along that member's axis (ROWS = 0: output neurons; COLS = 1: input features). Member scores are
-the per-row scores of `minisft.importance` (row_* for ROWS members, col_* for COLS members).
-
-Choices (ALGORITHMS.md §1 "Structural (neuron) mode"):
-- Group importance = the mean of the scores of ALL member rows and columns of the group (2 scores
-  for an MLP neuron, 4·hd for a head). That equals the mean of the block means over equal-sized
-  blocks (c_fc row | c_proj column; q rows | k rows | v rows | c_proj columns, hd each), not the
-  mean of the two tensors' means for a head (c_attn holds 3·hd of its indices, c_proj hd).
-- Biases are not scored. A selected group trains its rows with their bias entries (the row adapter
-  of `c_fc` / `c_attn` carries Δb for those rows) and its columns without bias (a column of
-  `c_proj` owns no bias entry).
-- A block with no selected group returns empty index arrays (no adapter there).
+the per-row scores of importance.py (row_* for ROWS members, col_* for COLS members). A block with
+no selected group returns empty index arrays (no adapter there).
 """
 
 from dataclasses import dataclass

@@ -21,16 +21,5 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise bad_value("n_embd", self.n_embd, f"a multiple of n_head={self.n_head}")
 
-    @property
-    def head_dim(self):
-        return self.n_embd // self.n_head
-
     def to_dict(self):
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise bad_value("config", sorted(unknown), f"keys among {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)

@@ -79,10 +79,6 @@ class Corpus:
             raise bad_value("split", split, f"one of {SPLITS}")
         return self.train_docs if split == "train" else self.val_docs
 
-    def n_chars(self, split):
-        """Total characters of the documents of `split`."""
-        return sum(map(len, self.docs(split)))
-
     def fingerprint(self):
         """SHA-256 (hex) of the training and validation documents, each length-prefixed."""
         h = hashlib.sha256(b"minisft-corpus-v1")
@@ -223,7 +219,3 @@ def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFI
         raise bad_path("source", origin, expected)
     return Corpus(name, train, val, split_by)
 
-
-def default_corpora(max_chars=None, val_fraction=0.1):
-    """The two embedded corpora, ("code", "docs"), loaded with the same settings."""
-    return tuple(load_corpus(kind, max_chars=max_chars, val_fraction=val_fraction) for kind in ("code", "docs"))

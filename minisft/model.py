@@ -193,7 +193,6 @@ class GPT:
         """
         if not with_grad:
             return None
-        wanted = False
         need = {"emb": {s for s in ("wte", "wpe") if f"{s}.weight" in self.trainable}}
         wanted = bool(need["emb"])
 

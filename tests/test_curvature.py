@@ -216,10 +216,10 @@ def flat(d, names):
 @settings(max_examples=4)
 def test_hvp_matches_double_backward(seed, shape):
     """For a direction restricted to each group (random, and the gradient), H d over every trainable
-    tensor equals PyTorch's double backward within 1e-8 with Richardson extrapolation. The plain
-    central difference (AdaPEFT's default) is checked at 1e-6: at its default step its error is the
-    truncation–rounding balance, measured from 1e-9 to 3e-7 over 90 of these models, so the 1e-8
-    claim is Richardson's. Parameters are bit-identical afterwards."""
+    tensor equals PyTorch's double backward within 1e-8 with Richardson extrapolation (hvp's and
+    AdaPEFT's default). The plain central difference (richardson=False) is checked at 1e-6: at its
+    default step its error is the truncation–rounding balance, measured from 1e-9 to 3e-7 over 90 of
+    these models, so the 1e-8 claim is Richardson's. Parameters are bit-identical afterwards."""
     L, C = shape
     cfg = GPTConfig(vocab_size=40, block_size=8, n_layer=L, n_head=2, n_embd=C)
     model, members, _, idx, tgt, rng = probe_model(seed, cfg)

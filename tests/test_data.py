@@ -25,7 +25,7 @@ import minisft.tokenizer as tokenizer_mod
 from minisft import corpus as corpus_mod
 from minisft.backend import to_numpy
 from minisft.batches import TokenStream, corpus_streams, random_windows, validation_batches
-from minisft.corpus import Corpus, default_corpora, load_corpus
+from minisft.corpus import Corpus, load_corpus
 from minisft.tokenizer import EOT, BPETokenizer, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +47,13 @@ def _write_tree(root, files):
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
 
 
+def n_chars(corpus, split):
+    return sum(map(len, corpus.docs(split)))
+
+
 @pytest.fixture(scope="module")
 def small():
-    return default_corpora(max_chars=SMALL_CHARS)
+    return tuple(load_corpus(kind, max_chars=SMALL_CHARS) for kind in ("code", "docs"))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,7 @@ def test_max_chars_keeps_exactly_a_prefix_of_the_uncapped_order(cap):
     capped = load_corpus("docs", max_chars=cap)
     for split in ("train", "val"):
         docs, ref = capped.docs(split), full.docs(split)
-        assert capped.n_chars(split) == min(cap, full.n_chars(split))
+        assert n_chars(capped, split) == min(cap, n_chars(full, split))
         assert docs[:-1] == ref[: len(docs) - 1]
         assert ref[len(docs) - 1].startswith(docs[-1])
 
@@ -114,7 +118,7 @@ def test_max_chars_keeps_exactly_a_prefix_of_the_uncapped_order(cap):
 def test_code_corpus_cap_samples_across_the_library():
     full, capped = load_corpus("code"), load_corpus("code", max_chars=SMALL_CHARS)
     for split in ("train", "val"):
-        assert capped.n_chars(split) == min(SMALL_CHARS, full.n_chars(split))
+        assert n_chars(capped, split) == min(SMALL_CHARS, n_chars(full, split))
         assert "".join(full.docs(split)).startswith("".join(capped.docs(split)))
 
 
@@ -308,8 +312,9 @@ def test_second_build_loads_the_cache(tok, small, monkeypatch):
 
 def test_training_is_deterministic_across_processes_and_threads(tok, tmp_path):
     script = (
-        "import sys; from minisft.corpus import default_corpora; from minisft.tokenizer import build_tokenizer; "
-        f"print(build_tokenizer(default_corpora(max_chars={SMALL_CHARS}), vocab_size={SMALL_VOCAB}, cache_dir=sys.argv[1]).path)"
+        "import sys; from minisft.corpus import load_corpus; from minisft.tokenizer import build_tokenizer; "
+        f"corpora = [load_corpus(kind, max_chars={SMALL_CHARS}) for kind in ('code', 'docs')]; "
+        f"print(build_tokenizer(corpora, vocab_size={SMALL_VOCAB}, cache_dir=sys.argv[1]).path)"
     )
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-c", script, str(tmp_path)]

@@ -45,9 +45,12 @@ class Dense(Adapter):
 
 class ElementMask(Dense):
     """Dense delta restricted to the entries where `mask` is True (mask may change during training:
-    `set_mask`). `freeze_masked` tells the trainer how the optimizer treats masked entries: False —
-    their gradient is zero but AdamW's momentum and weight decay still move them; True — they are
-    not touched at all (see minisft.optim)."""
+    `set_mask`). Masked entries get a zero gradient. `freeze_masked` only decides what
+    `optimizer_masks()` returns: True — {weight name: mask}, for whoever steps the optimizer to pass
+    as `opt.step(..., masks=...)`, so masked entries and their moments are not touched at all (see
+    minisft.optim); False — {}, so AdamW's momentum and weight decay still move them. The generic
+    trainer does not ask adapters for masks (only a method's `optimizer_masks`); the memory
+    benchmark (minisft.bench.memory) passes them itself."""
 
     kind = "element_mask"
 

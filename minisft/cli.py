@@ -3,10 +3,21 @@
     minisft compare                      # the main job: every method side by side (preset small)
     minisft pretrain --preset tiny       # the cached base model
     minisft finetune --method lora --set r=4 --set alpha=8
+    minisft bench --preset gpt2          # from a source checkout, with the test extra installed
+
+`minisft bench` times minisft against PyTorch. The benchmark imports torch, so it lives in the
+source checkout (reference_models/bench.py) and is not part of the installed package; minisft never
+imports it. The command looks for it in the current directory (then on sys.path) and runs
+`python -m reference_models.bench ARGS` in a child process; without torch, or outside a checkout,
+it prints one line saying what to do.
 """
 
 import argparse
 import ast
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,8 +63,9 @@ def parser():
     af.add_argument("--every", type=int, default=4)
     af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
     sub.add_parser("methods", help="list the methods and their options")
-    sub.add_parser("bench", help="time a training step against PyTorch (needs the test extra; "
-                                 "`minisft bench --help` lists its options)", add_help=False)
+    sub.add_parser("bench", help="time a training step against PyTorch: runs `python -m reference_models.bench` "
+                                 "from a source checkout (its root is the current directory) with the test extra "
+                                 "installed; `minisft bench --help` lists its options", add_help=False)
     return ap
 
 
@@ -74,16 +86,29 @@ def parse_options(pairs):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the benchmark imports torch, so it lives in reference_models
-        from reference_models.bench import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        return bench(argv[1:])
     args = parser().parse_args(argv)
     try:
         return _run(args)
     except MinisftError as e:
         print(f"minisft: error: {e}", file=sys.stderr)
         return 2
+
+
+def bench(argv):
+    """Run the torch benchmark of a source checkout in a child process (module docstring); returns
+    its exit status, or 2 after a one-line message when torch or the checkout is missing."""
+    if importlib.util.find_spec("torch") is None:
+        print("minisft bench: needs PyTorch; install the test extra: pip install '.[test]' (from the checkout)",
+              file=sys.stderr)
+        return 2
+    if importlib.machinery.PathFinder.find_spec("reference_models", [os.getcwd(), *sys.path]) is None:
+        print("minisft bench: the benchmark is reference_models/bench.py of the minisft source checkout, not part "
+              "of the installed package: run `minisft bench` (or `python -m reference_models.bench`) from the "
+              "checkout's root", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "reference_models.bench", *argv])
 
 
 def _run(args):

@@ -172,14 +172,20 @@ def weight_sparsity(model):
     return zeros / total
 
 
+def spruft_label(budget):
+    """The compare row's label of a SPruFT budget {"rows": k} or {"ratio": ρ} (rows_matching_lora's
+    "options"): spruft-rows<k> or spruft-ratio<ρ>, so the label says which one was chosen."""
+    return f"spruft-rows{budget['rows']}" if "rows" in budget else f"spruft-ratio{budget['ratio']!r}"
+
+
 def compare_runs(preset):
     """(label, method name, options) of every row of the comparison, at matched budgets."""
     r = preset.lora_r
-    rows = rows_matching_lora(preset.model, r)["options"]  # SPruFT at LoRA's trainable budget
+    budget = rows_matching_lora(preset.model, r)["options"]  # SPruFT at LoRA's trainable budget
     return [
         ("full", "full", {}),
         (f"lora-r{r}", "lora", {"r": r, "alpha": r}),
-        (f"spruft-rows{rows['rows']}", "spruft", {**rows, "importance": "taylor"}),
+        (spruft_label(budget), "spruft", {**budget, "importance": "taylor"}),
         (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.peft_lr}),
         (f"adapeft-r{r}", "adapeft", {"budget": lora_trainable(preset.model, r), "lora_r": r, "lora_alpha": r,
                                        "probe_lr": preset.peft_lr}),

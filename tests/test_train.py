@@ -1,20 +1,29 @@
 """Trainer, checkpoints, experiment pipeline and CLI: resume bit-identity, non-finite loss, the
 pretrained base beating the unigram entropy, deterministic compare, and bad input."""
 
+import importlib.util
 import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minisft.experiment as ex
+from minisft.batches import TokenStream, validation_batches
+from minisft.budgets import count_params
 from minisft.checkpoint import load_checkpoint, save_checkpoint
 from minisft.cli import main, parse_options
 from minisft.config import GPTConfig
 from minisft.errors import CheckpointError, NonFiniteLossError
-from minisft.methods import LoRAMethod, make_method
+from minisft.methods import LoRAMethod, SPruFT, make_method
+from minisft.methods.spruft import rows_matching_lora, spruft_trainable
 from minisft.model import GPT
 from minisft.train import Task, TrainConfig, train
-from minisft.batches import TokenStream, validation_batches
+
+REPO = Path(__file__).resolve().parents[1]
 
 MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
                   max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
@@ -190,3 +199,63 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     for r in result["rows"]:
         assert r["final"]["target"] < r["base"]["target"], r["label"]
     assert (tmp_path / "work" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out
+
+
+# widths with their head counts: n_embd a multiple of n_head, 8..128
+WIDTHS = [(8, 2), (16, 4), (24, 3), (48, 4), (128, 4)]
+
+
+@pytest.mark.parametrize("n_layer", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_embd,n_head", WIDTHS)
+def test_compare_rows_build_and_the_spruft_label_says_the_exact_budget(n_layer, n_embd, n_head):
+    """Every row of `compare` builds its method over a grid of small models and LoRA ranks 1..16,
+    whether rows_matching_lora picks a row count or a ratio (it picks a ratio for many of them; the
+    label once read options['rows'] and raised KeyError), and the SPruFT row trains exactly the count
+    its label names: a model prepared with the row's options (magnitude scores: scope "layer" counts
+    do not depend on the scores) has spruft_trainable(config, **label's budget) trainable parameters,
+    which is rows_matching_lora's count. Ranks above n_embd are refused, naming r."""
+    cfg = GPTConfig(vocab_size=32, block_size=8, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    kinds = set()
+    for r in range(1, 17):
+        preset = replace(ex.PRESETS["tiny"], model=cfg, lora_r=r)
+        if r > n_embd:
+            with pytest.raises(ValueError, match=f"r={r}"):
+                ex.compare_runs(preset)
+            continue
+        runs = ex.compare_runs(preset)
+        for label, name, options in runs:
+            ex.build_method(name, options, preset)
+        [(label, options)] = [(label, options) for label, name, options in runs if name == "spruft"]
+        kind, value = re.fullmatch(r"spruft-(rows|ratio)(.+)", label).groups()
+        budget = {kind: int(value) if kind == "rows" else float(value)}
+        kinds.add(kind)
+        assert {k: options.get(k) for k in ("rows", "ratio") if k in options} == budget, label
+        model = GPT(cfg, backend="numpy", dtype="float64", seed=r)
+        SPruFT(**{**options, "importance": "magnitude"}).prepare(model, None, np.random.default_rng(0))
+        exact = spruft_trainable(cfg, **budget)
+        assert count_params(model)["trainable"] == exact == rows_matching_lora(cfg, r)["spruft_trainable"], label
+    if n_embd > 8:
+        assert kinds == {"rows", "ratio"}, kinds  # the grid exercises both kinds of budget
+
+
+def test_bench_without_torch_says_what_to_install(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert main(["bench", "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install '.[test]'" in err and "Traceback" not in err
+
+
+def test_bench_outside_a_checkout_says_where_the_benchmark_is(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "reference_models").is_dir()])
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "python -m reference_models.bench" in err and "checkout" in err
+
+
+def test_bench_runs_the_checkouts_benchmark_in_a_child_process(monkeypatch, capfd):
+    monkeypatch.chdir(REPO)
+    assert main(["bench", "--help"]) == 0
+    assert "usage: minisft bench" in capfd.readouterr().out
+    assert "reference_models.bench" not in sys.modules  # it ran in the child, not in this process

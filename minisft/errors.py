@@ -21,6 +21,10 @@ class CheckpointError(MinisftError):
     """A checkpoint is missing, truncated, corrupt or from another configuration."""
 
 
+class BackendError(MinisftError):
+    """CuPy is installed but CUDA cannot be used (a broken install or driver, not a missing GPU)."""
+
+
 def _show(value, limit=80):
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -3,8 +3,9 @@
 The plain `xp` bodies in minisft.nn and minisft.optim are the definition; each kernel here computes
 the same function in fewer passes over memory and fewer launches, and tests/test_kernels.py checks
 it against that plain body on the GPU (run with `pytest -m gpu` on a GPU machine). They are used
-only on CuPy arrays, and only while MINISFT_FUSED is not "0", so setting MINISFT_FUSED=0 gives the
-plain path back for comparison.
+only on CuPy arrays, and only while `FUSED` is true: MINISFT_FUSED=0 in the environment when minisft
+is imported gives the plain path back for comparison (the variable is read once, at import; tests
+switch `kernels.FUSED` itself).
 
 | kernel                  | replaces (plain xp)                                    | passes over the big array |
 |-------------------------|--------------------------------------------------------|---------------------------|
@@ -29,9 +30,12 @@ import numpy as np
 THREADS = 256
 
 
+FUSED = os.environ.get("MINISFT_FUSED", "1") != "0"  # read once, at import (module docstring)
+
+
 def enabled(x):
-    """True when `x` is a CuPy array and fused kernels are not switched off."""
-    return type(x).__module__.startswith("cupy") and os.environ.get("MINISFT_FUSED", "1") != "0"
+    """True when `x` is a CuPy array and fused kernels are on (`FUSED`)."""
+    return FUSED and type(x).__module__.startswith("cupy")
 
 
 _COMMON = r"""

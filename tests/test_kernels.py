@@ -1,14 +1,15 @@
 """Every fused CuPy kernel against the plain xp body it replaces (GPU only; skipped without one).
-The plain body is run with MINISFT_FUSED=0; both run on the GPU on the same fresh random inputs."""
+The plain body is run with kernels.FUSED off (what MINISFT_FUSED=0 sets at import); both run on the
+GPU on the same fresh random inputs."""
 
 import contextlib
-import os
 
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from minisft import kernels
 from minisft.backend import gpu_available, to_numpy
 from minisft.nn import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
                         gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
@@ -21,23 +22,21 @@ TOL = {"float64": 1e-12, "float32": 2e-5}
 
 @contextlib.contextmanager
 def fused(flag):
-    """MINISFT_FUSED=flag inside the block (for hypothesis tests, where monkeypatch cannot be used)."""
-    old = os.environ.get("MINISFT_FUSED")
-    os.environ["MINISFT_FUSED"] = flag
+    """kernels.FUSED = (flag != "0") inside the block (for hypothesis tests, where monkeypatch cannot
+    be used), as MINISFT_FUSED=flag at import would set it."""
+    old = kernels.FUSED
+    kernels.FUSED = flag != "0"
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["MINISFT_FUSED"]
-        else:
-            os.environ["MINISFT_FUSED"] = old
+        kernels.FUSED = old
 
 
 def both(monkeypatch, fn):
     """(fused result, plain result) of fn() on the GPU."""
-    monkeypatch.setenv("MINISFT_FUSED", "1")
+    monkeypatch.setattr(kernels, "FUSED", True)
     fused = fn()
-    monkeypatch.setenv("MINISFT_FUSED", "0")
+    monkeypatch.setattr(kernels, "FUSED", False)
     plain = fn()
     return fused, plain
 
@@ -157,7 +156,6 @@ def test_cross_entropy_kernels(monkeypatch, dtype, N, V):
 def test_column_sums_kernel(N, C, with_b):
     """kernels.column_sums against NumPy's float64 sum over rows (of a ∘ b), in float64."""
     import cupy as cp
-    from minisft import kernels
     rng = np.random.default_rng(N + C)
     a, b = rng.standard_normal((N, C)), rng.standard_normal((N, C))
     got = kernels.column_sums(cp.asarray(a), cp.asarray(b) if with_b else None)

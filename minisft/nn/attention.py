@@ -8,7 +8,7 @@
 Shapes: qkv (B, T, 3C)  ->  y (B, T, C).
 Derivation: proofs/attention.md (tests/test_nn_grad.py::test_attention_fd, ::test_attention_torch).
 
-On CuPy arrays (unless MINISFT_FUSED=0) the same function is computed in tiles by
+On CuPy arrays (unless kernels.FUSED is off: MINISFT_FUSED=0) the same function is computed in tiles by
 minisft.flash_attention, which never stores S or P; the body below is its oracle
 (tests/test_kernels.py::test_flash_attention).
 """

@@ -23,16 +23,11 @@ class EmbeddingCache:
 def scatter_add_rows(target, rows, values):
     """target[rows[n]] += values[n] for every n, repeated rows accumulating (not overwriting).
 
-    NumPy: ufunc.at (deterministic). CuPy: cupyx.scatter_add (atomic adds; summation order, and so
-    the last bits in float32, may vary from run to run on the GPU).
+    `xp.add.at` on both backends. NumPy: deterministic. CuPy: atomic adds (cupy.add.at, which
+    replaces the deprecated cupyx.scatter_add); the summation order, and so the last bits, may vary
+    from run to run on the GPU.
     """
-    xp = array_module(target)
-    if xp.__name__ == "numpy":
-        xp.add.at(target, rows, values)
-    else:
-        import cupyx
-
-        cupyx.scatter_add(target, rows, values)
+    array_module(target).add.at(target, rows, values)
     return target
 
 

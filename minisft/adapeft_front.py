@@ -1,5 +1,5 @@
 """`minisft adapeft-front`: AdaPEFT's influence–size Pareto front on a preset (Xu & Bu, arXiv
-2505.12579, the knapsack of ALGORITHMS.md §2 read off its Pareto front, as the paper's figures do).
+2505.12579, the knapsack of minisft/methods/adapeft/ read off its Pareto front, as the paper's figures do).
 
 On the pretrained base of a preset and the target-domain task, AdaPEFT's probe measures every
 group's influence I_k; the exact front of (Σ n_k, Σ I_k) over all subsets, the greedy chain

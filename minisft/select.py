@@ -1,5 +1,5 @@
 """Smallest-k selection by magnitude with deterministic ties: the one mechanism behind GMT's
-gradient masks (`minisft.gmt`) and MGPP's magnitude pruning (`minisft.mgpp`).
+gradient masks (`minisft.methods.gmt.masks`) and MGPP's magnitude pruning (`minisft.methods.mgpp.schedule`).
 
 Order. Entries are ranked by the key (|x|, tensor position, flat C-order index), ascending. Among
 equal magnitudes the earlier tensor, then the LOWER flat index, is dropped first. This is exactly

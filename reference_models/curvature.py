@@ -1,7 +1,7 @@
 """PyTorch (autograd) reference of AdaPEFT's curvature: Hessian-vector products by double backward
 and the second-order influence I = (gᵀd)² / (2 dᵀHd) (Xu & Bu, arXiv 2505.12579).
 
-Independent of minisft.curvature: H d = ∇_θ ⟨∇_θ L, d⟩ by `torch.autograd.grad(..., create_graph=True)`
+Independent of minisft.methods.adapeft.curvature: H d = ∇_θ ⟨∇_θ L, d⟩ by `torch.autograd.grad(..., create_graph=True)`
 on a TorchGPT twin that carries the same trainable tensors (base tensors with requires_grad, LoRA
 factors wrapped with reference_models.adapters).
 """

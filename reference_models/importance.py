@@ -1,4 +1,4 @@
-"""PyTorch (autograd) twins of SPruFT's importance scores (minisft.importance; Li & Bhaskara 2025,
+"""PyTorch (autograd) twins of SPruFT's importance scores (minisft.methods.spruft.importance; Li & Bhaskara 2025,
 arXiv 2502.11439): the parity oracle.
 
 Written from the definitions, not from minisft's code: gradients come from autograd on a float64

@@ -1,6 +1,6 @@
 """PyTorch (autograd) reference of LoRA-drop (Zhou et al. 2024, arXiv 2402.07721) on a TorchGPT,
-written from ALGORITHMS.md §3 and the sampling, probe and draw-order conventions documented in
-minisft.methods.loradrop (they are the specification, not shared code):
+written from the paper's steps and the sampling, probe and draw-order conventions documented in
+minisft/methods/loradrop/__init__.py (they are the specification, not shared code):
 
     probe    LoRA on every target layer, torch.optim.AdamW(lr, weight_decay=0) on batches drawn from
              the sample D_s (k of the stream's m disjoint windows of T + 1 tokens)

@@ -1,5 +1,6 @@
-"""PyTorch twins of the GMT, MGPP and LoRA-drop primitives (minisft.gmt, minisft.mgpp,
-minisft.loradrop), written independently with torch's own tools as the parity oracle:
+"""PyTorch twins of the GMT, MGPP and LoRA-drop primitives (minisft.methods.gmt.masks,
+minisft.methods.mgpp.prior and .schedule, minisft.methods.loradrop.selection), written independently
+with torch's own tools as the parity oracle:
 torch.kthvalue for the mask threshold, torch.logsumexp for the prior and autograd for its gradient,
 torch.sort + cumsum for the layer selection.
 

@@ -1,4 +1,4 @@
-"""AdaPEFT (minisft.methods.adapeft, minisft.groups, minisft.adapeft_front): group partitions and
+"""AdaPEFT (minisft.methods.adapeft: method, groups; minisft.adapeft_front): group partitions and
 their exact sizes, the selection against a brute-force knapsack, the reset to the base and what
 trains afterwards, the probe's optimizer (moments advanced once per step), the report's front and
 greedy chain, transfer by group name across model sizes, the front command and bad input.

@@ -1,4 +1,4 @@
-"""Curvature (minisft.curvature): finite-difference HVPs against PyTorch double backward, their
+"""Curvature (minisft.methods.adapeft.curvature): finite-difference HVPs against PyTorch double backward, their
 error order, GeN's quadratic fit (exact on quadratics, its R², its O(η²) error on the model), the
 influence formula, validity rules, the Adam direction and bad input. Derivations: proofs/adapeft.md.
 """

@@ -1,4 +1,4 @@
-"""GMT gradient masks (minisft.gmt) and the shared smallest-k selection (minisft.select).
+"""GMT gradient masks (minisft.methods.gmt.masks) and the shared smallest-k selection (minisft.select).
 
 Oracle: a stable argsort of |g| over the tensors concatenated in order, whose first k entries are
 dropped, with k = floor(r * n) computed by `decimal` (the documented decimal reading of r).

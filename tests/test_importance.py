@@ -1,4 +1,4 @@
-"""SPruFT importance scores and row budgets (minisft.importance).
+"""SPruFT importance scores (minisft.methods.spruft.importance) and row budgets (minisft.methods.spruft.budget).
 
 Oracles: explicit loops with math.fsum (closed forms of every score), einsum / explicit per-sample
 loops for gradients, PyTorch autograd and torch.quantile (reference_models.importance),

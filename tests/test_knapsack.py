@@ -1,4 +1,4 @@
-"""Tests of minisft.knapsack (AdaPEFT's selection step) against independent oracles.
+"""Tests of minisft.methods.adapeft.knapsack (AdaPEFT's selection step) against independent oracles.
 
 Oracles: enumeration of all 2^n subsets, with the subset value f(S) written out by its definition
 (float64 sum of the chosen values, accumulated item by item in ascending index order) and ties

@@ -1,4 +1,4 @@
-"""LoRA-drop layer selection (minisft.loradrop). Oracles: integer arithmetic on integer-valued
+"""LoRA-drop layer selection (minisft.methods.loradrop.selection). Oracles: integer arithmetic on integer-valued
 importances (exact), a float64 sort-and-cumsum in torch (reference_models.primitives), and
 numpy row norms. Derivations: proofs/loradrop_selection.md.
 """

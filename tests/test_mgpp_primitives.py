@@ -1,4 +1,4 @@
-"""MGPP primitives (minisft.mgpp): mixture-Gaussian prior and its gradient, cubic sparsity
+"""MGPP primitives (minisft.methods.mgpp: prior, schedule): mixture-Gaussian prior and its gradient, cubic sparsity
 schedule, magnitude-pruning masks. Oracles: mpmath at 60 digits (exact -pi'/pi), central finite
 differences, torch autograd (reference_models.primitives), scipy's normal log-density,
 fractions.Fraction, and a stable-argsort brute force. Derivations: proofs/mgpp_prior.md.

@@ -1,4 +1,4 @@
-"""SPruFT (minisft.methods.spruft, minisft.calibration): scores and selections against the PyTorch
+"""SPruFT (minisft.methods.spruft: method, budget, calibration): scores and selections against the PyTorch
 twin (reference_models.spruft: autograd gradients, per-sequence backward passes, explicit group
 sums, stable sorts), 20-step AdamW training parity, exact budgets, neuron mode, memory, the released
 code's pitfalls as regression tests, LoRA budget matching and bad input. Derivations: proofs/spruft.md.
@@ -205,7 +205,7 @@ def test_streaming_probe_holds_only_vectors_and_equals_full_gradient_score(xp):
 
 
 # ------------------------------------------------------------------------------------------------
-# the released code's pitfalls (ALGORITHMS.md §1)
+# the released code's pitfalls (the choices in minisft/methods/spruft/__init__.py)
 # ------------------------------------------------------------------------------------------------
 
 

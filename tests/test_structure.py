@@ -1,4 +1,4 @@
-"""Structural (neuron) groups of GPT-2 (minisft.structure).
+"""Structural (neuron) groups of GPT-2 (minisft.methods.spruft.structure).
 
 Oracles: the layouts written out from the GPT-2 definition (q | k | v split, head-major features),
 the PyTorch twin's attention (reference_models.torch_gpt.Block) for which c_attn rows drive which

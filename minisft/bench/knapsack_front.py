@@ -1,4 +1,4 @@
-"""Benchmark `minisft.knapsack.pareto_front` (AdaPEFT's Pareto front, ALGORITHMS.md §2).
+"""Benchmark `minisft.methods.adapeft.knapsack.pareto_front` (AdaPEFT's Pareto front).
 
     python -m minisft.bench.knapsack_front [--groups 200] [--repeats 5] [--seed 0]
 

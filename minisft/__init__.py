@@ -12,10 +12,10 @@ LoRAMethod); adapters: ms.adapters; HF GPT-2 conversion: ms.interop.
 
 from . import (adapters, backend, batches, checkpoint, corpus, errors, fileio, interop, kernels, memory, methods, nn, optim,
                tokenizer, train)
+from .config import GPTConfig
 from .methods import gmt, loradrop, mgpp
 from .methods.adapeft import curvature, groups, knapsack
 from .methods.spruft import calibration, importance, structure
-from .config import GPTConfig
 from .model import GPT
 
 __version__ = "0.1.0"

@@ -14,14 +14,14 @@ import pytest
 from scipy.stats import spearmanr
 
 import minisft.experiment as ex
-from minisft.methods.adapeft import knapsack
 from minisft.adapeft_front import adapeft_front
 from minisft.batches import TokenStream, validation_batches
+from minisft.budgets import count_params, lora_trainable
 from minisft.config import GPTConfig
 from minisft.errors import NonFiniteLossError
+from minisft.methods.adapeft import knapsack
 from minisft.methods.adapeft.groups import apply_groups_by_name, build_groups, dense_only
 from minisft.methods.adapeft.method import AdaPEFT, GroupSubset, probe
-from minisft.budgets import count_params, lora_trainable
 from minisft.methods.base import FullFineTune
 from minisft.model import GPT, param_shapes
 from minisft.optim import AdamW, SGD

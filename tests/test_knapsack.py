@@ -14,8 +14,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from minisft.methods.adapeft import knapsack
 from minisft.backend import to_numpy
+from minisft.methods.adapeft import knapsack
+
 
 METHODS = ["dp", "branch_and_bound", "auto"]
 

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from minisft.adapters import LoRA
 from minisft.backend import to_numpy
 from minisft.batches import TokenStream, validation_batches
-from minisft.config import GPTConfig
-from minisft.methods.loradrop.selection import select_layers
 from minisft.budgets import count_params
+from minisft.config import GPTConfig
 from minisft.methods.base import LoRAMethod
 from minisft.methods.loradrop.method import LoRADrop, keep_and_share, layer_importance, layer_scores
+from minisft.methods.loradrop.selection import select_layers
 from minisft.model import GPT, LINEAR_SUFFIXES, linear_layer_names
 from minisft.train import Task, TrainConfig, train
 from tests.gradcheck import assert_directional, max_rel_diff

@@ -15,8 +15,12 @@ from hypothesis import strategies as st
 
 from minisft.adapters import ColumnDelta, RowDelta, adapter_delta_weights
 from minisft.backend import to_numpy
-from minisft.budgets import count_params, lora_trainable
 from minisft.batches import TokenStream, validation_batches
+from minisft.budgets import count_params, lora_trainable
+from minisft.config import GPTConfig
+from minisft.errors import CheckpointError
+from minisft.methods.base import LoRAMethod
+from minisft.methods.spruft.budget import rows_matching_lora, spruft_trainable
 from minisft.methods.spruft.calibration import (
     GradientProbe,
     SquaredGradientProbe,
@@ -25,10 +29,6 @@ from minisft.methods.spruft.calibration import (
     run_calibration,
     zeroth_order_weight_gradients,
 )
-from minisft.config import GPTConfig
-from minisft.errors import CheckpointError
-from minisft.methods.base import LoRAMethod
-from minisft.methods.spruft.budget import rows_matching_lora, spruft_trainable
 from minisft.methods.spruft.method import SPruFT
 from minisft.model import GPT, linear_layer_names
 from minisft.train import Task, TrainConfig, train

@@ -118,6 +118,168 @@ def test_flash_attention_reproducible():
     assert bool((y1 == y2).all()) and bool((g1 == g2).all())
 
 
+# ---- TF32 tensor-core tiles: error bound derived in proofs/tf32_attention.md ----
+U_TF32 = 2.0 ** -11   # unit roundoff of TF32 (11-bit significand, cvt.rna: to nearest)
+W_ACC = 2.0 ** -22    # per term of an fp32 tensor-core sum (2 ulps: aligned, truncated partial sums)
+EPS_E = 2.0 ** -20    # one fp32 elementwise step (scale, subtract, expf, logf, divide: 16 ulps)
+
+
+def gamma(n):
+    """Relative bound of an n-term fp32 accumulation: n·w / (1 − n·w)."""
+    return n * W_ACC / (1 - n * W_ACC)
+
+
+def round_to_tf32(x):
+    """float32 array rounded to the nearest TF32 value, ties away from zero (what cvt.rna does)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_attention_bounds(qkv, dy, H, u_in):
+    """Exact float64 results of the attention (y, L, dqkv) and elementwise bounds on the TF32 kernels'
+    error, from proofs/tf32_attention.md: u = 2^-11 for P and dS entering a product, u_in for q, k, v
+    and dy (0 when they are TF32 values already), fp32 sums of hd and T terms, fp32 elementwise steps.
+    qkv (B, T, 3C), dy (B, T, C) float64 CuPy arrays holding the kernels' float32 inputs."""
+    import cupy as cp
+    B, T, C3 = qkv.shape
+    hd = C3 // (3 * H)
+    u, scale = U_TF32, 1.0 / np.sqrt(hd)
+    q, k, v = (a.reshape(B, T, H, hd).transpose(0, 2, 1, 3) for a in cp.split(qkv, 3, axis=2))  # (B, H, T, hd)
+    g = dy.reshape(B, T, H, hd).transpose(0, 2, 1, 3)
+    keep = ~cp.triu(cp.ones((T, T), dtype=bool), k=1)  # key j ≤ query r
+    s = cp.where(keep, scale * (q @ k.transpose(0, 1, 3, 2)), -cp.inf)                  # (B, H, T, T)
+    L = cp.log(cp.sum(cp.exp(s - s.max(-1, keepdims=True)), -1)) + s.max(-1)             # (B, H, T)
+    p = cp.exp(s - L[..., None])
+    y = p @ v
+    # forward: |ΔS_rj| ≤ E_rj, e_r = max_j E_rj; P̃ = P(1 + π), |π| ≤ η_r
+    rho_s = (1 + u_in) ** 2 * (1 + gamma(hd)) - 1
+    s_abs = cp.where(keep, cp.abs(s), 0)
+    E = cp.where(keep, rho_s * scale * (cp.abs(q) @ cp.abs(k).transpose(0, 1, 3, 2)) + EPS_E * s_abs, 0)
+    e = E.max(-1)
+    rho_sum = gamma(T) + 2 * EPS_E * -(-T // 64)
+    eta = cp.exp(2 * e + rho_sum + EPS_E) - 1
+    c_y = (1 + eta) * (1 + u) * (1 + u_in) * (1 + gamma(T)) * (1 + EPS_E) ** 2 - 1
+    bound_y = c_y[..., None] * (p @ cp.abs(v))
+    bound_L = e + rho_sum + EPS_E * (2 + np.log(T) + 2 * cp.abs(L))
+    # backward: P̄ = P(1 + π'), |π'| ≤ η'_r;  δ, dP, dS, then dv, dk, dq
+    eta_b = cp.exp(e + bound_L + EPS_E * (2 + s_abs.max(-1) + cp.abs(L))) - 1
+    delta = cp.sum(g * y, -1)
+    d_delta = cp.sum(cp.abs(g) * (bound_y + gamma(hd + 1) * (cp.abs(y) + bound_y)), -1)
+    dp = g @ v.transpose(0, 1, 3, 2)
+    ds = p * (dp - delta[..., None])
+    D = cp.abs(dp - delta[..., None])
+    Bd = cp.abs(g) @ cp.abs(v).transpose(0, 1, 3, 2)
+    eb = eta_b[..., None]
+    bound_ds = p * (eb * D + (1 + eb) * (1 + 3 * EPS_E) * (rho_s * Bd + d_delta[..., None]) + (1 + eb) * 3 * EPS_E * D)
+    kappa = (1 + u) * (1 + u_in) * (1 + gamma(T)) * (1 + EPS_E) - 1
+    c_v = (1 + eta_b) * (1 + u) * (1 + u_in) * (1 + gamma(T)) - 1
+    x = (1 + kappa) * bound_ds + kappa * cp.abs(ds)
+    bounds = {"dq": scale * (x @ cp.abs(k)), "dk": scale * (x.transpose(0, 1, 3, 2) @ cp.abs(q)),
+              "dv": (p * c_v[..., None]).transpose(0, 1, 3, 2) @ cp.abs(g)}
+    grads = {"dq": scale * (ds @ k), "dk": scale * (ds.transpose(0, 1, 3, 2) @ q), "dv": p.transpose(0, 1, 3, 2) @ g}
+
+    def merge(a):  # (B, H, T, hd) -> (B, T, C)
+        return a.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+
+    def stack(d):  # dq, dk, dv -> (B, T, 3C)
+        return cp.concatenate([merge(d[n]) for n in ("dq", "dk", "dv")], axis=2)
+
+    return (merge(y), L, stack(grads)), (merge(bound_y), bound_L, stack(bounds))
+
+
+def _tf32_case(shape, seed, exact_operands):
+    """Fresh standard-normal float32 qkv, dy (rounded to TF32 values when exact_operands)."""
+    import cupy as cp
+    B, T, H, hd = shape
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((B, T, 3 * H * hd)).astype(np.float32)
+    dy = rng.standard_normal((B, T, H * hd)).astype(np.float32)
+    if exact_operands:
+        qkv, dy = round_to_tf32(qkv), round_to_tf32(dy)
+    return cp.asarray(qkv), cp.asarray(dy)
+
+
+def _run_tf32(qkv, dy, H, poison):
+    """TF32 forward and backward into outputs filled with `poison` first: (y, L, dqkv)."""
+    import cupy as cp
+    from minisft import flash_attention as fa
+    B, T, C3 = qkv.shape
+    y = cp.full((B, T, C3 // 3), poison, dtype=cp.float32)
+    lse = cp.full((B, H, T), poison, dtype=cp.float32)
+    fa.flash_attention(qkv, H, tf32=True, out=(y, lse))
+    dqkv = fa.flash_attention_backward(dy, qkv, y, lse, H, tf32=True, out=cp.full(qkv.shape, poison, dtype=cp.float32))
+    return y, lse, dqkv
+
+
+@settings(max_examples=20)
+@given(B=st.integers(1, 2), T=st.integers(1, 1024), H=st.integers(1, 2),
+       hd=st.sampled_from([16, 32, 48, 64, 80, 96, 112, 128]), exact_operands=st.booleans(), seed=st.integers(0, 2**16))
+@example(B=1, T=1, H=1, hd=16, exact_operands=True, seed=0)       # one query, one key
+@example(B=2, T=63, H=1, hd=32, exact_operands=True, seed=1)      # one tile, last row empty
+@example(B=1, T=64, H=2, hd=64, exact_operands=False, seed=2)     # exactly one full tile
+@example(B=1, T=65, H=1, hd=128, exact_operands=True, seed=3)     # a second tile of one row
+@example(B=1, T=1024, H=2, hd=64, exact_operands=False, seed=4)   # the gpt2 preset's T and head dim
+@example(B=1, T=1024, H=1, hd=128, exact_operands=True, seed=5)
+def test_flash_attention_tf32(B, T, H, hd, exact_operands, seed):
+    """The TF32 tensor-core kernels against the plain xp body in float64 on the same inputs: every
+    output element written (outputs poisoned with NaN first) and every element of y, L, dqkv within
+    the error bound of proofs/tf32_attention.md. With exact_operands the inputs are TF32 values, so
+    only P, dS and the fp32 sums round and the bound is ~u = 4.9e-4 relative to Σ P|v|."""
+    import cupy as cp
+    qkv, dy = _tf32_case((B, T, H, hd), seed, exact_operands)
+    y, lse, dqkv = _run_tf32(qkv, dy, H, poison=np.nan)
+    for name, a in (("y", y), ("L", lse), ("dqkv", dqkv)):
+        assert not bool(cp.isnan(a).any()), f"{name}: {int(cp.isnan(a).sum())} elements not written (still NaN)"
+    with fused("0"):  # the plain xp body in float64 is the oracle ...
+        y_plain, c = attention_forward(qkv.astype(cp.float64), H)
+        g_plain = attention_backward(dy.astype(cp.float64), c)["x"]
+    (y_ref, L_ref, g_ref), (by, bL, bg) = tf32_attention_bounds(qkv.astype(cp.float64), dy.astype(cp.float64),
+                                                                H, 0.0 if exact_operands else U_TF32)
+    # ... and the float64 recomputation inside the bound function agrees with it
+    assert max_rel_diff(to_numpy(y_ref), to_numpy(y_plain)) <= 1e-12
+    assert max_rel_diff(to_numpy(g_ref), to_numpy(g_plain)) <= 1e-12
+    for name, got, ref, bound in (("y", y, y_plain, by), ("L", lse, L_ref, bL), ("dqkv", dqkv, g_plain, bg)):
+        err = cp.abs(got.astype(cp.float64) - ref)
+        ratio = float(cp.max(err / bound))
+        msg = (f"TF32 {name} {B, T, H, hd} exact_operands={exact_operands}: max |err|/bound {ratio:.3f}, "
+               f"max rel diff {max_rel_diff(to_numpy(got), to_numpy(ref)):.3e}")
+        assert ratio <= 1.0, msg
+
+
+def test_flash_attention_tf32_reproducible():
+    """TF32 mode keeps the fixed summation order: two runs (outputs poisoned with different values)
+    agree bit for bit in y, L and dqkv."""
+    qkv, dy = _tf32_case((2, 300, 3, 64), seed=0, exact_operands=False)
+    first = _run_tf32(qkv, dy, 3, poison=np.nan)
+    second = _run_tf32(qkv, dy, 3, poison=-np.inf)
+    for name, a, b in zip(("y", "L", "dqkv"), first, second):
+        assert bool((a.view(np.uint32) == b.view(np.uint32)).all()), f"TF32 {name} differs between two runs"
+
+
+def test_cupy_tf32_switch(monkeypatch):
+    """CUPY_TF32=1 (what `bench --tf32` sets) puts float32 attention on the TF32 kernels: the layer's
+    output equals the tf32=True kernels bit for bit and differs from the fp32 ones; float64 ignores it;
+    a value that is not an integer is an error naming CUPY_TF32. (No float32 CuPy matmul runs while
+    CUPY_TF32 is set here: CuPy fixes its own GEMMs' mode at the first one.)"""
+    import cupy as cp
+    from minisft import flash_attention as fa
+    qkv, dy = _tf32_case((1, 130, 2, 64), seed=7, exact_operands=False)
+    y_tf32, _ = fa.flash_attention(qkv, 2, tf32=True)
+    y_fp32, _ = fa.flash_attention(qkv, 2, tf32=False)
+    monkeypatch.setenv("MINISFT_FUSED", "1")
+    monkeypatch.setenv("CUPY_TF32", "1")
+    y_env, c = attention_forward(qkv, 2)
+    g_env = attention_backward(dy, c)["x"]
+    assert bool((y_env == y_tf32).all()) and not bool((y_env == y_fp32).all())
+    assert bool((g_env == fa.flash_attention_backward(dy, qkv, y_tf32, c.lse, 2, tf32=True)).all())
+    assert fa.variant(cp.dtype(cp.float64)) == "f64"
+    monkeypatch.setenv("CUPY_TF32", "0")
+    assert bool((attention_forward(qkv, 2)[0] == y_fp32).all())
+    monkeypatch.setenv("CUPY_TF32", "yes")
+    with pytest.raises(ValueError, match="CUPY_TF32"):
+        attention_forward(qkv, 2)
+
+
 @pytest.mark.parametrize("hd", [8, 20])
 def test_attention_unsupported_head_dim_takes_plain_path(hd):
     """Head dims the tiles do not take (not a multiple of 16) fall back to the plain body on the GPU."""

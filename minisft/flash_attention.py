@@ -39,7 +39,8 @@ in mma accumulator fragments. P and dS never leave registers: an accumulator fra
 2t, 2t + 1 of each group of 8 (t = lane % 4), which is an mma A fragment once the 8 keys of the group
 are renumbered (2t -> t, 2t + 1 -> t + 4); the B operand (v, dy, q or k rows) is read in the same
 order, and a sum over keys does not depend on how they are numbered. The two-kernel backward and the
-fixed summation order stay, so TF32 mode is bit-reproducible too. Error bound: proofs/tf32_attention.md.
+fixed summation order stay, so TF32 mode is bit-reproducible too. With rows padded to hd + 4, the 32
+lanes' fragment loads (rows g, columns t) fall in 32 distinct banks. Error bound: proofs/tf32_attention.md.
 """
 
 import functools
@@ -399,11 +400,14 @@ __device__ void store_frag_rows(float* out, long long stride, int row0, int n_ro
 // The kernels below follow flash_forward, flash_backward_dkdv and flash_backward_dq above line by line;
 // only the thread layout (fragments) and the products differ. Fragment entry [n][2h + e] of a
 // (16, BT) score block is row WARP_ROW + g + 8h, column 8n + 2t + e.
+#define TF32_SETUP typedef float T; BLOCK_POINTERS int g = LANE_G, t = LANE_T;
+#define TF32_BACKWARD_KERNEL(name)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                       \
+    name(const float* __restrict__ qkv, const float* __restrict__ dy, const float* __restrict__ lse,           \
+         const float* __restrict__ delta, float* __restrict__ dqkv, int Tn, int H, float scale)
 extern "C" __global__ void __launch_bounds__(128)
 flash_forward_tf32(const float* __restrict__ qkv, float* __restrict__ y, float* __restrict__ lse, int Tn, int H, float scale) {
-    typedef float T;
-    BLOCK_POINTERS
-    int g = LANE_G, t = LANE_T;
+    TF32_SETUP
     float *sQ = smem, *sK = sQ + BT * LD, *sV = sK + BT * LD;
     int i0 = ((Tn - 1) / BT - blockIdx.y) * BT;
     load_tile(sQ, q, s3, i0, Tn, RoundTF32());
@@ -450,12 +454,8 @@ flash_forward_tf32(const float* __restrict__ qkv, float* __restrict__ y, float* 
 }
 
 // dk, dv of key tile j0 (fragment rows = keys, columns = queries):  Sᵀ = k qᵀ,  dPᵀ = v dyᵀ,  dSᵀ = Pᵀ ∘ (dPᵀ − δ)
-extern "C" __global__ void __launch_bounds__(128)
-flash_backward_dkdv_tf32(const float* __restrict__ qkv, const float* __restrict__ dy, const float* __restrict__ lse,
-                         const float* __restrict__ delta, float* __restrict__ dqkv, int Tn, int H, float scale) {
-    typedef float T;
-    BLOCK_POINTERS
-    int g = LANE_G, t = LANE_T;
+TF32_BACKWARD_KERNEL(flash_backward_dkdv_tf32) {
+    TF32_SETUP
     float *sK = smem, *sV = sK + BT * LD, *sQ = sV + BT * LD, *sdY = sQ + BT * LD, *sL = sdY + BT * LD, *sD = sL + BT;
     const float* dyb = dy + (long long)b * Tn * C + h * HD;
     int j0 = blockIdx.y * BT;
@@ -492,12 +492,8 @@ flash_backward_dkdv_tf32(const float* __restrict__ qkv, const float* __restrict_
 }
 
 // dq of query tile i0:  S = q kᵀ,  dP = dy vᵀ,  dS = P ∘ (dP − δ),  dq = dS k.
-extern "C" __global__ void __launch_bounds__(128)
-flash_backward_dq_tf32(const float* __restrict__ qkv, const float* __restrict__ dy, const float* __restrict__ lse,
-                       const float* __restrict__ delta, float* __restrict__ dqkv, int Tn, int H, float scale) {
-    typedef float T;
-    BLOCK_POINTERS
-    int g = LANE_G, t = LANE_T;
+TF32_BACKWARD_KERNEL(flash_backward_dq_tf32) {
+    TF32_SETUP
     float *sQ = smem, *sdY = sQ + BT * LD, *sK = sdY + BT * LD, *sV = sK + BT * LD;
     int i0 = ((Tn - 1) / BT - blockIdx.y) * BT;
     load_tile(sQ, q, s3, i0, Tn, RoundTF32());

@@ -1,0 +1,144 @@
+"""The "nccl" backend: CuPy arrays reduced by NCCL (`cupy.cuda.nccl.NcclCommunicator`), one process per GPU.
+
+Each process uses GPU LOCAL_RANK (made current here, before NCCL starts: create the model after the
+communicator). Rank 0 creates NCCL's unique id and the others receive it by MPI (`mpirun`: one
+`Bcast` of its 128 bytes) or by the TCP rendezvous at MASTER_ADDR:MASTER_PORT (torchrun-style
+variables, `minisft launch`; minisft.distributed.rendezvous). NVLink multicast (NVLS) is switched
+off unless the environment already says otherwise: NCCL_NVLS_ENABLE=0 is set before NCCL starts.
+
+Collectives are queued on CuPy's current stream (all-reduce and broadcast in place, the bucket copies
+of `allreduce_sum_bucketed` on the same stream, so one bucket buffer serves every bucket) and each
+public call ends by waiting for that stream, under the watchdog.
+
+Failure handling (what is guaranteed), for a job of more than one rank: a collective, or NCCL's
+start-up, still running `timeout` seconds after it began makes the watchdog print which rank gave up
+in which call, call ncclCommAbort (which ends this rank's NCCL kernels), and end the process with
+exit code 124; under mpirun it calls MPI_Abort as well. An uncaught exception, or a failure inside
+`abort_on_failure()`, aborts the same way at once. The launcher (mpirun, minisft launch, torchrun)
+then ends the other ranks when one exits non-zero.
+"""
+
+import os
+
+import numpy as np
+
+from .communicator import Communicator, DistributedError
+from .rendezvous import rendezvous
+from .watchdog import Watchdog
+
+UNIQUE_ID_BYTES = 128
+
+
+def import_nccl():
+    """(cupy, cupy.cuda.nccl), or a DistributedError naming what is missing."""
+    try:
+        import cupy
+        from cupy.cuda import nccl
+    except ImportError as e:
+        raise DistributedError(f"the NCCL backend needs CuPy built with NCCL ({e}): expected "
+                               "`pip install 'minisft[gpu]'` on a machine with NVIDIA GPUs") from None
+    if not getattr(nccl, "available", False):
+        raise DistributedError("cupy.cuda.nccl is not available: expected a CuPy build that loads NCCL")
+    return cupy, nccl
+
+
+class NCCLCommunicator(Communicator):
+    backend = "nccl"
+
+    def __init__(self, placement, bootstrap, timeout):
+        cupy, nccl = import_nccl()
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # read by NCCL at communicator creation
+        self.cupy, self.nccl = cupy, nccl
+        self.types = {np.dtype(k): getattr(nccl, v) for k, v in (
+            ("float16", "NCCL_FLOAT16"), ("float32", "NCCL_FLOAT32"), ("float64", "NCCL_FLOAT64"),
+            ("int32", "NCCL_INT32"), ("int64", "NCCL_INT64"), ("uint8", "NCCL_UINT8"))}
+        self.MPI, self.nccl_comm = None, None
+        rank, size, local_rank = placement.rank, placement.world_size, placement.local_rank or 0
+        if bootstrap == "mpi":
+            from .mpi import import_mpi, local_rank_of
+
+            self.MPI = import_mpi()
+            world = self.MPI.COMM_WORLD
+            rank, size, local_rank = world.Get_rank(), world.Get_size(), local_rank_of(world, self.MPI)
+        devices = cupy.cuda.runtime.getDeviceCount()
+        if local_rank >= devices:
+            raise DistributedError(f"LOCAL_RANK={local_rank}: expected a GPU index below the {devices} GPUs this "
+                                   "process sees (one process per GPU; check CUDA_VISIBLE_DEVICES and --nproc)")
+        cupy.cuda.Device(local_rank).use()
+        super().__init__(rank, size, local_rank, cupy, Watchdog(timeout, self._timed_out) if size > 1 else None)
+        with self._watch("NCCL start-up (unique id exchange, ncclCommInitRank)"):
+            uid = self._unique_id(bootstrap, placement, timeout)
+            self.nccl_comm = nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
+        if size > 1:
+            self._abort_on_uncaught()
+
+    def _unique_id(self, bootstrap, placement, timeout):
+        """NCCL's unique id as bytes, created on rank 0 and the same on every rank."""
+        mine = np.array(self.nccl.get_unique_id(), dtype=np.int8).tobytes() if self.rank == 0 else bytes(UNIQUE_ID_BYTES)
+        if bootstrap == "mpi":
+            buf = np.frombuffer(mine, dtype=np.uint8).copy()
+            self.MPI.COMM_WORLD.Bcast([buf, self.MPI.BYTE], root=0)
+            return buf.tobytes()
+        if bootstrap == "tcp":
+            return rendezvous(self.rank, self.world_size, placement.master_addr, placement.master_port, mine, timeout)
+        return mine  # "local": a single rank
+
+    def _stream(self):
+        return self.cupy.cuda.get_current_stream().ptr
+
+    def _type(self, a):
+        return self.types[np.dtype(a.dtype)]
+
+    def _allreduce_one(self, a):
+        self.nccl_comm.allReduce(a.data.ptr, a.data.ptr, a.size, self._type(a), self.nccl.NCCL_SUM, self._stream())
+
+    def _broadcast_one(self, a, root):
+        self.nccl_comm.bcast(a.data.ptr, a.size, self._type(a), root, self._stream())
+
+    def _wait(self):
+        self.cupy.cuda.get_current_stream().synchronize()
+
+    def _allgather_bytes(self, data):
+        cp, n = self.cupy, self.world_size
+        counts = cp.empty(n, dtype=cp.int64)
+        self.nccl_comm.allGather(cp.asarray([len(data)], dtype=cp.int64).data.ptr, counts.data.ptr, 1,
+                                 self.nccl.NCCL_INT64, self._stream())
+        counts = counts.get()
+        width = max(1, int(counts.max()))
+        send = cp.zeros(width, dtype=cp.uint8)
+        send[: len(data)] = cp.asarray(np.frombuffer(data, dtype=np.uint8))
+        recv = cp.empty(n * width, dtype=cp.uint8)
+        self.nccl_comm.allGather(send.data.ptr, recv.data.ptr, width, self.nccl.NCCL_UINT8, self._stream())
+        host = recv.get()
+        return [host[r * width : r * width + int(c)].tobytes() for r, c in enumerate(counts)]
+
+    def _bcast_bytes(self, data, root):
+        cp = self.cupy
+        n = cp.asarray([len(data)], dtype=cp.int64)
+        self._broadcast_one(n, root)
+        size = int(n.get()[0])
+        buf = cp.asarray(np.frombuffer(data, dtype=np.uint8)) if self.rank == root else cp.empty(size, dtype=cp.uint8)
+        if size:
+            self._broadcast_one(buf, root)
+        return buf.get().tobytes()
+
+    def barrier(self):
+        if self.world_size > 1:
+            with self._watch("barrier"):
+                self._allreduce_one(self.cupy.zeros(1, dtype=self.cupy.int32))
+                self._wait()
+
+    def _abort(self, code):
+        if self.nccl_comm is not None:
+            self.nccl_comm.abort()  # ncclCommAbort: this rank's pending NCCL kernels end
+        if self.MPI is not None:
+            from .mpi import mpi_abort
+
+            mpi_abort(self.MPI, code)
+        os._exit(code)
+
+    def close(self):
+        if self.nccl_comm is not None:
+            self.nccl_comm.destroy()
+            self.nccl_comm = None
+        super().close()

@@ -25,6 +25,7 @@ pickle): tuples come back as lists, dict keys as strings, NumPy scalars as Pytho
 inside an object is refused (arrays go through the array collectives).
 """
 
+import importlib
 import json
 import os
 import sys
@@ -281,3 +282,10 @@ def _plain(obj):
 def _decode(data):
     return json.loads(data.decode("utf-8"))
 
+
+def require_module(name, needed_by, install):
+    """importlib.import_module(name), or a DistributedError saying what needs it and how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise DistributedError(f"{needed_by} needs {name} ({e}): expected {install}") from None

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .communicator import Communicator, DistributedError
+from .communicator import Communicator, DistributedError, require_module
 from .watchdog import Watchdog
 
 ABORT_DRAIN_SECONDS = 0.25
@@ -33,12 +33,7 @@ ABORT_DRAIN_SECONDS = 0.25
 
 def import_mpi():
     """mpi4py's MPI module (initialises MPI), or a DistributedError saying how to install it."""
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise DistributedError(f"the MPI backend needs mpi4py and an MPI library ({e}): expected "
-                               "`pip install 'minisft[mpi]'` (mpi4py and MPICH from PyPI)") from None
-    return MPI
+    return require_module("mpi4py.MPI", "the MPI backend", "`pip install 'minisft[mpi]'` (mpi4py and MPICH from PyPI)")
 
 
 def mpi_abort(MPI, code):
@@ -51,11 +46,19 @@ def mpi_abort(MPI, code):
     os._exit(code)
 
 
-def local_rank_of(comm, MPI):
-    """This process's rank among the ranks on its host (shared-memory split of `comm`)."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+def mpi_world(placement):
+    """(MPI, rank, size, local rank) of COMM_WORLD, checked against what the launcher's variables said;
+    the local rank is this process's rank among those on its host (a shared-memory split)."""
+    MPI = import_mpi()
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    if placement.world_size is not None and (placement.rank, placement.world_size) != (rank, size):
+        raise DistributedError(f"the launcher's environment says rank {placement.rank} of {placement.world_size}, "
+                               f"MPI says rank {rank} of {size}: expected the same (is mpi4py built against "
+                               "the MPI whose mpiexec started this process?)")
+    local = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     try:
-        return local.Get_rank()
+        return MPI, rank, size, local.Get_rank()
     finally:
         local.Free()
 
@@ -64,15 +67,9 @@ class MPICommunicator(Communicator):
     backend = "mpi"
 
     def __init__(self, placement, timeout):
-        MPI = import_mpi()
-        self.MPI, self.comm = MPI, MPI.COMM_WORLD
-        rank, size = self.comm.Get_rank(), self.comm.Get_size()
-        if placement.world_size is not None and (placement.rank, placement.world_size) != (rank, size):
-            raise DistributedError(f"the launcher's environment says rank {placement.rank} of {placement.world_size}, "
-                                   f"MPI says rank {rank} of {size}: expected the same (is mpi4py built against "
-                                   "the MPI whose mpiexec started this process?)")
-        watchdog = Watchdog(timeout, self._timed_out) if size > 1 else None
-        super().__init__(rank, size, local_rank_of(self.comm, MPI), np, watchdog)
+        self.MPI, rank, size, local_rank = mpi_world(placement)
+        self.comm = self.MPI.COMM_WORLD
+        super().__init__(rank, size, local_rank, np, Watchdog(timeout, self._timed_out) if size > 1 else None)
         if size > 1:
             self._abort_on_uncaught()
 

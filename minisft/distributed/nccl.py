@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .communicator import Communicator, DistributedError
+from .communicator import Communicator, DistributedError, require_module
 from .rendezvous import rendezvous
 from .watchdog import Watchdog
 
@@ -31,14 +31,11 @@ UNIQUE_ID_BYTES = 128
 
 def import_nccl():
     """(cupy, cupy.cuda.nccl), or a DistributedError naming what is missing."""
-    try:
-        import cupy
-        from cupy.cuda import nccl
-    except ImportError as e:
-        raise DistributedError(f"the NCCL backend needs CuPy built with NCCL ({e}): expected "
-                               "`pip install 'minisft[gpu]'` on a machine with NVIDIA GPUs") from None
+    install = "`pip install 'minisft[gpu]'` (a CuPy build that loads NCCL) on a machine with NVIDIA GPUs"
+    cupy = require_module("cupy", "the NCCL backend", install)
+    nccl = require_module("cupy.cuda.nccl", "the NCCL backend", install)
     if not getattr(nccl, "available", False):
-        raise DistributedError("cupy.cuda.nccl is not available: expected a CuPy build that loads NCCL")
+        raise DistributedError(f"cupy.cuda.nccl is not available: expected {install}")
     return cupy, nccl
 
 
@@ -55,33 +52,26 @@ class NCCLCommunicator(Communicator):
         self.MPI, self.nccl_comm = None, None
         rank, size, local_rank = placement.rank, placement.world_size, placement.local_rank or 0
         if bootstrap == "mpi":
-            from .mpi import import_mpi, local_rank_of
+            from .mpi import mpi_world
 
-            self.MPI = import_mpi()
-            world = self.MPI.COMM_WORLD
-            rank, size, local_rank = world.Get_rank(), world.Get_size(), local_rank_of(world, self.MPI)
+            self.MPI, rank, size, local_rank = mpi_world(placement)
         devices = cupy.cuda.runtime.getDeviceCount()
         if local_rank >= devices:
             raise DistributedError(f"LOCAL_RANK={local_rank}: expected a GPU index below the {devices} GPUs this "
                                    "process sees (one process per GPU; check CUDA_VISIBLE_DEVICES and --nproc)")
         cupy.cuda.Device(local_rank).use()
         super().__init__(rank, size, local_rank, cupy, Watchdog(timeout, self._timed_out) if size > 1 else None)
-        with self._watch("NCCL start-up (unique id exchange, ncclCommInitRank)"):
-            uid = self._unique_id(bootstrap, placement, timeout)
+        uid = np.array(nccl.get_unique_id(), dtype=np.int8).tobytes() if rank == 0 else bytes(UNIQUE_ID_BYTES)
+        if bootstrap == "tcp":  # bounded by its own timeout, with an error naming the missing ranks
+            uid = rendezvous(rank, size, placement.master_addr, placement.master_port, uid, timeout)
+        with self._watch("NCCL start-up (unique id, ncclCommInitRank)"):
+            if bootstrap == "mpi":
+                buf = np.frombuffer(uid, dtype=np.uint8).copy()
+                self.MPI.COMM_WORLD.Bcast([buf, self.MPI.BYTE], root=0)
+                uid = buf.tobytes()
             self.nccl_comm = nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
         if size > 1:
             self._abort_on_uncaught()
-
-    def _unique_id(self, bootstrap, placement, timeout):
-        """NCCL's unique id as bytes, created on rank 0 and the same on every rank."""
-        mine = np.array(self.nccl.get_unique_id(), dtype=np.int8).tobytes() if self.rank == 0 else bytes(UNIQUE_ID_BYTES)
-        if bootstrap == "mpi":
-            buf = np.frombuffer(mine, dtype=np.uint8).copy()
-            self.MPI.COMM_WORLD.Bcast([buf, self.MPI.BYTE], root=0)
-            return buf.tobytes()
-        if bootstrap == "tcp":
-            return rendezvous(self.rank, self.world_size, placement.master_addr, placement.master_port, mine, timeout)
-        return mine  # "local": a single rank
 
     def _stream(self):
         return self.cupy.cuda.get_current_stream().ptr

@@ -8,7 +8,8 @@ A case is one JSON line: {"op": "allreduce" | "bucketed" | "broadcast", "specs":
 "seed", "bucket_bytes", "root", "container": "list" | "dict"}. Every rank builds its own tensors with
 `rank_tensors` (dyadic values, so sums over ranks are exact in any order), runs the op, and rank 0
 answers one line "RESULT {json}": rank 0's arrays after the op (JSON floats round-trip exactly), the
-sha256 of every rank's arrays after the op, and the ReduceReport of a bucketed all-reduce. The test
+sha256 of every rank's arrays after the op, the ReduceReport of a bucketed all-reduce, and every
+rank's [backend, rank, world size, local rank]. The test
 compares them with sums it computes itself.
 """
 
@@ -61,7 +62,9 @@ def run_case(comm, case):
     else:
         comm.broadcast(container, root=case["root"])
     digests = comm.allgather_object(digest(arrays))
-    return {"values": [a.ravel().tolist() for a in arrays], "digests": digests, "report": report}
+    placement = comm.allgather_object([comm.backend, comm.rank, comm.world_size, comm.local_rank])
+    return {"values": [a.ravel().tolist() for a in arrays], "digests": digests, "report": report,
+            "placement": placement}
 
 
 def _wait_idle(comm):
@@ -72,7 +75,7 @@ def _wait_idle(comm):
 
 
 def serve():
-    comm = from_environment(backend="mpi", timeout=60)
+    comm = from_environment(timeout=60)  # "auto": mpiexec's variables must select MPI
     while True:
         line = sys.stdin.readline() if comm.rank == 0 else None
         _wait_idle(comm)

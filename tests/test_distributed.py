@@ -228,6 +228,16 @@ def test_choose_backend():
         choose_backend(alone, "torch")
 
 
+def test_from_environment_explains_a_backend_it_cannot_start():
+    with pytest.raises(DistributedError, match="backend='mpi': expected a process started by an MPI launcher"):
+        from_environment(backend="mpi", environ={})
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(DistributedError, match="the NCCL backend needs cupy"):
+            from_environment(backend="nccl", device="cupy", environ={})
+
+
 def test_resolve_timeout():
     assert resolve_timeout(None, {}) == 300.0
     assert resolve_timeout(None, {"MINISFT_DIST_TIMEOUT": "2.5"}) == 2.5
@@ -239,16 +249,16 @@ def test_resolve_timeout():
 
 def test_watchdog_fires_only_for_a_collective_past_its_deadline():
     fired = []
-    dog = Watchdog(0.3, lambda op, t: fired.append((op, t)))
+    dog = Watchdog(0.5, lambda op, t: fired.append((op, t)))
     with dog.watch("quick"):
-        time.sleep(0.05)
-    time.sleep(0.4)  # nothing in flight: nothing fires
+        pass
+    time.sleep(0.8)  # longer than the timeout, but nothing is in flight: nothing fires
     assert fired == []
     t0 = time.monotonic()
     with dog.watch("stuck"):
-        while not fired and time.monotonic() - t0 < 5:
+        while not fired and time.monotonic() - t0 < 10:
             time.sleep(0.01)
-    assert fired == [("stuck", 0.3)] and time.monotonic() - t0 < 2
+    assert fired == [("stuck", 0.5)] and 0.5 <= time.monotonic() - t0 < 5
     dog.close()
 
 
@@ -434,6 +444,7 @@ def _check(server, op, specs, seed, bucket_bytes=DEFAULT_BUCKET_BYTES, root=0, c
         diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
         assert np.array_equal(got, want), f"{op}: tensor {i} {want.shape} on rank 0 differs, max diff {diff}"
     assert result["digests"] == [digest(expected)] * WORLD, f"{op}: some rank's arrays differ from the serial result"
+    assert result["placement"] == [["mpi", r, WORLD, r] for r in range(WORLD)]  # one host: local rank = rank
     return result
 
 

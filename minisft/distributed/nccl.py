@@ -19,6 +19,7 @@ then ends the other ranks when one exits non-zero.
 """
 
 import os
+import threading
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .rendezvous import rendezvous
 from .watchdog import Watchdog
 
 UNIQUE_ID_BYTES = 128
+ABORT_GRACE_SECONDS = 10.0
 
 
 def import_nccl():
@@ -96,7 +98,7 @@ class NCCLCommunicator(Communicator):
         counts = counts.get()
         width = max(1, int(counts.max()))
         send = cp.zeros(width, dtype=cp.uint8)
-        send[: len(data)] = cp.asarray(np.frombuffer(data, dtype=np.uint8))
+        send[: len(data)] = cp.asarray(np.frombuffer(data, dtype=np.uint8).copy())
         recv = cp.empty(n * width, dtype=cp.uint8)
         self.nccl_comm.allGather(send.data.ptr, recv.data.ptr, width, self.nccl.NCCL_UINT8, self._stream())
         host = recv.get()
@@ -107,7 +109,7 @@ class NCCLCommunicator(Communicator):
         n = cp.asarray([len(data)], dtype=cp.int64)
         self._broadcast_one(n, root)
         size = int(n.get()[0])
-        buf = cp.asarray(np.frombuffer(data, dtype=np.uint8)) if self.rank == root else cp.empty(size, dtype=cp.uint8)
+        buf = cp.asarray(np.frombuffer(data, dtype=np.uint8).copy()) if self.rank == root else cp.empty(size, dtype=cp.uint8)
         if size:
             self._broadcast_one(buf, root)
         return buf.get().tobytes()
@@ -119,6 +121,7 @@ class NCCLCommunicator(Communicator):
                 self._wait()
 
     def _abort(self, code):
+        threading.Timer(ABORT_GRACE_SECONDS, os._exit, (code,)).start()  # should ncclCommAbort itself block
         if self.nccl_comm is not None:
             self.nccl_comm.abort()  # ncclCommAbort: this rank's pending NCCL kernels end
         if self.MPI is not None:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("errors",),
     ("backend", "config", "fileio"),
+    ("distributed",),
     ("kernels", "flash_attention", "memory"),
     ("nn",),
     ("model", "checkpoint", "interop", "corpus", "tokenizer", "batches"),
@@ -37,7 +38,7 @@ LAYERS = [
     ("methods.spruft", "methods.adapeft", "methods.loradrop", "methods.gmt", "methods.mgpp"),
     ("methods",),
     ("experiment",),
-    ("adapeft_front", "report", "bench"),
+    ("adapeft_front", "report", "bench", "launch"),
     ("cli",),
     ("minisft",),
 ]

@@ -8,27 +8,21 @@ Derivations: proofs/gmt_mask.md.
 import math
 from decimal import Decimal
 
-import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import minisft.testing as mt
 from minisft.backend import to_numpy
 from minisft.methods.gmt.masks import global_gradient_masks, gradient_mask, gradient_masks
 from minisft.select import RADIX_BITS
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-WIDE = st.floats(allow_nan=False, allow_infinity=True, width=64)
-# few distinct magnitudes (signed zeros, a subnormal, inf): many ties
-TIED = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 5e-324, np.inf])
-SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6)
-RATIOS = st.floats(0.0, 1.0, exclude_max=True)
-
-
-def arrays(elements=st.one_of(WIDE, TIED), dtype=np.float64):
-    return hnp.arrays(dtype, SHAPES, elements=elements)
+TIED = mt.tied_floats()  # few distinct magnitudes (signed zeros, a subnormal, inf): many ties
+RATIOS = mt.ratios()
+arrays = mt.float_arrays  # 0-3 dimensions, sides 0-6; elements: wide floats and TIED
 
 
 def floor_count(ratio, n):

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import minisft.testing as mt
 from minisft.backend import to_numpy
 from minisft.errors import NonFiniteLossError
 from minisft.methods.spruft.budget import rows_for_ratio
@@ -37,16 +38,12 @@ from minisft.methods.spruft.importance import (
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 F64 = st.floats(-8.0, 8.0, allow_nan=False, width=64)
-SIDE = st.integers(1, 6)
-seeds = st.integers(0, 2**32 - 1)
+SIDE = mt.sides(6)
+seeds = mt.seeds()
 RTOL = 1e-12  # float64 sums of at most a few hundred terms: error << 1e-12 of the absolute sum
 
 
-@st.composite
-def same_shape(draw, n, elements=F64):
-    """n float64 matrices of one shape (d_out, d_in)."""
-    shape = (draw(SIDE), draw(SIDE))
-    return tuple(draw(hnp.arrays(np.float64, shape, elements=elements)) for _ in range(n))
+same_shape = mt.same_shape  # n float64 matrices of one shape (d_out, d_in), elements in [-8, 8]
 
 
 def assert_close(actual, expected, scale, label):

@@ -14,29 +14,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import minisft.testing as mt
 from minisft.backend import to_numpy
 from minisft.methods.adapeft import knapsack
 
 
 METHODS = ["dp", "branch_and_bound", "auto"]
 
-# Values that make float sums round or absorb (2**-53 + 1.0 == 1.0), subnormals, and zeros.
-TRICKY = [0.0, 1.0, 3.0, 0.1, 0.2, 0.3, 2.0**-53, 1e-16, 1.0 + 2.0**-52, 1e-300, 5e-324]
-SMALL_INTEGER = st.integers(0, 4).map(float)
-VALUE = st.one_of(
-    st.floats(0, 10, allow_nan=False, allow_infinity=False), SMALL_INTEGER, st.sampled_from(TRICKY)
-)
-
-
-@st.composite
-def instances(draw, max_n=12, max_weight=12, value=VALUE):
-    """(values (n,), weights (n,), capacity) with capacity from 0 to just over the total weight."""
-    n = draw(st.integers(0, max_n))
-    values = np.array(draw(st.lists(value, min_size=n, max_size=n)), dtype=np.float64)
-    weights = draw(st.lists(st.integers(1, max_weight), min_size=n, max_size=n))
-    weights = np.array(weights, dtype=np.int64)
-    capacity = draw(st.integers(0, int(weights.sum()) + 2))
-    return values, weights, capacity
+SMALL_INTEGER = mt.knapsack_values(small_integers=True)
+instances = mt.knapsack_instances  # (values, weights, capacity); values float-tricky (mt.KNAPSACK_TRICKY)
 
 
 def all_subsets(n):

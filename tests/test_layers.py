@@ -29,7 +29,7 @@ LAYERS = [
     ("distributed",),
     ("kernels", "flash_attention", "memory"),
     ("nn",),
-    ("model", "checkpoint", "interop", "corpus", "tokenizer", "batches"),
+    ("model", "checkpoint", "interop", "corpus", "tokenizer", "batches", "testing"),
     ("adapters",),
     ("optim",),
     ("select", "budgets"),

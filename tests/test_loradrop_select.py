@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import minisft.testing as mt
 from minisft.backend import to_numpy
 from minisft.methods.loradrop.selection import layer_output_sq_norm, normalize_importance, select_layers
 
@@ -16,13 +17,13 @@ fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture
 EPS = np.finfo(np.float64).eps
 TINY = np.finfo(np.float64).smallest_subnormal
 
-INT_IMPORTANCE = st.lists(st.integers(0, 20), min_size=1, max_size=24).filter(any)
+INT_IMPORTANCE = mt.integer_importances()
 FLOAT_IMPORTANCE = hnp.arrays(
     np.float64,
     st.integers(1, 24),
     elements=st.one_of(st.floats(0, 1e6), st.just(0.0), st.floats(1e-300, 1e-250)),
 ).filter(lambda g: bool((g > 0).any()))
-PERCENT = st.integers(1, 100)  # threshold T = percent / 100
+PERCENT = mt.percent_thresholds()  # threshold T = percent / 100
 
 
 def integer_oracle(g, percent):

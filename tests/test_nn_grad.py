@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import minisft.testing as mt
 from minisft.backend import to_numpy
 from minisft.nn import (
     attention_backward,
@@ -24,8 +25,8 @@ from minisft.nn import (
 )
 from tests.gradcheck import assert_directional, max_rel_diff
 
-seeds = st.integers(0, 2**32 - 1)
-small = st.integers(1, 5)
+seeds = mt.seeds()
+small = mt.sides(5)
 
 
 def projected(forward, name, inputs, proj):

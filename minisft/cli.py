@@ -50,6 +50,8 @@ def parser():
     ft.add_argument("--label", help="run name (default: the method name)")
     ft.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     ft.add_argument("--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps")
+    ft.add_argument("--init", metavar="DIR", help="start from a local HF GPT-2 folder (config.json + model.safetensors; "
+                    "its tokenizer.json if present) instead of the pretrained base")
     cmp_ = sub.add_parser("compare", help="the main job: every method on the same base, one table")
     _common(cmp_)
     cmp_.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods")
@@ -63,6 +65,8 @@ def parser():
     af.add_argument("--every", type=int, default=4)
     af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
     sub.add_parser("methods", help="list the methods and their options")
+    sub.add_parser("vectors", help="write the golden-vector suite to check another implementation against "
+                                   "(minisft.testing reads it)").add_argument("--out", required=True, metavar="DIR")
     sub.add_parser("bench", help="time a training step against PyTorch: runs `python -m reference_models.bench` "
                                  "from a source checkout (its root is the current directory) with the test extra "
                                  "installed; `minisft bench --help` lists its options", add_help=False)
@@ -120,6 +124,9 @@ def _run(args):
         for name in sorted(REGISTRY):
             print(f"{name}: {method_options(name)}")
         return 0
+    if args.command == "vectors":
+        from .vectors import write_suite_command
+        return write_suite_command(args.out)
     preset = ex.get_preset(args.preset, args.steps)
     progress = False if args.quiet else None
     workdir = Path(args.workdir)
@@ -149,7 +156,8 @@ def _run(args):
         method = ex.build_method(args.method, parse_options(args.set), preset)
         label = args.label or args.method
         _, r = ex.finetune(preset, workdir, data, method, label, args.backend, args.dtype, args.seed,
-                           resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every, lr=args.lr)
+                           resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every, lr=args.lr,
+                           init=args.init)
         print(format_table([r], {label: r["ms_per_step"]}, base=r["base"]))
         print(f"\nrun written to {workdir / 'runs' / label}")
         return 0

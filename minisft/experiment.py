@@ -11,6 +11,12 @@ Layout of a workdir:
     pretrain/<key>.safetensors   the pretrained base of a preset (reused by later commands)
     runs/<method-label>/     log.jsonl, checkpoint.safetensors, result.json of each fine-tuning run
     compare.json, compare-timings.json, compare.png
+
+`finetune(..., init=DIR)` (`minisft finetune --init DIR`) starts from a local HF GPT-2 folder
+instead of the pretrained base (`init_model`): its config and weights (minisft.interop.load_hf_gpt2,
+safetensors only, nothing downloaded); its tokenizer.json when the folder has one, else minisft's
+byte-level BPE trained on the same corpora with the model's vocabulary size (cached like any other;
+at least 257 entries). Training windows are the preset's block size, or the model's positions if fewer.
 """
 
 import hashlib
@@ -27,10 +33,11 @@ from .config import GPTConfig
 from .corpus import load_corpus
 from .errors import bad_value
 from .fileio import atomic_write_json, ensure_writable_dir
+from .interop import load_hf_gpt2
 from .methods import FullFineTune, make_method, method_options
 from .methods.spruft import rows_matching_lora
 from .model import GPT
-from .tokenizer import build_tokenizer
+from .tokenizer import N_BYTES, BPETokenizer, build_tokenizer
 from .train import Task, TrainConfig, evaluate, train
 
 
@@ -75,6 +82,7 @@ class Data:
     config: GPTConfig  # the preset's model with vocab_size set to the tokenizer's actual size
     code: tuple  # (train stream, val stream)
     target: tuple
+    corpora: tuple = None  # (code corpus, target corpus): to tokenize them again for an --init model
 
 
 def build_data(preset, workdir, data=None):
@@ -83,7 +91,7 @@ def build_data(preset, workdir, data=None):
     target = load_corpus("docs" if not data else data, max_chars=preset.max_chars)
     tok = build_tokenizer([code, target], vocab_size=preset.model.vocab_size, cache_dir=Path(workdir) / "cache")
     cfg = replace(preset.model, vocab_size=tok.vocab_size)
-    data = Data(tok, cfg, corpus_streams(code, tok), corpus_streams(target, tok))
+    data = Data(tok, cfg, corpus_streams(code, tok), corpus_streams(target, tok), (code, target))
     for train_stream, val_stream in (data.code, data.target):  # fail now, not after pretraining
         random_windows(train_stream, 1, preset.model.block_size, np.random.default_rng(0))
         validation_batches(val_stream, preset.batch_size, preset.model.block_size, 1)
@@ -139,10 +147,36 @@ def method_lr(preset, method):
     return preset.finetune_lr if method.trains_base else preset.peft_lr
 
 
+def init_model(folder, workdir, data, backend="auto", dtype="float32"):
+    """(model, data) of a local HF GPT-2 folder (module docstring): the model with the folder's
+    config and weights, and `data`'s corpora tokenized with the folder's tokenizer.json, or with
+    minisft's BPE of the model's vocabulary size."""
+    config, state_dict = load_hf_gpt2(folder)
+    path = Path(folder) / "tokenizer.json"
+    if path.is_file():
+        tok = BPETokenizer.from_file(path)
+    elif config.vocab_size < N_BYTES + 1:
+        raise bad_value("init vocab_size", config.vocab_size, f"at least {N_BYTES + 1} to train minisft's byte-level "
+                        f"BPE for {folder}, or a tokenizer.json in the folder")
+    else:
+        tok = build_tokenizer(list(data.corpora), vocab_size=config.vocab_size, cache_dir=Path(workdir) / "cache")
+    if tok.vocab_size > config.vocab_size:
+        raise bad_value("init tokenizer vocab_size", tok.vocab_size, f"at most the model's {config.vocab_size} ({path})")
+    code, target = data.corpora
+    data = Data(tok, config, corpus_streams(code, tok), corpus_streams(target, tok), data.corpora)
+    return GPT.from_state_dict(state_dict, config, backend=backend, dtype=dtype), data
+
+
 def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0,
-             resume=False, progress=None, checkpoint_every=0, lr=None):
-    """Fine-tune a fresh copy of the pretrained base on the target domain with `method`."""
-    model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
+             resume=False, progress=None, checkpoint_every=0, lr=None, init=None):
+    """Fine-tune a fresh copy of the pretrained base (or of the HF GPT-2 folder `init`) on the target
+    domain with `method`."""
+    if init is None:
+        model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
+    else:
+        model, data = init_model(init, workdir, data, backend, dtype)
+        block = min(preset.model.block_size, model.config.block_size)
+        preset = replace(preset, model=replace(preset.model, block_size=block))
     task = make_task(data.target[0], data.target[1], data.code[1], preset)
     cfg = TrainConfig(steps=preset.finetune_steps, lr=lr or method_lr(preset, method),
                       eval_every=max(1, preset.finetune_steps // 5), seed=seed,

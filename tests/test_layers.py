@@ -37,7 +37,7 @@ LAYERS = [
     ("methods.base",),
     ("methods.spruft", "methods.adapeft", "methods.loradrop", "methods.gmt", "methods.mgpp"),
     ("methods",),
-    ("experiment",),
+    ("experiment", "vectors"),
     ("adapeft_front", "report", "bench", "launch"),
     ("cli",),
     ("minisft",),

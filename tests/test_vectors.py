@@ -125,16 +125,18 @@ def test_weight_layouts_are_said_per_tensor(suite):
 def test_training_cases_set_every_option_and_move(suite):
     """Each method's case names all of its options (a changed default cannot change it silently)
     and its steps moved the trainable tensors (a comparison that could not fail would be vacuous)."""
-    from minisft.methods import REGISTRY
     import inspect
+
+    from minisft.methods import REGISTRY
 
     for name in mt.list_cases(suite):
         if not name.startswith("train_"):
             continue
         case = mt.load_case(suite, name)
         method = case.settings["method"]
-        options = inspect.signature(REGISTRY[method].__init__).parameters
-        assert set(case.settings["options"]) >= {p for p in options if p not in ("self", "args", "kwargs")}
+        options = inspect.signature(REGISTRY[method].__init__).parameters.values()
+        named = {p.name for p in options if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        assert set(case.settings["options"]) >= named, name
         moved = max(float(np.max(np.abs(case[f"final/{k}"] - case[f"start/{k}"]))) for k in case.settings["trainable"])
         assert moved > 1e-3, name
 

@@ -9,12 +9,12 @@ batch of every step (`batch/x`, `batch/y`) and the trainer's settings. What it m
 loss of every step (`loss`, before that step's update), every trainable tensor after the last
 step (`final/`), and for GMT and MGPP the keep masks in force after each step (`mask/<step>/`).
 
-One step (minisft.train): the mean-loss gradient of the batch; the method's gradient transform
-(GMT's mask, MGPP's prior and pruned entries); global-norm clipping of all trainable gradients to
-grad_clip (torch.nn.utils.clip_grad_norm_, with its 1e-6); AdamW (torch.optim.AdamW's update, lr
-constant, decoupled weight decay, β = 0.9, 0.999, ε = 1e-8, bias correction per tensor); the
-method's after-step hook (MGPP's pruning). The method packages' docstrings say where a method
-orders these differently.
+One step (minisft.train's docstring is the reference): the mean-loss gradient of the batch; the
+method's gradient transforms (GMT's mask; MGPP's prior and pruned entries, on the side of the
+clipping minisft.methods.mgpp says); global-norm clipping of the trainable gradients to grad_clip
+(torch.nn.utils.clip_grad_norm_, with its 1e-6); AdamW (torch.optim.AdamW's update, lr constant,
+decoupled weight decay, β = 0.9, 0.999, ε = 1e-8, bias correction per tensor); the method's
+after-step hook (MGPP's pruning).
 """
 
 import dataclasses
@@ -47,9 +47,10 @@ RUNS = {  # method -> (learning rate, every option)
     "adapeft": (PEFT_LR, {"budget": 200, "groups": "modules", "estimator": "exact", "direction": "adam",
                           "probe_steps": 2, "every": 1, "lora_r": 2, "lora_alpha": 4, "probe_lr": 1e-2, "eta": None}),
     "gmt": (BASE_LR, {"drop_ratio": 0.5, "scope": "tensor", "freeze_masked": False}),
-    # regenerate after the MGPP rewrite (issue 16) sets its new options here explicitly
-    "mgpp": (BASE_LR, {"final_sparsity": 0.5, "lam": 1e-3, "var0": 1e-4, "var1": 0.05, "t_start": 0.25,
-                       "t_end": 0.75, "every": 1, "prior": True, "scope": "global", "n_train": 64,
+    # the option set of the MGPP rewrite (issue 16): used once mgpp.available(), i.e. after it lands
+    "mgpp": (BASE_LR, {"final_sparsity": 0.5, "config": "default", "lam": 1e-3, "var0": 1e-6, "var1": 0.05,
+                       "lam_final": None, "initial_sparsity": 0.3, "t_start": 0.25, "t_end": 0.75, "every": 1,
+                       "mode": "regrow", "count_rule": "exact", "scope": "global", "n_train": 64,
                        "total_steps": STEPS}),
 }
 

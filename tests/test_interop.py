@@ -9,22 +9,21 @@ import os
 import shutil
 from dataclasses import replace
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
+import minisft as ms
+import minisft.experiment as ex
+from minisft.adapters import merge_adapters
+from minisft.cli import main
+from minisft.config import GPTConfig
+from minisft.methods import make_method
+from minisft.train import TrainConfig, train
+from tests.gradcheck import max_rel_diff
+from tests.test_train import MICRO, synthetic_task
 
-import minisft as ms  # noqa: E402
-import minisft.experiment as ex  # noqa: E402
-from minisft.adapters import merge_adapters  # noqa: E402
-from minisft.cli import main  # noqa: E402
-from minisft.config import GPTConfig  # noqa: E402
-from minisft.methods import make_method  # noqa: E402
-from minisft.train import TrainConfig, train  # noqa: E402
-from tests.gradcheck import max_rel_diff  # noqa: E402
-from tests.test_train import MICRO, synthetic_task  # noqa: E402
-
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -17,7 +17,6 @@ from safetensors.numpy import load_file, save_file
 import minisft as ms
 import minisft.testing as mt
 from minisft.cli import main
-from minisft.vectors import write_suite
 
 REPO = Path(__file__).resolve().parents[1]
 KEPT = REPO / "tests" / "data" / "vectors"

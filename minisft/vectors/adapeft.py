@@ -13,7 +13,7 @@ from ..adapters import LoRA
 from ..methods.adapeft import curvature, groups, knapsack
 from ..optim import AdamW
 from .case import CaseWriter
-from .fixtures import CONFIG, add_batches, add_model_tensors, snapshot, fixed_batches, tiny_model
+from .fixtures import CONFIG, add_batches, add_model_tensors, fixed_batches, snapshot, tiny_model
 
 MAP = "minisft/methods/adapeft/__init__.py (the paper's map); proofs/adapeft.md"
 HVP_RTOL = 1e-6

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..interop import CONV1D, PREFIX, to_hf_gpt2
 from .case import PLAIN, WEIGHT_IN_OUT, CaseWriter, float32_case
-from .fixtures import CONFIG, B, T, tiny_gpt2_params, tiny_model
+from .fixtures import B, CONFIG, T, tiny_gpt2_params, tiny_model
 
 
 def _hf(tensors):

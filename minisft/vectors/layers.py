@@ -8,20 +8,7 @@ docstring.
 
 import numpy as np
 
-from ..nn import (
-    attention_backward,
-    attention_forward,
-    cross_entropy_backward,
-    cross_entropy_forward,
-    embedding_backward,
-    embedding_forward,
-    gelu_backward,
-    gelu_forward,
-    layernorm_backward,
-    layernorm_forward,
-    linear_backward,
-    linear_forward,
-)
+from .. import nn
 from .case import PLAIN, WEIGHT_OUT_IN, CaseWriter, float32_case, widened
 
 DTYPES = ("float64", "float32")
@@ -32,8 +19,8 @@ def _linear(rng):
     dy = rng.standard_normal((2, 3, 4))
 
     def run(v):
-        y, cache = linear_forward(v["x"], v["weight"], v["bias"])
-        g = linear_backward(v["dy"], cache)
+        y, cache = nn.linear_forward(v["x"], v["weight"], v["bias"])
+        g = nn.linear_backward(v["dy"], cache)
         return {"y": y, "dx": g["x"], "dweight": g["weight"], "dbias": g["bias"]}
 
     docs = {
@@ -51,8 +38,8 @@ def _attention(rng):
     dy = rng.standard_normal((B, T, H * hd))
 
     def run(v):
-        y, cache = attention_forward(v["qkv"], H)
-        return {"y": y, "dqkv": attention_backward(v["dy"], cache)["x"]}
+        y, cache = nn.attention_forward(v["qkv"], H)
+        return {"y": y, "dqkv": nn.attention_backward(v["dy"], cache)["x"]}
 
     docs = {
         "qkv": ("fused q|k|v, the output of c_attn: last axis [q | k | v], each C = H·hd split into heads "
@@ -70,8 +57,8 @@ def _layernorm(rng):
     dy = rng.standard_normal((2, 3, C))
 
     def run(v):
-        y, cache = layernorm_forward(v["x"], v["weight"], v["bias"])
-        g = layernorm_backward(v["dy"], cache)
+        y, cache = nn.layernorm_forward(v["x"], v["weight"], v["bias"])
+        g = nn.layernorm_backward(v["dy"], cache)
         return {"y": y, "dx": g["x"], "dweight": g["weight"], "dbias": g["bias"]}
 
     docs = {
@@ -89,8 +76,8 @@ def _gelu(rng):
     dy = rng.standard_normal((3, 7))
 
     def run(v):
-        y, cache = gelu_forward(v["x"])
-        return {"y": y, "dx": gelu_backward(v["dy"], cache)["x"]}
+        y, cache = nn.gelu_forward(v["x"])
+        return {"y": y, "dx": nn.gelu_backward(v["dy"], cache)["x"]}
 
     docs = {
         "x": ("input (some large |x| where tanh saturates, exact 0, tiny values)", "(3, 7)"),
@@ -109,8 +96,8 @@ def _embedding(rng):
     dy = rng.standard_normal((B, T, C))
 
     def run(v):
-        x, cache = embedding_forward(v["idx"], v["wte"], v["wpe"])
-        g = embedding_backward(v["dy"], cache)
+        x, cache = nn.embedding_forward(v["idx"], v["wte"], v["wpe"])
+        g = nn.embedding_backward(v["dy"], cache)
         return {"x": x, "dwte": g["wte"], "dwpe": g["wpe"]}
 
     docs = {
@@ -131,8 +118,8 @@ def _cross_entropy(rng):
     inputs = {"logits": logits, "targets": targets}
 
     def run(v):
-        loss, cache = cross_entropy_forward(v["logits"], v["targets"])
-        return {"loss": np.asarray(loss), "dlogits": cross_entropy_backward(1.0, cache)["x"]}
+        loss, cache = nn.cross_entropy_forward(v["logits"], v["targets"])
+        return {"loss": np.asarray(loss), "dlogits": nn.cross_entropy_backward(1.0, cache)["x"]}
 
     docs = {
         "logits": ("logits z", "(B, T, V)"),

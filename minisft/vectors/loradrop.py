@@ -7,10 +7,10 @@ the threshold rule on hand-made importances with ties and exact threshold hits.
 import numpy as np
 
 from ..adapters import LoRA
-from ..model import linear_layer_names
 from ..methods.loradrop import keep_and_share, layer_importance, layer_scores, select_layers
+from ..model import linear_layer_names
 from .case import CaseWriter
-from .fixtures import CONFIG, add_batches, add_model_tensors, snapshot, fixed_batches, tiny_model
+from .fixtures import CONFIG, add_batches, add_model_tensors, fixed_batches, snapshot, tiny_model
 
 MAP = "minisft/methods/loradrop/__init__.py (the paper's §3 map); proofs/loradrop_selection.md, loradrop_method.md"
 R, ALPHA = 2, 4.0

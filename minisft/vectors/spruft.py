@@ -9,10 +9,11 @@ trainer's numpy Generator, which another implementation cannot be asked to repea
 
 import numpy as np
 
-from ..model import LINEAR_SUFFIXES, linear_layer_names
 from ..methods.spruft import importance as imp
+from ..model import LINEAR_SUFFIXES, linear_layer_names
 from .case import WEIGHT_OUT_IN, CaseWriter
-from .fixtures import CONFIG, ReplayTask, add_batches, add_model_tensors, snapshot, explicit_method, fixed_batches, tiny_model
+from .fixtures import (CONFIG, ReplayTask, add_batches, add_model_tensors, explicit_method, fixed_batches, snapshot,
+                       tiny_model)
 
 SCORES = "minisft/methods/spruft/__init__.py (the paper's §3 map); proofs/importance.md"
 

@@ -174,6 +174,17 @@ def test_peft_export_refuses_what_peft_lora_cannot_hold(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_write_peft_lora_validates_its_factors(tmp_path):
+    A, B = np.zeros((2, 16)), np.zeros((48, 2))
+    with pytest.raises(ValueError, match="one rank and one scaling"):
+        ms.interop.write_peft_lora({"h.0.attn.c_attn": (A, B, 2.0), "h.1.attn.c_attn": (A, B, 1.0)}, tmp_path)
+    with pytest.raises(ValueError, match=r"A \(r, d_in\) and B \(d_out, r\)"):
+        ms.interop.write_peft_lora({"h.0.attn.c_attn": (A, B.T, 2.0)}, tmp_path)
+    with pytest.raises(TypeError, match="non-empty dict"):
+        ms.interop.write_peft_lora({}, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_save_hf_gpt2_validates_its_input(tmp_path):
     sd = ms.GPT(CFG, backend="numpy", dtype="float64").state_dict()
     with pytest.raises(ValueError, match=r"missing \['wpe.weight'\]"):

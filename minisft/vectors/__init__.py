@@ -18,10 +18,12 @@ layout (minisft weights are (out, in); the gpt2_tiny case keeps HF GPT-2's Conv1
 equation or function it checks, and for expected tensors the rtol / atol an implementation must
 meet. No pickle anywhere.
 
-Determinism: the inputs come from seeded numpy Generators (bit-identical on every platform), the
-answers from minisft's float64 NumPy code, the files have no timestamps and a fixed tensor order,
-and the manifest is written with sorted keys, so two runs write identical bytes (tested), and the
-copy kept in tests/data/vectors/ makes any change of numerics a reviewed change.
+Determinism: the inputs come from seeded numpy Generators, the answers from minisft's float64
+NumPy code, the files have no timestamps and a fixed tensor order, and the manifest is written
+with sorted keys, so two runs write identical bytes (tested, also across thread counts and hash
+seeds), and the copy kept in tests/data/vectors/ makes any change of numerics a reviewed change
+(another NumPy or BLAS may round differently in the last bits: the test's message then shows
+differences of ~1e-16, and the copy is regenerated there on purpose).
 """
 
 from importlib.metadata import PackageNotFoundError, version

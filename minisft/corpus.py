@@ -28,14 +28,19 @@ Choices:
 - When splitting by document would leave a split empty (a single file, or very few), each document
   is cut at position len - round(len * val_fraction) instead: its head goes to training, its tail
   to validation. `Corpus.split_by` records which rule was used ("document" or "position").
-- Files are read as bytes and decoded as UTF-8 with errors="replace" (no newline translation), so
-  the text is exactly the file's content. Hidden files and folders (names starting with ".") and
-  `__pycache__` are skipped when walking a folder; a file reached twice (say, named and inside a
-  named folder) counts once; empty files contribute nothing.
+- Files are read as bytes and decoded strictly (UTF-8 unless `encoding` says otherwise; no
+  newline translation), so the text is exactly the file's content: a byte that is not valid in the
+  encoding is an error naming the file and the offset (pass `encoding="latin-1"`, or `--encoding`),
+  never a silent U+FFFD. A file holding a NUL character is binary (an executable, an image) and is
+  refused. Only regular files are read, each at most `max_file_bytes`
+  (`fileio.read_regular_file`: FIFOs and devices are refused without blocking). Hidden files and
+  folders (names starting with ".") and `__pycache__` are skipped when walking a folder; a file
+  reached twice (say, named and inside a named folder) counts once; empty files contribute nothing.
 - `Corpus.fingerprint()` hashes the documents only: two corpora with the same training and
   validation documents share cached artefacts whatever settings produced them.
 """
 
+import codecs
 import functools
 import hashlib
 import os
@@ -44,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import bad_type, bad_value, positive_int, ratio_in
-from .fileio import bad_path
+from .fileio import MAX_FILE_BYTES, bad_path, read_regular_file
 
 DEFAULT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 SPLITS = ("train", "val")
@@ -96,8 +101,18 @@ def _unit_hash(key):
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
-def _read_text(path):
-    return Path(path).read_bytes().decode("utf-8", errors="replace")
+def _read_text(path, encoding="utf-8", max_bytes=MAX_FILE_BYTES):
+    """The text of the regular file `path`, decoded strictly; binary files are refused."""
+    data = read_regular_file(path, "source", max_bytes)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise bad_path("source", path, f"text in the {encoding} encoding (byte {e.start} is not; "
+                       "if the file is text in another encoding, say which: encoding=/--encoding, e.g. latin-1)") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise bad_path("source", path, f"a text file (character {nul} is NUL: a binary file?)")
+    return text
 
 
 def _take(texts, max_chars):
@@ -154,17 +169,22 @@ def _stdlib_docs_entries():
     return [(key, functools.partial(str, text)) for key, text in topics.items()], "pydoc_data.topics"
 
 
-def _path_entries(paths, suffixes):
-    """(key, read) for every file named in `paths` or found under a folder named there."""
-    found = {}
+def _path_entries(paths, suffixes, encoding, max_file_bytes):
+    """(key, read) for every file named in `paths` or found under a folder named there (errors name
+    the path as the user wrote it, not where a link points)."""
+    found = {}  # resolved path -> (key, path as given)
     for p in paths:
         if not isinstance(p, (str, os.PathLike)):
             raise bad_type("source", p, '"code", "docs", or a path / list of paths to text files or folders')
+        if str(p) == "":
+            raise bad_path("source", p, "a path to a text file or folder (an empty string is no path)")
         p = Path(p)
+        if p.exists() and not (p.is_file() or p.is_dir()):
+            raise bad_path("source", p, "a regular file or a folder (this is a FIFO, a device or a socket)")
         if p.is_file():
             if p.stat().st_size == 0:
                 raise bad_path("source", p, "a non-empty text file")
-            found.setdefault(p.resolve(), p.name)
+            found.setdefault(p.resolve(), (p.name, p))
         elif p.is_dir():
             before = len(found)
             for folder, dirs, files in os.walk(p):
@@ -172,15 +192,16 @@ def _path_entries(paths, suffixes):
                 for name in files:
                     if not name.startswith(".") and name.lower().endswith(suffixes):
                         path = Path(folder) / name
-                        found.setdefault(path.resolve(), f"{p.name}/{path.relative_to(p).as_posix()}")
+                        found.setdefault(path.resolve(), (f"{p.name}/{path.relative_to(p).as_posix()}", path))
             if len(found) == before:
                 raise bad_path("source", p, f"a folder containing files ending in one of {suffixes}")
         else:
             raise bad_path("source", p, '"code", "docs", or an existing file or folder')
-    return [(key, functools.partial(_read_text, str(path))) for path, key in found.items()]
+    return [(key, functools.partial(_read_text, str(path), encoding, max_file_bytes)) for key, path in found.values()]
 
 
-def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFIXES):
+def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFIXES, encoding="utf-8",
+                max_file_bytes=MAX_FILE_BYTES):
     """Load a corpus and split it into training and validation documents (see the module doc).
 
     source: "code" (standard-library sources), "docs" (pydoc topics), or a path or list of paths
@@ -188,12 +209,21 @@ def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFI
         whose names end in one of `suffixes` (case-insensitive).
     max_chars: None, or a positive cap on the characters of each split.
     val_fraction: in (0, 1), the expected share of documents that go to validation.
+    encoding: the text encoding of the user's files (decoded strictly); the embedded corpora are UTF-8.
+    max_file_bytes: the largest file read (a larger one is an error, not a truncation).
     """
     if max_chars is not None:
         max_chars = positive_int("max_chars", max_chars)
     val_fraction = ratio_in("val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     if isinstance(suffixes, str) or not suffixes or not all(isinstance(s, str) and s.startswith(".") for s in suffixes):
         raise bad_value("suffixes", suffixes, 'a non-empty list of file suffixes such as ".txt"')
+    if not isinstance(encoding, str):
+        raise bad_type("encoding", encoding, 'a codec name such as "utf-8" or "latin-1"')
+    try:
+        encoding = codecs.lookup(encoding).name
+    except LookupError:
+        raise bad_value("encoding", encoding, 'a codec name Python knows, such as "utf-8" or "latin-1"') from None
+    max_file_bytes = positive_int("max_file_bytes", max_file_bytes)
     if source == "code":
         entries, origin = _stdlib_code_entries()
         name = "code"
@@ -206,7 +236,7 @@ def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFI
         paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         if not paths:
             raise bad_value("source", source, "a non-empty list of paths")
-        entries = _path_entries(paths, tuple(s.lower() for s in suffixes))
+        entries = _path_entries(paths, tuple(s.lower() for s in suffixes), encoding, max_file_bytes)
         name = origin = ",".join(str(p) for p in paths)
     train, val, split_by = _split(entries, val_fraction, max_chars)
     if not train or not val:

@@ -10,7 +10,21 @@ import numpy as np
 
 
 class MinisftError(ValueError):
-    """Base class of minisft's own errors (a ValueError, so generic handlers still catch it)."""
+    """Base class of minisft's own errors (a ValueError, so generic handlers still catch it).
+
+    Errors made by `bad_value` / `bad_type` also carry the argument's name, the value and the
+    expectation as `arg`, `value`, `expected`, so a caller that knows the argument by another name
+    (the command line: `--set r`, `--steps`) can say it in its own words.
+    """
+
+    def __init__(self, message, arg=None, value=None, expected=None):
+        super().__init__(message)
+        self.arg, self.value, self.expected = arg, value, expected
+
+
+class InputTypeError(MinisftError, TypeError):
+    """An argument of the wrong type: a TypeError, and a MinisftError so one handler catches every
+    bad input."""
 
 
 class NonFiniteLossError(MinisftError):
@@ -19,6 +33,14 @@ class NonFiniteLossError(MinisftError):
 
 class CheckpointError(MinisftError):
     """A checkpoint is missing, truncated, corrupt or from another configuration."""
+
+
+class CorruptFileError(MinisftError):
+    """A stored file's content does not match the checksum stored with it."""
+
+
+class LockedError(MinisftError):
+    """A directory is in use by another running minisft process."""
 
 
 class BackendError(MinisftError):
@@ -32,12 +54,13 @@ def _show(value, limit=80):
 
 def bad_value(arg, value, expected):
     """A ValueError that names `arg`, shows `value` and says what was `expected`."""
-    return MinisftError(f"{arg}={_show(value)}: expected {expected}")
+    return MinisftError(f"{arg}={_show(value)}: expected {expected}", arg, value, expected)
 
 
 def bad_type(arg, value, expected):
-    """A TypeError that names `arg`, the type it got and what was `expected`."""
-    return TypeError(f"{arg} has type {type(value).__name__} ({_show(value)}): expected {expected}")
+    """A TypeError (an InputTypeError) that names `arg`, the type it got and what was `expected`."""
+    return InputTypeError(f"{arg} has type {type(value).__name__} ({_show(value)}): expected {expected}",
+                          arg, value, expected)
 
 
 def require(condition, arg, value, expected):

@@ -173,11 +173,47 @@ def test_files_and_folders_together_count_each_file_once(tmp_path):
     assert len(docs) == 40 and len(set(docs)) == 40
 
 
-def test_files_are_decoded_as_utf8_with_replacement(tmp_path):
-    raw = b"caf\xc3\xa9 \xff\xfe bad bytes\r\n" * 50
-    (tmp_path / "a.txt").write_bytes(raw)
+def test_files_are_decoded_strictly_and_exactly(tmp_path):
+    """UTF-8 text comes back byte for byte (no newline translation); Latin-1 bytes are an error
+    naming the file and the offset, not U+FFFD, and decode exactly with encoding="latin-1"."""
+    good = "café naïve ✓\r\n" * 50
+    (tmp_path / "a.txt").write_bytes(good.encode())
     got = load_corpus(tmp_path / "a.txt")
-    assert "".join(got.train_docs + got.val_docs) == raw.decode("utf-8", errors="replace")
+    assert "".join(got.train_docs + got.val_docs) == good
+    raw = b"caf\xe9 au lait\r\n" * 50
+    (tmp_path / "latin.txt").write_bytes(raw)
+    with pytest.raises(ValueError, match=r"latin\.txt.*utf-8 encoding \(byte 3 is not.*latin-1"):
+        load_corpus(tmp_path / "latin.txt")
+    got = load_corpus(tmp_path / "latin.txt", encoding="latin-1")
+    assert "".join(got.train_docs + got.val_docs) == raw.decode("latin-1")
+    with pytest.raises(ValueError, match="encoding"):
+        load_corpus(tmp_path / "a.txt", encoding="no-such-codec")
+
+
+def test_binary_files_fifos_devices_and_huge_files_are_refused(tmp_path):
+    """An executable (NUL bytes) is refused, also inside a folder; a FIFO and a link to a device are
+    refused without blocking (a blocking open would hang this test); a file above the cap is an
+    error, not a truncation."""
+    (tmp_path / "prog.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00" + b"text" * 100)
+    with pytest.raises(ValueError, match=r"prog\.txt.*NUL"):
+        load_corpus(tmp_path / "prog.txt")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("words " * 500)
+    os.mkfifo(folder / "pipe.txt")
+    with pytest.raises(ValueError, match=r"pipe\.txt.*regular file"):
+        load_corpus(folder)
+    (folder / "pipe.txt").unlink()
+    (folder / "zero.txt").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=r"zero\.txt.*regular file"):
+        load_corpus(folder)
+    with pytest.raises(ValueError, match=r"zero\.txt.*regular file"):
+        load_corpus(folder / "zero.txt")
+    (folder / "zero.txt").unlink()
+    with pytest.raises(ValueError, match=r"a\.txt.*at most 100 bytes"):
+        load_corpus(folder, max_file_bytes=100)
+    with pytest.raises(ValueError, match="source=''"):
+        load_corpus("")
 
 
 @given(n=st.integers(2, 3000), f=st.floats(0.01, 0.99))

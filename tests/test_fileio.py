@@ -1,4 +1,5 @@
-"""Atomic writes, strict JSON and writable-directory checks (minisft/fileio.py)."""
+"""Atomic writes, strict JSON, checksummed files, stale temporary files, names, regular-file reads,
+run locks and writable-directory checks (minisft/fileio.py)."""
 
 import json
 import math
@@ -12,13 +13,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minisft import fileio
+from minisft.errors import CorruptFileError, LockedError
 from minisft.fileio import (
+    RunLock,
     atomic_write_bytes,
+    atomic_write_checked,
     atomic_write_json,
     atomic_write_text,
+    check_name,
     default_cache_dir,
     ensure_writable_dir,
+    read_checked,
     read_json,
+    read_regular_file,
+    remove_stale_temps,
 )
 
 json_values = st.recursive(
@@ -149,3 +157,94 @@ def test_default_cache_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MINISFT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "minisft"
+
+
+def _dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_remove_stale_temps_deletes_only_dead_writers_temporaries(tmp_path):
+    dead = tmp_path / f".f.json.{_dead_pid()}.0123abcd.tmp"
+    alive = tmp_path / f".f.json.{os.getpid()}.0123abcd.tmp"
+    other = tmp_path / "notes.tmp"  # not an atomic write's name: never touched
+    for p in (dead, alive, other):
+        p.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == [dead.name]
+    assert _listing(tmp_path) == sorted([alive.name, other.name])
+    assert remove_stale_temps(tmp_path / "missing") == []
+
+
+@given(text=st.text(max_size=300))
+def test_checked_text_round_trips(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("c") / "t.json"
+    atomic_write_checked(path, text)
+    assert read_checked(path) == text
+
+
+def test_checked_text_detects_any_change(tmp_path):
+    path = tmp_path / "t.json"
+    atomic_write_checked(path, "the tokenizer")
+    good = path.read_bytes()
+    i = good.index(b"the tokenizer")
+    for bad in (good[:i] + b"T" + good[i + 1:], good[: len(good) // 2], b"{}", b'{"text": "x"}', b"\xff"):
+        path.write_bytes(bad)
+        with pytest.raises(CorruptFileError, match="t.json"):
+            read_checked(path)
+
+
+@pytest.mark.parametrize("name", ["lora-r8", "a", "spruft-ratio0.05", "x_y+z", "A" * 100])
+def test_names_are_accepted(name):
+    assert check_name("label", name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "a/b", "a\\b", ".hidden", "-flag", "a b", "A" * 101,
+                                  "x\x00", "é"])
+def test_paths_and_odd_strings_are_not_names(name):
+    with pytest.raises(ValueError, match="label=.*a plain name"):
+        check_name("label", name)
+    with pytest.raises(TypeError, match="label"):
+        check_name("label", 3)
+
+
+def test_read_regular_file_refuses_fifos_devices_and_large_files(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"12345")
+    assert read_regular_file(f) == b"12345"
+    with pytest.raises(ValueError, match="at most 4 bytes"):
+        read_regular_file(f, max_bytes=4)
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would hang here
+    for p in (tmp_path / "fifo", "/dev/zero", "/dev/null"):
+        with pytest.raises(ValueError, match="regular file"):
+            read_regular_file(p, "data")
+    with pytest.raises(ValueError, match="data=.*missing.*readable file"):
+        read_regular_file(tmp_path / "missing", "data")
+
+
+def test_run_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(LockedError, match=rf"run directory=.*in use by another minisft process \(pid {os.getpid()}\)"):
+            with RunLock(tmp_path / "run"):
+                pass
+        with RunLock(tmp_path / "other"):  # another folder is free
+            pass
+    with RunLock(tmp_path / "run"):  # released on exit
+        pass
+
+
+def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
+    """A killed run leaves .lock behind; the kernel dropped its flock, so the next run proceeds."""
+    (tmp_path / ".lock").write_text(str(_dead_pid()))
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+@pytest.mark.parametrize("bad", ["", 3, None])
+def test_ensure_writable_dir_refuses_empty_and_non_paths(bad):
+    with pytest.raises(ValueError, match="workdir"):
+        ensure_writable_dir(bad, "workdir")

@@ -13,10 +13,11 @@ One special token, "<|endoftext|>" (id 0), separates documents in a token stream
 
 Caching: `build_tokenizer(corpora, vocab_size, min_frequency)` trains on the training documents of
 all the corpora together (so one vocabulary serves pretraining on code and fine-tuning on docs) and
-stores the tokenizer JSON, written atomically, in a cache folder under a name derived from
-SHA-256 over the corpora fingerprints (in order), the vocabulary size, the minimum pair frequency,
-the `tokenizers` version and the recipe version below. A second call with the same inputs loads
-that file instead of training.
+stores the tokenizer JSON, written atomically with its SHA-256 (`fileio.atomic_write_checked`), in a
+cache folder under a name derived from SHA-256 over the corpora fingerprints (in order), the
+vocabulary size, the minimum pair frequency, the `tokenizers` version and the recipe version below.
+A second call with the same inputs loads that file instead of training; a cached file whose content
+no longer matches its checksum is retrained and rewritten, with a message.
 
 Choices:
 - Only training documents are seen by the trainer, so validation text never shapes the vocabulary.
@@ -30,10 +31,17 @@ Choices:
   continuing-subword prefixes, which this recipe does not use.) tests/test_data.py checks it by
   training in a second process with one thread and comparing the JSON byte for byte.
 - Ids are returned as int32 NumPy arrays (token streams are long; batches widen to int64).
+- Bounded training: one piece of the pre-tokenizer is a run of letters, digits or punctuation, and
+  the BPE trainer's work on a piece grows faster than its length (each merge rescans it), so one
+  5 MB "word" would train for hours. The trainer therefore sees every document cut after each
+  MAX_RUN consecutive non-whitespace characters (`training_pieces`): no piece is longer than
+  MAX_RUN, and training time is linear in the text. MAX_RUN = 128 cuts one run of the default
+  corpora (none under 128 characters); encoding is not cut (it is linear already).
 """
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import tokenizers
@@ -41,12 +49,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .backend import to_numpy
 from .corpus import Corpus
-from .errors import bad_type, bad_value, positive_int
-from .fileio import atomic_write_text, bad_path, default_cache_dir, ensure_writable_dir, read_json
+from .errors import CorruptFileError, bad_type, bad_value, positive_int
+from .fileio import (atomic_write_checked, atomic_write_text, bad_path, default_cache_dir, ensure_writable_dir,
+                     read_checked, read_json, remove_stale_temps, sha256_hex)
+from .progress import note
 
 EOT = "<|endoftext|>"
-RECIPE = "minisft-bytelevel-bpe-v1"
+RECIPE = "minisft-bytelevel-bpe-v2"  # v2: training pieces bounded by MAX_RUN
 N_BYTES = 256
+MAX_RUN = 128
+_RUN = re.compile(r"\S{%d}" % MAX_RUN)
 
 
 class BPETokenizer:
@@ -78,6 +90,10 @@ class BPETokenizer:
     def to_str(self):
         """The tokenizer as a JSON string."""
         return self._tok.to_str()
+
+    def fingerprint(self):
+        """SHA-256 (hex) of the tokenizer JSON: equal fingerprints encode every text alike."""
+        return sha256_hex(self.to_str().encode("utf-8"))
 
     def save(self, path):
         """Write the tokenizer JSON to `path` atomically; return the Path."""
@@ -123,6 +139,16 @@ class BPETokenizer:
         return self._tok.decode(ids.astype(np.int64).tolist(), skip_special_tokens=False)
 
 
+def training_pieces(doc):
+    """`doc` cut after every MAX_RUN consecutive non-whitespace characters (the pieces concatenate
+    to `doc`; no piece holds a longer run), in one linear pass."""
+    start = 0
+    for m in _RUN.finditer(doc):
+        yield doc[start : m.end()]
+        start = m.end()
+    yield doc[start:]
+
+
 def _train(docs, vocab_size, min_frequency):
     """Train a fresh byte-level BPE on the strings `docs` (the single training entry point)."""
     tok = Tokenizer(models.BPE())
@@ -135,7 +161,7 @@ def _train(docs, vocab_size, min_frequency):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(docs, trainer, length=len(docs))
+    tok.train_from_iterator((piece for doc in docs for piece in training_pieces(doc)), trainer)
     return tok
 
 
@@ -158,7 +184,8 @@ def build_tokenizer(corpora, vocab_size=512, min_frequency=2, cache_dir=None):
     vocab_size: the largest vocabulary wanted, at least 257 (256 bytes and end-of-text).
     min_frequency: a pair is merged only if it occurs at least this often.
     cache_dir: folder of cached tokenizers (created if needed); default `fileio.default_cache_dir()`.
-    Returns a BPETokenizer whose `path` is the cached JSON file.
+    Returns a BPETokenizer whose `path` is the cached file (the tokenizer JSON with its checksum:
+    read it with `fileio.read_checked`; `BPETokenizer.save` writes a plain tokenizer JSON).
     """
     corpora = [corpora] if isinstance(corpora, Corpus) else corpora
     if not isinstance(corpora, (list, tuple)) or not corpora or not all(isinstance(c, Corpus) for c in corpora):
@@ -168,9 +195,13 @@ def build_tokenizer(corpora, vocab_size=512, min_frequency=2, cache_dir=None):
         raise bad_value("vocab_size", vocab_size, f"at least {N_BYTES + 1} (256 bytes and {EOT})")
     min_frequency = positive_int("min_frequency", min_frequency)
     folder = ensure_writable_dir(default_cache_dir() if cache_dir is None else cache_dir)
+    remove_stale_temps(folder)
     path = folder / f"bpe-{vocab_size}-{cache_key(corpora, vocab_size, min_frequency)[:24]}.json"
     if path.exists():
-        return BPETokenizer.from_file(path)
+        try:
+            return BPETokenizer.from_str(read_checked(path), path)
+        except CorruptFileError as e:
+            note(f"the cached tokenizer is damaged ({e}); training it again")
     tok = BPETokenizer(_train([d for c in corpora for d in c.train_docs], vocab_size, min_frequency), path)
-    tok.save(path)
+    atomic_write_checked(path, tok.to_str())
     return tok

@@ -368,14 +368,61 @@ def test_save_and_load_round_trip(tok, tmp_path):
     assert loaded.eot_id == tok.eot_id and loaded.vocab_size == tok.vocab_size
 
 
-def test_corrupt_cache_names_the_file(small, tmp_path):
+def test_damaged_cache_is_retrained_with_a_message(small, tmp_path, capsys):
+    """A cached tokenizer whose bytes changed (one flipped character, a truncation, a plain
+    tokenizer JSON without its checksum) is not trusted: it is retrained, rewritten, and a message
+    names the file."""
     tok = build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
-    tok.path.write_text('{"model": ')
-    with pytest.raises(ValueError, match=re.escape(tok.path.name)):
-        build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
-    tok.path.write_text('{"model": 3}')
-    with pytest.raises(ValueError, match=re.escape(tok.path.name)):
-        build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
+    good = tok.path.read_bytes()
+    i = good.index(b"merges")
+    for bad in (good[:i] + b"X" + good[i + 1:], good[: len(good) // 2], tok.to_str().encode()):
+        tok.path.write_bytes(bad)
+        again = build_tokenizer(small[1], vocab_size=260, cache_dir=tmp_path)
+        assert again.to_str() == tok.to_str() and tok.path.read_bytes() == good
+        err = capsys.readouterr().err
+        assert "damaged" in err and tok.path.name in err and "training it again" in err
+
+
+@given(runs=st.lists(st.tuples(st.integers(0, 400), st.sampled_from(["a", "7", "=", "é"]), st.sampled_from([" ", "\n", "\t\t", ""])),
+                     max_size=6))
+@example(runs=[(tokenizer_mod.MAX_RUN, "a", ""), (1, "b", "")])
+@example(runs=[(5_000, "x", "")])
+def test_training_pieces_partition_the_text_with_bounded_runs(runs):
+    """BPE training sees every document cut so that no piece holds more than MAX_RUN non-whitespace
+    characters in a row (the bound that keeps training linear), and the pieces are the document."""
+    doc = "".join(ch * n + sep for n, ch, sep in runs)
+    pieces = list(tokenizer_mod.training_pieces(doc))
+    assert "".join(pieces) == doc
+    longest = max((len(r) for p in pieces for r in re.findall(r"\S+", p)), default=0)
+    assert longest <= tokenizer_mod.MAX_RUN
+
+
+def test_one_huge_word_trains_on_bounded_pieces(tmp_path, monkeypatch):
+    """A 2 MB document with no whitespace: the BPE trainer is fed pieces whose runs are at most
+    MAX_RUN long (a spy refuses anything longer before the trainer sees it: unbounded, this
+    training takes hours), and the vocabulary learned is real (it compresses the word)."""
+    real = tokenizer_mod.Tokenizer
+
+    class Spy:
+        def __init__(self, model):
+            object.__setattr__(self, "_real", real(model))
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def __setattr__(self, name, value):
+            setattr(self._real, name, value)
+
+        def train_from_iterator(self, iterator, trainer, **kwargs):
+            pieces = list(iterator)
+            longest = max(len(r) for p in pieces for r in re.findall(r"\S+", p))
+            assert longest <= tokenizer_mod.MAX_RUN, f"the trainer was fed a run of {longest} characters"
+            self._real.train_from_iterator(pieces, trainer, **kwargs)
+
+    monkeypatch.setattr(tokenizer_mod, "Tokenizer", Spy)
+    word = "".join("abcdefghij"[(i * 7 + i // 3) % 10] for i in range(2_000_000))
+    tok = build_tokenizer(Corpus("word", [word], [word[:1000]]), vocab_size=300, cache_dir=tmp_path)
+    assert tok.vocab_size == 300 and len(tok.encode(word[:10_000])) < 10_000 / 2
 
 
 def test_tokenizer_bad_input(tok, small, tmp_path):

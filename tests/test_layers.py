@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # low to high; the trainer drives any Method through its protocol alone, so it sits below them
 LAYERS = [
     ("errors",),
-    ("backend", "config", "fileio"),
+    ("backend", "config", "fileio", "progress"),
     ("distributed",),
     ("kernels", "flash_attention", "memory"),
     ("nn",),

@@ -17,8 +17,7 @@ from .methods import gmt, loradrop, mgpp
 from .methods.adapeft import curvature, groups, knapsack
 from .methods.spruft import calibration, importance, structure
 from .model import GPT
-
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = [
     "GPT", "GPTConfig", "adapters", "backend", "batches", "calibration", "checkpoint", "corpus", "curvature", "errors",
     "fileio", "gmt", "groups", "importance", "interop", "kernels", "knapsack", "loradrop", "memory", "methods", "mgpp",

@@ -4,8 +4,9 @@
 On the pretrained base of a preset and the target-domain task, AdaPEFT's probe measures every
 group's influence I_k; the exact front of (Σ n_k, Σ I_k) over all subsets, the greedy chain
 (descending PPI) and the knapsack's choice at the budget are written to adapeft-front.json, and
-plotted to adapeft-front.png (influence against trainable parameters). With `train_front`, every
-non-empty front point is fine-tuned for the preset's steps (runs/adapeft-front-<i>/) and its
+plotted to adapeft-front.png (influence against trainable parameters), both in the experiment
+directory runs/<experiment>/ (minisft.experiment). With `train_front`, every
+non-empty front point is fine-tuned for the preset's steps (runs/<experiment>/adapeft-front-<i>/) and its
 realised validation loss is recorded — the test of whether predicted influence ranks subsets the
 way training does.
 
@@ -17,30 +18,40 @@ from dataclasses import asdict
 
 from .backend import rng as make_rng
 from .budgets import lora_trainable
-from .experiment import finetune, make_task, method_lr, pretrained
-from .fileio import atomic_write_json, ensure_writable_dir
+from .experiment import experiment_dir, finetune, make_task, method_lr, pretrained
+from .fileio import RunLock, atomic_write_json, ensure_writable_dir
 from .methods.adapeft import AdaPEFT, GroupSubset
 from .report import save_png
 
 
 def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0, train_front=False,
                   budget=None, groups="modules", estimator="exact", direction="adam", probe_steps=8,
-                  every=4, progress=None):
-    """Measure, write and plot the front; returns (result dict, png path or None, reason or None).
+                  every=4, progress=None, lr=None):
+    """Measure, write and plot the front into the experiment directory (experiment.experiment_dir);
+    returns (result dict, that folder, png path or None, reason or None).
 
     budget: None for LoRA's trainable count at rank preset.lora_r on every linear layer, else as
     AdaPEFT's. LoRA groups use rank preset.lora_r (α = r). The probe, and every trained front
-    point, run at the preset's learning rate for AdaPEFT (experiment.method_lr), and selection uses
-    the seed's generator exactly as `minisft finetune --method adapeft` with these options would.
+    point, run at `lr`, by default the preset's learning rate for AdaPEFT (experiment.method_lr),
+    and selection uses the seed's generator exactly as `minisft finetune --method adapeft` with
+    these options would.
     """
-    workdir = ensure_writable_dir(workdir)
+    folder = ensure_writable_dir(experiment_dir(workdir, preset, data, seed, lr, dtype), "workdir")
+    with RunLock(folder, "experiment directory"):
+        out, png, why = _front(preset, workdir, folder, data, backend, dtype, seed, train_front, budget, groups,
+                               estimator, direction, probe_steps, every, progress, lr)
+    return out, folder, png, why
+
+
+def _front(preset, workdir, folder, data, backend, dtype, seed, train_front, budget, groups, estimator, direction,
+           probe_steps, every, progress, lr):
     model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
     task = make_task(data.target[0], data.target[1], data.code[1], preset)
     options = {"budget": lora_trainable(model.config, preset.lora_r) if budget is None else budget,
                "groups": groups, "estimator": estimator, "direction": direction, "probe_steps": probe_steps,
                "every": every, "lora_r": preset.lora_r, "lora_alpha": preset.lora_r}
-    lr = method_lr(preset, AdaPEFT(**options))
-    method = AdaPEFT(**options, probe_lr=lr)
+    probe_lr = method_lr(preset, AdaPEFT(**options)) if lr is None else lr
+    method = AdaPEFT(**options, probe_lr=probe_lr)
     method.prepare(model, task, make_rng(seed))
     out = {"preset": asdict(preset), "vocab_size": data.tokenizer.vocab_size, "backend": model.backend,
            "dtype": dtype, "seed": seed, "options": method.options(), "report": method.report()}
@@ -48,12 +59,13 @@ def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0
         out["trained"] = []
         for i, point in enumerate(out["report"]["front"][1:], start=1):  # the empty set trains nothing
             subset = GroupSubset(point["groups"], groups, preset.lora_r, preset.lora_r)
+            # runs/<experiment>/adapeft-front-<i>/seed<seed>, at probe_lr (a subset's method_lr is AdaPEFT's)
             _, r = finetune(preset, workdir, data, subset, f"adapeft-front-{i:03d}", backend, dtype, seed,
                             progress=progress, lr=lr)
             out["trained"].append({"params": point["params"], "influence": point["influence"],
                                    "groups": point["groups"], "base": r["base"], "final": r["final"]})
-    atomic_write_json(workdir / "adapeft-front.json", out)
-    png, why = plot_front(out, workdir / "adapeft-front.png")
+    atomic_write_json(folder / "adapeft-front.json", out)
+    png, why = plot_front(out, folder / "adapeft-front.png")
     return out, png, why
 
 

@@ -1,10 +1,14 @@
-"""Checkpoints: safetensors files (no pickle), written atomically, with JSON metadata.
+"""Checkpoints: safetensors files (no pickle), written atomically, with JSON metadata and a checksum.
 
 A checkpoint holds named arrays and one JSON object of metadata (step, RNG state, configuration
-fingerprints, histories). Reading a truncated or corrupt file, or one whose metadata is missing,
-raises CheckpointError naming the path; nothing is ever written in place.
+fingerprints, histories). Its header also stores `arrays_digest` of the arrays and the metadata, a
+SHA-256 over every tensor's name, dtype, shape and bytes, which `load_checkpoint` recomputes: a
+flipped byte, a truncation, a tensor cast or removed, an edited field are all CheckpointError naming
+the path, never a silent load. The files stay plain safetensors (any safetensors reader opens them;
+the checksum is one more metadata entry). Nothing is ever written in place.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,30 +21,64 @@ from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 
 META_KEY = "minisft"
+DIGEST_KEY = "minisft_sha256"
+
+
+def arrays_digest(arrays, meta=None):
+    """SHA-256 (hex) of {name: host array} (each name, dtype, shape and C-order bytes, in name order)
+    and the JSON metadata `meta`."""
+    h = hashlib.sha256(b"minisft-arrays-v1")
+    for name in sorted(arrays):
+        a = arrays[name]
+        header = json.dumps([name, a.dtype.str, list(a.shape)]).encode()
+        h.update(len(header).to_bytes(8, "big") + header)
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def save_checkpoint(path, arrays, meta):
     """Write {name: array} (any backend) and `meta` (JSON-serialisable) to `path` atomically."""
     host = {k: np.array(to_numpy(v), order="C") for k, v in arrays.items()}  # keeps 0-d arrays 0-d
-    data = safetensors_bytes(host, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-    return atomic_write_bytes(path, data)
+    meta = json.loads(json.dumps(meta, sort_keys=True))  # as it will read back
+    header = {META_KEY: json.dumps(meta, sort_keys=True), DIGEST_KEY: arrays_digest(host, meta)}
+    return atomic_write_bytes(path, safetensors_bytes(host, metadata=header))
 
 
 def load_checkpoint(path):
-    """(arrays {name: numpy array}, meta dict) from a checkpoint written by save_checkpoint."""
+    """(arrays {name: numpy array}, meta dict) from a checkpoint written by save_checkpoint, after
+    checking its checksum."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint={str(path)!r}: expected an existing checkpoint file")
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta_raw = (f.metadata() or {}).get(META_KEY)
+            header = f.metadata() or {}
             arrays = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint={str(path)!r}: expected a complete safetensors file ({e})") from None
-    if meta_raw is None:
-        raise CheckpointError(f"checkpoint={str(path)!r}: expected minisft metadata in the file header")
+    if header.get(META_KEY) is None or header.get(DIGEST_KEY) is None:
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected minisft metadata and a checksum in the file header")
     try:
-        meta = json.loads(meta_raw)
+        meta = json.loads(header[META_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint={str(path)!r}: metadata is not valid JSON ({e})") from None
+    if arrays_digest(arrays, meta) != header[DIGEST_KEY]:
+        raise CheckpointError(f"checkpoint={str(path)!r}: its content does not match its checksum: expected an "
+                              "unmodified file (it was damaged or edited)")
     return arrays, meta
+
+
+def check_arrays(path, what, arrays, expected):
+    """Check {name: array} has exactly the names of `expected` {name: (shape, dtype)}, each with that
+    shape and dtype; CheckpointError naming the file and the first difference."""
+    missing, unexpected = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint={str(path)!r}: {what}: missing {missing[:3]}, unexpected {unexpected[:3]}: "
+                              "expected the tensors of this run")
+    for name in sorted(expected):
+        shape, dtype = expected[name]
+        a = arrays[name]
+        if tuple(a.shape) != tuple(shape) or np.dtype(a.dtype) != np.dtype(dtype):
+            raise CheckpointError(f"checkpoint={str(path)!r}: {what}: {name} is {np.dtype(a.dtype).name} "
+                                  f"{tuple(a.shape)}: expected {np.dtype(dtype).name} {tuple(shape)}")

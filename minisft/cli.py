@@ -1,99 +1,406 @@
-"""The `minisft` command: pretrain, finetune, compare.
+"""The `minisft` command: pretrain, finetune, compare, adapeft-front, methods, bench.
 
     minisft compare                      # the main job: every method side by side (preset small)
+    minisft compare --seeds 3 --markdown # mean ± sd over 3 seeds, as the README's table
     minisft pretrain --preset tiny       # the cached base model
     minisft finetune --method lora --set r=4 --set alpha=8
+    minisft methods                      # every method, its options (type, default, meaning), its paper
     minisft bench --preset gpt2          # from a source checkout, with the test extra installed
+
+Every option is checked, with its type, before any data is read or any model trained: the method
+object and the training configuration are built first, from typed values. A bad value is one line,
+`minisft: error: <option>: <value>: expected ...`, and exit status 2, never a traceback. `--set`
+values are parsed by the option's type annotation (int, float including nan/inf, which the method
+then refuses where they are invalid, bool, none, comma-separated tuples), never evaluated.
 
 `minisft bench` times minisft against PyTorch. The benchmark imports torch, so it lives in the
 source checkout (reference_models/bench.py) and is not part of the installed package; minisft never
 imports it. The command looks for it in the current directory (then on sys.path) and runs
-`python -m reference_models.bench ARGS` in a child process; without torch, or outside a checkout,
-it prints one line saying what to do.
+`python -m reference_models.bench ARGS --out WORKDIR/bench.json` in a child process; without
+torch, or outside a checkout, it prints one line saying what to do.
 """
 
 import argparse
 import ast
+import codecs
+import contextlib
 import importlib.machinery
 import importlib.util
+import math
 import os
+import re
+import stat
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 
-from .errors import MinisftError, bad_value
+from .errors import MinisftError
 
 DEFAULT_WORKDIR = "minisft-work"
+PRESET_HELP = ("tiny: 2 layers, width 64 (CPU tests, seconds); small: 4 layers, width 128 (the README's "
+               "table, minutes on a CPU); gpt2: GPT-2 124M shapes (a GPU)")
+INT64_MAX = 2**63 - 1
 
 
-def _common(p):
-    p.add_argument("--preset", default="small", help="tiny (CPU tests), small (default), gpt2 (124M shapes, GPU)")
-    p.add_argument("--backend", default="auto", choices=["numpy", "cupy", "auto"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"where caches, runs and results go (default ./{DEFAULT_WORKDIR})")
-    p.add_argument("--data", nargs="+", metavar="PATH", help="your own text files/folders as the target domain (default: the stdlib docs)")
-    p.add_argument("--steps", type=int, help="fine-tuning steps (default: the preset's)")
-    p.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the preset's finetune_lr for "
-                   "methods that train base tensors, peft_lr for adapter methods)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+class CliError(MinisftError):
+    """A bad command line: `<option>: <value>: expected ...` (printed after "minisft: error: ")."""
+
+    def __init__(self, option, value, expected):
+        super().__init__(f"{option}: {value!r}: expected {expected}", option, value, expected)
+
+
+class UsageError(MinisftError):
+    """What argparse itself refuses (an unknown option, a missing value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised (main prints them as one line) instead of exiting."""
+
+    def error(self, message):
+        raise UsageError(re.sub(r"^argument ([^:]+): ", r"\1: ", message))
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+# ----------------------------------------------------------------------------------- value types
+def _int_in(low, what):
+    def parse(text):
+        if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        value = int(text)
+        if not low <= value <= INT64_MAX:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _int_in(1, "a positive integer")
+nonnegative_int = _int_in(0, "a non-negative integer")
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive finite number")
+    return value
+
+
+def choice(*values):
+    def parse(text):
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(values)}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def path_text(text):
+    if text == "":
+        raise argparse.ArgumentTypeError("'': expected a path (an empty string is none)")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a path without NUL characters")
+    return text
+
+
+def name_text(text):
+    from .fileio import check_name
+
+    try:
+        return check_name("label", text)
+    except MinisftError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {e.expected}") from None
+
+
+def encoding_text(text):
+    try:
+        return codecs.lookup(text).name
+    except LookupError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a text encoding Python knows, such as utf-8 "
+                                         "or latin-1") from None
+
+
+def budget_value(text):
+    """adapeft-front's --budget: an integer count or a fraction (AdaPEFT checks the range)."""
+    try:
+        return parse_value(text, int | float, "--budget")
+    except CliError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {e.expected}") from None
+
+
+# ---------------------------------------------------------------------------------------- parser
+def _common(p, fine_tuning=True):
+    from .experiment import PRESETS
+
+    p.add_argument("--preset", default="small", type=choice(*PRESETS), metavar="{" + ",".join(PRESETS) + "}",
+                   help=PRESET_HELP)
+    p.add_argument("--backend", default="auto", type=choice("numpy", "cupy", "auto"), metavar="{numpy,cupy,auto}",
+                   help="auto: CuPy when it sees a GPU, else NumPy")
+    p.add_argument("--dtype", default="float32", type=choice("float32", "float64"), metavar="{float32,float64}")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the base model's pretraining and "
+                   "of fine-tuning (batches, selection, initialisation)")
+    p.add_argument("--workdir", type=path_text, default=DEFAULT_WORKDIR, help="where caches, runs and results go")
+    p.add_argument("--data", nargs="+", type=path_text, metavar="PATH",
+                   help="your own text files or folders (*.txt, *.md, *.py, *.rst) as the target domain instead of "
+                        "the standard library's docs; they also train the tokenizer, so a new base model is "
+                        "pretrained (once, then cached); tables name the column after the first path")
+    p.add_argument("--encoding", type=encoding_text, default="utf-8",
+                   help="the text encoding of --data files (decoded strictly: a byte that is not valid is an error)")
+    if fine_tuning:
+        p.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
+        p.add_argument("--lr", type=positive_float, help="fine-tuning learning rate (default: the preset's "
+                       "finetune_lr for methods that train base tensors, peft_lr for adapter methods)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (notes still print)")
 
 
 def parser():
-    ap = argparse.ArgumentParser(prog="minisft", description="Exact sparse / parameter-efficient fine-tuning on an explicit-backward GPT-2.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    _common(sub.add_parser("pretrain", help="pretrain (or load the cached) base model on the stdlib source code"))
-    ft = sub.add_parser("finetune", help="fine-tune the base model on the target domain with one method")
+    ap = _Parser(prog="minisft", description="Exact sparse / parameter-efficient fine-tuning on an explicit-backward "
+                                             "GPT-2. `minisft COMMAND --help` lists a command's options.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    pre = sub.add_parser("pretrain", formatter_class=_Help,
+                         help="pretrain (or load the cached) base model on the standard library's source code",
+                         description="Pretrain the preset's base model on the standard library's source code (once: "
+                                     "it is cached in WORKDIR/pretrain) and print its code validation loss next to "
+                                     "the code corpus's unigram entropy.")
+    _common(pre, fine_tuning=False)
+    ft = sub.add_parser("finetune", formatter_class=_Help, help="fine-tune the base model with one method",
+                        description="Fine-tune the cached base model on the target domain with one method; the run "
+                                    "(log, checkpoints, model/trained.safetensors, model/merged.safetensors, "
+                                    "model/manifest.json, result.json) goes to WORKDIR/runs/<experiment>/<label>/seed<s>.")
     _common(ft)
-    ft.add_argument("--method", required=True, help="full, lora, ... (see `minisft methods`)")
-    ft.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a method option, e.g. r=4")
-    ft.add_argument("--label", help="run name (default: the method name)")
-    ft.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    ft.add_argument("--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps")
-    ft.add_argument("--init", metavar="DIR", help="start from a local HF GPT-2 folder (config.json + model.safetensors; "
-                    "its tokenizer.json if present) instead of the pretrained base")
-    cmp_ = sub.add_parser("compare", help="the main job: every method on the same base, one table")
+    ft.add_argument("--method", required=True, help="full, lora, spruft, ... (`minisft methods` lists them)")
+    ft.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                    help="a method option, typed by the method (`minisft methods`): e.g. r=4, alpha=8.0, "
+                         "use_rslora=true, targets=attn.c_attn,mlp.c_fc, ratio=none")
+    ft.add_argument("--label", type=name_text, help="run name, a plain name (default: the method's name)")
+    ft.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint "
+                    "(a finished run is reported and left unchanged)")
+    ft.add_argument("--checkpoint-every", type=nonnegative_int, metavar="N",
+                    help="write a checkpoint every N steps; 0: none (default: whenever it costs at most 2%% "
+                         "of the training time so far)")
+    cmp_ = sub.add_parser("compare", formatter_class=_Help, help="the main job: every method on the same base, one table",
+                          description="Fine-tune the cached base model with every method of the comparison (or "
+                                      "those --only names) for --seeds seeds; print one table and write compare.json, "
+                                      "compare-timings.json and compare.png into WORKDIR/runs/<experiment>/.")
     _common(cmp_)
-    cmp_.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods")
-    af = sub.add_parser("adapeft-front", help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)")
+    cmp_.add_argument("--only", nargs="+", metavar="METHOD_OR_LABEL", help="run only these rows (by method or label); "
+                      "the other rows of an earlier compare.json of the same experiment are kept")
+    cmp_.add_argument("--seeds", type=positive_int, default=1, metavar="K",
+                      help="fine-tune every row with seeds SEED..SEED+K-1 on one base model (pretrained with SEED); "
+                           "the table shows mean ± sd")
+    cmp_.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's results table)")
+    af = sub.add_parser("adapeft-front", formatter_class=_Help,
+                        help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)",
+                        description="Measure AdaPEFT's group influences on the base model and write the exact Pareto "
+                                    "front, the greedy chain and the knapsack's choice (adapeft-front.json, .png) into "
+                                    "WORKDIR/runs/<experiment>/.")
     _common(af)
-    af.add_argument("--budget", type=float, help="parameters (int) or a fraction of the base (< 1); default: LoRA's count")
-    af.add_argument("--groups", default="modules", choices=["modules", "tensors"])
-    af.add_argument("--estimator", default="exact", choices=["exact", "gen"])
-    af.add_argument("--direction", default="adam", choices=["adam", "sgd"])
-    af.add_argument("--probe-steps", type=int, default=8)
-    af.add_argument("--every", type=int, default=4)
+    af.add_argument("--budget", type=budget_value, help="trainable parameters (an integer) or a fraction of the "
+                    "base model (a number in (0, 1]); default: LoRA's count at the preset's rank")
+    af.add_argument("--groups", default="modules", type=choice("modules", "tensors"), metavar="{modules,tensors}")
+    af.add_argument("--estimator", default="exact", type=choice("exact", "gen"), metavar="{exact,gen}")
+    af.add_argument("--direction", default="adam", type=choice("adam", "sgd"), metavar="{adam,sgd}")
+    af.add_argument("--probe-steps", type=positive_int, default=8, metavar="N")
+    af.add_argument("--every", type=positive_int, default=4, metavar="N", help="measure every N probe steps")
     af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
-    sub.add_parser("methods", help="list the methods and their options")
-    sub.add_parser("vectors", help="write the golden-vector suite to check another implementation against "
-                                   "(minisft.testing reads it)").add_argument("--out", required=True, metavar="DIR")
+    sub.add_parser("methods", help="list the methods, their options (type, default, meaning) and papers",
+                   description="List every method: its paper and its options with types, defaults and meanings.")
     sub.add_parser("bench", help="time a training step against PyTorch: runs `python -m reference_models.bench` "
                                  "from a source checkout (its root is the current directory) with the test extra "
                                  "installed; `minisft bench --help` lists its options", add_help=False)
     return ap
 
 
+# ------------------------------------------------------------------------------- --set values
+_NONE = ("none", "null")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _members(annotation):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+    else:
+        members = (annotation,)
+    return sorted(members, key=lambda t: t is str)  # str accepts anything: tried last
+
+
+def _parse_one(text, t):
+    """`text` as a value of the plain type `t` (ValueError when it is not one)."""
+    word = text.strip()
+    if t is type(None):
+        if word.lower() in _NONE:
+            return None
+    elif t is bool:
+        if word.lower() in _TRUE + _FALSE:
+            return word.lower() in _TRUE
+    elif t is int:
+        if re.fullmatch(r"[+-]?\d+", word) and abs(int(word)) <= INT64_MAX:
+            return int(word)
+    elif t is float:
+        return float(word)  # nan and inf parse; the method says where they are invalid
+    elif t is str:
+        return text
+    elif typing.get_origin(t) is tuple:
+        (element,) = typing.get_args(t)[:1]
+        if word[:1] in "([":
+            items = ast.literal_eval(word)  # a literal, never evaluated code
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(text)
+        else:
+            items = [item.strip() for item in word.split(",") if item.strip()]
+        return tuple(item if not isinstance(item, str) else parse_value(item, element, "") for item in items)
+    elif t is dict or typing.get_origin(t) is dict:
+        value = ast.literal_eval(word)
+        if isinstance(value, dict):
+            return value
+    raise ValueError(text)
+
+
+def parse_value(text, annotation, option):
+    """`text` as a value of `annotation` (int, float, bool, str, none, tuple[...], dict, unions),
+    or CliError naming `option` and the type expected."""
+    from .methods import type_name
+
+    if annotation is None:
+        raise CliError(option, text, "an option with a type annotation (this method's metadata lacks one)")
+    for t in _members(annotation):
+        try:
+            return _parse_one(text, t)
+        except (ValueError, SyntaxError, TypeError, MinisftError, RecursionError):
+            continue
+    raise CliError(option, text, type_name(annotation))
+
+
 def parse_options(pairs):
-    """["r=4", "targets=('attn.c_attn',)"] -> {"r": 4, "targets": ("attn.c_attn",)} (Python literals;
-    anything that is not a literal stays a string)."""
+    """["r=4", "alpha=8"] -> {"r": "4", "alpha": "8"}: each OPTION=VALUE once (values stay text)."""
     out = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise bad_value("--set", pair, "OPTION=VALUE")
-        k, v = pair.split("=", 1)
-        try:
-            out[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k] = v
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError("--set", pair, "OPTION=VALUE")
+        key = key.strip()
+        if key in out:
+            raise CliError(f"--set {key}", pair, "each option once")
+        out[key] = value
     return out
 
 
+def typed_options(method, pairs):
+    """The --set pairs as typed values for `method` (unknown options named with the valid ones)."""
+    from .methods import option_specs
+
+    specs = {spec.name: spec for spec in option_specs(method)}
+    out = {}
+    for key, text in parse_options(pairs).items():
+        if key not in specs:
+            raise CliError(f"--set {key}", text, f"an option of {method}: one of {', '.join(specs) or '(none)'}")
+        out[key] = parse_value(text, specs[key].annotation, f"--set {key}")
+    return out
+
+
+# ----------------------------------------------------------------------------------- validation
+@contextlib.contextmanager
+def option(name, value=None):
+    """Report a MinisftError raised inside as a CliError about the command-line option `name` and
+    `value` (None: the value the error names)."""
+    try:
+        yield
+    except CliError:
+        raise
+    except MinisftError as e:
+        raise CliError(name, e.value if value is None else value, e.expected or str(e)) from None
+
+
+def check_workdir(path):
+    """The workdir is a folder or can be one (nothing is created here)."""
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise CliError("--workdir", path, "a folder (this is a file)")
+        return
+    parent = next((q for q in p.absolute().parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CliError("--workdir", path, f"a folder path ({parent} is a file)")
+
+
+def check_data(paths):
+    """Every --data path exists and is a regular file or a folder (never opened here: a FIFO would block)."""
+    for path in paths or ():
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise CliError("--data", path, f"an existing text file or folder ({e.strerror})") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise CliError("--data", path, "a regular file or a folder (this is a FIFO, a device or a socket)")
+
+
+def _method_errors(method, build):
+    """Run `build`, naming a failing option as `--set OPTION` (the method's errors name the option)."""
+    try:
+        return build()
+    except MinisftError as e:
+        arg = str(e.arg or "").split("[")[0].split(".")[0]
+        shown = f"--set {arg}" if arg else f"--method {method}"
+        raise CliError(shown, e.value, e.expected or str(e)) from None
+
+
+def validate(args):
+    """Everything that can be checked before data is read: returns what the command needs
+    (preset, method objects, training configuration)."""
+    from . import experiment as ex
+    from .methods import REGISTRY
+
+    check_workdir(args.workdir)
+    check_data(args.data)
+    preset = ex.get_preset(args.preset, getattr(args, "steps", None))
+    plan = {"preset": preset}
+    if args.command == "finetune":
+        if args.method not in REGISTRY:
+            raise CliError("--method", args.method, f"one of {', '.join(sorted(REGISTRY))}")
+        options = typed_options(args.method, args.set)
+        method = _method_errors(args.method, lambda: ex.build_method(args.method, options, preset))
+        _method_errors(args.method, lambda: method.check_config(preset.model))
+        with option("--label", args.label or args.method):
+            plan["label"] = name_text(args.label or args.method)
+        with option("--lr", args.lr):
+            plan["train"] = ex.finetune_config(preset, method, args.seed, args.lr, args.checkpoint_every)
+        plan["method"] = method
+    elif args.command == "compare":
+        with option("--only", args.only):
+            ex.check_only(preset, args.only)
+        for label, name, options in ex.compare_runs(preset):
+            method = ex.build_method(name, options, preset)
+            method.check_config(preset.model)
+            with option("--lr", args.lr):
+                ex.finetune_config(preset, method, args.seed, args.lr)
+    elif args.command == "adapeft-front":
+        from .methods import AdaPEFT
+
+        budget = ex.lora_trainable(preset.model, preset.lora_r) if args.budget is None else args.budget
+        with option("--budget", args.budget):
+            method = AdaPEFT(budget=budget, groups=args.groups, estimator=args.estimator, direction=args.direction,
+                             probe_steps=args.probe_steps, every=args.every, lora_r=preset.lora_r,
+                             lora_alpha=preset.lora_r)
+            method.check_config(preset.model)
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         return bench(argv[1:])
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         return _run(args)
     except MinisftError as e:
         print(f"minisft: error: {e}", file=sys.stderr)
@@ -101,8 +408,9 @@ def main(argv=None):
 
 
 def bench(argv):
-    """Run the torch benchmark of a source checkout in a child process (module docstring); returns
-    its exit status, or 2 after a one-line message when torch or the checkout is missing."""
+    """Run the torch benchmark of a source checkout in a child process (module docstring), its JSON
+    into --workdir (default minisft-work) unless --out says where; returns its exit status, or 2
+    after a one-line message when torch or the checkout is missing."""
     if importlib.util.find_spec("torch") is None:
         print("minisft bench: needs PyTorch; install the test extra: pip install '.[test]' (from the checkout)",
               file=sys.stderr)
@@ -112,25 +420,41 @@ def bench(argv):
               "of the installed package: run `minisft bench` (or `python -m reference_models.bench`) from the "
               "checkout's root", file=sys.stderr)
         return 2
+    from .fileio import ensure_writable_dir
+
+    argv = list(argv)
+    workdir = DEFAULT_WORKDIR
+    if "--workdir" in argv:
+        i = argv.index("--workdir")
+        if i + 1 >= len(argv) or not argv[i + 1]:
+            print("minisft: error: --workdir: expected a folder path", file=sys.stderr)
+            return 2
+        workdir = argv[i + 1]
+        del argv[i : i + 2]
+    if "--out" not in argv and not {"-h", "--help"} & set(argv):
+        try:
+            argv += ["--out", str(ensure_writable_dir(workdir, "--workdir") / "bench.json")]
+        except MinisftError as e:
+            print(f"minisft: error: {e}", file=sys.stderr)
+            return 2
     return subprocess.call([sys.executable, "-m", "reference_models.bench", *argv])
 
 
 def _run(args):
-    from . import experiment as ex
-    from .methods import REGISTRY, method_options
-    from .report import format_table, plot_curves
-
     if args.command == "methods":
-        for name in sorted(REGISTRY):
-            print(f"{name}: {method_options(name)}")
+        from .report import methods_table
+
+        print(methods_table())
         return 0
-    if args.command == "vectors":
-        from .vectors import write_suite_command
-        return write_suite_command(args.out)
-    preset = ex.get_preset(args.preset, args.steps)
+    plan = validate(args)
+    from . import experiment as ex
+    from .report import format_table, plot_compare
+
+    preset = plan["preset"]
     progress = False if args.quiet else None
     workdir = Path(args.workdir)
-    data = ex.build_data(preset, workdir, args.data)
+    with option("--data", args.data):
+        data = ex.build_data(preset, workdir, args.data, args.encoding, progress)
     if args.command == "pretrain":
         model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress)
         task = ex.make_task(data.code[0], data.code[1], None, preset)
@@ -144,27 +468,33 @@ def _run(args):
         from .adapeft_front import adapeft_front
 
         budget = args.budget
-        if budget is not None and budget >= 1:
-            budget = int(budget)
-        result, png, why = adapeft_front(preset, workdir, data, args.backend, args.dtype, args.seed, args.train_front,
-                                         budget, args.groups, args.estimator, args.direction, args.probe_steps,
-                                         args.every, progress)
-        print(f"front of {len(result['report']['front'])} points written to {workdir / 'adapeft-front.json'}"
+        result, folder, png, why = adapeft_front(preset, workdir, data, args.backend, args.dtype, args.seed,
+                                                 args.train_front, budget, args.groups, args.estimator, args.direction,
+                                                 args.probe_steps, args.every, progress, lr=args.lr)
+        print(f"front of {len(result['report']['front'])} points written to {folder / 'adapeft-front.json'}"
               + (f", plot: {png}" if png else f" ({why})"))
         return 0
     if args.command == "finetune":
-        method = ex.build_method(args.method, parse_options(args.set), preset)
-        label = args.label or args.method
-        _, r = ex.finetune(preset, workdir, data, method, label, args.backend, args.dtype, args.seed,
-                           resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every, lr=args.lr,
-                           init=args.init)
-        print(format_table([r], {label: r["ms_per_step"]}, base=r["base"]))
-        print(f"\nrun written to {workdir / 'runs' / label}")
+        label = plan["label"]
+        try:
+            _, r = ex.finetune(preset, workdir, data, plan["method"], label, args.backend, args.dtype, args.seed,
+                               resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every,
+                               lr=args.lr)
+        except MinisftError as e:
+            if e.arg != "resume":
+                raise
+            raise CliError("--resume", e.value, e.expected) from None
+        folder = ex.run_dir(workdir, preset, data, label, args.seed, lr=args.lr, dtype=args.dtype)
+        row = ex.summarize(label, [r])
+        print(format_table({"rows": [row], "base": r["base"], "domains": data.domains}, {label: r["ms_per_step"]}))
+        print(f"\nrun: {folder} (model: {folder / 'model'})")
         return 0
-    rows, timings = ex.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only)
-    print(format_table(rows, timings, base=rows[0]["base"] if rows else None))
-    path, why = plot_curves(rows, workdir / "compare.png")
-    print(f"\nresults: {workdir / 'compare.json'}" + (f", plot: {path}" if path else f" ({why})"))
+    out, timings, folder = ex.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
+                                      args.seeds, args.lr)
+    ms = {row["label"]: ex.ms_per_step(timings, row["label"]) for row in out["rows"]}
+    print(format_table(out, ms, markdown=args.markdown))
+    png, why = plot_compare(out, folder / "compare.png")
+    print(f"\nresults: {folder / 'compare.json'}" + (f", plot: {png}" if png else f" ({why})"))
     return 0
 
 

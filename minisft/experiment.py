@@ -2,43 +2,54 @@
 side-by-side comparison that `minisft compare` prints.
 
 Domains: the base model is pretrained on the standard library's source code ("code", the source
-domain) and fine-tuned on its documentation topics ("docs", the target domain, or the user's own
-text with --data). Every fine-tuning run reports the target validation loss and, to measure
-forgetting, the source validation loss.
+domain) and fine-tuned on its documentation topics ("docs", the target domain), or on the user's
+own text (`data`: files or folders, named in the tables by the first path's name). Every fine-tuning
+run reports the target validation loss and, to measure forgetting, the source validation loss.
+The tokenizer is trained on code + target text, so other `data` means another tokenizer, hence
+another base model: both are trained once and cached (keyed by content).
 
 Layout of a workdir:
-    cache/                   trained tokenizers
-    pretrain/<key>.safetensors   the pretrained base of a preset (reused by later commands)
-    runs/<method-label>/     log.jsonl, checkpoint.safetensors, result.json of each fine-tuning run
-    compare.json, compare-timings.json, compare.png
+    cache/bpe-*.json                the tokenizers (with their SHA-256)
+    pretrain/<preset>-<key>.safetensors   a pretrained base; key: SHA-256 of what it depends on (the
+                                    preset's model and pretraining settings, the tokenizer, the code
+                                    corpus, the seed, the dtype), never of paths or fine-tuning settings
+    runs/<experiment>/              one experiment: <preset>-<data>, then -seed<s> (the base's seed),
+                                    -steps<n>, -lr<x>, -float64 when not the defaults; <data> is "docs"
+                                    or "data-" + 10 hex digits of the target corpus's fingerprint
+        <label>/seed<s>/            one fine-tuning run (minisft.train: log, checkpoint, model/, result)
+        compare.json, compare-timings.json, compare.png, adapeft-front.json/.png
+So runs of different presets, data or settings never overwrite each other.
 
-`finetune(..., init=DIR)` (`minisft finetune --init DIR`) starts from a local HF GPT-2 folder
-instead of the pretrained base (`init_model`): its config and weights (minisft.interop.load_hf_gpt2,
-safetensors only, nothing downloaded); its tokenizer.json when the folder has one, else minisft's
-byte-level BPE trained on the same corpora with the model's vocabulary size (cached like any other;
-at least 257 entries). Training windows are the preset's block size, or the model's positions if fewer.
+Seeds (`compare(seeds=K)`): every row is fine-tuned with seeds seed, seed+1, ..., seed+K-1 on ONE
+base model, pretrained with `seed`. A fixed public base fine-tuned many ways is how fine-tuning
+methods are used and compared; sharing it pairs the rows (every method starts from the same
+weights), so the spread measures the methods' own randomness (selection, initialisation, batches),
+and it costs one pretraining instead of K.
 """
 
-import hashlib
-import json
+import math
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .batches import corpus_streams, random_windows, validation_batches
+from .batches import corpus_streams
 from .budgets import lora_trainable
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import arrays_digest, load_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .corpus import load_corpus
-from .errors import bad_value
-from .fileio import atomic_write_json, ensure_writable_dir
-from .interop import load_hf_gpt2
+from .errors import CheckpointError, MinisftError, bad_value, positive_int
+from .fileio import (RunLock, atomic_write_json, check_name, ensure_writable_dir, read_json, remove_stale_temps)
 from .methods import FullFineTune, make_method, method_options
 from .methods.spruft import rows_matching_lora
 from .model import GPT
-from .tokenizer import N_BYTES, BPETokenizer, build_tokenizer
+from .progress import note, phase
+from .tokenizer import build_tokenizer
 from .train import Task, TrainConfig, evaluate, train
+from .version import __version__, git_commit
+
+PRETRAIN_RECIPE = "minisft-pretrain-v1"
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,11 @@ PRESETS = {
 
 
 def get_preset(name, steps=None):
+    """The preset `name`, with `steps` fine-tuning steps when given."""
     if name not in PRESETS:
         raise bad_value("preset", name, f"one of {sorted(PRESETS)}")
     p = PRESETS[name]
-    return p if steps is None else replace(p, finetune_steps=steps)
+    return p if steps is None else replace(p, finetune_steps=positive_int("steps", steps))
 
 
 @dataclass
@@ -82,20 +94,44 @@ class Data:
     config: GPTConfig  # the preset's model with vocab_size set to the tokenizer's actual size
     code: tuple  # (train stream, val stream)
     target: tuple
-    corpora: tuple = None  # (code corpus, target corpus): to tokenize them again for an --init model
+    domains: dict  # {"target": name for tables, "source": "code"}
+    fingerprints: dict  # {"target": corpus SHA-256, "source": corpus SHA-256, "tokenizer": SHA-256}
+    key: str  # "docs", or "data-" + 10 hex digits of the target corpus's fingerprint
 
 
-def build_data(preset, workdir, data=None):
+def data_name(paths):
+    """The name tables give user data: the first path's file or folder name (+N more paths)."""
+    stem = Path(paths[0]).stem or Path(paths[0]).resolve().name or "data"
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:24]
+    return name + (f"+{len(paths) - 1}" if len(paths) > 1 else "")
+
+
+def build_data(preset, workdir, data=None, encoding="utf-8", progress=None):
     """Corpora, the cached tokenizer and token streams for a preset (target = docs or `data`)."""
+    workdir = ensure_writable_dir(workdir, "workdir")
+    paths = None if not data else ([data] if isinstance(data, (str, Path)) else list(data))
+    target_what = "the standard library's documentation (docs)" if paths is None else f"your data {paths}"
+    phase(f"reading the code corpus (the standard library's sources) and {target_what}", progress)
     code = load_corpus("code", max_chars=preset.max_chars)
-    target = load_corpus("docs" if not data else data, max_chars=preset.max_chars)
-    tok = build_tokenizer([code, target], vocab_size=preset.model.vocab_size, cache_dir=Path(workdir) / "cache")
+    target = load_corpus("docs" if paths is None else paths, max_chars=preset.max_chars, encoding=encoding)
+    phase(f"tokenizer: byte-level BPE, vocabulary {preset.model.vocab_size}, on code + "
+          f"{'docs' if paths is None else 'your data'} (trained once, then cached in {workdir / 'cache'})", progress)
+    tok = build_tokenizer([code, target], vocab_size=preset.model.vocab_size, cache_dir=workdir / "cache")
     cfg = replace(preset.model, vocab_size=tok.vocab_size)
-    data = Data(tok, cfg, corpus_streams(code, tok), corpus_streams(target, tok), (code, target))
-    for train_stream, val_stream in (data.code, data.target):  # fail now, not after pretraining
-        random_windows(train_stream, 1, preset.model.block_size, np.random.default_rng(0))
-        validation_batches(val_stream, preset.batch_size, preset.model.block_size, 1)
-    return data
+    fingerprints = {"source": code.fingerprint(), "target": target.fingerprint(), "tokenizer": tok.fingerprint()}
+    out = Data(tok, cfg, corpus_streams(code, tok), corpus_streams(target, tok),
+               {"target": "docs" if paths is None else data_name(paths), "source": "code"}, fingerprints,
+               "docs" if paths is None else f"data-{fingerprints['target'][:10]}")
+    origin = {"code": "the code corpus", "target": "the docs corpus" if paths is None else f"--data {paths}"}
+    need = preset.batch_size * (preset.model.block_size + 1)
+    for domain, streams in (("code", out.code), ("target", out.target)):  # fail now, not after pretraining
+        for split, stream in zip(("training", "validation"), streams):
+            if len(stream) < need:
+                raise MinisftError(f"data: {origin[domain]}: its {split} split holds {len(stream)} tokens: expected at "
+                                   f"least {need} (one batch: batch_size {preset.batch_size} x (block_size "
+                                   f"{preset.model.block_size} + 1)); give more text", "data", paths,
+                                   f"at least {need} tokens in each split")
+    return out
 
 
 def _n_val_batches(stream, preset):
@@ -104,6 +140,8 @@ def _n_val_batches(stream, preset):
 
 
 def make_task(train_stream, val_target, val_source, preset):
+    from .batches import validation_batches
+
     B, T = preset.batch_size, preset.model.block_size
     return Task(train_ids=train_stream,
                 val_target=validation_batches(val_target, B, T, _n_val_batches(val_target, preset)),
@@ -111,27 +149,44 @@ def make_task(train_stream, val_target, val_source, preset):
                 batch_size=B, block_size=T)
 
 
-def _key(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def pretrain_config(preset, seed):
+    """The pretraining run's configuration."""
+    return TrainConfig(steps=preset.pretrain_steps, lr=preset.pretrain_lr, schedule="cosine",
+                       warmup=max(1, preset.pretrain_steps // 20), weight_decay=0.1,
+                       eval_every=preset.pretrain_steps, seed=seed, checkpoint_every=0)
+
+
+def pretrain_key(preset, data, dtype, seed):
+    """SHA-256 (hex) of everything the pretrained base depends on (module docstring)."""
+    cfg = pretrain_config(preset, seed)
+    content = {"recipe": PRETRAIN_RECIPE, "model": data.config.to_dict(), "dtype": str(np.dtype(dtype)),
+               "batch_size": preset.batch_size, "train": asdict(cfg), "tokenizer": data.fingerprints["tokenizer"],
+               "code": data.fingerprints["source"]}
+    return arrays_digest({}, content)
 
 
 def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None):
-    """The base model of `preset`, pretrained on the code corpus; cached under workdir/pretrain."""
-    workdir = ensure_writable_dir(workdir)
-    cfg = TrainConfig(steps=preset.pretrain_steps, lr=preset.pretrain_lr, schedule="cosine",
-                      warmup=max(1, preset.pretrain_steps // 20), weight_decay=0.1,
-                      eval_every=preset.pretrain_steps, seed=seed)
-    key = _key({"preset": asdict(preset), "vocab": data.tokenizer.vocab_size, "tok": str(data.tokenizer.path),
-                "train": asdict(cfg), "dtype": dtype})
-    path = workdir / "pretrain" / f"{preset.name}-{key}.safetensors"
+    """The base model of `preset`, pretrained on the code corpus; cached under workdir/pretrain
+    (verified by its checksum when loaded; a damaged file is retrained, with a message).
+    Returns (model, pretraining result or None when loaded from the cache)."""
+    folder = ensure_writable_dir(Path(workdir) / "pretrain", "workdir")
+    remove_stale_temps(folder)
+    key = pretrain_key(preset, data, dtype, seed)
+    path = folder / f"{preset.name}-{key[:20]}.safetensors"
     if path.exists():
-        arrays, _ = load_checkpoint(path)
-        return GPT.from_state_dict(arrays, data.config, backend=backend, dtype=dtype), None
+        try:
+            arrays, _ = load_checkpoint(path)
+            model = GPT.from_state_dict(arrays, data.config, backend=backend, dtype=dtype)
+            phase(f"base model: {preset.name}, loaded from {path}", progress)
+            return model, None
+        except (CheckpointError, MinisftError) as e:
+            note(f"the cached base model is damaged ({e}); pretraining it again")
+    cfg = pretrain_config(preset, seed)
+    phase(f"pretraining the {preset.name} base model on code: {cfg.steps} steps (once; cached in {folder})", progress)
     model = GPT(data.config, backend=backend, dtype=dtype, seed=seed)
     task = make_task(data.code[0], data.code[1], None, preset)
     result = train(model, FullFineTune(), task, cfg, progress=progress, label=f"pretrain[{preset.name}]")
-    ensure_writable_dir(path.parent)
-    save_checkpoint(path, model.state_dict(), {"config": data.config.to_dict(), "result": result["final"]})
+    save_checkpoint(path, model.state_dict(), {"key": key, "config": data.config.to_dict(), "result": result["final"]})
     return model, result
 
 
@@ -147,63 +202,57 @@ def method_lr(preset, method):
     return preset.finetune_lr if method.trains_base else preset.peft_lr
 
 
-def init_model(folder, workdir, data, backend="auto", dtype="float32"):
-    """(model, data) of a local HF GPT-2 folder (module docstring): the model with the folder's
-    config and weights, and `data`'s corpora tokenized with the folder's tokenizer.json, or with
-    minisft's BPE of the model's vocabulary size."""
-    config, state_dict = load_hf_gpt2(folder)
-    path = Path(folder) / "tokenizer.json"
-    if path.is_file():
-        tok = BPETokenizer.from_file(path)
-    elif config.vocab_size < N_BYTES + 1:
-        raise bad_value("init vocab_size", config.vocab_size, f"at least {N_BYTES + 1} to train minisft's byte-level "
-                        f"BPE for {folder}, or a tokenizer.json in the folder")
-    else:
-        tok = build_tokenizer(list(data.corpora), vocab_size=config.vocab_size, cache_dir=Path(workdir) / "cache")
-    if tok.vocab_size > config.vocab_size:
-        raise bad_value("init tokenizer vocab_size", tok.vocab_size, f"at most the model's {config.vocab_size} ({path})")
-    code, target = data.corpora
-    data = Data(tok, config, corpus_streams(code, tok), corpus_streams(target, tok), data.corpora)
-    return GPT.from_state_dict(state_dict, config, backend=backend, dtype=dtype), data
+def finetune_config(preset, method, seed=0, lr=None, checkpoint_every=None):
+    """The fine-tuning run's configuration (validated: build it before reading any data)."""
+    return TrainConfig(steps=preset.finetune_steps, lr=method_lr(preset, method) if lr is None else lr,
+                       eval_every=max(1, preset.finetune_steps // 5), seed=seed, checkpoint_every=checkpoint_every)
 
 
-def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0,
-             resume=False, progress=None, checkpoint_every=0, lr=None, init=None):
-    """Fine-tune a fresh copy of the pretrained base (or of the HF GPT-2 folder `init`) on the target
-    domain with `method`."""
-    if init is None:
-        model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
-    else:
-        model, data = init_model(init, workdir, data, backend, dtype)
-        block = min(preset.model.block_size, model.config.block_size)
-        preset = replace(preset, model=replace(preset.model, block_size=block))
+def experiment_name(preset, data_key, base_seed=0, lr=None, dtype="float32"):
+    """runs/<this>: the preset and data, then what differs from the defaults (module docstring)."""
+    name = f"{preset.name}-{data_key}"
+    if base_seed:
+        name += f"-seed{base_seed}"
+    if preset.finetune_steps != PRESETS.get(preset.name, preset).finetune_steps:
+        name += f"-steps{preset.finetune_steps}"
+    if lr is not None:
+        name += f"-lr{lr!r}"
+    if str(np.dtype(dtype)) != "float32":
+        name += f"-{np.dtype(dtype)}"
+    return name
+
+
+def experiment_dir(workdir, preset, data, base_seed=0, lr=None, dtype="float32"):
+    return Path(workdir) / "runs" / experiment_name(preset, data.key, base_seed, lr, dtype)
+
+
+def run_dir(workdir, preset, data, label, seed=0, base_seed=None, lr=None, dtype="float32"):
+    """runs/<experiment>/<label>/seed<seed>."""
+    base_seed = seed if base_seed is None else base_seed
+    return experiment_dir(workdir, preset, data, base_seed, lr, dtype) / check_name("label", label) / f"seed{seed}"
+
+
+def provenance(preset, data, base_seed):
+    """What produced a run, beyond its configurations (recorded in results and manifests)."""
+    return {"preset": preset.name, "domains": data.domains, "data": {k: data.fingerprints[k] for k in ("target", "source")},
+            "tokenizer": data.fingerprints["tokenizer"], "base_seed": base_seed}
+
+
+def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0, resume=False,
+             progress=None, checkpoint_every=None, lr=None, base_seed=None):
+    """Fine-tune a fresh copy of the pretrained base (pretrained with `base_seed`, default `seed`) on
+    the target domain with `method`, in run_dir(...); returns (model, result)."""
+    base_seed = seed if base_seed is None else base_seed
+    cfg = finetune_config(preset, method, seed, lr, checkpoint_every)
+    folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype)
+    model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress)
     task = make_task(data.target[0], data.target[1], data.code[1], preset)
-    cfg = TrainConfig(steps=preset.finetune_steps, lr=lr or method_lr(preset, method),
-                      eval_every=max(1, preset.finetune_steps // 5), seed=seed,
-                      checkpoint_every=checkpoint_every)
     base_eval = {"target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
-    result = train(model, method, task, cfg, workdir=Path(workdir) / "runs" / label, resume=resume,
-                   progress=progress, label=label)
-    result["label"] = label
-    result["base"] = base_eval
-    result["sparsity"] = weight_sparsity(model)
+    phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress)
+    result = train(model, method, task, cfg, workdir=folder, resume=resume, progress=progress,
+                   label=f"{label}[seed {seed}]", provenance=provenance(preset, data, base_seed),
+                   record={"label": label, "base": base_eval})
     return model, result
-
-
-def weight_sparsity(model):
-    """Fraction of exactly-zero entries of the effective linear weights (base + adapter deltas)."""
-    from .adapters import adapter_delta_weights
-    from .model import linear_layer_names
-
-    deltas = adapter_delta_weights(model)
-    zeros = total = 0
-    for layer in linear_layer_names(model.config):
-        W = model.params[layer + ".weight"]
-        if layer in deltas:
-            W = W + deltas[layer][0]
-        zeros += int((W == 0).sum())
-        total += int(W.size)
-    return zeros / total
 
 
 def spruft_label(budget):
@@ -239,23 +288,102 @@ def build_method(name, options, preset, steps=None):
     return make_method(name, **options)
 
 
-def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None):
-    """Run every method of `compare_runs` and write compare.json (deterministic on the CPU),
-    compare-timings.json and compare.png; returns (rows, timings)."""
-    workdir = ensure_writable_dir(workdir)
-    base_model, pre = pretrained(preset, workdir, data, backend, dtype, seed, progress)
-    rows, timings = [], {}
-    for label, name, options in compare_runs(preset):
-        if only and name not in only:
-            continue
-        _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, seed,
-                        progress=progress)
-        timings[label] = r.pop("ms_per_step")
-        for key in [k for k in r["report"] if k.endswith("ms_per_step")]:  # timings stay out of compare.json
-            timings[f"{label}:{key}"] = r["report"].pop(key)
-        rows.append(r)
-    out = {"preset": asdict(preset), "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend,
-           "dtype": dtype, "seed": seed, "rows": rows}
-    atomic_write_json(workdir / "compare.json", out)
-    atomic_write_json(workdir / "compare-timings.json", {"ms_per_step": timings})
-    return rows, timings
+def check_only(preset, only):
+    """`only` (compare's --only) after checking each entry names a method or a label of compare's rows."""
+    if only is None:
+        return None
+    rows = compare_runs(preset)
+    known = sorted({name for _, name, _ in rows} | {label for label, _, _ in rows})
+    if isinstance(only, str) or not only:
+        raise bad_value("only", only, f"a non-empty list of methods or labels among {known}")
+    for entry in only:
+        if entry not in known:
+            raise bad_value("only", entry, f"a method or a label of compare's rows: one of {known}")
+    return list(only)
+
+
+def mean_sd(values):
+    """{"mean", "sd"} of a list of numbers (sd: the sample standard deviation; None for one value)."""
+    values = [float(v) for v in values]
+    mean = math.fsum(values) / len(values)
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": mean, "sd": sd}
+
+
+def summarize(label, results):
+    """One row of compare.json from the per-seed results of one label: what every seed shares
+    (method, options, counts, memory), mean ± sd of the final losses and the sparsity, and the runs."""
+    first = results[0]
+    runs = [{k: r[k] for k in ("final", "history", "report", "sparsity", "base")} | {"seed": r["provenance"]["seed"]}
+            for r in results]
+    return {"label": label, "method": first["method"], "options": first["options"], "counts": first["counts"],
+            "memory": first["memory"], "seeds": [r["seed"] for r in runs],
+            "target": mean_sd([r["final"]["target"] for r in results]),
+            "source": mean_sd([r["final"]["source"] for r in results]),
+            "sparsity": mean_sd([r["sparsity"] for r in results]), "runs": runs}
+
+
+def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None, seeds=1,
+            lr=None):
+    """Run the rows of `compare_runs` (those `only` names; all by default) for seeds seed..seed+K-1
+    on the base pretrained with `seed`, and write compare.json (deterministic on the CPU: timings go
+    to compare-timings.json) into the experiment directory; returns (compare dict, timings, folder).
+    A run of some rows keeps the other rows of an earlier compare.json of the same experiment."""
+    only = check_only(preset, only)
+    seeds = positive_int("seeds", seeds)
+    folder = ensure_writable_dir(experiment_dir(workdir, preset, data, seed, lr, dtype), "workdir")
+    with RunLock(folder, "experiment directory"):
+        remove_stale_temps(folder)
+        base_model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
+        rows, timings = {}, {}
+        for label, name, options in compare_runs(preset):
+            if only and name not in only and label not in only:
+                continue
+            results = []
+            for s in range(seed, seed + seeds):
+                _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, s,
+                                progress=progress, lr=lr, base_seed=seed)
+                timings[f"{label}:seed{s}"] = r["ms_per_step"]
+                timings.update({f"{label}:seed{s}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})
+                r["report"] = {k: v for k, v in r["report"].items() if not k.endswith("ms_per_step")}
+                results.append(r)
+            rows[label] = summarize(label, results)
+        path = folder / "compare.json"
+        earlier = _earlier_rows(path) if only else {}
+        order = [label for label, _, _ in compare_runs(preset)]
+        merged = {**earlier, **rows}
+        out = {"preset": asdict(preset), "domains": data.domains, "provenance": provenance(preset, data, seed),
+               "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend, "dtype": dtype, "lr": lr,
+               "seeds": list(range(seed, seed + seeds)), "base": first_base(rows),
+               "minisft_version": __version__, "git_commit": git_commit(),
+               "rows": [merged[label] for label in order if label in merged]}
+        atomic_write_json(path, out)
+        timings_all = {**(_earlier_timings(folder) if only else {}), **timings}
+        atomic_write_json(folder / "compare-timings.json", {"ms_per_step": timings_all})
+    return out, timings, folder
+
+
+def first_base(rows):
+    """The base model's losses (the same for every run of one experiment)."""
+    return next(iter(rows.values()))["runs"][0]["base"]
+
+
+def _earlier_rows(path):
+    """{label: row} of an earlier compare.json in this experiment directory ({} when none is readable)."""
+    try:
+        return {row["label"]: row for row in read_json(path)["rows"]}
+    except (MinisftError, KeyError, TypeError):
+        return {}
+
+
+def _earlier_timings(folder):
+    try:
+        return dict(read_json(folder / "compare-timings.json")["ms_per_step"])
+    except (MinisftError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def ms_per_step(timings, label):
+    """The median over seeds of a label's ms/step (None when unknown)."""
+    values = [v for k, v in timings.items() if re.fullmatch(rf"{re.escape(label)}:seed\d+", k) and v is not None]
+    return float(np.median(values)) if values else None

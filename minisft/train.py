@@ -1,33 +1,62 @@
 """The generic trainer: drives any method (minisft.methods) over next-token batches.
 
 One step:  (1) gradients averaged over `accumulation` micro-batches;  (2) a non-finite loss stops
-the run (NonFiniteLossError) — the last checkpoint on disk is the last good state;  (3) the
-method's `transform_grads`;  (4) global-norm clipping;  (5) the optimizer step with the method's
+the run (NonFiniteLossError naming the step);  (3) the method's `transform_grads`;  (4) global-norm
+clipping (a non-finite gradient norm stops the run);  (5) the optimizer step with the method's
 `optimizer_masks`;  (6) the method's `after_step`.  Evaluation every `eval_every` steps on fixed
-validation batches of the target domain and (for forgetting) the source domain; a JSON-lines log;
-checkpoints every `checkpoint_every` steps.
+validation batches of the target domain and (for forgetting) the source domain (a non-finite
+evaluation stops the run too); a JSON-lines log; checkpoints.
 
 Determinism: one numpy Generator seeded with `seed` feeds the method's selection and then every
 training batch. A checkpoint carries the trainable tensors, the optimizer state, the method's state,
 the Generator's state and the histories, so `resume=True` continues bit-identically on the CPU.
+
+A run directory (`workdir`) holds, while a run owns it (`fileio.RunLock`: a second run on it is an
+error):
+    log.jsonl                    one JSON record per step (strict JSON: no NaN)
+    checkpoint.safetensors       the last checkpoint, while the run is unfinished
+    model/trained.safetensors    every trainable tensor (adapter parameters, trained base tensors)
+    model/merged.safetensors     the base model's state dict with the adapters merged (a plain GPT:
+                                 `GPT.from_state_dict` loads it; HF names)
+    model/manifest.json          what produced it: method and options, configurations, provenance
+                                 (preset, data and tokenizer fingerprints from the caller), seed,
+                                 minisft version and git commit
+    result.json                  the result (written last: a run with a result.json is finished)
+Checkpoints: every `checkpoint_every` steps, or by default (None) whenever the training time since
+the last checkpoint reaches 50 times what the last checkpoint took to write, so they cost at most
+2% of the run (the first after 5% of the steps); 0 writes none. A checkpoint is a safetensors file
+with a SHA-256 of its content (`checkpoint.py`); on resume every tensor's name, shape and dtype and
+every metadata field are checked, and a checkpoint of another run (another base model, data,
+method, option or configuration: everything but `checkpoint_every`) is refused, naming the fields
+that differ. A fresh run in a directory with an earlier result leaves that result in place until
+it finishes; a run that stops on a non-finite value never writes one.
 """
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .adapters import adapter_delta_weights
 from .backend import rng as make_rng
+from .backend import to_numpy
 from .batches import random_windows
 from .budgets import count_params
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import CheckpointError, NonFiniteLossError, bad_value, positive_int
-from .fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from .checkpoint import arrays_digest, check_arrays, load_checkpoint, save_checkpoint
+from .errors import (CheckpointError, NonFiniteLossError, bad_value, nonnegative_int, positive_int, real_in,
+                     require)
+from .fileio import RunLock, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps
 from .memory import memory_report
+from .model import linear_layer_names
 from .optim import clip_grad_norm, lr_at, make_optimizer
+from .progress import Progress, note
+from .version import __version__, git_commit
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+CHECKPOINT_COST = 0.02  # the default policy's bound on checkpoint time / training time
 
 
 @dataclass
@@ -43,9 +72,25 @@ class Task:
     def sample(self, generator):
         return random_windows(self.train_ids, self.batch_size, self.block_size, generator)
 
+    def digest(self):
+        """SHA-256 (hex) of the training stream and every validation batch: equal digests, equal data."""
+        ids = getattr(self.train_ids, "ids", self.train_ids)
+        arrays = {"train": ids}
+        for split in ("val_target", "val_source"):
+            for i, (x, y) in enumerate(getattr(self, split)):
+                arrays[f"{split}/{i}/x"], arrays[f"{split}/{i}/y"] = x, y
+        return arrays_digest({k: to_numpy(v) for k, v in arrays.items()}, {"B": self.batch_size, "T": self.block_size})
+
 
 @dataclass
 class TrainConfig:
+    """Every field is checked on construction (a clear error naming the field, the value and what is
+    expected), so a bad configuration fails before any data is read or any step is taken.
+
+    grad_clip: the global-norm bound, or None for no clipping. checkpoint_every: None for the
+    default policy (module docstring), 0 for no checkpoints, N for every N steps.
+    """
+
     steps: int = 100
     lr: float = 1e-3
     optimizer: str = "adamw"
@@ -54,18 +99,28 @@ class TrainConfig:
     warmup: int = 0
     gamma: float = 0.85
     step_every: int = 1
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0
     accumulation: int = 1
     eval_every: int = 50
-    checkpoint_every: int = 0
+    checkpoint_every: int | None = None
     seed: int = 0
 
     def __post_init__(self):
-        positive_int("steps", self.steps)
-        positive_int("accumulation", self.accumulation)
-        positive_int("eval_every", self.eval_every)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise bad_value("lr", self.lr, "a positive finite learning rate")
+        for name in ("steps", "step_every", "accumulation", "eval_every"):
+            positive_int(name, getattr(self, name))
+        for name in ("warmup", "seed"):
+            nonnegative_int(name, getattr(self, name))
+        if self.checkpoint_every is not None:
+            nonnegative_int("checkpoint_every", self.checkpoint_every)
+        real_in("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        real_in("weight_decay", self.weight_decay, 0.0, math.inf, low_open=False, high_open=True)
+        real_in("gamma", self.gamma, 0.0, 1.0, low_open=True, high_open=False)
+        if self.grad_clip is not None:
+            real_in("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
+        require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        require(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
+        require(self.schedule != "cosine" or self.warmup < self.steps, "warmup", self.warmup,
+                f"fewer steps than steps={self.steps} for the cosine schedule")
 
 
 def evaluate(model, batches):
@@ -73,31 +128,39 @@ def evaluate(model, batches):
     return float(np.mean([model.loss(x, y) for x, y in batches])) if batches else None
 
 
-class Progress:
-    """One status line on stderr: step, loss, tokens/s, ETA (off when stderr is not a terminal)."""
-
-    def __init__(self, total, label, enabled=None):
-        self.total, self.label = total, label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.t0 = time.perf_counter()
-
-    def update(self, step, loss, tokens):
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.t0
-        rate = tokens / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / max(step, 1) * (self.total - step)
-        sys.stderr.write(f"\r{self.label} {step}/{self.total} loss {loss:.4f} {rate:,.0f} tok/s ETA {eta:.0f}s ")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
-def _fingerprint(model, method, cfg):
+def _fingerprint(model, method, cfg, base_digest, task_digest, provenance):
+    """What a checkpoint must match to be resumed: everything that shapes the run but how often it
+    checkpoints."""
+    train_cfg = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
     return {"model": model.config.to_dict(), "dtype": model.dtype.name, "method": method.name,
-            "method_options": method.options(), "train": asdict(cfg)}
+            "method_options": method.options(), "train": train_cfg, "base_model": base_digest,
+            "task": task_digest, **(provenance or {})}
+
+
+def fingerprint_differences(saved, current, prefix=""):
+    """["field: <saved> then, <current> now"] for every field (nested dicts: "train.lr") that differs."""
+    out = []
+    saved = saved if isinstance(saved, dict) else {}
+    for key in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += fingerprint_differences(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(f"{prefix}{key}: {_short(a)} then, {_short(b)} now")
+    return out
+
+
+def _short(value, limit=40):
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_other_run(what, path, saved, current):
+    diff = fingerprint_differences(saved, current)
+    if diff:
+        expected = (f"{what} of the same run, but it differs: {'; '.join(diff)} (start afresh without resume, "
+                    "or under another label)")
+        raise CheckpointError(f"resume={str(path)!r}: expected {expected}", "resume", str(path), expected)
 
 
 def _checkpoint_arrays(model, opt, method):
@@ -107,56 +170,157 @@ def _checkpoint_arrays(model, opt, method):
     return arrays
 
 
-def _restore(model, opt, method, path, fingerprint):
+def _check_meta(path, meta, cfg):
+    """The checkpoint's metadata fields, checked: step in [1, steps], a PCG64 state, histories of
+    the right lengths."""
+    step = meta.get("step")
+    ok = isinstance(step, int) and not isinstance(step, bool) and 1 <= step <= cfg.steps
+    if not ok:
+        raise CheckpointError(f"checkpoint={str(path)!r}: step={step!r}: expected an integer in [1, {cfg.steps}]")
+    rng_state = meta.get("rng")
+    if not (isinstance(rng_state, dict) and rng_state.get("bit_generator") == "PCG64"
+            and isinstance(rng_state.get("state"), dict)):
+        raise CheckpointError(f"checkpoint={str(path)!r}: rng: expected a numpy PCG64 generator state")
+    history = meta.get("history")
+    if not (isinstance(history, dict) and isinstance(history.get("train"), list) and isinstance(history.get("eval"), list)
+            and len(history["train"]) == step and [r.get("step") for r in history["train"]] == list(range(1, step + 1))):
+        raise CheckpointError(f"checkpoint={str(path)!r}: history: expected one training record per step 1..{step}")
+
+
+def _check_optimizer_state(path, opt_arrays, params):
+    """Optimizer state for exactly the trainable tensors, the same entries for each, each entry of
+    its tensor's shape and dtype (the step count: a 0-d integer)."""
+    by_name = {}
+    for key, v in opt_arrays.items():
+        name, k = key.rsplit(".", 1)
+        by_name.setdefault(name, {})[k] = v
+    if set(by_name) != set(params):
+        missing, unexpected = sorted(set(params) - set(by_name)), sorted(set(by_name) - set(params))
+        raise CheckpointError(f"checkpoint={str(path)!r}: optimizer state: missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}: expected the state of every trainable tensor")
+    keys = {frozenset(d) for d in by_name.values()}
+    if len(keys) != 1 or "step" not in next(iter(keys)):
+        raise CheckpointError(f"checkpoint={str(path)!r}: optimizer state: expected the same entries, step "
+                              f"included, for every tensor (found {sorted(map(sorted, keys))[:2]})")
+    expected = {}
+    for name, entries in by_name.items():
+        for k in entries:
+            p = params[name]
+            expected[f"{name}.{k}"] = ((), np.dtype(np.int64)) if k == "step" else (tuple(p.shape), np.dtype(p.dtype.name))
+    check_arrays(path, "optimizer state", opt_arrays, expected)
+
+
+def _restore(model, opt, method, path, fingerprint, cfg):
     arrays, meta = load_checkpoint(path)
-    if meta.get("fingerprint") != fingerprint:
-        raise CheckpointError(f"checkpoint={str(path)!r}: written by another configuration "
-                              f"({meta.get('fingerprint')}); expected {fingerprint}")
+    _refuse_other_run("a checkpoint", path, meta.get("fingerprint"), fingerprint)
+    _check_meta(path, meta, cfg)
     params = model.trainable_params()
     saved = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    if set(saved) != set(params):
-        raise CheckpointError(f"checkpoint={str(path)!r}: tensors {sorted(set(saved) ^ set(params))[:5]} "
-                              "do not match this model's trainable tensors")
+    check_arrays(path, "trainable tensors", saved,
+                 {k: (tuple(v.shape), np.dtype(v.dtype.name)) for k, v in params.items()})
+    opt_arrays = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+    _check_optimizer_state(path, opt_arrays, params)
     for k, v in saved.items():
-        if v.shape != params[k].shape:
-            raise CheckpointError(f"checkpoint={str(path)!r}: {k} has shape {v.shape}, expected {params[k].shape}")
         params[k][...] = model.xp.asarray(v)
-    opt.load_state_arrays({k[4:]: (v if v.ndim == 0 else model.xp.asarray(v)) for k, v in arrays.items() if k.startswith("opt/")})
+    opt.load_state_arrays({k: (v if v.ndim == 0 else model.xp.asarray(v)) for k, v in opt_arrays.items()})
     method.load_state_arrays({k[7:]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("method/")})
     return meta
 
 
-def train(model, method, task, cfg, workdir=None, resume=False, progress=None, label="train"):
-    """Fine-tune `model` with `method` on `task`; returns a JSON-ready result dict."""
+class _CheckpointClock:
+    """When to write the next checkpoint (module docstring): every `every` steps, never (0), or by
+    default when the training time since the last one reaches (1/CHECKPOINT_COST) x its write time."""
+
+    def __init__(self, every, steps):
+        self.every, self.steps = every, steps
+        self.first = max(1, steps // 20)
+        self.train_seconds, self.write_seconds = 0.0, None
+
+    def due(self, step, step_seconds):
+        """After step `step` (1-based) that took `step_seconds`."""
+        if step >= self.steps:  # the run's end saves the model: no checkpoint needed
+            return False
+        if self.every is not None:
+            return self.every > 0 and step % self.every == 0
+        self.train_seconds += step_seconds
+        if self.write_seconds is None:
+            return step >= self.first
+        return self.train_seconds * CHECKPOINT_COST >= self.write_seconds
+
+    def written(self, seconds):
+        self.train_seconds, self.write_seconds = 0.0, seconds
+
+
+def _finite(what, value, step, where):
+    if value is not None and not math.isfinite(value):
+        raise NonFiniteLossError(f"{what}={value} at step {step}: expected a finite value; the run stopped. {where}")
+
+
+def train(model, method, task, cfg, workdir=None, resume=False, progress=None, label="train", provenance=None,
+          record=None):
+    """Fine-tune `model` with `method` on `task`; returns a JSON-ready result dict.
+
+    workdir: the run directory (module docstring), or None to keep nothing on disk.
+    resume: continue the run in `workdir` from its last checkpoint; a finished run (its result.json
+        of this very configuration) is returned as it is, with a note, and nothing is changed.
+    provenance: JSON-ready facts the caller knows and the trainer cannot (preset, data and tokenizer
+        fingerprints): written into the manifest and the result, and part of what a resumed
+        checkpoint must match.
+    record: JSON-ready facts added to the result as they are (the caller's label, the base model's
+        losses).
+    """
+    require(isinstance(cfg, TrainConfig), "cfg", cfg, "a minisft.train.TrainConfig")
+    require(not resume or workdir is not None, "resume", resume, "a workdir to resume from")
+    if workdir is None:
+        return _train(model, method, task, cfg, None, False, progress, label, provenance, record)
+    workdir = ensure_writable_dir(workdir, "workdir")
+    with RunLock(workdir):
+        for folder in (workdir, workdir / "model"):
+            remove_stale_temps(folder)
+        return _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record)
+
+
+def _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record):
+    base_digest = arrays_digest(model.state_dict())
     generator = make_rng(cfg.seed)
     method.prepare(model, task, generator)
     opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
-    fingerprint = _fingerprint(model, method, cfg)
+    fingerprint = _fingerprint(model, method, cfg, base_digest, task.digest(), provenance)
     history = {"train": [], "eval": []}
     start = 0
-    ckpt = log_path = None
+    ckpt = log_path = result_path = None
     if workdir is not None:
-        workdir = ensure_writable_dir(workdir)
-        ckpt, log_path = workdir / "checkpoint.safetensors", workdir / "log.jsonl"
+        ckpt, log_path, result_path = workdir / "checkpoint.safetensors", workdir / "log.jsonl", workdir / "result.json"
     if resume:
-        if ckpt is None or not ckpt.exists():
-            raise bad_value("resume", True, f"a checkpoint at {ckpt} (run without resume first)")
-        meta = _restore(model, opt, method, ckpt, fingerprint)
-        start, history = meta["step"], meta["history"]
-        generator.bit_generator.state = meta["rng"]
+        finished = read_json(result_path) if result_path.exists() else None
+        if finished is not None:
+            _refuse_other_run("a finished result", result_path, finished.get("fingerprint"), fingerprint)
+            note(f"{label}: the run in {str(workdir)!r} is finished ({cfg.steps} steps); nothing to do")
+            return finished
+        if ckpt.exists():
+            meta = _restore(model, opt, method, ckpt, fingerprint, cfg)
+            start, history = meta["step"], meta["history"]
+            generator.bit_generator.state = meta["rng"]
+        else:
+            note(f"{label}: no checkpoint in {str(workdir)!r} yet; starting from step 0")
     if log_path is not None:
+        if not start:
+            ckpt.unlink(missing_ok=True)  # a fresh run: the checkpoint of an earlier run is superseded
         _reset_log(log_path, start)
-    bar = Progress(cfg.steps, label, progress)
+    earlier = (f"The earlier result {str(result_path)!r} is untouched." if result_path is not None and result_path.exists()
+               else "No result was written.")
+    bar = Progress(cfg.steps, label, progress, start)
+    clock = _CheckpointClock(cfg.checkpoint_every, cfg.steps)
     tokens_per_step = cfg.accumulation * task.batch_size * task.block_size
     step_times, grads, peak = [], {}, None
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         loss, grads = _accumulated_grads(model, task, generator, cfg.accumulation)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(f"loss={loss} at step {step}: expected a finite loss; the last good "
-                                     f"state is the checkpoint {ckpt if ckpt and ckpt.exists() else '(none written)'}")
+        last = f"Last checkpoint: {str(ckpt)!r}." if ckpt is not None and ckpt.exists() else "No checkpoint."
+        _finite("loss", loss, step + 1, f"{last} {earlier}")
         grads = method.transform_grads(model, grads, step)
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
+        _finite("gradient norm", grad_norm, step + 1, f"{last} {earlier}")
         lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every)
         opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr)
         method.after_step(model, step)
@@ -167,16 +331,19 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
         history["train"].append(rec)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             ev = {"step": step + 1, "target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
+            for split in ("target", "source"):
+                _finite(f"{split} validation loss", ev[split], step + 1, f"{last} {earlier}")
             history["eval"].append(ev)
             rec = dict(rec, eval=ev)
         if log_path is not None:
             with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        bar.update(step + 1 - start, loss, (step + 1 - start) * tokens_per_step)
-        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            meta = {"fingerprint": fingerprint, "step": step + 1,
-                    "rng": generator.bit_generator.state, "history": history}
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
+        bar.update(step + 1, loss, (step + 1 - start) * tokens_per_step)
+        if ckpt is not None and clock.due(step + 1, step_times[-1]):
+            t1 = time.perf_counter()
+            meta = {"fingerprint": fingerprint, "step": step + 1, "rng": generator.bit_generator.state, "history": history}
             save_checkpoint(ckpt, _checkpoint_arrays(model, opt, method), meta)
+            clock.written(time.perf_counter() - t1)
     bar.close()
     result = {
         "method": method.name,
@@ -187,17 +354,71 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
         "final": history["eval"][-1] if history["eval"] else None,
         "history": history,
         "report": method.report(),
+        "sparsity": weight_sparsity(model),
+        "provenance": _provenance(provenance, cfg),
+        "fingerprint": fingerprint,
+        **(record or {}),
     }
     if workdir is not None:
-        atomic_write_json(workdir / "result.json", result)
+        save_model(workdir / "model", model, {"method": method.name, "options": method.options(),
+                                              "model": model.config.to_dict(), "dtype": model.dtype.name,
+                                              "train": asdict(cfg), **result["provenance"]})
+        atomic_write_json(result_path, result)  # the commit point: from here on the run is finished
+        ckpt.unlink(missing_ok=True)
     return result
 
 
+def _provenance(provenance, cfg):
+    """The caller's provenance with the seed, minisft's version and the git commit (None outside a checkout)."""
+    return {**(provenance or {}), "seed": cfg.seed, "minisft_version": __version__, "git_commit": git_commit()}
+
+
+def weight_sparsity(model):
+    """Fraction of exactly-zero entries of the effective linear weights (base + adapter deltas)."""
+    deltas = adapter_delta_weights(model)
+    zeros = total = 0
+    for layer in linear_layer_names(model.config):
+        W = model.params[layer + ".weight"]
+        if layer in deltas:
+            W = W + deltas[layer][0]
+        zeros += int((W == 0).sum())
+        total += int(W.size)
+    return zeros / total
+
+
+def merged_state_dict(model):
+    """{name: host array}: the base tensors with every adapter's delta added (the model unchanged)."""
+    sd = model.state_dict()
+    for layer, (dW, db) in adapter_delta_weights(model).items():
+        sd[layer + ".weight"] = sd[layer + ".weight"] + to_numpy(dW)
+        sd[layer + ".bias"] = sd[layer + ".bias"] + to_numpy(db)
+    return sd
+
+
+def save_model(folder, model, manifest):
+    """Write folder/trained.safetensors (every trainable tensor), folder/merged.safetensors (the
+    merged base state dict) and folder/manifest.json; returns the folder."""
+    folder = ensure_writable_dir(folder, "model folder")
+    save_checkpoint(folder / "trained.safetensors", model.trainable_params(), {"manifest": manifest})
+    save_checkpoint(folder / "merged.safetensors", merged_state_dict(model), {"manifest": manifest})
+    atomic_write_json(folder / "manifest.json", {**manifest, "files": {
+        "trained.safetensors": "every trainable tensor (adapter parameters and trained base tensors), minisft names",
+        "merged.safetensors": "the base model with the adapters merged: GPT.from_state_dict(arrays, config) loads it"}})
+    return folder
+
+
 def _reset_log(path, keep_through_step):
-    """Keep only the log records of steps <= keep_through_step (0: start a fresh log), atomically."""
+    """Keep only the log records of steps <= keep_through_step (0: start a fresh log), atomically.
+    A kill inside an append can leave a torn last line: it is dropped."""
     kept = []
     if keep_through_step and path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_through_step]
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record["step"] <= keep_through_step:
+                kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

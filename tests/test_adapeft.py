@@ -298,8 +298,9 @@ def test_adapeft_front_writes_json_and_plot(tmp_path):
     """The front command on a micro preset: JSON with the report, the LoRA-matched default budget,
     a PNG (matplotlib present) or a reason, and with train_front one realised loss per front point."""
     data = ex.build_data(MICRO, tmp_path)
-    out, png, why = adapeft_front(MICRO, tmp_path, data, backend="numpy", train_front=True, probe_steps=2, every=1)
-    saved = json.loads((tmp_path / "adapeft-front.json").read_text())
+    out, folder, png, why = adapeft_front(MICRO, tmp_path, data, backend="numpy", train_front=True, probe_steps=2,
+                                          every=1)
+    saved = json.loads((folder / "adapeft-front.json").read_text())
     assert saved["report"]["budget"]["capacity"] == 2 * (4 + 2 + 5 + 5) * 16  # LoRA r=2 on the one block
     assert saved["options"]["probe_lr"] == MICRO.peft_lr
     assert len(saved["trained"]) == len(saved["report"]["front"]) - 1

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # low to high; the trainer drives any Method through its protocol alone, so it sits below them
 LAYERS = [
-    ("errors",),
+    ("errors", "version"),
     ("backend", "config", "fileio", "progress"),
     ("distributed",),
     ("kernels", "flash_attention", "memory"),

@@ -87,7 +87,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
             if step == 4:
                 model.params["ln_f.weight"][...] = np.nan
 
-    with pytest.raises(NonFiniteLossError, match="loss=nan at step 5"):
+    with pytest.raises(NonFiniteLossError, match="loss=nan at step 6"):
         run(tmp_path, 9, method=Explode(r=2))
     arrays, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert meta["step"] == 3 and all(np.all(np.isfinite(a)) for a in arrays.values())

@@ -1,6 +1,8 @@
 """The method protocol the trainer drives, and the two baselines every comparison includes.
 
 A method decides *what* trains; the trainer (minisft.train) does the rest. Hooks, in call order:
+    check_config(config)               options that depend on the model's shape, checked against a
+                                       GPTConfig before any data is read (a rank above a layer's width)
     prepare(model, task, rng)          select and wrap (may run probe steps on task's batches)
     transform_grads(model, grads, step) -> grads    e.g. GMT's mask, MGPP's prior gradient
     optimizer_masks(model) -> {name: bool array}    entries the optimizer must leave untouched
@@ -8,16 +10,30 @@ A method decides *what* trains; the trainer (minisft.train) does the rest. Hooks
     report() -> dict                   JSON-ready: what was selected, counts, method-specific facts
     state_arrays() / load_state_arrays(arrays)     method state a checkpoint must carry (masks)
 `prepare` is deterministic given the rng, so a resumed run re-selects the same way.
+
+Options: every constructor parameter is an option, with a type annotation (int, float, bool, str,
+tuple[str, ...], `int | None`, ...) that `make_method` checks and the command line parses by, a
+one-line meaning in the class's `option_help`, and the class says its source in `paper`; the
+constructor checks every value (a clear error naming the option, the value and the expectation).
+`minisft methods` prints this as a table, and a test checks every registered method has it all.
 """
 
+import math
+
 from ..adapters import LoRA
-from ..budgets import target_layers
+from ..budgets import check_targets, lora_trainable, target_layers
+from ..errors import boolean, positive_int, real_in
 from ..model import LINEAR_SUFFIXES
 
 
 class Method:
     name = "method"
+    paper = ""  # one line: authors, year, arXiv id (or "baseline")
+    option_help = {}  # {option: one-line meaning}
     trains_base = False  # True: the method updates base tensors in place (full-FT learning rate)
+
+    def check_config(self, config):
+        pass
 
     def prepare(self, model, task, rng):
         raise TypeError(f"{type(self).__name__} must implement prepare(model, task, rng)")
@@ -49,6 +65,7 @@ class FullFineTune(Method):
     """Every base tensor trains in place (weights, biases, LayerNorms, embeddings)."""
 
     name = "full"
+    paper = "baseline: every base tensor trains"
     trains_base = True
 
     def prepare(self, model, task, rng):
@@ -62,12 +79,24 @@ class LoRAMethod(Method):
     """LoRA (PEFT defaults: r=8, α=8, kaiming-uniform A, zero B) on every target linear layer."""
 
     name = "lora"
+    paper = "baseline: Hu et al. 2021, arXiv 2106.09685 (LoRA exactly as HF PEFT)"
+    option_help = {"r": "rank of the A (r, in) and B (out, r) factors",
+                   "alpha": "scaling numerator: the update is (alpha / r) B A (alpha / sqrt(r) with use_rslora)",
+                   "targets": f"linear-layer suffixes to adapt, among {', '.join(LINEAR_SUFFIXES)}",
+                   "use_rslora": "rank-stabilised scaling alpha / sqrt(r) (PEFT's use_rslora)"}
 
-    def __init__(self, r=8, alpha=8, targets=LINEAR_SUFFIXES, use_rslora=False):
-        self.r, self.alpha, self.targets, self.use_rslora = r, alpha, tuple(targets), use_rslora
+    def __init__(self, r: int = 8, alpha: float = 8, targets: tuple[str, ...] = LINEAR_SUFFIXES,
+                 use_rslora: bool = False):
+        self.r = positive_int("r", r)
+        self.alpha = real_in("alpha", alpha, 0.0, math.inf, low_open=True, high_open=True)
+        self.targets = check_targets(targets)
+        self.use_rslora = boolean("use_rslora", use_rslora)
 
     def options(self):
         return {"r": self.r, "alpha": self.alpha, "targets": list(self.targets), "use_rslora": self.use_rslora}
+
+    def check_config(self, config):
+        lora_trainable(config, self.r, self.targets)
 
     def prepare(self, model, task, rng):
         model.freeze()

@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from ...budgets import count_params
+from ...budgets import count_params, lora_trainable
+from ...model import param_shapes
 from ...errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
 from ...optim import SGD, AdamW
 from ..base import Method
@@ -30,9 +31,19 @@ def check_budget(budget):
     return ratio_in("budget", budget, 0.0, 1.0)
 
 
-def capacity_of(budget, model):
-    """The budget in parameters: itself for an int, floor(fraction · base count) for a float."""
-    return budget if isinstance(budget, int) else int(math.floor(budget * count_params(model)["base"]))
+def capacity_of(budget, base_params):
+    """The budget in parameters: itself for an int, floor(fraction · base_params) for a float."""
+    return budget if isinstance(budget, int) else int(math.floor(budget * base_params))
+
+
+def check_capacity(budget, groups, base_params):
+    """The budget's capacity, after checking some group fits it."""
+    capacity = capacity_of(budget, base_params)
+    smallest = min(groups, key=lambda g: g.size)
+    require(capacity >= smallest.size, "budget", budget,
+            f"a budget some group fits: {capacity} parameters is a budget no subset fits "
+            f"(the smallest group, {smallest.name!r}, has {smallest.size})")
+    return capacity
 
 
 def probe(model, task, rng, groups, estimator="exact", direction="adam", steps=8, every=4, lr=1e-3,
@@ -104,9 +115,23 @@ class AdaPEFT(Method):
     """Select parameter groups by a knapsack over probe-measured influence; train only those."""
 
     name = "adapeft"
+    paper = "Xu & Bu 2025, arXiv 2505.12579 (GeN estimator: arXiv 2407.02772)"
+    option_help = {
+        "budget": "trainable parameters: a count (int) or a fraction of the base model (float in (0, 1])",
+        "groups": "partition into groups: modules (LoRA per module type, biases, norms, embeddings), tensors, "
+                  "or a {name: patterns} dict (Python API)",
+        "estimator": f"influence estimator: {', '.join(ESTIMATORS)} (exact: Hessian-vector product; gen: GeN's fit)",
+        "direction": f"update direction the influence is measured along: {', '.join(DIRECTIONS)}",
+        "probe_steps": "probe training steps (all groups active)",
+        "every": "measure the influence every this many probe steps",
+        "lora_r": "rank of the LoRA groups", "lora_alpha": "scaling numerator of the LoRA groups",
+        "probe_lr": "learning rate of the probe",
+        "eta": "step size the influence is evaluated at (none: probe_lr)",
+    }
 
-    def __init__(self, budget=0.01, groups="modules", estimator="exact", direction="adam", probe_steps=8,
-                 every=4, lora_r=8, lora_alpha=8, probe_lr=1e-3, eta=None):
+    def __init__(self, budget: int | float = 0.01, groups: str | dict = "modules", estimator: str = "exact",
+                 direction: str = "adam", probe_steps: int = 8, every: int = 4, lora_r: int = 8,
+                 lora_alpha: float = 8, probe_lr: float = 1e-3, eta: float | None = None):
         self.budget = check_budget(budget)
         self.groups = check_groups(groups)
         require(estimator in ESTIMATORS, "estimator", estimator, f"one of {ESTIMATORS}")
@@ -131,14 +156,17 @@ class AdaPEFT(Method):
                 "direction": self.direction, "probe_steps": self.probe_steps, "every": self.every,
                 "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "probe_lr": self.probe_lr, "eta": self.eta}
 
+    def check_config(self, config):
+        """lora_r against the layers' widths and the budget against the groups of a model of `config`."""
+        if not dense_only(self.groups):
+            lora_trainable(config, self.lora_r)
+        base = sum(math.prod(shape) for shape in param_shapes(config).values())
+        check_capacity(self.budget, build_groups(config, self.groups, self.lora_r), base)
+
     def prepare(self, model, task, rng):
         require(not model.adapters, "model", f"adapters on {sorted(model.adapters)[:4]}", "a base model without adapters")
         groups = build_groups(model.config, self.groups, self.lora_r)
-        capacity = capacity_of(self.budget, model)
-        smallest = min(groups, key=lambda g: g.size)
-        require(capacity >= smallest.size, "budget", self.budget,
-                f"a budget some group fits: {capacity} parameters is a budget no subset fits "
-                f"(the smallest group, {smallest.name!r}, has {smallest.size})")
+        capacity = check_capacity(self.budget, groups, count_params(model)["base"])
         base = {k: model.params[k].copy() for g in groups for k in g.tensors}
         records, _ = probe(model, task, rng, groups, self.estimator, self.direction, self.probe_steps, self.every,
                            self.probe_lr, self.eta, self.lora_alpha)
@@ -174,8 +202,13 @@ class GroupSubset(Method):
     """Train a fixed subset of groups, named (the transfer claim; each point of the front)."""
 
     name = "group_subset"
+    paper = "Xu & Bu 2025, arXiv 2505.12579 (a fixed subset of AdaPEFT's groups: transfer, front points)"
+    option_help = {"names": "the groups to train, by name (see `minisft adapeft-front`)",
+                   "groups": "the partition the names refer to: modules, tensors, or a {name: patterns} dict",
+                   "lora_r": "rank of the LoRA groups", "lora_alpha": "scaling numerator of the LoRA groups"}
 
-    def __init__(self, names=("lora:attn.c_attn",), groups="modules", lora_r=8, lora_alpha=8):
+    def __init__(self, names: tuple[str, ...] = ("lora:attn.c_attn",), groups: str | dict = "modules",
+                 lora_r: int = 8, lora_alpha: float = 8):
         names = [names] if isinstance(names, str) else list(names)
         require(bool(names) and all(isinstance(n, str) for n in names), "names", names, "a non-empty list of group names")
         self.names, self.groups = names, check_groups(groups)
@@ -189,6 +222,14 @@ class GroupSubset(Method):
 
     def options(self):
         return {"names": self.names, "groups": self.groups, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha}
+
+    def check_config(self, config):
+        """The names against the groups of a model of `config`, and lora_r against its widths."""
+        known = [g.name for g in build_groups(config, self.groups, self.lora_r)]
+        for name in self.names:
+            require(name in known, "names", name, f"a group of the {self.groups!r} partition, such as {known[:4]}")
+        if not dense_only(self.groups):
+            lora_trainable(config, self.lora_r)
 
     def prepare(self, model, task, rng):
         self.chosen = apply_groups_by_name(model, self.names, self.groups, self.lora_r, self.lora_alpha, rng)

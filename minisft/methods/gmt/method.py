@@ -19,9 +19,13 @@ class GMT(Method):
     every step (package docstring, minisft.methods.gmt)."""
 
     name = "gmt"
+    paper = "Li et al. 2024, arXiv 2406.15330"
+    option_help = {"drop_ratio": "fraction of each gradient's entries dropped (the smallest |g|), in [0, 1)",
+                   "scope": "rank entries within each tensor (tensor) or across all tensors (global)",
+                   "freeze_masked": "also freeze the dropped entries' Adam moments and weight decay"}
     trains_base = True
 
-    def __init__(self, drop_ratio=0.5, scope="tensor", freeze_masked=False):
+    def __init__(self, drop_ratio: float = 0.5, scope: str = "tensor", freeze_masked: bool = False):
         self.drop_ratio = real_in("drop_ratio", drop_ratio, 0.0, 1.0, low_open=False, high_open=True)
         require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
         self.scope, self.freeze_masked = scope, boolean("freeze_masked", freeze_masked)

@@ -13,7 +13,7 @@ import numpy as np
 from ...adapters import LoRA, SharedLoRA
 from ...backend import array_module, to_numpy
 from ...batches import disjoint_windows, windows_at
-from ...budgets import check_targets, lora_param_count, target_layers
+from ...budgets import check_targets, lora_param_count, lora_trainable, target_layers
 from ...errors import bad_type, bad_value, boolean, positive_int, real_in, require
 from ...model import LINEAR_SUFFIXES
 from ...optim import make_optimizer
@@ -116,9 +116,19 @@ class LoRADrop(Method):
     module type among the rest (package docstring)."""
 
     name = "loradrop"
+    paper = "Zhou et al. 2024, arXiv 2402.07721"
+    option_help = {"r": "LoRA rank", "alpha": "LoRA scaling numerator (alpha / r)",
+                   "threshold": "keep the most important layers until their normalised importance sums to this",
+                   "sample_fraction": "fraction of the training windows the importance is measured on",
+                   "probe_steps": "LoRA training steps before measuring the importance",
+                   "probe_lr": "learning rate of those probe steps",
+                   "targets": f"linear-layer suffixes to adapt, among {', '.join(LINEAR_SUFFIXES)}",
+                   "selection": f"rank layers {' or '.join(SELECTIONS)}",
+                   "reinit": "re-initialise the kept LoRAs after the probe (else keep the probe's weights)"}
 
-    def __init__(self, r=8, alpha=8, threshold=0.9, sample_fraction=0.1, probe_steps=20, probe_lr=1e-3,
-                 targets=LINEAR_SUFFIXES, selection="joint", reinit=True):
+    def __init__(self, r: int = 8, alpha: float = 8, threshold: float = 0.9, sample_fraction: float = 0.1,
+                 probe_steps: int = 20, probe_lr: float = 1e-3, targets: tuple[str, ...] = LINEAR_SUFFIXES,
+                 selection: str = "joint", reinit: bool = True):
         self.r = positive_int("r", r)
         self.alpha = real_in("alpha", alpha, 0.0, float("inf"), low_open=True, high_open=True)
         self.threshold = real_in("threshold", threshold, 0.0, 1.0, low_open=True, high_open=False)
@@ -138,6 +148,9 @@ class LoRADrop(Method):
                 "sample_fraction": self.sample_fraction, "probe_steps": self.probe_steps,
                 "probe_lr": self.probe_lr, "targets": list(self.targets), "selection": self.selection,
                 "reinit": self.reinit}
+
+    def check_config(self, config):
+        lora_trainable(config, self.r, self.targets)
 
     def sample(self, task, rng):
         """D_s: (starts (k,) host int64 of the sampled windows, m the number of disjoint windows,

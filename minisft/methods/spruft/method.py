@@ -9,9 +9,9 @@ import numpy as np
 from ...adapters import ColumnDelta, RowDelta
 from ...adapters.rows import INITS
 from ...backend import to_numpy
-from ...budgets import check_targets, target_layers
+from ...budgets import check_targets, target_layers, target_shapes
 from ...errors import CheckpointError, bad_value, boolean, positive_int, real_in, require
-from ...model import LINEAR_SUFFIXES
+from ...model import LINEAR_SUFFIXES, param_shapes
 from ...select import ratio_count
 from ..base import Method
 from .budget import check_budget, unit_count
@@ -109,10 +109,27 @@ class SPruFT(Method):
     """SPruFT: dense deltas on the rows (or neuron groups) picked by a pruning importance."""
 
     name = "spruft"
+    paper = "Li & Bhaskara 2025, arXiv 2502.11439"
+    option_help = {
+        "ratio": "fraction of each unit's rows (or neuron groups) to train, in (0, 1] (default 0.05 when rows is none)",
+        "rows": "rows (or neuron groups) to train per unit, instead of ratio",
+        "importance": f"row score: {', '.join(IMPORTANCES)}",
+        "scope": "rank rows within each layer (layer) or across all layers on mean-normalised scores (global)",
+        "mode": "rows: output rows of each linear layer; neurons: whole attention heads / MLP neurons",
+        "init": f"initial value of the trained row deltas: {', '.join(INITS)}",
+        "calib_batches": "calibration batches for gradient-based scores",
+        "multivariable": "Taylor score |sum_j W_ij G_ij| instead of sum_j |W_ij G_ij|",
+        "p": "norm of the magnitude score: 1 or 2",
+        "targets": f"linear-layer suffixes to select rows in, among {', '.join(LINEAR_SUFFIXES)}",
+        "zo_samples": "random directions of the zeroth-order gradient estimate",
+        "zo_eps": "finite-difference step of the zeroth-order estimate",
+        "bias": "train the selected rows' bias entries too",
+    }
 
-    def __init__(self, ratio=None, rows=None, importance="taylor", scope="layer", mode="rows", init="zeros",
-                 calib_batches=8, multivariable=False, p=2, targets=LINEAR_SUFFIXES, zo_samples=16,
-                 zo_eps=1e-3, bias=True):
+    def __init__(self, ratio: float | None = None, rows: int | None = None, importance: str = "taylor",
+                 scope: str = "layer", mode: str = "rows", init: str = "zeros", calib_batches: int = 8,
+                 multivariable: bool = False, p: int = 2, targets: tuple[str, ...] = LINEAR_SUFFIXES,
+                 zo_samples: int = 16, zo_eps: float = 1e-3, bias: bool = True):
         ratio, rows = check_budget(ratio, rows)
         if importance == "quantile_taylor":
             raise bad_value("importance", importance, f"one of {IMPORTANCES}: the quantile mean needs classes, "
@@ -150,7 +167,7 @@ class SPruFT(Method):
         require(not model.adapters, "model.adapters", sorted(model.adapters)[:4],
                 "a model without adapters (SPruFT scores and wraps the base model)")
         layers = target_layers(model, self.targets)
-        units = self._units(model, layers)  # validates `rows` against the model before any work
+        units = self._units(model.config, layers)  # validates `rows` against the model before any work
         needs_batches = self.importance != "magnitude"
         batches = calibration_batches(task, rng, self.calib_batches) if needs_batches else []
         model.freeze()
@@ -167,13 +184,16 @@ class SPruFT(Method):
         trainable = self._attach(model, layers, rng)
         self._report = self._make_report(layers, units, chosen, trainable, calibration)
 
-    def _units(self, model, layers):
+    def check_config(self, config):
+        """`rows` against the target layers' units of a model of `config` (before any data is read)."""
+        self._units(config, [layer for layer, _, _ in target_shapes(config, self.targets)])
+
+    def _units(self, cfg, layers):
         """{unit name: _Unit}: one per layer (row mode) or per block and group kind (neuron mode)."""
         if self.mode == "rows":
-            units = {layer: _Unit(model.params[layer + ".weight"].shape[0], "rows", ((layer, "rows"),))
-                     for layer in layers}
+            shapes = param_shapes(cfg)
+            units = {layer: _Unit(shapes[layer + ".weight"][0], "rows", ((layer, "rows"),)) for layer in layers}
         else:
-            cfg = model.config
             make = {"attn": lambda: attention_head_groups(cfg.n_embd, cfg.n_head),
                     "mlp": lambda: mlp_neuron_groups(cfg.n_embd)}
             units = {}

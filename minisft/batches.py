@@ -33,6 +33,10 @@ class TokenStream:
     """
 
     def __init__(self, ids, name="ids", vocab_size=None):
+        if vocab_size is not None:
+            vocab_size = positive_int("vocab_size", vocab_size)
+        if not hasattr(ids, "dtype") and not isinstance(ids, (list, tuple)):
+            raise bad_type(name, ids, "a 1-D integer array of token ids")
         xp = array_module(ids)
         ids = xp.asarray(ids)
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
@@ -63,14 +67,25 @@ def disjoint_windows(ids, block_size):
     """(stream, m): `ids` as a TokenStream and m = floor(len / (T + 1)) >= 1, the number of disjoint
     windows of T + 1 tokens it holds (the unit LoRA-drop's sample and MGPP's n count)."""
     stream = as_stream(ids)
+    block_size = positive_int("block_size", block_size)
     _need(stream, block_size + 1, f"one window of block_size + 1 = {block_size + 1}")
     return stream, len(stream) // (block_size + 1)
 
 
 def windows_at(ids, starts, block_size):
-    """x, y: (B, T) int64 from windows ids[s : s + T + 1] for s in `starts` ((B,) host ints)."""
+    """x, y: (B, T) int64 from windows ids[s : s + T + 1] for s in `starts` ((B,) host ints, each in
+    [0, n - T - 1]: a window never wraps around or runs past the end)."""
+    if not hasattr(ids, "ndim") or ids.ndim != 1:  # cheap: this runs every training step
+        raise bad_type("ids", ids, "a 1-D array of token ids")
+    T = positive_int("block_size", block_size)
+    host = np.asarray(starts) if isinstance(starts, (list, tuple, np.ndarray)) else None
+    if host is None or host.ndim != 1 or not (host.size == 0 or np.issubdtype(host.dtype, np.integer)):
+        raise bad_type("starts", starts, "a 1-D list or array of integer window starts")
+    top = int(ids.shape[0]) - T - 1
+    if host.size and (host.min() < 0 or host.max() > top):
+        raise bad_value("starts", host.tolist()[:5], f"window starts in [0, {top}] (n - block_size - 1)")
     xp = array_module(ids)
-    offsets = to_device(np.asarray(starts, dtype=np.int64)[:, None] + np.arange(block_size + 1), xp)
+    offsets = to_device(host.astype(np.int64)[:, None] + np.arange(T + 1), xp)
     w = ids[offsets].astype(xp.int64)
     return w[:, :-1], w[:, 1:]
 
@@ -120,6 +135,13 @@ def validation_batches(ids, batch_size, block_size, n_batches=None):
 
 def corpus_streams(corpus, tokenizer):
     """The training and validation TokenStreams of `corpus` ("<name>/train", "<name>/val")."""
+    from .corpus import Corpus
+    from .tokenizer import BPETokenizer
+
+    if not isinstance(corpus, Corpus):
+        raise bad_type("corpus", corpus, "a minisft.corpus.Corpus")
+    if not isinstance(tokenizer, BPETokenizer):
+        raise bad_type("tokenizer", tokenizer, "a minisft.tokenizer.BPETokenizer")
     return tuple(
         TokenStream(tokenizer.encode_docs(corpus.docs(split)), f"{corpus.name}/{split}", tokenizer.vocab_size)
         for split in ("train", "val")

@@ -10,45 +10,65 @@ the checksum is one more metadata entry). Nothing is ever written in place.
 
 import hashlib
 import json
-from pathlib import Path
-
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
 from .backend import to_numpy
-from .errors import CheckpointError
-from .fileio import atomic_write_bytes
+from .errors import CheckpointError, bad_type, bad_value, str_keyed_dict
+from .fileio import as_path, atomic_write_bytes
 
 META_KEY = "minisft"
 DIGEST_KEY = "minisft_sha256"
 
 
+def _host_arrays(arrays):
+    """{name: C-order host array} after checking `arrays` maps str names to numeric or bool arrays."""
+    str_keyed_dict("arrays", arrays)
+    out = {}
+    for name, value in arrays.items():
+        a = np.array(to_numpy(value), order="C") if hasattr(value, "dtype") else np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            raise bad_type(f"arrays[{name!r}]", value, f"a numeric or bool array (got dtype {a.dtype})")
+        out[name] = a  # keeps 0-d arrays 0-d
+    return out
+
+
+def _json_text(meta):
+    """`meta` as strict, sorted JSON (NaN and infinities are not JSON)."""
+    try:
+        return json.dumps(meta, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise bad_value("meta", meta, f"JSON-serialisable metadata with finite numbers ({e})") from None
+
+
 def arrays_digest(arrays, meta=None):
-    """SHA-256 (hex) of {name: host array} (each name, dtype, shape and C-order bytes, in name order)
+    """SHA-256 (hex) of {name: array} (each name, dtype, shape and C-order bytes, in name order)
     and the JSON metadata `meta`."""
+    arrays = _host_arrays(arrays)
+    meta_text = _json_text(meta)
     h = hashlib.sha256(b"minisft-arrays-v1")
     for name in sorted(arrays):
         a = arrays[name]
         header = json.dumps([name, a.dtype.str, list(a.shape)]).encode()
         h.update(len(header).to_bytes(8, "big") + header)
         h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-    h.update(json.dumps(meta, sort_keys=True).encode())
+    h.update(meta_text.encode())
     return h.hexdigest()
 
 
 def save_checkpoint(path, arrays, meta):
     """Write {name: array} (any backend) and `meta` (JSON-serialisable) to `path` atomically."""
-    host = {k: np.array(to_numpy(v), order="C") for k, v in arrays.items()}  # keeps 0-d arrays 0-d
-    meta = json.loads(json.dumps(meta, sort_keys=True))  # as it will read back
-    header = {META_KEY: json.dumps(meta, sort_keys=True), DIGEST_KEY: arrays_digest(host, meta)}
+    host = _host_arrays(arrays)
+    meta = json.loads(_json_text(meta))  # as it will read back
+    header = {META_KEY: _json_text(meta), DIGEST_KEY: arrays_digest(host, meta)}
     return atomic_write_bytes(path, safetensors_bytes(host, metadata=header))
 
 
 def load_checkpoint(path):
     """(arrays {name: numpy array}, meta dict) from a checkpoint written by save_checkpoint, after
     checking its checksum."""
-    path = Path(path)
+    path = as_path("checkpoint", path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint={str(path)!r}: expected an existing checkpoint file")
     try:

@@ -453,7 +453,7 @@ def _run(args):
     preset = plan["preset"]
     progress = False if args.quiet else None
     workdir = Path(args.workdir)
-    with option("--data", args.data):
+    with option("--data"):
         data = ex.build_data(preset, workdir, args.data, args.encoding, progress)
     if args.command == "pretrain":
         model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress)

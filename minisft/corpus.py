@@ -74,7 +74,7 @@ class Corpus:
     def __post_init__(self):
         for arg in ("train_docs", "val_docs"):
             docs = getattr(self, arg)
-            if isinstance(docs, str) or not all(isinstance(d, str) for d in docs):
+            if not isinstance(docs, (list, tuple)) or not all(isinstance(d, str) for d in docs):
                 raise bad_type(arg, docs, "a list of strings (documents)")
             object.__setattr__(self, arg, tuple(docs))
 

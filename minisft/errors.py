@@ -86,7 +86,10 @@ def nonnegative_int(arg, value):
 
 
 def ratio_in(arg, value, low, high, low_open=True, high_open=False):
-    """Check a float lies in an interval such as (0, 1]; NaN always fails."""
+    """Check a float lies in an interval such as (0, 1]; NaN always fails. A string or a bool is not
+    a number (float("0.5") would pass it silently)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise bad_type(arg, value, "a real number")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -110,3 +113,28 @@ def boolean(arg, value):
     if not isinstance(value, (bool, np.bool_)):
         raise bad_type(arg, value, "True or False")
     return bool(value)
+
+
+def numeric_array(arg, value):
+    """`value` as a NumPy array (a NumPy/CuPy array or a nested list as given) after checking it
+    holds finite real numbers (no strings, objects, NaN or infinities)."""
+    host = value.get() if hasattr(value, "get") and not isinstance(value, (np.ndarray, dict)) else value
+    try:
+        a = np.asarray(host)
+    except (TypeError, ValueError) as e:
+        raise bad_type(arg, value, f"an array of real numbers ({e})") from None
+    if a.dtype.kind not in "iuf":
+        raise bad_type(arg, value, f"an array of real numbers (got dtype {a.dtype})")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise bad_value(arg, "an array with NaN or infinite entries", "finite values")
+    return a
+
+
+def str_keyed_dict(arg, value, expected="a dict of {name: array}"):
+    """`value` after checking it is a mapping whose keys are all strings."""
+    if not isinstance(value, dict) and not (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        raise bad_type(arg, value, expected)
+    for key in value.keys():
+        if not isinstance(key, str):
+            raise bad_type(f"{arg} key", key, f"a str name ({expected})")
+    return value

@@ -28,6 +28,7 @@ and it costs one pretraining instead of K.
 """
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ from .budgets import lora_trainable
 from .checkpoint import arrays_digest, load_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .corpus import load_corpus
-from .errors import CheckpointError, MinisftError, bad_value, positive_int
+from .errors import CheckpointError, MinisftError, bad_type, bad_value, nonnegative_int, positive_int, real_in
 from .fileio import (RunLock, atomic_write_json, check_name, ensure_writable_dir, read_json, remove_stale_temps)
 from .methods import FullFineTune, make_method, method_options
 from .methods.spruft import rows_matching_lora
@@ -101,6 +102,9 @@ class Data:
 
 def data_name(paths):
     """The name tables give user data: the first path's file or folder name (+N more paths)."""
+    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths) \
+            or not all(os.fspath(p) for p in paths):
+        raise bad_type("paths", paths, "a non-empty list of paths")
     stem = Path(paths[0]).stem or Path(paths[0]).resolve().name or "data"
     name = re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:24]
     return name + (f"+{len(paths) - 1}" if len(paths) > 1 else "")
@@ -109,7 +113,14 @@ def data_name(paths):
 def build_data(preset, workdir, data=None, encoding="utf-8", progress=None):
     """Corpora, the cached tokenizer and token streams for a preset (target = docs or `data`)."""
     workdir = ensure_writable_dir(workdir, "workdir")
-    paths = None if not data else ([data] if isinstance(data, (str, Path)) else list(data))
+    if data is None:
+        paths = None
+    elif isinstance(data, (str, os.PathLike)):
+        paths = [data]
+    elif isinstance(data, (list, tuple)) and data:
+        paths = list(data)
+    else:
+        raise bad_type("data", data, "None (the docs corpus), or a path or non-empty list of paths to text")
     target_what = "the standard library's documentation (docs)" if paths is None else f"your data {paths}"
     phase(f"reading the code corpus (the standard library's sources) and {target_what}", progress)
     code = load_corpus("code", max_chars=preset.max_chars)
@@ -228,7 +239,8 @@ def experiment_dir(workdir, preset, data, base_seed=0, lr=None, dtype="float32")
 
 def run_dir(workdir, preset, data, label, seed=0, base_seed=None, lr=None, dtype="float32"):
     """runs/<experiment>/<label>/seed<seed>."""
-    base_seed = seed if base_seed is None else base_seed
+    seed = nonnegative_int("seed", seed)
+    base_seed = seed if base_seed is None else nonnegative_int("base_seed", base_seed)
     return experiment_dir(workdir, preset, data, base_seed, lr, dtype) / check_name("label", label) / f"seed{seed}"
 
 
@@ -294,7 +306,7 @@ def check_only(preset, only):
         return None
     rows = compare_runs(preset)
     known = sorted({name for _, name, _ in rows} | {label for label, _, _ in rows})
-    if isinstance(only, str) or not only:
+    if not isinstance(only, (list, tuple)) or not only:
         raise bad_value("only", only, f"a non-empty list of methods or labels among {known}")
     for entry in only:
         if entry not in known:
@@ -303,8 +315,10 @@ def check_only(preset, only):
 
 
 def mean_sd(values):
-    """{"mean", "sd"} of a list of numbers (sd: the sample standard deviation; None for one value)."""
-    values = [float(v) for v in values]
+    """{"mean", "sd"} of a list of finite numbers (sd: the sample standard deviation; None for one value)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise bad_type("values", values, "a non-empty list of numbers")
+    values = [real_in("values", v, -math.inf, math.inf, True, True) for v in values]
     mean = math.fsum(values) / len(values)
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
     return {"mean": mean, "sd": sd}

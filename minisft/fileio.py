@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptFileError, LockedError, MinisftError, bad_type, bad_value
+from .errors import CorruptFileError, LockedError, MinisftError, bad_type, bad_value, positive_int
 
 
 TMP_SUFFIX = ".tmp"
@@ -51,6 +51,16 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 def bad_path(arg, path, expected):
     """Like `errors.bad_value`, but shows the whole path (paths are not cut short)."""
     return MinisftError(f"{arg}={str(path)!r}: expected {expected}", arg, str(path), expected)
+
+
+def as_path(arg, path):
+    """`path` as a Path after checking it is a non-empty str or PathLike without NUL characters."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise bad_type(arg, path, "a path (str or PathLike)")
+    text = os.fspath(path)
+    if not isinstance(text, str) or text == "" or "\x00" in text:
+        raise bad_path(arg, text, "a non-empty path without NUL characters")
+    return Path(text)
 
 
 def _fsync_dir(directory):
@@ -73,7 +83,9 @@ def atomic_write_bytes(path, data):
     The parent directory must exist (see `ensure_writable_dir`). On any failure, including an
     interrupt, the temporary file is removed and an existing file at `path` keeps its old content.
     """
-    path = Path(path)
+    path = as_path("path", path)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise bad_type("data", data, "bytes")
     data = bytes(data)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
     try:
@@ -95,7 +107,23 @@ def atomic_write_bytes(path, data):
 
 def atomic_write_text(path, text, encoding="utf-8"):
     """Write the string `text` to `path` atomically (encoded with `encoding`); return the Path."""
-    return atomic_write_bytes(path, text.encode(encoding))
+    return atomic_write_bytes(path, encoded("text", text, encoding))
+
+
+def encoded(arg, text, encoding="utf-8"):
+    """The bytes of the string `text` in `encoding` (a clear error for a non-string, an unknown
+    codec or a character the codec cannot encode)."""
+    if not isinstance(text, str):
+        raise bad_type(arg, text, "a str")
+    if not isinstance(encoding, str):
+        raise bad_type("encoding", encoding, "a codec name (str)")
+    try:
+        return text.encode(encoding)
+    except LookupError:
+        raise bad_value("encoding", encoding, "a codec name Python knows, such as utf-8") from None
+    except UnicodeEncodeError as e:
+        raise bad_value(arg, text[max(e.start - 10, 0) : e.end + 10], f"text the {encoding} codec can encode "
+                        f"({e.reason} at character {e.start})") from None
 
 
 def _json_default(obj):
@@ -118,7 +146,7 @@ def atomic_write_json(path, obj, indent=2):
 
 def read_json(path):
     """Parse the JSON file at `path`; a missing, unreadable or corrupt file names `path` in the error."""
-    path = Path(path)
+    path = as_path("path", path)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -137,11 +165,7 @@ def ensure_writable_dir(path, arg="path"):
     Writability is checked by creating and removing a probe file, since `os.access` is wrong for
     root and on some network filesystems. `arg` names the argument in errors. Returns a Path.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise bad_type(arg, path, "a folder path (str or PathLike)")
-    if str(path) == "":
-        raise bad_path(arg, path, "a folder path (an empty string would mean the current directory)")
-    path = Path(path)
+    path = as_path(arg, path)  # "" would mean the current directory: refused
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
@@ -167,10 +191,13 @@ def remove_stale_temps(folder):
     """Delete the temporary files of atomic writes whose process no longer runs (a kill inside a
     write leaves one); returns the names removed. A missing folder has none."""
     removed = []
+    folder = as_path("folder", folder)
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return removed
+    except OSError as e:
+        raise bad_path("folder", folder, f"a folder ({e.strerror})") from None
     for entry in entries:
         m = _TMP_NAME.match(entry.name)
         if m and entry.is_file(follow_symlinks=False) and not _pid_alive(int(m.group(1))):
@@ -181,12 +208,14 @@ def remove_stale_temps(folder):
 
 def sha256_hex(data):
     """SHA-256 of `data` (bytes) as 64 hex digits."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise bad_type("data", data, "bytes")
     return hashlib.sha256(data).hexdigest()
 
 
 def atomic_write_checked(path, text):
     """Write the string `text` atomically as one JSON file {"sha256": ..., "text": text}; return the Path."""
-    return atomic_write_json(path, {"sha256": sha256_hex(text.encode("utf-8")), "text": text})
+    return atomic_write_json(path, {"sha256": sha256_hex(encoded("text", text)), "text": text})
 
 
 def read_checked(path):
@@ -221,6 +250,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 def read_regular_file(path, arg="path", max_bytes=MAX_FILE_BYTES):
     """The bytes of the regular file at `path` (at most `max_bytes`), opened without blocking: a FIFO,
     a device or a socket (also behind a symbolic link) is refused, never read."""
+    path = as_path(arg, path)
+    max_bytes = positive_int("max_bytes", max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
@@ -246,10 +277,10 @@ class RunLock:
     """
 
     def __init__(self, folder, what="run directory"):
-        self.folder, self.what, self._fd = Path(folder), what, None
+        self.folder, self.what, self._fd = as_path("folder", folder), what, None
 
     def __enter__(self):
-        path = ensure_writable_dir(self.folder) / ".lock"
+        path = ensure_writable_dir(self.folder, "folder") / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

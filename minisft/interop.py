@@ -33,7 +33,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 from .backend import to_numpy
 from .config import GPTConfig
-from .errors import MinisftError, bad_type, bad_value
+from .errors import MinisftError, bad_type, bad_value, numeric_array, positive_int, str_keyed_dict
 from .fileio import atomic_write_bytes, atomic_write_json, bad_path, ensure_writable_dir, read_json
 from .model import GPT, param_shapes
 
@@ -47,7 +47,10 @@ def _is_conv1d(name):
 
 
 def from_hf_gpt2(hf_state_dict):
-    """HF GPT2LMHeadModel state dict -> minisft names and (out, in) weights (NumPy arrays)."""
+    """HF GPT2LMHeadModel state dict -> minisft names and (out, in) weights (NumPy arrays, copies)."""
+    str_keyed_dict("hf_state_dict", hf_state_dict, "an HF GPT-2 state dict {name: tensor}")
+    if PREFIX + "wte.weight" not in hf_state_dict:
+        raise bad_value("hf_state_dict", sorted(hf_state_dict)[:3], f"an HF GPT-2 state dict with {PREFIX}wte.weight")
     out = {}
     for key, value in hf_state_dict.items():
         if key == "lm_head.weight" or key.endswith(HF_BUFFERS):
@@ -55,19 +58,22 @@ def from_hf_gpt2(hf_state_dict):
         if not key.startswith(PREFIX):
             raise bad_value("hf_state_dict key", key, f"a name starting with {PREFIX!r} or 'lm_head.weight'")
         name = key[len(PREFIX):]
-        a = np.asarray(value)
+        a = numeric_array(f"hf_state_dict[{key!r}]", value)
         out[name] = a.T.copy() if _is_conv1d(name) else a.copy()
     head = hf_state_dict.get("lm_head.weight")
-    if head is not None and not np.array_equal(np.asarray(head), out.get("wte.weight")):
+    if head is not None and not np.array_equal(numeric_array("hf_state_dict['lm_head.weight']", head), out["wte.weight"]):
         raise bad_value("hf_state_dict['lm_head.weight']", "differs from wte", "a head tied to transformer.wte.weight")
     return out
 
 
 def to_hf_gpt2(state_dict):
-    """minisft state dict -> HF GPT2LMHeadModel names, (in, out) Conv1D weights, tied lm_head."""
+    """minisft state dict -> HF GPT2LMHeadModel names, (in, out) Conv1D weights, tied lm_head (copies)."""
+    str_keyed_dict("state_dict", state_dict, "a minisft state dict {name: array}")
+    if "wte.weight" not in state_dict:
+        raise bad_value("state_dict", sorted(state_dict)[:3], "a minisft GPT state dict with wte.weight")
     out = {}
     for name, value in state_dict.items():
-        a = np.asarray(value)
+        a = numeric_array(f"state_dict[{name!r}]", value)
         out[PREFIX + name] = a.T.copy() if _is_conv1d(name) else a.copy()
     out["lm_head.weight"] = out[PREFIX + "wte.weight"].copy()
     return out
@@ -75,15 +81,25 @@ def to_hf_gpt2(state_dict):
 
 def config_from_hf(hf_config):
     """GPTConfig from an HF GPT2Config (or its to_dict()); rejects settings minisft does not model."""
-    d = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+    if isinstance(hf_config, dict):
+        d = hf_config
+    elif callable(getattr(hf_config, "to_dict", None)):
+        d = hf_config.to_dict()
+    else:
+        raise bad_type("hf_config", hf_config, "an HF GPT2Config or its to_dict()")
     act = d.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise bad_value("activation_function", act, "'gelu_new' (tanh GELU), as GPT-2")
     eps = d.get("layer_norm_epsilon", 1e-5)
     if eps != 1e-5:
         raise bad_value("layer_norm_epsilon", eps, "1e-5, as GPT-2")
-    return GPTConfig(vocab_size=d["vocab_size"], block_size=d["n_positions"], n_layer=d["n_layer"],
-                     n_head=d["n_head"], n_embd=d["n_embd"])
+    sizes = {}
+    for ours, theirs in (("vocab_size", "vocab_size"), ("block_size", "n_positions"), ("n_layer", "n_layer"),
+                         ("n_head", "n_head"), ("n_embd", "n_embd")):
+        if theirs not in d:
+            raise bad_value("hf_config", sorted(d)[:5], f"a GPT-2 config with {theirs!r}")
+        sizes[ours] = positive_int(f"hf_config[{theirs!r}]", d[theirs])
+    return GPTConfig(**sizes)
 
 
 # ------------------------------------------------------------------------------ HF folders

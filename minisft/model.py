@@ -24,7 +24,7 @@ import numpy as np
 
 from .backend import array_module, resolve_backend, resolve_dtype, rng, to_numpy, xp_for
 from .config import GPTConfig
-from .errors import bad_type, bad_value
+from .errors import bad_type, bad_value, numeric_array, str_keyed_dict
 from .memory import unique_nbytes
 from .nn import (
     IGNORE_INDEX,
@@ -128,18 +128,23 @@ class GPT:
 
     @classmethod
     def from_state_dict(cls, state_dict, config, backend="auto", dtype="float32"):
-        """Build a model from a {name: array} dict with exactly the names and shapes of `config`."""
+        """Build a model from a {name: array} dict with exactly the names and shapes of `config`, of
+        finite real numbers. The model holds copies: the caller's arrays are never trained in place."""
+        if not isinstance(config, GPTConfig):
+            raise bad_type("config", config, "a minisft.GPTConfig")
+        str_keyed_dict("state_dict", state_dict)
         expected = param_shapes(config)
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
         if missing or unexpected:
             raise bad_value("state_dict keys", f"missing {missing[:5]}, unexpected {unexpected[:5]}",
                             "exactly the parameter names of the config (HF GPT-2 names)")
+        params = {}
         for k, shape in expected.items():
-            got = tuple(np.shape(state_dict[k]))
-            if got != shape:
-                raise bad_value(f"state_dict[{k!r}].shape", got, f"{shape} for this config")
-        params = {k: to_numpy(state_dict[k]) for k in expected}
+            a = numeric_array(f"state_dict[{k!r}]", state_dict[k])
+            if a.shape != shape:
+                raise bad_value(f"state_dict[{k!r}].shape", a.shape, f"{shape} for this config")
+            params[k] = np.array(a, copy=True)
         return cls(config, backend=backend, dtype=dtype, params=params)
 
     # ---------------------------------------------------------------------------- trainability

@@ -65,6 +65,8 @@ class BPETokenizer:
     """A trained byte-level BPE tokenizer: text <-> 1-D int32 arrays of token ids."""
 
     def __init__(self, hf_tokenizer, path=None):
+        if not isinstance(hf_tokenizer, Tokenizer):
+            raise bad_type("hf_tokenizer", hf_tokenizer, "a tokenizers.Tokenizer")
         if hf_tokenizer.token_to_id(EOT) is None:
             raise bad_value("hf_tokenizer", hf_tokenizer, f"a tokenizer with the special token {EOT!r}")
         hf_tokenizer.encode_special_tokens = True
@@ -142,6 +144,8 @@ class BPETokenizer:
 def training_pieces(doc):
     """`doc` cut after every MAX_RUN consecutive non-whitespace characters (the pieces concatenate
     to `doc`; no piece holds a longer run), in one linear pass."""
+    if not isinstance(doc, str):
+        raise bad_type("doc", doc, "a str (a document)")
     start = 0
     for m in _RUN.finditer(doc):
         yield doc[start : m.end()]
@@ -165,8 +169,20 @@ def _train(docs, vocab_size, min_frequency):
     return tok
 
 
+def _check_settings(corpora, vocab_size, min_frequency):
+    """(corpora as a list, vocab_size, min_frequency) after checking them (build_tokenizer's doc)."""
+    corpora = [corpora] if isinstance(corpora, Corpus) else corpora
+    if not isinstance(corpora, (list, tuple)) or not corpora or not all(isinstance(c, Corpus) for c in corpora):
+        raise bad_type("corpora", corpora, "a Corpus or a non-empty list of Corpus")
+    vocab_size = positive_int("vocab_size", vocab_size)
+    if vocab_size < N_BYTES + 1:
+        raise bad_value("vocab_size", vocab_size, f"at least {N_BYTES + 1} (256 bytes and {EOT})")
+    return list(corpora), vocab_size, positive_int("min_frequency", min_frequency)
+
+
 def cache_key(corpora, vocab_size, min_frequency):
     """SHA-256 (hex) naming the cached tokenizer of these corpora and settings."""
+    corpora, vocab_size, min_frequency = _check_settings(corpora, vocab_size, min_frequency)
     settings = {
         "recipe": RECIPE,
         "tokenizers": tokenizers.__version__,
@@ -187,14 +203,8 @@ def build_tokenizer(corpora, vocab_size=512, min_frequency=2, cache_dir=None):
     Returns a BPETokenizer whose `path` is the cached file (the tokenizer JSON with its checksum:
     read it with `fileio.read_checked`; `BPETokenizer.save` writes a plain tokenizer JSON).
     """
-    corpora = [corpora] if isinstance(corpora, Corpus) else corpora
-    if not isinstance(corpora, (list, tuple)) or not corpora or not all(isinstance(c, Corpus) for c in corpora):
-        raise bad_type("corpora", corpora, "a Corpus or a non-empty list of Corpus")
-    vocab_size = positive_int("vocab_size", vocab_size)
-    if vocab_size < N_BYTES + 1:
-        raise bad_value("vocab_size", vocab_size, f"at least {N_BYTES + 1} (256 bytes and {EOT})")
-    min_frequency = positive_int("min_frequency", min_frequency)
-    folder = ensure_writable_dir(default_cache_dir() if cache_dir is None else cache_dir)
+    corpora, vocab_size, min_frequency = _check_settings(corpora, vocab_size, min_frequency)
+    folder = ensure_writable_dir(default_cache_dir() if cache_dir is None else cache_dir, "cache_dir")
     remove_stale_temps(folder)
     path = folder / f"bpe-{vocab_size}-{cache_key(corpora, vocab_size, min_frequency)[:24]}.json"
     if path.exists():

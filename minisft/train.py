@@ -42,16 +42,16 @@ import numpy as np
 from .adapters import adapter_delta_weights
 from .backend import rng as make_rng
 from .backend import to_numpy
-from .batches import random_windows
+from .batches import TokenStream, random_windows
 from .budgets import count_params
 from .checkpoint import arrays_digest, check_arrays, load_checkpoint, save_checkpoint
-from .errors import (CheckpointError, NonFiniteLossError, bad_value, nonnegative_int, positive_int, real_in,
-                     require)
+from .errors import (CheckpointError, NonFiniteLossError, bad_type, bad_value, boolean, nonnegative_int,
+                     positive_int, real_in, require)
 from .fileio import RunLock, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps
 from .memory import memory_report
-from .model import linear_layer_names
+from .model import GPT, linear_layer_names
 from .optim import clip_grad_norm, lr_at, make_optimizer
-from .progress import Progress, note
+from .progress import Progress, mode_of, note
 from .version import __version__, git_commit
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -69,13 +69,21 @@ class Task:
     batch_size: int = 16
     block_size: int = 64
 
+    def __post_init__(self):
+        if not isinstance(self.train_ids, TokenStream):
+            self.train_ids = TokenStream(self.train_ids, "train_ids")
+        for split in ("val_target", "val_source"):
+            if not isinstance(getattr(self, split), (list, tuple)):
+                raise bad_type(split, getattr(self, split), "a list of (x, y) validation batches")
+        self.batch_size = positive_int("batch_size", self.batch_size)
+        self.block_size = positive_int("block_size", self.block_size)
+
     def sample(self, generator):
         return random_windows(self.train_ids, self.batch_size, self.block_size, generator)
 
     def digest(self):
         """SHA-256 (hex) of the training stream and every validation batch: equal digests, equal data."""
-        ids = getattr(self.train_ids, "ids", self.train_ids)
-        arrays = {"train": ids}
+        arrays = {"train": self.train_ids.ids}
         for split in ("val_target", "val_source"):
             for i, (x, y) in enumerate(getattr(self, split)):
                 arrays[f"{split}/{i}/x"], arrays[f"{split}/{i}/y"] = x, y
@@ -124,8 +132,33 @@ class TrainConfig:
 
 
 def evaluate(model, batches):
-    """Mean loss over fixed (x, y) batches."""
+    """Mean loss over fixed (x, y) batches (None for no batches)."""
+    _check_model(model)
+    if not isinstance(batches, (list, tuple)):
+        raise bad_type("batches", batches, "a list of (x, y) batches")
     return float(np.mean([model.loss(x, y) for x, y in batches])) if batches else None
+
+
+def _check_model(model):
+    if not isinstance(model, GPT):
+        raise bad_type("model", model, "a minisft.GPT")
+
+
+HOOKS = ("prepare", "transform_grads", "optimizer_masks", "after_step", "report", "options", "state_arrays",
+         "load_state_arrays")
+
+
+def _json_ready(arg, value):
+    """`value` (a dict or None) after checking it is strict JSON (no NaN or infinities)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_type(arg, value, "a dict of JSON-ready facts")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise bad_value(arg, value, f"JSON-ready facts with finite numbers ({e})") from None
+    return value
 
 
 def _fingerprint(model, method, cfg, base_digest, task_digest, provenance):
@@ -137,14 +170,14 @@ def _fingerprint(model, method, cfg, base_digest, task_digest, provenance):
             "task": task_digest, **(provenance or {})}
 
 
-def fingerprint_differences(saved, current, prefix=""):
+def _fingerprint_differences(saved, current, prefix=""):
     """["field: <saved> then, <current> now"] for every field (nested dicts: "train.lr") that differs."""
     out = []
     saved = saved if isinstance(saved, dict) else {}
     for key in sorted(set(saved) | set(current), key=str):
         a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += fingerprint_differences(a, b, f"{prefix}{key}.")
+            out += _fingerprint_differences(a, b, f"{prefix}{key}.")
         elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
             out.append(f"{prefix}{key}: {_short(a)} then, {_short(b)} now")
     return out
@@ -156,7 +189,7 @@ def _short(value, limit=40):
 
 
 def _refuse_other_run(what, path, saved, current):
-    diff = fingerprint_differences(saved, current)
+    diff = _fingerprint_differences(saved, current)
     if diff:
         expected = (f"{what} of the same run, but it differs: {'; '.join(diff)} (start afresh without resume, "
                     "or under another label)")
@@ -269,8 +302,18 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
     record: JSON-ready facts added to the result as they are (the caller's label, the base model's
         losses).
     """
-    require(isinstance(cfg, TrainConfig), "cfg", cfg, "a minisft.train.TrainConfig")
+    _check_model(model)
+    missing = [h for h in HOOKS if not callable(getattr(method, h, None))]
+    if missing:
+        raise bad_type("method", method, f"a minisft method (minisft.methods; it lacks {missing[:3]})")
+    if not isinstance(task, Task):
+        raise bad_type("task", task, "a minisft.train.Task")
+    if not isinstance(cfg, TrainConfig):
+        raise bad_type("cfg", cfg, "a minisft.train.TrainConfig")
+    resume = boolean("resume", resume)
     require(not resume or workdir is not None, "resume", resume, "a workdir to resume from")
+    mode_of(progress)
+    provenance, record = _json_ready("provenance", provenance), _json_ready("record", record)
     if workdir is None:
         return _train(model, method, task, cfg, None, False, progress, label, provenance, record)
     workdir = ensure_writable_dir(workdir, "workdir")
@@ -375,6 +418,7 @@ def _provenance(provenance, cfg):
 
 def weight_sparsity(model):
     """Fraction of exactly-zero entries of the effective linear weights (base + adapter deltas)."""
+    _check_model(model)
     deltas = adapter_delta_weights(model)
     zeros = total = 0
     for layer in linear_layer_names(model.config):
@@ -388,6 +432,7 @@ def weight_sparsity(model):
 
 def merged_state_dict(model):
     """{name: host array}: the base tensors with every adapter's delta added (the model unchanged)."""
+    _check_model(model)
     sd = model.state_dict()
     for layer, (dW, db) in adapter_delta_weights(model).items():
         sd[layer + ".weight"] = sd[layer + ".weight"] + to_numpy(dW)
@@ -398,7 +443,9 @@ def merged_state_dict(model):
 def save_model(folder, model, manifest):
     """Write folder/trained.safetensors (every trainable tensor), folder/merged.safetensors (the
     merged base state dict) and folder/manifest.json; returns the folder."""
-    folder = ensure_writable_dir(folder, "model folder")
+    _check_model(model)
+    manifest = _json_ready("manifest", manifest)
+    folder = ensure_writable_dir(folder, "folder")
     save_checkpoint(folder / "trained.safetensors", model.trainable_params(), {"manifest": manifest})
     save_checkpoint(folder / "merged.safetensors", merged_state_dict(model), {"manifest": manifest})
     atomic_write_json(folder / "manifest.json", {**manifest, "files": {

@@ -435,7 +435,7 @@ def test_tokenizer_bad_input(tok, small, tmp_path):
         with pytest.raises(TypeError, match="corpora"):
             build_tokenizer(corpora, cache_dir=tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="path=.*file"):
+    with pytest.raises(ValueError, match="cache_dir=.*file"):
         build_tokenizer(small, cache_dir=tmp_path / "file" / "cache")
     with pytest.raises(TypeError, match="text"):
         tok.encode(b"bytes")

@@ -519,7 +519,7 @@ def python_top(s, r):
 SCORES = hnp.arrays(
     np.float64,
     st.integers(1, 12),
-    elements=st.one_of(st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.0, np.inf, -np.inf]), F64),
+    elements=st.one_of(st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.0]), F64),
 )
 
 

@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from ...backend import array_module, rng as make_rng, to_device, to_numpy
-from ...errors import NonFiniteLossError, bad_type, bad_value, positive_int, real_in, require
+from ...errors import NonFiniteLossError, bad_type, bad_value, boolean, positive_int, real_in, require
 
 MAGNITUDE_P = (1, 2)
 
@@ -37,11 +37,12 @@ MAGNITUDE_P = (1, 2)
 
 
 def _float_array(arg, a, ndim, meaning):
-    """`a` after checking it is a NumPy/CuPy float array with `ndim` dimensions (None: at least one);
-    `meaning` says which shape is expected."""
+    """`a` after checking it is a NumPy/CuPy float array with `ndim` dimensions (None: at least one)
+    and finite entries (a NaN or an infinity has no rank); `meaning` says which shape is expected."""
     if not (hasattr(a, "dtype") and hasattr(a, "shape")) or not np.issubdtype(a.dtype, np.floating):
         raise bad_type(arg, a, f"a NumPy or CuPy array of a floating dtype, {meaning}")
     require(a.ndim == ndim if ndim is not None else a.ndim >= 1, f"{arg}.shape", tuple(a.shape), meaning)
+    _finite(arg, a)
     return a
 
 
@@ -54,11 +55,11 @@ def _like(arg, a, ref_arg, ref):
     )
 
 
-def _no_nan(arg, a):
-    """Raise if `a` holds a NaN (one host synchronisation: the error must be raised here)."""
+def _finite(arg, a):
+    """Raise if `a` holds a NaN or an infinity (one host synchronisation: the error must be raised here)."""
     xp = array_module(a)
-    if bool(xp.isnan(a).any()):
-        raise bad_value(arg, "an array with NaN entries", "no NaN scores (NaN has no rank)")
+    if not bool(xp.isfinite(a).all()):
+        raise bad_value(arg, "an array with NaN or infinite entries", "finite values (NaN and infinities have no rank)")
 
 
 def _count_in(arg, value, n):
@@ -95,7 +96,7 @@ def row_taylor(W, G, multivariable=False):
     _matrix("G", G)
     _like("G", G, "W", W)
     xp = array_module(W)
-    if multivariable:
+    if boolean("multivariable", multivariable):
         return xp.abs(xp.einsum("ij,ij->i", W, G))
     return xp.sum(xp.abs(W * G), axis=1)
 
@@ -287,7 +288,6 @@ def top_rows(scores, r):
     """scores (d,) -> (r,) sorted int64 indices of the r highest scores (equal scores: lower index wins)."""
     _float_array("scores", scores, 1, "1-D (d,)")
     r = _count_in("r", r, scores.shape[0])
-    _no_nan("scores", scores)
     xp = array_module(scores)
     return xp.sort(_descending_order(scores)[:r]).astype(xp.int64)
 
@@ -309,7 +309,6 @@ def global_threshold_rows(scores_by_layer, total_rows):
         require(s.shape[0] >= 1, f"{arg}.shape", tuple(s.shape), "at least one score")
         same_backend = not normed or array_module(s) is array_module(normed[0])
         require(same_backend, arg, type(s).__module__, "one backend for all layers")
-        _no_nan(arg, s)
         normed.append(normalize_by_layer_mean(s, arg))
     sizes = [s.shape[0] for s in normed]
     total_rows = _count_in("total_rows", total_rows, sum(sizes))

@@ -185,8 +185,8 @@ def parser():
     ft.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint "
                     "(a finished run is reported and left unchanged)")
     ft.add_argument("--checkpoint-every", type=nonnegative_int, metavar="N",
-                    help="write a checkpoint every N steps; 0: none (default: whenever it costs at most 2%% "
-                         "of the training time so far)")
+                    help="write a checkpoint every N steps; 0: none (default: whenever it costs at most 1%% "
+                         "of the training time since the last one)")
     cmp_ = sub.add_parser("compare", formatter_class=_Help, help="the main job: every method on the same base, one table",
                           description="Fine-tune the cached base model with every method of the comparison (or "
                                       "those --only names) for --seeds seeds; print one table and write compare.json, "

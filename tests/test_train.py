@@ -267,9 +267,9 @@ def test_every_run_saves_its_trained_tensors_a_merged_model_and_a_manifest(tmp_p
     assert manifest["minisft_version"] and "git_commit" in manifest and manifest["model"]["n_layer"] == 2
 
 
-def test_default_checkpoints_cost_at_most_two_percent_of_the_training_time():
+def test_default_checkpoints_cost_at_most_one_percent_of_the_training_time():
     """The default policy, driven by synthetic timings (steps of 0.1 s; writes of 1 s, then 0.2 s):
-    after the first checkpoint (at 5% of the steps) the time spent writing is at most 2% of the
+    after the first checkpoint (at 5% of the steps) the time spent writing is at most 1% of the
     time spent training, and checkpoints keep coming (a kill loses a bounded amount of work)."""
     for write in (1.0, 0.2):
         clock = train_mod._CheckpointClock(None, 5000)

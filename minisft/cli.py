@@ -493,6 +493,10 @@ def _run(args):
                                       args.seeds, args.lr)
     ms = {row["label"]: ex.ms_per_step(timings, row["label"]) for row in out["rows"]}
     print(format_table(out, ms, markdown=args.markdown))
+    if args.markdown:
+        seeds = out["seeds"]
+        print(f"\n(`minisft compare --preset {preset.name} --seeds {len(seeds)} --markdown`: seeds {seeds[0]}..{seeds[-1]}, "
+              f"{out['backend']} {out['dtype']}, minisft {out['minisft_version']}, commit {out['git_commit'] or 'unknown'})")
     png, why = plot_compare(out, folder / "compare.png")
     print(f"\nresults: {folder / 'compare.json'}" + (f", plot: {png}" if png else f" ({why})"))
     return 0

@@ -470,6 +470,8 @@ def test_compare_with_seeds_keeps_every_seed_and_prints_mean_and_sd(micro_workdi
         assert (folder / row["label"] / "seed2" / "result.json").exists()
     lines = out.splitlines()
     assert lines[0].startswith("| method | trainable |") and lines[1].startswith("| --- | ---: |")
+    assert re.search(r"`minisft compare --preset micro --seeds 2 --markdown`: seeds 1\.\.2, numpy float32, "
+                     r"minisft \S+, commit \S+\)", out)
     lora = next(line for line in lines if line.startswith("| lora-r2 |"))
     assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \|", lora), lora
     png = folder / "compare.png"

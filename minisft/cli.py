@@ -1,4 +1,4 @@
-"""The `minisft` command: pretrain, finetune, compare, adapeft-front, methods, bench.
+"""The `minisft` command: pretrain, finetune, compare, adapeft-front, methods, vectors, bench.
 
     minisft compare                      # the main job: every method side by side (preset small)
     minisft compare --seeds 3 --markdown # mean ± sd over 3 seeds, as the README's table
@@ -187,6 +187,8 @@ def parser():
     ft.add_argument("--checkpoint-every", type=nonnegative_int, metavar="N",
                     help="write a checkpoint every N steps; 0: none (default: whenever it costs at most 1%% "
                          "of the training time since the last one)")
+    ft.add_argument("--init", type=path_text, metavar="DIR", help="start from a local HF GPT-2 folder (config.json + "
+                    "model.safetensors; its tokenizer.json if present) instead of the pretrained base")
     cmp_ = sub.add_parser("compare", formatter_class=_Help, help="the main job: every method on the same base, one table",
                           description="Fine-tune the cached base model with every method of the comparison (or "
                                       "those --only names) for --seeds seeds; print one table and write compare.json, "
@@ -214,6 +216,9 @@ def parser():
     af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
     sub.add_parser("methods", help="list the methods, their options (type, default, meaning) and papers",
                    description="List every method: its paper and its options with types, defaults and meanings.")
+    vec = sub.add_parser("vectors", help="write the golden-vector suite to check another implementation against "
+                                         "(minisft.testing reads it)")
+    vec.add_argument("--out", required=True, type=path_text, metavar="DIR", help="the folder to write the suite into")
     sub.add_parser("bench", help="time a training step against PyTorch: runs `python -m reference_models.bench` "
                                  "from a source checkout (its root is the current directory) with the test extra "
                                  "installed; `minisft bench --help` lists its options", add_help=False)
@@ -371,6 +376,11 @@ def validate(args):
         _method_errors(args.method, lambda: method.check_config(preset.model))
         with option("--label", args.label or args.method):
             plan["label"] = name_text(args.label or args.method)
+        if args.init is not None:
+            from .interop import load_hf_gpt2
+
+            with option("--init"):
+                load_hf_gpt2(args.init)
         with option("--lr", args.lr):
             plan["train"] = ex.finetune_config(preset, method, args.seed, args.lr, args.checkpoint_every)
         plan["method"] = method
@@ -446,6 +456,11 @@ def _run(args):
 
         print(methods_table())
         return 0
+    if args.command == "vectors":
+        from .vectors import write_suite_command
+
+        with option("--out"):
+            return write_suite_command(args.out)
     plan = validate(args)
     from . import experiment as ex
     from .report import format_table, plot_compare
@@ -479,12 +494,13 @@ def _run(args):
         try:
             _, r = ex.finetune(preset, workdir, data, plan["method"], label, args.backend, args.dtype, args.seed,
                                resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every,
-                               lr=args.lr)
+                               lr=args.lr, init=args.init)
         except MinisftError as e:
             if e.arg != "resume":
                 raise
             raise CliError("--resume", e.value, e.expected) from None
-        folder = ex.run_dir(workdir, preset, data, label, args.seed, lr=args.lr, dtype=args.dtype)
+        folder = ex.run_dir(workdir, preset, data, label, args.seed, lr=args.lr, dtype=args.dtype,
+                            init=None if args.init is None else ex.init_key(args.init))
         row = ex.summarize(label, [r])
         print(format_table({"rows": [row], "base": r["base"], "domains": data.domains}, {label: r["ms_per_step"]}))
         print(f"\nrun: {folder} (model: {folder / 'model'})")

@@ -20,6 +20,14 @@ Layout of a workdir:
         compare.json, compare-timings.json, compare.png, adapeft-front.json/.png
 So runs of different presets, data or settings never overwrite each other.
 
+`finetune(..., init=DIR)` (`minisft finetune --init DIR`) starts from a local HF GPT-2 folder
+instead of the pretrained base (`init_model`): its config and weights (minisft.interop.load_hf_gpt2,
+safetensors only, nothing downloaded); its tokenizer.json when the folder has one, else minisft's
+byte-level BPE trained on the same corpora with the model's vocabulary size (cached like any other;
+at least 257 entries). Training windows are the preset's block size, or the model's positions if
+fewer. Its runs go to an experiment directory ending in -init<10 hex digits of the folder's
+config.json and weights>.
+
 Seeds (`compare(seeds=K)`): every row is fine-tuned with seeds seed, seed+1, ..., seed+K-1 on ONE
 base model, pretrained with `seed`. A fixed public base fine-tuned many ways is how fine-tuning
 methods are used and compared; sharing it pairs the rows (every method starts from the same
@@ -41,12 +49,14 @@ from .checkpoint import arrays_digest, load_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .corpus import load_corpus
 from .errors import CheckpointError, MinisftError, bad_type, bad_value, nonnegative_int, positive_int, real_in
-from .fileio import (RunLock, atomic_write_json, check_name, ensure_writable_dir, read_json, remove_stale_temps)
+from .fileio import (RunLock, as_path, atomic_write_json, check_name, ensure_writable_dir, read_json, read_regular_file,
+                     remove_stale_temps, sha256_hex)
+from .interop import HF_CONFIG, HF_WEIGHTS, load_hf_gpt2
 from .methods import FullFineTune, make_method, method_options
 from .methods.spruft import rows_matching_lora
 from .model import GPT
 from .progress import note, phase
-from .tokenizer import build_tokenizer
+from .tokenizer import N_BYTES, BPETokenizer, build_tokenizer
 from .train import Task, TrainConfig, evaluate, train
 from .version import __version__, git_commit
 
@@ -98,6 +108,7 @@ class Data:
     domains: dict  # {"target": name for tables, "source": "code"}
     fingerprints: dict  # {"target": corpus SHA-256, "source": corpus SHA-256, "tokenizer": SHA-256}
     key: str  # "docs", or "data-" + 10 hex digits of the target corpus's fingerprint
+    corpora: tuple = None  # (code corpus, target corpus): to tokenize them again for an --init model
 
 
 def data_name(paths):
@@ -132,7 +143,7 @@ def build_data(preset, workdir, data=None, encoding="utf-8", progress=None):
     fingerprints = {"source": code.fingerprint(), "target": target.fingerprint(), "tokenizer": tok.fingerprint()}
     out = Data(tok, cfg, corpus_streams(code, tok), corpus_streams(target, tok),
                {"target": "docs" if paths is None else data_name(paths), "source": "code"}, fingerprints,
-               "docs" if paths is None else f"data-{fingerprints['target'][:10]}")
+               "docs" if paths is None else f"data-{fingerprints['target'][:10]}", (code, target))
     origin = {"code": "the code corpus", "target": "the docs corpus" if paths is None else f"--data {paths}"}
     need = preset.batch_size * (preset.model.block_size + 1)
     for domain, streams in (("code", out.code), ("target", out.target)):  # fail now, not after pretraining
@@ -213,13 +224,40 @@ def method_lr(preset, method):
     return preset.finetune_lr if method.trains_base else preset.peft_lr
 
 
+def init_model(folder, workdir, data, backend="auto", dtype="float32"):
+    """(model, data) of a local HF GPT-2 folder (module docstring): the model with the folder's
+    config and weights, and `data`'s corpora tokenized with the folder's tokenizer.json, or with
+    minisft's BPE of the model's vocabulary size."""
+    config, state_dict = load_hf_gpt2(folder)
+    path = Path(folder) / "tokenizer.json"
+    if path.is_file():
+        tok = BPETokenizer.from_file(path)
+    elif config.vocab_size < N_BYTES + 1:
+        raise bad_value("init vocab_size", config.vocab_size, f"at least {N_BYTES + 1} to train minisft's byte-level "
+                        f"BPE for {folder}, or a tokenizer.json in the folder")
+    else:
+        tok = build_tokenizer(list(data.corpora), vocab_size=config.vocab_size, cache_dir=Path(workdir) / "cache")
+    if tok.vocab_size > config.vocab_size:
+        raise bad_value("init tokenizer vocab_size", tok.vocab_size, f"at most the model's {config.vocab_size} ({path})")
+    code, target = data.corpora
+    data = replace(data, tokenizer=tok, config=config, code=corpus_streams(code, tok), target=corpus_streams(target, tok),
+                   fingerprints={**data.fingerprints, "tokenizer": tok.fingerprint()})
+    return GPT.from_state_dict(state_dict, config, backend=backend, dtype=dtype), data
+
+
+def init_key(folder):
+    """10 hex digits of SHA-256 over an HF folder's config.json and weights (what an --init run starts from)."""
+    folder = as_path("folder", folder)
+    return sha256_hex(b"".join(read_regular_file(folder / name, "init") for name in (HF_CONFIG, HF_WEIGHTS)))[:10]
+
+
 def finetune_config(preset, method, seed=0, lr=None, checkpoint_every=None):
     """The fine-tuning run's configuration (validated: build it before reading any data)."""
     return TrainConfig(steps=preset.finetune_steps, lr=method_lr(preset, method) if lr is None else lr,
                        eval_every=max(1, preset.finetune_steps // 5), seed=seed, checkpoint_every=checkpoint_every)
 
 
-def experiment_name(preset, data_key, base_seed=0, lr=None, dtype="float32"):
+def experiment_name(preset, data_key, base_seed=0, lr=None, dtype="float32", init=None):
     """runs/<this>: the preset and data, then what differs from the defaults (module docstring)."""
     name = f"{preset.name}-{data_key}"
     if base_seed:
@@ -230,18 +268,21 @@ def experiment_name(preset, data_key, base_seed=0, lr=None, dtype="float32"):
         name += f"-lr{lr!r}"
     if str(np.dtype(dtype)) != "float32":
         name += f"-{np.dtype(dtype)}"
+    if init is not None:
+        name += f"-init{init}"
     return name
 
 
-def experiment_dir(workdir, preset, data, base_seed=0, lr=None, dtype="float32"):
-    return Path(workdir) / "runs" / experiment_name(preset, data.key, base_seed, lr, dtype)
+def experiment_dir(workdir, preset, data, base_seed=0, lr=None, dtype="float32", init=None):
+    return Path(workdir) / "runs" / experiment_name(preset, data.key, base_seed, lr, dtype, init)
 
 
-def run_dir(workdir, preset, data, label, seed=0, base_seed=None, lr=None, dtype="float32"):
-    """runs/<experiment>/<label>/seed<seed>."""
+def run_dir(workdir, preset, data, label, seed=0, base_seed=None, lr=None, dtype="float32", init=None):
+    """runs/<experiment>/<label>/seed<seed> (init: init_key of an --init folder)."""
     seed = nonnegative_int("seed", seed)
     base_seed = seed if base_seed is None else nonnegative_int("base_seed", base_seed)
-    return experiment_dir(workdir, preset, data, base_seed, lr, dtype) / check_name("label", label) / f"seed{seed}"
+    return (experiment_dir(workdir, preset, data, base_seed, lr, dtype, init) / check_name("label", label)
+            / f"seed{seed}")
 
 
 def provenance(preset, data, base_seed):
@@ -251,18 +292,26 @@ def provenance(preset, data, base_seed):
 
 
 def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0, resume=False,
-             progress=None, checkpoint_every=None, lr=None, base_seed=None):
-    """Fine-tune a fresh copy of the pretrained base (pretrained with `base_seed`, default `seed`) on
-    the target domain with `method`, in run_dir(...); returns (model, result)."""
+             progress=None, checkpoint_every=None, lr=None, base_seed=None, init=None):
+    """Fine-tune a fresh copy of the pretrained base (pretrained with `base_seed`, default `seed`),
+    or of the HF GPT-2 folder `init`, on the target domain with `method`, in run_dir(...); returns
+    (model, result)."""
     base_seed = seed if base_seed is None else base_seed
     cfg = finetune_config(preset, method, seed, lr, checkpoint_every)
-    folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype)
-    model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress)
+    if init is None:
+        key = None
+        model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress)
+    else:
+        key = init_key(init)
+        model, data = init_model(init, workdir, data, backend, dtype)
+        block = min(preset.model.block_size, model.config.block_size)
+        preset = replace(preset, model=replace(preset.model, block_size=block))
+    folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype, key)
     task = make_task(data.target[0], data.target[1], data.code[1], preset)
     base_eval = {"target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
     phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress)
     result = train(model, method, task, cfg, workdir=folder, resume=resume, progress=progress,
-                   label=f"{label}[seed {seed}]", provenance=provenance(preset, data, base_seed),
+                   label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key},
                    record={"label": label, "base": base_eval})
     return model, result
 

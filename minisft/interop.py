@@ -25,6 +25,7 @@ factors of trained.safetensors (`<layer>.lora.lora_A/B`, and `shared.<suffix>.lo
 layers the LoRA-drop report lists as shared) -> write_peft_lora with scaling alpha / r.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from safetensors.numpy import save as safetensors_bytes
 from .backend import to_numpy
 from .config import GPTConfig
 from .errors import MinisftError, bad_type, bad_value, numeric_array, positive_int, str_keyed_dict
-from .fileio import atomic_write_bytes, atomic_write_json, bad_path, ensure_writable_dir, read_json
+from .fileio import as_path, atomic_write_bytes, atomic_write_json, bad_path, ensure_writable_dir, read_json
 from .model import GPT, param_shapes
 
 PREFIX = "transformer."
@@ -116,6 +117,8 @@ def hf_gpt2_config(config, dtype="float32"):
     (tanh GELU "gelu_new", LayerNorm eps 1e-5, tied LM head) and no dropout, as minisft."""
     if not isinstance(config, GPTConfig):
         raise bad_type("config", config, "a minisft.GPTConfig")
+    if dtype not in ("float32", "float64"):
+        raise bad_value("dtype", dtype, "'float32' or 'float64'")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
             "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
@@ -151,7 +154,7 @@ def save_hf_gpt2(state_dict, config, out_dir):
     Conv1D weights (in, out), the tied lm_head.weight left out as save_pretrained does).
     Returns the folder's Path; files are written atomically."""
     host, dtype = _checked_state_dict(state_dict, config)
-    out = ensure_writable_dir(out_dir)
+    out = ensure_writable_dir(out_dir, "out_dir")
     tensors = to_hf_gpt2(host)
     del tensors["lm_head.weight"]
     atomic_write_bytes(out / HF_WEIGHTS, safetensors_bytes(tensors, metadata={"format": "pt"}))
@@ -203,7 +206,7 @@ def load_hf_gpt2(folder):
     without the "transformer." prefix (GPT2LMHeadModel's or GPT2Model's) are accepted; every
     parameter must be present with its config's shape, and no other tensor (causal-mask buffers of
     old transformers versions aside). Nothing is downloaded."""
-    folder = Path(folder)
+    folder = as_path("folder", folder)
     if not folder.is_dir():
         raise bad_path("folder", folder, "an existing folder holding an HF GPT-2 model (config.json, model.safetensors)")
     if not (folder / HF_CONFIG).is_file():
@@ -273,7 +276,9 @@ def write_peft_lora(factors, out_dir):
         raise bad_type("factors", factors, "a non-empty dict {layer: (A, B, scaling)}")
     tensors, ranks, scalings = {}, set(), set()
     for layer, (A, B, scaling) in factors.items():
-        A, B = np.asarray(to_numpy(A)), np.asarray(to_numpy(B))
+        if not (isinstance(layer, str) and re.fullmatch(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)", layer)):
+            raise bad_value("factors layer", layer, "a linear layer name such as 'h.0.attn.c_attn'")
+        A, B = numeric_array(f"factors[{layer!r}] A", to_numpy(A)), numeric_array(f"factors[{layer!r}] B", to_numpy(B))
         if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0]:
             raise bad_value(f"factors[{layer!r}] shapes", (A.shape, B.shape), "A (r, d_in) and B (d_out, r)")
         ranks.add(A.shape[0])
@@ -288,7 +293,7 @@ def write_peft_lora(factors, out_dir):
               "lora_dropout": 0.0, "target_modules": sorted(factors), "fan_in_fan_out": True, "bias": "none",
               "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
               "base_model_name_or_path": None, "modules_to_save": None}
-    out = ensure_writable_dir(out_dir)
+    out = ensure_writable_dir(out_dir, "out_dir")
     atomic_write_bytes(out / PEFT_WEIGHTS, safetensors_bytes(tensors, metadata={"format": "pt"}))
     atomic_write_json(out / PEFT_CONFIG, config)
     return out

@@ -113,9 +113,12 @@ BAD_VALUES = {
     "--probe-steps": ["0", "-1", "abc", "", "2.5"],
     "--every": ["0", "-1", "abc", "", "2.5"],
     "--train-front": None,
+    "--init": ["", "/no/such/folder", FILE, "<a folder without config.json>"],
+    "--out": ["", FILE, UNDER_FILE],
 }
 BASE_ARGS = {"pretrain": [], "finetune": ["--method", "lora"], "compare": [], "adapeft-front": [], "methods": [],
-             "bench": []}
+             "vectors": [], "bench": []}
+NO_COMMON = ("vectors", "methods", "bench")  # subcommands without the common options
 
 
 def subcommands():
@@ -192,14 +195,17 @@ def test_cli_bad_value_is_one_clear_line_before_any_work(command, opt, value, tm
         value = str(bad_data["binary"] / "sub")
     elif opt == "--data" and value in bad_data:
         value = str(bad_data[value])
+    elif value == "<a folder without config.json>":
+        value = str(bad_data["empty folder"])
     no_work(allow_data=opt in ("--data", "--encoding"))
     base = ["--preset", "micro", "--backend", "numpy"] if opt != "--preset" else ["--backend", "numpy"]
+    base = [] if command in NO_COMMON else base
     given = [f"{opt}={value}"] if BAD_VALUES[opt] is None else [opt, value]
     if BAD_VALUES[opt] is None:
         given = [f"{opt}=yes"]
     if opt == "--encoding":
         given += ["--data", str(bad_data["latin-1"])]
-    workdir = [] if opt == "--workdir" else ["--workdir", str(work)]
+    workdir = [] if opt == "--workdir" or command in NO_COMMON else ["--workdir", str(work)]
     rc, err = run_cli([command, *BASE_ARGS[command], *base, *workdir, *given], capsys)
     CASES["cli"] += 1
     assert_clear_error(rc, err, opt)
@@ -280,6 +286,17 @@ def _task():
     return train.Task(ids, val, val, 2, 8)
 
 
+def _model300():
+    """A model with MICRO's vocabulary (300 >= 257: minisft's BPE can be trained for it)."""
+    return ms.GPT(MICRO.model, backend="numpy", dtype="float64", seed=0)
+
+
+def _lora_model():
+    model = _model()
+    ms.methods.LoRAMethod(r=2, alpha=4).prepare(model, None, np.random.default_rng(0))
+    return model
+
+
 def _corpus():
     return corpus.Corpus("c", ["some words " * 20], ["more words " * 5])
 
@@ -354,6 +371,25 @@ API = {
                                               Bad({**HF_CONFIG, "activation_function": "relu"}, "activation_function"),
                                               Bad({**HF_CONFIG, "layer_norm_epsilon": 1e-6}, "layer_norm_epsilon"),
                                               Bad({**HF_CONFIG, "n_head": 3}, "n_embd")]}),
+    "interop.hf_gpt2_config": (interop.hf_gpt2_config, lambda t: {"config": _model().config},
+                               {"config": [None, "cfg", HF_CONFIG], "dtype": ["float16", 3]}),
+    "interop.save_hf_gpt2": (interop.save_hf_gpt2, lambda t: {"state_dict": SD(), "config": _model().config,
+                                                              "out_dir": t / "hf"},
+                             {"state_dict": [None, "sd", {**SD(), "wte.weight": np.zeros(3)},
+                                             {**SD(), "wte.weight": np.full((40, 8), NAN)}],
+                              "config": [None, HF_CONFIG], "out_dir": ["", UNDER_FILE, None]}),
+    "interop.load_hf_gpt2": (interop.load_hf_gpt2,
+                             lambda t: {"folder": interop.save_hf_gpt2(SD(), _model().config, t / "hf")},
+                             {"folder": ["", None, "/no/such/folder", FILE, Bad(UNDER_FILE, "folder")]}),
+    "interop.save_peft_adapter": (interop.save_peft_adapter, lambda t: {"model": _lora_model(), "out_dir": t / "peft"},
+                                  {"model": [None, "m", _model()], "out_dir": ["", UNDER_FILE]}),
+    "interop.write_peft_lora": (interop.write_peft_lora,
+                                lambda t: {"factors": {"h.0.attn.c_attn": (np.ones((2, 8)), np.zeros((24, 2)), 1.0)},
+                                           "out_dir": t / "peft"},
+                                {"factors": [None, {}, "f", {"h.0.attn.c_attn": (np.ones((2, 8)), np.zeros((24, 3)), 1.0)},
+                                             {"h.0.attn.c_attn": (np.full((2, 8), NAN), np.zeros((24, 2)), 1.0)},
+                                             {"nope": (np.ones((2, 8)), np.zeros((24, 2)), 1.0)}],
+                                 "out_dir": ["", UNDER_FILE]}),
     "checkpoint.save_checkpoint": (checkpoint.save_checkpoint,
                                    lambda t: {"path": t / "c.safetensors", "arrays": {"a": np.zeros(2)}, "meta": {}},
                                    {"path": ["", UNDER_FILE], "arrays": [None, {"a": "x"}, {3: np.zeros(2)}],
@@ -483,6 +519,13 @@ API = {
                               {"workdir": ["", UNDER_FILE, 3], "data": [Bad(v, "source") for v in
                                                                       ("", "/dev/zero", UNDER_FILE, [""])] + [3, []],
                                "encoding": ["bogus", 3]}),
+    "experiment.init_model": (ex.init_model,
+                              lambda t: {"folder": interop.save_hf_gpt2(_model300().state_dict(), _model300().config,
+                                                                        t / "hf"),
+                                         "workdir": t / "w", "data": ex.build_data(MICRO, t / "w"), "backend": "numpy"},
+                              {"folder": [Bad(v, "folder|path") for v in ("", None, "/no/such", FILE, UNDER_FILE)]}),
+    "experiment.init_key": (ex.init_key, lambda t: {"folder": interop.save_hf_gpt2(SD(), _model().config, t / "hf")},
+                            {"folder": [Bad(v, "init|path|folder") for v in ("", None, "/no/such", FILE)]}),
     "experiment.data_name": (ex.data_name, lambda t: {"paths": ["a"]}, {"paths": [[], None, 3, [""]]}),
     "methods.make_method": (ms.methods.make_method, lambda t: {"name": "lora"},
                             {"name": [Bad(n, "method") for n in ("nope", "", None, 3)]}),

@@ -145,7 +145,8 @@ def _common(p, fine_tuning=True):
                    help=PRESET_HELP)
     p.add_argument("--backend", default="auto", type=choice("numpy", "cupy", "auto"), metavar="{numpy,cupy,auto}",
                    help="auto: CuPy when it sees a GPU, else NumPy")
-    p.add_argument("--dtype", default="float32", type=choice("float32", "float64"), metavar="{float32,float64}")
+    p.add_argument("--dtype", default="float32", type=choice("float32", "float64"), metavar="{float32,float64}",
+                   help="the model's floating-point type (float64: for exactness checks)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the base model's pretraining and "
                    "of fine-tuning (batches, selection, initialisation)")
     p.add_argument("--workdir", type=path_text, default=DEFAULT_WORKDIR, help="where caches, runs and results go")
@@ -415,6 +416,9 @@ def main(argv=None):
     except MinisftError as e:
         print(f"minisft: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `minisft methods | head`: the reader left; no traceback (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def bench(argv):

@@ -760,3 +760,14 @@ def test_from_state_dict_copies_the_callers_arrays():
     train.train(model, ms.methods.FullFineTune(), _task(), train.TrainConfig(steps=2, lr=1e-1), progress=False)
     assert any(not np.array_equal(model.params[k], kept[k]) for k in kept)
     assert all(np.array_equal(sd[k], kept[k]) for k in kept)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`minisft methods | head -1`: stdout is a pipe whose reader is gone (made so before the command
+    runs, so the failure is certain); no traceback on stderr, not even at interpreter exit."""
+    script = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); from minisft.cli import main; "
+              "sys.exit(main(['methods']))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    CASES["cli"] += 1
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr

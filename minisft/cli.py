@@ -388,7 +388,7 @@ def validate(args):
     elif args.command == "compare":
         with option("--only", args.only):
             ex.check_only(preset, args.only)
-        for label, name, options in ex.compare_runs(preset):
+        for label, name, options, *_ in ex.compare_runs(preset):  # a 4th element: per-row training settings
             method = ex.build_method(name, options, preset)
             method.check_config(preset.model)
             with option("--lr", args.lr):

@@ -354,7 +354,7 @@ def check_only(preset, only):
     if only is None:
         return None
     rows = compare_runs(preset)
-    known = sorted({name for _, name, _ in rows} | {label for label, _, _ in rows})
+    known = sorted({row[1] for row in rows} | {row[0] for row in rows})  # (label, method, options[, settings])
     if not isinstance(only, (list, tuple)) or not only:
         raise bad_value("only", only, f"a non-empty list of methods or labels among {known}")
     for entry in only:
@@ -413,7 +413,7 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
             rows[label] = summarize(label, results)
         path = folder / "compare.json"
         earlier = _earlier_rows(path) if only else {}
-        order = [label for label, _, _ in compare_runs(preset)]
+        order = [label for label, *_ in compare_runs(preset)]
         merged = {**earlier, **rows}
         out = {"preset": asdict(preset), "domains": data.domains, "provenance": provenance(preset, data, seed),
                "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend, "dtype": dtype, "lr": lr,

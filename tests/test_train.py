@@ -441,7 +441,7 @@ def test_compare_is_deterministic_records_its_origin_and_cli_works(micro_workdir
     out = capsys.readouterr().out
     assert "lora-r2" in out and "docs val" in out and "code val" in out
     compared = json.loads(first)
-    assert [r["label"] for r in compared["rows"]] == [label for label, _, _ in ex.compare_runs(MICRO)]
+    assert [r["label"] for r in compared["rows"]] == [label for label, *_ in ex.compare_runs(MICRO)]
     assert compared["seeds"] == [0] and compared["provenance"]["preset"] == "micro"
     assert compared["minisft_version"] and "git_commit" in compared and compared["domains"]["target"] == "docs"
     result = json.loads((folder / "lora-r2" / "seed0" / "result.json").read_text())
@@ -494,7 +494,7 @@ def test_the_plot_is_written_with_every_panel(tmp_path):
         return {"label": label, "counts": {"trainable": trainable}, "target": {"mean": t, "sd": 0.01},
                 "source": {"mean": s, "sd": 0.02}, "runs": runs}
 
-    labels = [label for label, _, _ in ex.compare_runs(ex.PRESETS["small"])]
+    labels = [label for label, *_ in ex.compare_runs(ex.PRESETS["small"])]
     compared = {"rows": [row(label, 1000 * (i + 1), 4.0 + 0.01 * i, 4.5) for i, label in enumerate(labels)],
                 "base": {"target": 5.0, "source": 4.0}, "domains": {"target": "notes", "source": "code"},
                 "seeds": [0, 1]}
@@ -567,7 +567,7 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     assert loss < entropy - 0.5
     assert main(["compare", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
     result = json.loads((tmp_path / "work" / "runs" / "tiny-docs" / "compare.json").read_text())
-    assert {r["method"] for r in result["rows"]} == set(n for _, n, _ in ex.compare_runs(ex.PRESETS["tiny"]))
+    assert {r["method"] for r in result["rows"]} == set(n for _, n, *_ in ex.compare_runs(ex.PRESETS["tiny"]))
     for r in result["rows"]:
         assert r["target"]["mean"] < result["base"]["target"], r["label"]
     assert (tmp_path / "work" / "runs" / "tiny-docs" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out

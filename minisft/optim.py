@@ -138,14 +138,15 @@ def lr_at(step, base_lr, schedule="constant", total_steps=None, warmup=0, gamma=
 
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm
-    before clipping (as torch.nn.utils.clip_grad_norm_, including its 1e-6 in the denominator)."""
+    before clipping. As torch.nn.utils.clip_grad_norm_: the factor is max_norm / (norm + 1e-6),
+    clamped at 1, so a norm less than 1e-6 below max_norm is still scaled (by less than 1e-6)."""
     if not grads:
         return 0.0
     xp = array_module(next(iter(grads.values())))
     # squared norms summed on the device: one host sync per step, no g*g temporaries
     total = math.sqrt(float(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads.values())))
-    if max_norm is not None and total > max_norm:
-        scale = max_norm / (total + 1e-6)
+    scale = 1.0 if max_norm is None else max_norm / (total + 1e-6)
+    if scale < 1.0:  # torch multiplies by the clamped factor; a factor of 1 changes nothing
         for g in grads.values():
             g *= scale
     return total

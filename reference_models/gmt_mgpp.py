@@ -63,10 +63,14 @@ def _numpy(params):
     return {k: p.detach().numpy().copy() for k, p in params.items()}
 
 
-def train_gmt(twin, batches, lr, weight_decay, drop_ratio, scope, freeze_masked):
-    """GMT on every parameter -> (params {name: array}, [per step {name: bool keep mask}])."""
+def train_gmt(twin, batches, lr, weight_decay, drop_ratio, scope, freeze_masked, grad_clip=None, make_scheduler=None):
+    """GMT on every parameter -> (params {name: array}, [per step {name: bool keep mask}]).
+
+    grad_clip: torch.nn.utils.clip_grad_norm_ on the masked gradients (after the mask, before the
+    step); make_scheduler(opt): a torch lr scheduler, stepped after every optimizer step."""
     params = dict(twin.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    scheduler = make_scheduler(opt) if make_scheduler else None
     history = []
     for micro_batches in batches:
         opt.zero_grad(set_to_none=True)
@@ -80,7 +84,11 @@ def train_gmt(twin, batches, lr, weight_decay, drop_ratio, scope, freeze_masked)
         keep = dict(zip(names, keeps))
         for n in names:
             params[n].grad.masked_fill_(~keep[n], 0.0)
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), grad_clip)
         _step_leaving_untouched(opt, params, {n: ~keep[n] for n in names} if freeze_masked else {})
+        if scheduler is not None:
+            scheduler.step()
         history.append({n: k.numpy().copy() for n, k in keep.items()})
     return _numpy(params), history
 

@@ -229,6 +229,47 @@ def test_probe_advances_the_optimizer_once_per_step(estimator, direction):
         assert all(np.array_equal(v, ropt.state[k][s]) for s, v in st.items() if s != "step"), k
 
 
+@pytest.mark.parametrize("direction", ["adam", "sgd"])
+def test_probe_measures_then_steps(monkeypatch, direction):
+    """Order of operations at a probed step: the influence is measured at θ_s, the parameters BEFORE
+    that step's update, along the direction of the update that follows, d = (θ_s − θ_{s+1}) / lr —
+    not after the step (where Adam would count the gradient twice: GeN's pitfall). Oracle: a replay
+    of the same batches with one optimizer step each, recording every θ_s."""
+    import minisft.methods.adapeft.method as mod
+
+    seen = []
+    measure = mod.group_influence
+
+    def recording(groups, sizes, grads, direction_, *args, params, **kw):
+        seen.append(({k: v.copy() for k, v in params.items()}, {k: v.copy() for k, v in direction_.items()}))
+        return measure(groups, sizes, grads, direction_, *args, params=params, **kw)
+
+    monkeypatch.setattr(mod, "group_influence", recording)
+    steps, every, lr = 5, 2, 1e-2
+    groups = build_groups(CFG, "modules", 2)
+    probe(tiny(), synthetic_task(), np.random.default_rng(7), groups, "exact", direction, steps=steps, every=every,
+          lr=lr, lora_alpha=4)
+    replay, rng, task = tiny(), np.random.default_rng(7), synthetic_task()
+    replay.freeze()
+    for g in groups:
+        g.activate(replay, 4, rng)
+    ropt = AdamW(lr=lr, weight_decay=0.0) if direction == "adam" else SGD(lr=lr)
+    thetas = []
+    for step in range(steps):
+        x, y = task.sample(rng)
+        _, grads = replay.loss_and_grads(x, y)
+        thetas.append({k: v.copy() for k, v in replay.trainable_params().items()})
+        ropt.step(replay.trainable_params(), grads)
+    thetas.append({k: v.copy() for k, v in replay.trainable_params().items()})
+    assert len(seen) == len(range(0, steps, every))
+    for (params, d), s in zip(seen, range(0, steps, every)):
+        for k, v in params.items():
+            assert np.array_equal(v, thetas[s][k]), f"step {s}, {k}: measured at other parameters than θ_s"
+            step_taken = (thetas[s][k] - thetas[s + 1][k]) / lr  # rounded by ~u·|θ|/lr in the subtraction
+            tol = 1e-12 * np.max(np.abs(step_taken)) + 4 * np.finfo(np.float64).eps * np.max(np.abs(v)) / lr
+            assert np.max(np.abs(d[k] - step_taken)) <= tol, f"step {s}, {k}: the direction is not the update that follows"
+
+
 def test_prepare_is_deterministic_given_the_generator():
     _, m1, _ = prepared(seed=3)
     _, m2, _ = prepared(seed=3)

@@ -33,11 +33,19 @@ def fused(flag):
 
 
 def both(monkeypatch, fn):
-    """(fused result, plain result) of fn() on the GPU."""
+    """(fused result, plain result) of fn() on the GPU. The fused run must really dispatch to a
+    kernel (kernels.enabled said yes at least once) and the plain run never: else the test would
+    compare the plain body with itself."""
+    answers = []
+    enabled = kernels.enabled
+    monkeypatch.setattr(kernels, "enabled", lambda x: answers.append(enabled(x)) or answers[-1])
     monkeypatch.setattr(kernels, "FUSED", True)
     fused = fn()
+    assert any(answers), "no fused kernel ran with FUSED on: the comparison would be plain against plain"
+    answers.clear()
     monkeypatch.setattr(kernels, "FUSED", False)
     plain = fn()
+    assert answers and not any(answers), "the plain run did not ask kernels.enabled, or a kernel ran with FUSED off"
     return fused, plain
 
 

@@ -162,7 +162,7 @@ CASES = [  # estimator, direction, partition, budget
 
 @pytest.mark.parametrize("estimator,direction,groups,budget", CASES, ids=["-".join(c[:3]) for c in CASES])
 def test_probe_selection_and_training_match_the_twin(estimator, direction, groups, budget):
-    seed, steps, lr, wd = 1, 6, 1e-2, 0.01
+    seed, steps, lr, wd = 1, 20, 1e-2, 0.01
     model, method, handed_out = run_minisft(estimator, direction, groups, budget, seed, steps, lr, wd)
     rep = method.report()
     probe_batches, fresh, train_batches = split_batches(handed_out, estimator, steps)

@@ -123,7 +123,7 @@ def exact_tolerance(twin, batch, d_k, a):
       minisft's gradients round differently from torch's, and over 168 probes (random, gradient
       and Adam directions; 1-3 blocks, width 8-32) minisft's error stayed below 2.3·σ. (A bound
       3u‖d_k‖‖g‖/ε, each gradient off by u‖g‖, failed there by up to 93× on wte directions.)
-    Returns (tolerance, ε)."""
+    """
     base = twin.values()
     keys = list(d_k)
     size = sum(v.numel() for v in d_k.values())
@@ -144,7 +144,7 @@ def exact_tolerance(twin, batch, d_k, a):
 
     truncation = abs(richardson(8 * eps) - a) / 8**4
     rounding = max(abs(richardson(f * eps) - a) for f in (0.8, 0.9, 1.0, 1.1))
-    return 2 * truncation + 10 * rounding, eps
+    return 2 * truncation + 10 * rounding
 
 
 def gen_tolerance(loss_scale, eta):
@@ -189,7 +189,7 @@ def test_probe_selection_and_training_match_the_twin(estimator, direction, group
         for group, keys in twin.members.items():
             g_k, d_k = {k: g[k] for k in keys}, {k: d[k] for k in keys}
             if estimator == "exact":
-                tol_a, _ = exact_tolerance(twin, batch, d_k, est[group]["a"])
+                tol_a = exact_tolerance(twin, batch, d_k, est[group]["a"])
                 tol_b = 1e-12 * norm(g_k) * norm(d_k)
             else:
                 tol_a, tol_b = gen_tolerance(abs(float(twin.loss(fresh[step]))), PROBE_LR)
@@ -237,7 +237,8 @@ def test_probe_selection_and_training_match_the_twin(estimator, direction, group
     capacity = rep["budget"]["capacity"]
     chosen, best = twin_ref.select(means, sizes, capacity)
     candidates = [g for g, v in means.items() if v is not None]
-    assert len(candidates) > twin_ref.BRUTE_FORCE_MAX if groups == "tensors" else True, "the MILP path did not run"
+    if groups == "tensors":
+        assert len(candidates) > twin_ref.BRUTE_FORCE_MAX, "the MILP path did not run"
     assert set(rep["chosen"]["groups"]) == chosen, (rep["chosen"], chosen)
     slack = sum(max(t) for t in tol_mean.values())  # the most the estimates may move any subset's total
     assert abs(rep["chosen"]["influence"] - best) <= slack

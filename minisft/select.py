@@ -18,7 +18,15 @@ Threshold t = the k-th smallest key (k >= 1):
   copy is made and no keys are kept: the extra memory is one tensor's temporaries and 65 536
   counters.
 Masks: drop every key < t, and of the keys == t the first `need = k - #{key < t}` in (tensor, index)
-order, found with a running cumulative count. Neither step synchronises with the host.
+order. On CuPy those ties are found by a running cumulative count, so no step synchronises with the
+host; on NumPy by their positions (`flatnonzero`), since a cumulative count over every entry costs
+more on a CPU than the selection itself.
+
+Per-tensor selections of many tensors (GMT's default scope, `smallest_k_keep_mask_each`): on NumPy
+each tensor is selected alone by `partition`; on CuPy the tensors under 2^20 entries are ranked
+together by one stable sort on (tensor, |x|, index), because a dozen small kernels per tensor cost
+more there than the selection. Each backend's way is a setting in `BATCH_BELOW` / `TIES_BY_COUNT`;
+the tests run both ways on every backend against the oracle.
 
 Counts. `ratio_count` reads a ratio as the shortest decimal that round-trips to the float (Python's
 repr) and rounds the exact product: floor(0.7 * 10) = 7 and floor(0.29 * 100) = 29, where float
@@ -40,6 +48,13 @@ _KEY_BITS = 64
 _ALL_ONES = (1 << _KEY_BITS) - 1
 ROUNDINGS = ("floor", "half_up")
 
+# How each backend runs fastest; both ways of each are exact and tested on every backend.
+BATCH_BELOW = {"numpy": 0, "cupy": 1 << 20}  # per-tensor selections of tensors under this size: one sort
+TIES_BY_COUNT = {"numpy": False, "cupy": True}  # ties ranked by a cumulative count (no host sync)
+
+
+def _backend(xp):
+    return "numpy" if xp is np else "cupy"
 
 
 def decimal_fraction(value):
@@ -143,15 +158,21 @@ def _keep_masks(arrays, t, need, key_of=magnitude_key):
     """Masks (True = kept) dropping every key < t and the first `need` keys == t in (tensor, index)
     order; t is a key of `key_of`."""
     xp = array_module(*arrays)
-    ties_before = 0
+    by_count = TIES_BY_COUNT[_backend(xp)]
+    ties_before = 0  # ties in the earlier tensors
     masks = []
     for a in arrays:
         key = key_of(a)
+        keep = key > t
         tie = key == t
-        tie_rank = xp.cumsum(tie) + ties_before  # 1-based rank of each tie over all tensors so far
-        drop = (key < t) | (tie & (tie_rank <= need))
-        ties_before = ties_before + xp.count_nonzero(tie)
-        masks.append(~drop.reshape(a.shape))
+        if by_count:  # 1-based rank of each tie over all tensors so far
+            keep |= tie & (xp.cumsum(tie) + ties_before > need)
+            ties_before = ties_before + xp.count_nonzero(tie)
+        else:  # the ties' positions: those past the first need - ties_before are kept
+            at = xp.flatnonzero(tie)
+            keep[at[max(int(need) - ties_before, 0):]] = True
+            ties_before += at.size
+        masks.append(keep.reshape(a.shape))
     return masks
 
 
@@ -172,18 +193,19 @@ def smallest_k_keep_mask(x, k):
     return _keep_masks([x], t, need, key_of=native_magnitude_key)[0]
 
 
-SMALL_TENSOR = 1 << 20  # tensors with fewer entries are ranked together by smallest_k_keep_mask_each
-
-
 def smallest_k_keep_mask_each(arrays, ks):
     """[smallest_k_keep_mask(a, k) for a, k in zip(arrays, ks)]: per-tensor selections of many
-    tensors. Those smaller than SMALL_TENSOR are ranked together by one stable sort on
-    (tensor, |x|, flat index), which gives each its own k smallest with the same tie rule: on a GPU
-    a dozen small kernels per tensor cost more than the selection itself."""
+    tensors. Those with fewer entries than BATCH_BELOW[backend] (on CuPy, 2^20; on NumPy none) are
+    ranked together by one stable sort on (tensor, |x|, flat index), which gives each its own k
+    smallest with the same tie rule: on a GPU a dozen small kernels per tensor cost more than the
+    selection itself, while on a CPU partition is O(n) and the sort is not."""
+    if not arrays:
+        return []
+    below = BATCH_BELOW[_backend(array_module(*arrays))]
     masks = [None] * len(arrays)
-    small = [i for i, a in enumerate(arrays) if a.size < SMALL_TENSOR]
+    small = [i for i, a in enumerate(arrays) if a.size < below]
     for i, a in enumerate(arrays):
-        if a.size >= SMALL_TENSOR:
+        if a.size >= below:
             masks[i] = smallest_k_keep_mask(a, ks[i])
     if small:
         for i, m in zip(small, _smallest_k_by_tensor([arrays[i] for i in small], [ks[i] for i in small])):

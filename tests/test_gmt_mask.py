@@ -143,12 +143,25 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
         np.testing.assert_array_equal(to_numpy(batched[f"t{i}"]), expected)
 
 
-@pytest.mark.parametrize("small_tensor", [0, 1 << 40], ids=["each-alone", "all-together"])
-def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, small_tensor):
-    """Whether tensors are ranked one by one (partition) or together (one sort by tensor, |x|,
-    index), every tensor gets its own floor(r·n) smallest, ties by lower index."""
+# every way select.py can run, on every backend: (BATCH_BELOW, TIES_BY_COUNT) as each backend sets them
+WAYS = {"numpy-way": (0, False), "cupy-way": (1 << 20, True), "sort-positions": (1 << 40, False),
+        "partition-count": (0, True)}
+
+
+def _use_way(monkeypatch, way):
     import minisft.select as select
-    monkeypatch.setattr(select, "SMALL_TENSOR", small_tensor)
+    batch_below, ties_by_count = WAYS[way]
+    for backend in ("numpy", "cupy"):
+        monkeypatch.setitem(select.BATCH_BELOW, backend, batch_below)
+        monkeypatch.setitem(select.TIES_BY_COUNT, backend, ties_by_count)
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
+    """Whether tensors are ranked one by one (partition) or together (one sort by tensor, |x|,
+    index), and ties found by a cumulative count or by position, every tensor gets its own
+    floor(r·n) smallest, ties by lower index."""
+    _use_way(monkeypatch, way)
     rng = np.random.default_rng(7)
     gs = [rng.choice([0.0, -0.0, 1.0, -2.0, 2.0, 3.5], size=s) for s in [(5, 4), (0,), (1,), (13,), (3, 3, 3)]]
     gs += [rng.standard_normal(s).astype(np.float32) for s in [(40,), (2, 7)]]
@@ -157,6 +170,22 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, small_tensor):
         for g, m in zip(gs, masks):
             (expected,) = oracle_keep([g], floor_count(r, g.size))
             np.testing.assert_array_equal(to_numpy(m), expected)
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+@fixture_ok
+@given(gs=st.lists(st.one_of(arrays(), arrays(elements=TIED), arrays(st.floats(width=32, allow_nan=False), np.float32)),
+                   min_size=0, max_size=4), r=RATIOS)
+@example(gs=[np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.0]), np.array([0.0, 1.0, -1.0])], r=0.5)
+def test_every_way_equals_oracle_per_tensor_and_global(xp, monkeypatch, way, gs, r):
+    """Each of select.py's ways gives the oracle's masks, per tensor (gradient_masks) and over all
+    tensors together (global_gradient_masks: ties spanning tensors)."""
+    _use_way(monkeypatch, way)
+    for g, m in zip(gs, gradient_masks([xp.asarray(g) for g in gs], r)):
+        np.testing.assert_array_equal(to_numpy(m), oracle_keep([g], floor_count(r, g.size))[0])
+    total = sum(g.size for g in gs)
+    for m, e in zip(global_gradient_masks([xp.asarray(g) for g in gs], r), oracle_keep(gs, floor_count(r, total))):
+        np.testing.assert_array_equal(to_numpy(m), e)
 
 
 def test_global_dict_structure_mixed_dtypes_and_layout(xp):

@@ -12,14 +12,22 @@ same run, and the peak device memory of the step.
 
 Methods: full fine-tuning; LoRA r=8 on every linear layer; SPruFT at 5% of the rows of every linear
 layer (rows chosen by magnitude: the selection does not change the step's cost); GMT with drop
-ratio 0.5 per tensor (the masking is part of the step).
+ratio 0.5 per tensor (the masking is part of the step: minisft's `GMT.transform_grads`, and on the
+torch side `torch_gmt_`, the same count and tie rule written as a careful PyTorch user would).
+
+On the CPU the implementations' steps are interleaved (one step of each in turn), so a change in the
+machine's load, cache or allocator state falls on all of them alike; each row also reports the
+median process CPU time and the minor page faults per step. On the GPU each runs alone in turn (its
+peak memory is its own).
 """
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
+from collections import defaultdict
 
 import numpy as np
 
@@ -43,7 +51,7 @@ def model_flops(cfg, B, T):
 def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     import minisft as ms
     from minisft.adapters import RowDelta
-    from minisft.methods.gmt.masks import gradient_masks
+    from minisft.methods import GMT
     from minisft.methods.spruft.budget import rows_for_ratio
     from minisft.methods.spruft.importance import row_magnitude, top_rows
     from minisft.methods import LoRAMethod
@@ -54,6 +62,9 @@ def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     rng = np.random.default_rng(seed)
     if method == "lora":
         LoRAMethod(r=8, alpha=8).prepare(model, None, rng)
+    elif method == "gmt":
+        gmt = GMT(drop_ratio=0.5)
+        gmt.prepare(model, None, rng)
     elif method == "spruft":
         model.freeze()
         for layer in linear_layer_names(cfg):
@@ -68,8 +79,7 @@ def minisft_step_fn(method, cfg, B, T, backend, dtype, seed):
     def step():
         loss, grads = model.loss_and_grads(x, y)
         if method == "gmt":
-            masks = gradient_masks(grads, 0.5)
-            grads = {k: g * masks[k] for k, g in grads.items()}
+            grads = gmt.transform_grads(model, grads, None)
         opt.step(model.trainable_params(), grads)
         return loss
 
@@ -110,18 +120,47 @@ def torch_step_fn(method, cfg, B, T, device, dtype, seed, variant, state_dict, r
         _, loss = fwd(x, y)
         loss.backward()
         if method == "gmt":
-            with torch.no_grad():
-                for p in params:
-                    g = p.grad.reshape(-1)
-                    k = int(0.5 * g.numel())
-                    if k:
-                        thresh = g.abs().kthvalue(k).values
-                        g.mul_(g.abs() > thresh)
+            torch_gmt_([p.grad for p in params], 0.5)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
     return step, model
+
+
+def torch_gmt_(grads, drop_ratio, batched=None):
+    """GMT's per-tensor masking in place, as a careful PyTorch user writes it: in each tensor the
+    floor(drop_ratio·n) entries of smallest |g| are zeroed, ties at the lower flat index first
+    (minisft's count and tie rule: tests/test_gmt_mask.py::test_bench_torch_gmt_equals_minisft).
+
+    One kthvalue per group of tensors: with `batched` (default: on the GPU) the tensors that share a
+    size are stacked and ranked by one batched kthvalue (few kernels); otherwise (default on the CPU)
+    each tensor is its own group (a flat view, no stacked copy). Ties at the threshold are ranked by
+    a cumulative count only when some row keeps part of them."""
+    import torch
+
+    from reference_models.primitives import _count
+
+    groups = defaultdict(list)
+    for i, g in enumerate(grads):
+        groups[g.numel() if (g.is_cuda if batched is None else batched) else i].append(g)
+    with torch.no_grad():
+        for group in groups.values():
+            k = _count(drop_ratio, group[0].numel(), False)
+            if k == 0:
+                continue
+            flat = [g.reshape(1, -1) for g in group]
+            a = torch.cat(flat).abs_() if len(flat) > 1 else flat[0].abs()  # (m, n)
+            t = a.kthvalue(k, dim=1, keepdim=True).values  # (m, 1) the k-th smallest |g| of each row
+            drop = a < t
+            tie = a == t
+            need = k - drop.sum(1, keepdim=True)  # ties to drop in each row, lowest index first
+            if bool((tie.sum(1, keepdim=True) > need).any()):
+                drop |= tie & (tie.cumsum(1) <= need)
+            else:
+                drop |= tie
+            for g, d in zip(group, drop):
+                g.masked_fill_(d.view_as(g), 0)
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -201,19 +240,28 @@ def run(preset="small", backend="auto", dtype="float32", tf32=False, steps=10, w
         sd = model.state_dict()
         rows_by_layer = {layer: ads[0].rows_host for layer, ads in model.adapters.items()} if method == "spruft" else \
             {layer: None for layer in ms.model.linear_layer_names(cfg)}
-        results = [_measure("minisft", method, step, steps, warmup, gpu, flops, B * T, ceiling)]
-        del step, model
-        _free(gpu)
-        for variant in variants:
-            if variant == "compile" and not gpu and preset == "gpt2":
-                continue
-            tstep, _ = torch_step_fn(method, cfg, B, T, device, dtype, seed, variant, sd, rows_by_layer)
-            results.append(_measure(f"torch-{variant}", method, tstep, steps, warmup, gpu, flops, B * T, ceiling, torch_mem=True))
-            del tstep
+        variants_here = [v for v in variants if gpu or v != "compile" or preset != "gpt2"]
+        if gpu:
+            results = [_measure("minisft", method, step, steps, warmup, gpu, flops, B * T, ceiling)]
+            del step, model
+            _free(gpu)
+            for variant in variants_here:
+                tstep, _ = torch_step_fn(method, cfg, B, T, device, dtype, seed, variant, sd, rows_by_layer)
+                results.append(_measure(f"torch-{variant}", method, tstep, steps, warmup, gpu, flops, B * T, ceiling, torch_mem=True))
+                del tstep
+                _free(gpu)
+        else:
+            impls = [("minisft", step)] + [
+                (f"torch-{v}", torch_step_fn(method, cfg, B, T, device, dtype, seed, v, sd, rows_by_layer)[0])
+                for v in variants_here]
+            results = _measure_interleaved(method, impls, steps, warmup, flops, B * T, ceiling)
+            del step, model, impls
             _free(gpu)
         rows += results
         _print_rows(results)
     return {"preset": preset, "B": B, "T": T, "dtype": dtype, "tf32": tf32, "device": _device_name(gpu),
+            "timing": "sequential, device events" if gpu else "interleaved, wall clock",
+            "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             "gemm_ceiling_tflops": ceiling, "model_flops_per_step": flops, "rows": rows,
             "versions": _versions(), "date": time.strftime("%Y-%m-%d")}
 
@@ -239,11 +287,35 @@ def _measure(impl, method, step, steps, warmup, gpu, flops, tokens, ceiling, tor
             hook = PeakMemoryHook()
             hook.__enter__()
             peak_of = lambda: (hook.__exit__(None, None, None), hook.peak)[1]
-    ms_step, all_times = time_steps(step, steps, warmup, sync, events)
-    peak = peak_of() if peak_of else None
-    return {"impl": impl, "method": method, "ms_per_step": ms_step, "times_ms": all_times,
+    _, all_times = time_steps(step, steps, warmup, sync, events)
+    return _row(impl, method, all_times, flops, tokens, ceiling, peak=peak_of() if peak_of else None)
+
+
+def _measure_interleaved(method, impls, steps, warmup, flops, tokens, ceiling):
+    """CPU: [(impl, step)] timed one step of each in turn, `steps` rounds after `warmup` rounds.
+    Per step: wall time, process CPU time, minor page faults."""
+    for _ in range(warmup):
+        for _, step in impls:
+            step()
+    wall, cpu, faults = defaultdict(list), defaultdict(list), defaultdict(list)
+    for _ in range(steps):
+        for impl, step in impls:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            wall[impl].append(1000 * (time.perf_counter() - t0))
+            cpu[impl].append(1000 * (time.process_time() - c0))
+            faults[impl].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return [_row(impl, method, wall[impl], flops, tokens, ceiling, cpu_ms_per_step=statistics.median(cpu[impl]),
+                 cpu_times_ms=cpu[impl], minor_faults_per_step=statistics.median(faults[impl]))
+            for impl, _ in impls]
+
+
+def _row(impl, method, times, flops, tokens, ceiling, peak=None, **extra):
+    ms_step = statistics.median(times)
+    return {"impl": impl, "method": method, "ms_per_step": ms_step, "times_ms": times,
             "tokens_per_s": tokens / (ms_step / 1000), "tflops": flops / (ms_step / 1000) / 1e12,
-            "pct_of_gemm_ceiling": 100 * flops / (ms_step / 1000) / 1e12 / ceiling, "peak_bytes": peak}
+            "pct_of_gemm_ceiling": 100 * flops / (ms_step / 1000) / 1e12 / ceiling, "peak_bytes": peak, **extra}
 
 
 def _free(gpu):
@@ -280,8 +352,9 @@ def _versions():
 def _print_rows(rows):
     for r in rows:
         peak = f"{r['peak_bytes'] / 2**30:.2f} GiB" if r["peak_bytes"] else "-"
+        cpu = f"  cpu {r['cpu_ms_per_step']:7.2f} ms, {r['minor_faults_per_step']:6.0f} faults" if "cpu_ms_per_step" in r else ""
         print(f"{r['method']:7s} {r['impl']:15s} {r['ms_per_step']:9.2f} ms/step  {r['tokens_per_s']:12,.0f} tok/s  "
-              f"{r['tflops']:7.2f} TFLOP/s ({r['pct_of_gemm_ceiling']:5.1f}% of GEMM)  peak {peak}", flush=True)
+              f"{r['tflops']:7.2f} TFLOP/s ({r['pct_of_gemm_ceiling']:5.1f}% of GEMM)  peak {peak}{cpu}", flush=True)
 
 
 def ratios(result):

@@ -100,6 +100,22 @@ class AdamW(Optimizer):
         if kernels.enabled(p):  # the same update as one fused kernel (minisft.kernels.adamw)
             kernels.adamw(p, g, m, v, lr, self.weight_decay, self.b1, self.b2, self.eps, bc1, bc2, mask)
             return
+        if mask is None:  # the same operations in place: two temporaries, no copies back
+            if self.weight_decay:  # θ·1 = θ exactly: nothing to do without decay
+                p *= 1 - lr * self.weight_decay
+            m *= self.b1
+            m += (1 - self.b1) * g
+            v *= self.b2
+            gg = g * g
+            gg *= 1 - self.b2
+            v += gg
+            denom = xp.sqrt(v, out=gg)
+            denom /= math.sqrt(bc2)
+            denom += self.eps
+            step = xp.divide(m, denom, out=denom)
+            step *= lr / bc1
+            p -= step
+            return
         new_p = p * (1 - lr * self.weight_decay)
         new_m = self.b1 * m + (1 - self.b1) * g
         new_v = self.b2 * v + (1 - self.b2) * (g * g)

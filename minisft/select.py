@@ -34,6 +34,7 @@ arithmetic gives 7 and 28 and the binary value of 0.7 (0.6999...) would give 6.
 Derivations: proofs/gmt_mask.md.
 """
 
+import functools
 import math
 from fractions import Fraction
 
@@ -62,6 +63,7 @@ def decimal_fraction(value):
     return Fraction(repr(float(value)))
 
 
+@functools.lru_cache(maxsize=1024)  # GMT asks for every tensor at every step
 def ratio_count(ratio, n, rounding):
     """floor(ratio * n) ("floor") or floor(ratio * n + 1/2) ("half_up"), in exact arithmetic on the
     decimal reading of `ratio` (see the module docstring)."""
@@ -177,8 +179,14 @@ def _keep_masks(arrays, t, need, key_of=magnitude_key):
 
 
 def zero_where_dropped(g, keep):
-    """g[~keep] = 0 in place. g: any shape, keep: bool of g's shape."""
-    array_module(g).copyto(g, 0, where=~keep)
+    """g[~keep] = +0.0 in place. g: float, any shape; keep: bool of g's shape.
+
+    The bits of g times keep (0 or 1) in an unsigned view of g's width: all-zero bits (+0.0) where
+    dropped, g's own bits where kept. The same as copyto(g, 0, where=~keep), without the masked
+    store, which on NumPy is about 20 times slower than a multiply."""
+    xp = array_module(g)
+    bits = g.view(xp.dtype(f"uint{8 * g.dtype.itemsize}"))
+    xp.multiply(bits, keep, out=bits)
 
 
 def smallest_k_keep_mask(x, k):

@@ -384,6 +384,24 @@ def test_optimizer_mask_leaves_entries_and_moments_untouched():
     assert np.all(p[mask] != p0[mask])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamw_in_place_path_equals_masked_path_bit_for_bit(dtype, wd):
+    """Without masks AdamW updates in place; with an all-True mask it runs the masked body: the
+    same operations, so the same bits (parameters and both moments), step after step."""
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal((6, 5)).astype(dtype)
+    plain, masked = AdamW(lr=3e-2, betas=(0.8, 0.95), weight_decay=wd), AdamW(lr=3e-2, betas=(0.8, 0.95), weight_decay=wd)
+    a, b, everything = p0.copy(), p0.copy(), np.ones(p0.shape, dtype=bool)
+    for _ in range(4):
+        g = rng.standard_normal(p0.shape).astype(dtype)
+        plain.step({"w": a}, {"w": g})
+        masked.step({"w": b}, {"w": g}, masks={"w": everything})
+        assert np.array_equal(a, b), f"max diff {np.max(np.abs(a - b)):.3e}"
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert np.array_equal(plain.state["w"][k], masked.state["w"][k]), k
+
+
 # ------------------------------------------------------------------------------ memory
 def test_row_delta_run_holds_no_full_gradient_or_optimizer_buffer():
     cfg = GPTConfig(vocab_size=256, block_size=32, n_layer=4, n_head=4, n_embd=256)

@@ -237,6 +237,25 @@ def test_parity_with_torch_reference(xp, g, r):
     assert diff == 0, f"{diff} entries differ from the torch reference"
 
 
+@fixture_ok
+@given(g=st.one_of(arrays(), arrays(st.floats(width=32), np.float32), arrays(st.floats(width=16), np.float16)),
+       seed=st.integers(0, 2**32 - 1), transpose=st.booleans())
+def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, transpose):
+    """zero_where_dropped(g, keep) is g[~keep] = +0.0: kept entries keep their exact bits (NaN,
+    ±inf, -0.0 included), dropped ones become +0.0; also on a non-contiguous view."""
+    from minisft.select import zero_where_dropped
+
+    keep = np.random.default_rng(seed).random(g.shape) < 0.5
+    if transpose:
+        g, keep = g.T, keep.T
+    expected = g.copy()
+    expected[~keep] = 0.0
+    out = xp.asarray(g.copy()) if not transpose else xp.asarray(g.T.copy()).T
+    zero_where_dropped(out, xp.asarray(keep))
+    bits = f"u{g.dtype.itemsize}"
+    np.testing.assert_array_equal(to_numpy(out).view(bits), expected.view(bits))
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["per-tensor", "batched-by-size"])
 @fixture_ok
 @given(gs=st.lists(arrays(elements=st.one_of(st.floats(-10, 10), st.sampled_from([1.0, -1.0, 2.0, -2.0])).filter(bool)),

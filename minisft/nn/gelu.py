@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .. import kernels
 from ..backend import array_module
+from .blocks import row_blocks
 from .need import backward_need, need_set
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -28,17 +29,27 @@ def gelu_forward(x, need=("x",)):
     xp = array_module(x)
     if kernels.enabled(x):
         y = kernels.gelu(x)
-    else:  # in place on one temporary: y = ½ x (1 + tanh(√(2/π)(x + 0.044715 x³)))
-        y = x * x
-        y *= COEFF
-        y += 1.0
-        y *= x
-        y *= SQRT_2_OVER_PI  # u
-        xp.tanh(y, out=y)
-        y += 1.0
-        y *= x
-        y *= 0.5
+    else:
+        x1 = x.reshape(-1)
+        y = xp.empty_like(x1)
+        for b in row_blocks(x1.size, 1, xp):
+            _gelu(x1[b], y[b])
+        y = y.reshape(x.shape)
     return y, GeluCache(x=x if "x" in need else None, need=need)
+
+
+def _gelu(x, y):
+    """y = ½ x (1 + tanh(√(2/π)(x + 0.044715 x³))), in place on y."""
+    xp = array_module(x)
+    xp.multiply(x, x, out=y)
+    y *= COEFF
+    y += 1.0
+    y *= x
+    y *= SQRT_2_OVER_PI  # u
+    xp.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
 
 
 def gelu_backward(dy, cache, need=None):
@@ -50,7 +61,16 @@ def gelu_backward(dy, cache, need=None):
     x = cache.x
     if kernels.enabled(dy):
         return {"x": kernels.gelu_backward(dy, x)}
-    # in place on three temporaries
+    x1, dy1 = x.reshape(-1), dy.reshape(-1)
+    g = xp.empty_like(x1)
+    for b in row_blocks(x1.size, 1, xp):
+        _gelu_grad(dy1[b], x1[b], g[b])
+    return {"x": g.reshape(dy.shape)}
+
+
+def _gelu_grad(dy, x, g):
+    """g = dy · dGELU/dx at x, in place on g and two temporaries."""
+    xp = array_module(x)
     du = x * x
     t = du * COEFF
     t += 1.0
@@ -59,7 +79,7 @@ def gelu_backward(dy, cache, need=None):
     xp.tanh(t, out=t)  # t = tanh(u)
     du *= 3.0 * COEFF * SQRT_2_OVER_PI
     du += SQRT_2_OVER_PI  # du/dx = √(2/π)(1 + 3·0.044715 x²)
-    g = t * t
+    xp.multiply(t, t, out=g)
     xp.subtract(1.0, g, out=g)
     g *= x
     g *= du
@@ -68,4 +88,3 @@ def gelu_backward(dy, cache, need=None):
     t *= 0.5  # ½ (1 + t)
     g += t
     g *= dy
-    return {"x": g}

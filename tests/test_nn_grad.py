@@ -241,6 +241,37 @@ def test_inputs_not_mutated_and_noncontiguous_identical(layer):
         np.testing.assert_allclose(g2[k], g[k], rtol=1e-14, atol=1e-14)
 
 
+BLOCKED = {  # the layers whose NumPy bodies walk their arrays in row blocks (minisft.nn.blocks)
+    "gelu": (lambda rng, shape, dt: (rng.standard_normal(shape).astype(dt) * 3,), gelu_forward, gelu_backward),
+}
+
+
+@pytest.mark.parametrize("layer", list(BLOCKED))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=seeds, shape=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_row_blocks_do_not_change_results(monkeypatch, layer, seed, shape, dtype):
+    """Outputs and gradients of every blocked layer are bit-identical for any block size: one entry
+    per block, a few, and everything in one block (so the FD and torch tests above, whose small
+    arrays fit one block, speak for the blocked runs too)."""
+    from minisft.nn import blocks
+
+    rng = np.random.default_rng(seed)
+    make, fwd, bwd = BLOCKED[layer]
+    inputs = make(rng, shape, dtype)
+    runs = []
+    for size in (1 << 40, 1, 3, 7):
+        monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", size)
+        y, c = fwd(*inputs)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype)
+        runs.append((y, bwd(dy, c)))
+    (y0, g0), rest = runs[0], runs[1:]
+    for y, g in rest:
+        np.testing.assert_array_equal(y, y0)
+        for k in g0:
+            np.testing.assert_array_equal(g[k], g0[k])
+
+
 def test_linear_frozen_weight_caches_no_input_and_computes_no_dW():
     rng = np.random.default_rng(1)
     x, W = rng.standard_normal((3, 4)), rng.standard_normal((2, 4))

@@ -49,10 +49,10 @@ def _split_heads(qkv, n_head):
     return [qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
 
 
-def _merge_heads(y):
-    """(B, H, T, hd) -> (B, T, H·hd)."""
-    B, H, T, hd = y.shape
-    return y.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+def _head_major(a):
+    """(B, T, H, hd) -> (B, H, T, hd) view: where a batched matmul writes the heads of a (B, T, H·hd)
+    array directly, with no merging copy."""
+    return a.transpose(0, 2, 1, 3)
 
 
 def causal_mask(T, xp):
@@ -71,13 +71,26 @@ def attention_forward(qkv, n_head, need=("x",)):
     q, k, v = _split_heads(qkv, n_head)
     s = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
     s *= 1.0 / math.sqrt(q.shape[-1])  # in place: s is fresh from the matmul
-    s[..., causal_mask(qkv.shape[1], xp)] = -xp.inf
-    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is always finite: no row is all −∞
+    xp.copyto(s, -xp.inf, where=causal_mask(qkv.shape[1], xp))
+    s -= _row_max(s)  # the diagonal is always finite: no row is all −∞
     p = xp.exp(s, out=s)
     p /= xp.sum(p, axis=-1, keepdims=True)
-    y = _merge_heads(p @ v)
+    B, T, H, hd = qkv.shape[0], qkv.shape[1], n_head, q.shape[-1]
+    y = xp.empty((B, T, H, hd), dtype=p.dtype)
+    xp.matmul(p, v, out=_head_major(y))  # y = P v, each head into its columns of (B, T, C)
     cache = AttentionCache(*(a if keep else None for a in (q, k, v, p)), need=need)
-    return y, cache
+    return y.reshape(B, T, H * hd), cache
+
+
+def _row_max(s):
+    """max over the last axis, keepdims: elementwise maxima of halves while the row is even (vector
+    work on NumPy, where a reduction along a short contiguous row is not), the rest by xp.max. The
+    maximum is exact, so any order gives the same value."""
+    xp = array_module(s)
+    while s.shape[-1] % 2 == 0 and s.shape[-1] > 1:
+        h = s.shape[-1] // 2
+        s = xp.maximum(s[..., :h], s[..., h:])
+    return xp.max(s, axis=-1, keepdims=True)
 
 
 def attention_backward(dy, cache, need=None):
@@ -91,7 +104,9 @@ def attention_backward(dy, cache, need=None):
     q, k, v, p = cache.q, cache.k, cache.v, cache.p
     B, H, T, hd = q.shape
     dy = dy.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, H, T, hd)
-    dv = p.transpose(0, 1, 3, 2) @ dy  # y = P v  =>  dv = Pᵀ dy
+    dqkv = xp.empty((B, T, 3, H, hd), dtype=xp.result_type(dy, p))  # (B, T, 3C): [dq | dk | dv], heads inside each
+    dq, dk, dv = (_head_major(dqkv[:, :, i]) for i in range(3))  # (B, H, T, hd) views
+    xp.matmul(p.transpose(0, 1, 3, 2), dy, out=dv)  # y = P v  =>  dv = Pᵀ dy
     dp = dy @ v.transpose(0, 1, 3, 2)  # y = P v  =>  dP = dy vᵀ
     # P = softmax(S):  dS = P ∘ (dP − rowsum(dP ∘ P)); masked entries have P = 0, hence dS = 0
     # and S = q kᵀ / √hd brings the factor 1/√hd
@@ -99,7 +114,6 @@ def attention_backward(dy, cache, need=None):
     ds -= xp.sum(dp * p, axis=-1, keepdims=True)
     ds *= p
     ds *= 1.0 / math.sqrt(hd)
-    dq = ds @ k  # dq = dS k
-    dk = ds.transpose(0, 1, 3, 2) @ q  # dk = dSᵀ q
-    dqkv = xp.stack([dq, dk, dv], axis=2)  # (B, H, 3, T, hd)
-    return {"x": dqkv.transpose(0, 3, 2, 1, 4).reshape(B, T, 3 * H * hd)}
+    xp.matmul(ds, k, out=dq)  # dq = dS k
+    xp.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)  # dk = dSᵀ q
+    return {"x": dqkv.reshape(B, T, 3 * H * hd)}

@@ -13,7 +13,7 @@ same run, and the peak device memory of the step.
 Methods: full fine-tuning; LoRA r=8 on every linear layer; SPruFT at 5% of the rows of every linear
 layer (rows chosen by magnitude: the selection does not change the step's cost); GMT with drop
 ratio 0.5 per tensor (the masking is part of the step: minisft's `GMT.transform_grads`, and on the
-torch side `torch_gmt_`, the same count and tie rule written as a careful PyTorch user would).
+torch side `primitives.zero_gmt_dropped_`, the same count and tie rule written as a careful PyTorch user would).
 
 On the CPU the implementations' steps are interleaved (one step of each in turn), so a change in the
 machine's load, cache or allocator state falls on all of them alike; each row also reports the
@@ -91,6 +91,7 @@ def torch_step_fn(method, cfg, B, T, device, dtype, seed, variant, state_dict, r
     import torch
 
     from reference_models.adapters import LoRAFactors, LoRALinear, RowDeltaLinear, freeze_base, wrap_linear
+    from reference_models.primitives import zero_gmt_dropped_
     from reference_models.torch_gpt import TorchGPT
 
     tdtype = torch.float64 if dtype == "float64" else torch.float32
@@ -120,47 +121,12 @@ def torch_step_fn(method, cfg, B, T, device, dtype, seed, variant, state_dict, r
         _, loss = fwd(x, y)
         loss.backward()
         if method == "gmt":
-            torch_gmt_([p.grad for p in params], 0.5)
+            zero_gmt_dropped_([p.grad for p in params], 0.5)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
     return step, model
-
-
-def torch_gmt_(grads, drop_ratio, batched=None):
-    """GMT's per-tensor masking in place, as a careful PyTorch user writes it: in each tensor the
-    floor(drop_ratio·n) entries of smallest |g| are zeroed, ties at the lower flat index first
-    (minisft's count and tie rule: tests/test_gmt_mask.py::test_bench_torch_gmt_equals_minisft).
-
-    One kthvalue per group of tensors: with `batched` (default: on the GPU) the tensors that share a
-    size are stacked and ranked by one batched kthvalue (few kernels); otherwise (default on the CPU)
-    each tensor is its own group (a flat view, no stacked copy). Ties at the threshold are ranked by
-    a cumulative count only when some row keeps part of them."""
-    import torch
-
-    from reference_models.primitives import _count
-
-    groups = defaultdict(list)
-    for i, g in enumerate(grads):
-        groups[g.numel() if (g.is_cuda if batched is None else batched) else i].append(g)
-    with torch.no_grad():
-        for group in groups.values():
-            k = _count(drop_ratio, group[0].numel(), False)
-            if k == 0:
-                continue
-            flat = [g.reshape(1, -1) for g in group]
-            a = torch.cat(flat).abs_() if len(flat) > 1 else flat[0].abs()  # (m, n)
-            t = a.kthvalue(k, dim=1, keepdim=True).values  # (m, 1) the k-th smallest |g| of each row
-            drop = a < t
-            tie = a == t
-            need = k - drop.sum(1, keepdim=True)  # ties to drop in each row, lowest index first
-            if bool((tie.sum(1, keepdim=True) > need).any()):
-                drop |= tie & (tie.cumsum(1) <= need)
-            else:
-                drop |= tie
-            for g, d in zip(group, drop):
-                g.masked_fill_(d.view_as(g), 0)
 
 
 # ---------------------------------------------------------------------------------- timing

@@ -2,7 +2,8 @@
 minisft.methods.mgpp.prior and .schedule, minisft.methods.loradrop.selection), written independently
 with torch's own tools as the parity oracle:
 torch.kthvalue for the mask threshold, torch.logsumexp for the prior and autograd for its gradient,
-torch.sort + cumsum for the layer selection.
+torch.sort + cumsum for the layer selection. `zero_gmt_dropped_` is GMT's masking in the fast form
+the benchmark times (reference_models.bench), tested equal to minisft's masks.
 
 Conventions shared with minisft (they are the specification, not shared code): masks are True where
 kept; the k smallest |x| are dropped with ties dropped at the lower flat index first (and, across
@@ -11,6 +12,7 @@ the ratio read as its shortest decimal (Fraction(repr(r))).
 """
 
 import math
+from collections import defaultdict
 from fractions import Fraction
 
 import torch
@@ -37,6 +39,37 @@ def gradient_mask(grad, drop_ratio):
     """(shape) float tensor -> (shape) bool, floor(drop_ratio * n) smallest |grad| False."""
     flat = grad.detach().abs().reshape(-1).double()
     return _drop_k_smallest(flat, _count(drop_ratio, flat.numel(), False)).reshape(grad.shape)
+
+
+def zero_gmt_dropped_(grads, drop_ratio, batched=None):
+    """GMT's per-tensor masking in place, as a careful PyTorch user writes it: in each tensor the
+    floor(drop_ratio·n) entries of smallest |g| are zeroed, ties at the lower flat index first
+    (minisft's count and tie rule; tests/test_gmt_mask.py::test_torch_gmt_for_the_bench_equals_minisft).
+
+    One kthvalue per group of tensors: with `batched` (default: on the GPU) the tensors that share a
+    size are stacked and ranked by one batched kthvalue (few kernels); otherwise (default on the CPU)
+    each tensor is its own group (a flat view, no stacked copy). Ties at the threshold are ranked by
+    a cumulative count only when some row keeps part of them."""
+    groups = defaultdict(list)
+    for i, g in enumerate(grads):
+        groups[g.numel() if (g.is_cuda if batched is None else batched) else i].append(g)
+    with torch.no_grad():
+        for group in groups.values():
+            k = _count(drop_ratio, group[0].numel(), False)
+            if k == 0:
+                continue
+            flat = [g.reshape(1, -1) for g in group]
+            a = torch.cat(flat).abs_() if len(flat) > 1 else flat[0].abs()  # (m, n)
+            t = a.kthvalue(k, dim=1, keepdim=True).values  # (m, 1) the k-th smallest |g| of each row
+            drop = a < t
+            tie = a == t
+            need = k - drop.sum(1, keepdim=True)  # ties to drop in each row, lowest index first
+            if bool((tie.sum(1, keepdim=True) > need).any()):
+                drop |= tie & (tie.cumsum(1) <= need)
+            else:
+                drop |= tie
+            for g, d in zip(group, drop):
+                g.masked_fill_(d.view_as(g), 0)
 
 
 def global_masks(tensors, ratio, half_up=False):

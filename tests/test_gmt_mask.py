@@ -261,14 +261,14 @@ def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, tra
 @given(gs=st.lists(arrays(elements=st.one_of(st.floats(-10, 10), st.sampled_from([1.0, -1.0, 2.0, -2.0])).filter(bool)),
                    min_size=0, max_size=5), r=RATIOS)
 @example(gs=[np.array([1.0, -1.0, 1.0, 2.0]), np.array([2.0, 1.0, 1.0, -1.0]), np.array([3.0])], r=0.5)
-def test_bench_torch_gmt_equals_minisft(batched, gs, r):
-    """The benchmark's torch GMT (reference_models.bench.torch_gmt_, both groupings) zeroes exactly
+def test_torch_gmt_for_the_bench_equals_minisft(batched, gs, r):
+    """The benchmark's torch GMT (reference_models.primitives.zero_gmt_dropped_, both groupings) zeroes exactly
     the entries minisft's gradient_masks drop (no zeros drawn, so every dropped entry shows)."""
     torch = pytest.importorskip("torch")
-    from reference_models.bench import torch_gmt_
+    from reference_models.primitives import zero_gmt_dropped_
 
     ts = [torch.from_numpy(g.copy()) for g in gs]
-    torch_gmt_(ts, r, batched=batched)
+    zero_gmt_dropped_(ts, r, batched=batched)
     for g, t, keep in zip(gs, ts, gradient_masks([np.asarray(g) for g in gs], r)):
         assert np.array_equal(t.numpy() != 0, keep), f"{int(((t.numpy() != 0) != keep).sum())} entries differ"
         np.testing.assert_array_equal(t.numpy()[keep], g[keep])

@@ -29,13 +29,16 @@ def layernorm_forward(x, weight, bias, eps=EPS, need=ALL):
     keep_xhat = "x" in need or "weight" in need
     if kernels.enabled(x):
         y, xhat, rstd = kernels.layernorm(x, weight, bias, eps, keep_xhat, "x" in need)
-    else:
-        xhat = x - xp.mean(x, axis=-1, keepdims=True)  # x − μ, normalised in place below
-        var = xp.mean(xhat * xhat, axis=-1, keepdims=True)  # biased variance, as torch.nn.LayerNorm
-        rstd = 1.0 / xp.sqrt(var + eps)
+    else:  # row reductions as one matrix-vector product or einsum each: one read, no temporary
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)  # (N, C)
+        xhat = x2 - (x2 @ xp.ones(C, dtype=x2.dtype) / C)[:, None]  # x − μ, normalised in place below
+        var = xp.einsum("nc,nc->n", xhat, xhat) / C  # biased variance, as torch.nn.LayerNorm
+        rstd = (1.0 / xp.sqrt(var + eps))[:, None]  # (N, 1)
         xhat *= rstd
         y = xhat * weight
         y += bias
+        y, xhat, rstd = y.reshape(x.shape), xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
     cache = LayerNormCache(
         xhat=xhat if keep_xhat else None,
         rstd=rstd if "x" in need else None,
@@ -49,21 +52,23 @@ def layernorm_backward(dy, cache, need=None):
     """Gradients of the LayerNorm for the inputs named in `need`."""
     need = backward_need(need, cache.need, "layernorm")
     xp = array_module(dy)
-    lead = tuple(range(dy.ndim - 1))
     grads = {}
     fused = kernels.enabled(dy)
+    C = dy.shape[-1]
+    dy2 = dy.reshape(-1, C)  # (N, C)
+    xhat = None if cache.xhat is None else cache.xhat.reshape(-1, C)
     if "weight" in need:  # y = xhat·w + b
-        grads["weight"] = kernels.column_sums(dy, cache.xhat) if fused else xp.sum(dy * cache.xhat, axis=lead)
+        grads["weight"] = kernels.column_sums(dy, cache.xhat) if fused else xp.einsum("nc,nc->c", dy2, xhat)
     if "bias" in need:
-        grads["bias"] = kernels.column_sums(dy) if fused else xp.sum(dy, axis=lead)
+        grads["bias"] = kernels.column_sums(dy) if fused else xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
     if "x" in need and fused:
         grads["x"] = kernels.layernorm_backward_x(dy, cache.xhat, cache.rstd, cache.weight)
     elif "x" in need:
         # xhat = (x − μ)·rstd:  dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
-        dx = dy * cache.weight  # dxhat, turned into dx in place
-        mean_dxhat_xhat = xp.mean(dx * cache.xhat, axis=-1, keepdims=True)
-        dx -= xp.mean(dx, axis=-1, keepdims=True)
-        dx -= cache.xhat * mean_dxhat_xhat
-        dx *= cache.rstd
-        grads["x"] = dx
+        dx = dy2 * cache.weight  # dxhat, turned into dx in place
+        mean_dxhat_xhat = xp.einsum("nc,nc->n", dx, xhat) / C
+        dx -= (dx @ xp.ones(C, dtype=dx.dtype) / C)[:, None]
+        dx -= xhat * mean_dxhat_xhat[:, None]
+        dx *= cache.rstd.reshape(-1, 1)
+        grads["x"] = dx.reshape(dy.shape)
     return grads

@@ -50,6 +50,6 @@ def linear_backward(dy, cache, need=None):
     if "weight" in need:
         grads["weight"] = dy2.T @ cache.x2  # y = x W^T  =>  dW = dy^T x
     if "bias" in need:
-        # y = ... + b  =>  db = sum_n dy_n
-        grads["bias"] = kernels.column_sums(dy2) if kernels.enabled(dy2) else xp.sum(dy2, axis=0)
+        # y = ... + b  =>  db = sum_n dy_n  (NumPy: a matrix-vector product, one read of dy)
+        grads["bias"] = kernels.column_sums(dy2) if kernels.enabled(dy2) else xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
     return grads

@@ -272,6 +272,27 @@ def test_row_blocks_do_not_change_results(monkeypatch, layer, seed, shape, dtype
             np.testing.assert_array_equal(g[k], g0[k])
 
 
+@given(seed=seeds, V=st.integers(1, 9), n=st.integers(1, 40), C=st.integers(1, 5),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_scatter_add_rows_equals_add_at(seed, V, n, C, dtype):
+    """On NumPy the embedding's scatter-add (a CSR one-hot product) gives np.add.at's bits on a zero
+    target: repeated rows summed in order of n, signed zeros and infinities included (NaN where
+    add.at gives NaN)."""
+    from minisft.nn.embedding import scatter_add_rows
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, V, n)
+    values = rng.choice(np.array([-0.0, 0.0, 1e-3, -7.5, 3.0, np.inf, -np.inf, np.nan, 1e30], dtype=dtype), (n, C))
+    values += rng.standard_normal((n, C)).astype(dtype) * (rng.random((n, C)) < 0.5)
+    expected = np.zeros((V, C), dtype=dtype)
+    with np.errstate(invalid="ignore"):  # inf − inf
+        np.add.at(expected, rows, values)
+        got = scatter_add_rows(np.zeros((V, C), dtype=dtype), rows, values)
+    np.testing.assert_array_equal(got, expected)  # NaN where add.at has NaN (its sign bit may differ)
+    number, bits = ~np.isnan(expected), f"u{np.dtype(dtype).itemsize}"
+    np.testing.assert_array_equal(got[number].view(bits), expected[number].view(bits))
+
+
 def test_linear_frozen_weight_caches_no_input_and_computes_no_dW():
     rng = np.random.default_rng(1)
     x, W = rng.standard_normal((3, 4)), rng.standard_normal((2, 4))

@@ -243,12 +243,14 @@ class GPT:
             qkv, caches[p + "attn.c_attn"] = self._linear_forward(p + "attn.c_attn", a, get(p + "attn.c_attn"))
             y, caches[p + "attn"] = attention_forward(qkv, cfg.n_head, need=get(p + "attn"))
             y, caches[p + "attn.c_proj"] = self._linear_forward(p + "attn.c_proj", y, get(p + "attn.c_proj"))
-            x = x + y
+            y += x  # x + y: the residual added into the projection's fresh output (no new buffer)
+            x = y
             m, caches[p + "ln_2"] = layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"], need=get(p + "ln_2"))
             h, caches[p + "mlp.c_fc"] = self._linear_forward(p + "mlp.c_fc", m, get(p + "mlp.c_fc"))
             h, caches[p + "mlp.gelu"] = gelu_forward(h, need=get(p + "mlp.gelu"))
             h, caches[p + "mlp.c_proj"] = self._linear_forward(p + "mlp.c_proj", h, get(p + "mlp.c_proj"))
-            x = x + h
+            h += x
+            x = h
         x, caches["ln_f"] = layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"], need=get("ln_f"))
         return x, caches
 
@@ -339,7 +341,9 @@ class GPT:
             dh = self._norm_backward(p + "ln_2", dh, caches[p + "ln_2"], grads)
         if not plan[p + "ln_2"] or "x" not in plan[p + "ln_2"]:
             return None
-        dx = dx + dh if dh is not None else dx
+        if dh is not None:  # dx + dh, into ln_2's fresh input gradient (dx itself went to adapters)
+            dh += dx
+            dx = dh
         # x = x + c_proj(attn(c_attn(ln_1(x))))
         dy = self._linear_backward(p + "attn.c_proj", dx, caches[p + "attn.c_proj"], grads, plan[p + "attn.c_proj"])
         if dy is not None:
@@ -349,7 +353,10 @@ class GPT:
             dy = self._norm_backward(p + "ln_1", dy, caches[p + "ln_1"], grads)
         if "x" not in plan[p + "ln_1"]:
             return None
-        return dx + dy if dy is not None else dx
+        if dy is not None:
+            dy += dx
+            return dy
+        return dx
 
 
 def _accumulate(grads, name, g):

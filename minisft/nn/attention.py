@@ -8,6 +8,10 @@
 Shapes: qkv (B, T, 3C)  ->  y (B, T, C).
 Derivation: proofs/attention.md (tests/test_nn_grad.py::test_attention_fd, ::test_attention_torch).
 
+The plain body keeps the scores key-major, Sᵀ (B, H, key, query): the softmax's maximum and sums
+run over an axis that is not the contiguous one, so on NumPy each is one vectorised pass across
+rows instead of a short reduction per row; the matrix products read Sᵀ and Pᵀ transposed for free.
+
 On CuPy arrays (unless kernels.FUSED is off: MINISFT_FUSED=0) the same function is computed in tiles by
 minisft.flash_attention, which never stores S or P; the body below is its oracle
 (tests/test_kernels.py::test_flash_attention).
@@ -26,7 +30,7 @@ class AttentionCache:
     q: object  # (B, H, T, hd)  needed for dk
     k: object  # (B, H, T, hd)  needed for dq
     v: object  # (B, H, T, hd)  needed for dP
-    p: object  # (B, H, T, T)   softmax probabilities, needed for dv and dS
+    pt: object  # (B, H, T, T)  softmax probabilities, key-major: pt[..., j, i] = P_ij; for dv and dS
     need: frozenset
 
 
@@ -55,9 +59,9 @@ def _head_major(a):
     return a.transpose(0, 2, 1, 3)
 
 
-def causal_mask(T, xp):
-    """(T, T) bool, True where key j lies in the future of query i (j > i)."""
-    return xp.arange(T)[:, None] < xp.arange(T)
+def future_keys(T, xp):
+    """(T, T) bool, key-major: True at [j, i] where key j lies in the future of query i (j > i)."""
+    return xp.arange(T)[:, None] > xp.arange(T)
 
 
 def attention_forward(qkv, n_head, need=("x",)):
@@ -69,28 +73,17 @@ def attention_forward(qkv, n_head, need=("x",)):
         y, lse = flash_attention.flash_attention(qkv, n_head)
         return y, TiledAttentionCache(*((qkv, y, lse) if keep else (None,) * 3), n_head=n_head, need=need)
     q, k, v = _split_heads(qkv, n_head)
-    s = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
-    s *= 1.0 / math.sqrt(q.shape[-1])  # in place: s is fresh from the matmul
-    xp.copyto(s, -xp.inf, where=causal_mask(qkv.shape[1], xp))
-    s -= _row_max(s)  # the diagonal is always finite: no row is all −∞
-    p = xp.exp(s, out=s)
-    p /= (p @ xp.ones(p.shape[-1], dtype=p.dtype))[..., None]  # row sums as a matrix-vector product
+    st = k @ q.transpose(0, 1, 3, 2)  # Sᵀ (B, H, key, query)
+    st *= 1.0 / math.sqrt(q.shape[-1])  # in place: st is fresh from the matmul
+    xp.copyto(st, -xp.inf, where=future_keys(qkv.shape[1], xp))
+    st -= xp.max(st, axis=-2, keepdims=True)  # each query's max over its keys; the diagonal is finite
+    pt = xp.exp(st, out=st)
+    pt /= (xp.ones(pt.shape[-2], dtype=pt.dtype) @ pt)[..., None, :]  # sums over keys, one product
     B, T, H, hd = qkv.shape[0], qkv.shape[1], n_head, q.shape[-1]
-    y = xp.empty((B, T, H, hd), dtype=p.dtype)
-    xp.matmul(p, v, out=_head_major(y))  # y = P v, each head into its columns of (B, T, C)
-    cache = AttentionCache(*(a if keep else None for a in (q, k, v, p)), need=need)
+    y = xp.empty((B, T, H, hd), dtype=pt.dtype)
+    xp.matmul(pt.transpose(0, 1, 3, 2), v, out=_head_major(y))  # y = P v, each head into its columns of (B, T, C)
+    cache = AttentionCache(*(a if keep else None for a in (q, k, v, pt)), need=need)
     return y.reshape(B, T, H * hd), cache
-
-
-def _row_max(s):
-    """max over the last axis, keepdims: elementwise maxima of halves while the row is even (vector
-    work on NumPy, where a reduction along a short contiguous row is not), the rest by xp.max. The
-    maximum is exact, so any order gives the same value."""
-    xp = array_module(s)
-    while s.shape[-1] % 2 == 0 and s.shape[-1] > 1:
-        h = s.shape[-1] // 2
-        s = xp.maximum(s[..., :h], s[..., h:])
-    return xp.max(s, axis=-1, keepdims=True)
 
 
 def attention_backward(dy, cache, need=None):
@@ -101,19 +94,18 @@ def attention_backward(dy, cache, need=None):
     if isinstance(cache, TiledAttentionCache):
         return {"x": flash_attention.flash_attention_backward(dy, cache.qkv, cache.y, cache.lse, cache.n_head)}
     xp = array_module(dy)
-    q, k, v, p = cache.q, cache.k, cache.v, cache.p
+    q, k, v, pt = cache.q, cache.k, cache.v, cache.pt
     B, H, T, hd = q.shape
     dy = dy.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, H, T, hd)
-    dqkv = xp.empty((B, T, 3, H, hd), dtype=xp.result_type(dy, p))  # (B, T, 3C): [dq | dk | dv], heads inside each
+    dqkv = xp.empty((B, T, 3, H, hd), dtype=xp.result_type(dy, pt))  # (B, T, 3C): [dq | dk | dv], heads inside each
     dq, dk, dv = (_head_major(dqkv[:, :, i]) for i in range(3))  # (B, H, T, hd) views
-    xp.matmul(p.transpose(0, 1, 3, 2), dy, out=dv)  # y = P v  =>  dv = Pᵀ dy
-    dp = dy @ v.transpose(0, 1, 3, 2)  # y = P v  =>  dP = dy vᵀ
+    xp.matmul(pt, dy, out=dv)  # y = P v  =>  dv = Pᵀ dy
+    dst = v @ dy.transpose(0, 1, 3, 2)  # y = P v  =>  dP = dy vᵀ, here dPᵀ = v dyᵀ
     # P = softmax(S):  dS = P ∘ (dP − rowsum(dP ∘ P)); masked entries have P = 0, hence dS = 0
-    # and S = q kᵀ / √hd brings the factor 1/√hd
-    ds = dp  # in place: dp is fresh from the matmul
-    ds -= xp.einsum("bhij,bhij->bhi", dp, p)[..., None]  # rowsum(dP ∘ P), no temporary
-    ds *= p
-    ds *= 1.0 / math.sqrt(hd)
-    xp.matmul(ds, k, out=dq)  # dq = dS k
-    xp.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)  # dk = dSᵀ q
+    # and S = q kᵀ / √hd brings the factor 1/√hd. Key-major, the row sums run over axis −2.
+    dst -= xp.einsum("bhji,bhji->bhi", dst, pt)[..., None, :]  # in place: dst is fresh from the matmul
+    dst *= pt
+    dst *= 1.0 / math.sqrt(hd)
+    xp.matmul(dst.transpose(0, 1, 3, 2), k, out=dq)  # dq = dS k
+    xp.matmul(dst, q, out=dk)  # dk = dSᵀ q
     return {"x": dqkv.reshape(B, T, 3 * H * hd)}

@@ -38,7 +38,7 @@ and it costs one pretraining instead of K.
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -292,12 +292,14 @@ def provenance(preset, data, base_seed):
 
 
 def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0, resume=False,
-             progress=None, checkpoint_every=None, lr=None, base_seed=None, init=None):
+             progress=None, checkpoint_every=None, lr=None, base_seed=None, init=None, train_overrides=None):
     """Fine-tune a fresh copy of the pretrained base (pretrained with `base_seed`, default `seed`),
     or of the HF GPT-2 folder `init`, on the target domain with `method`, in run_dir(...); returns
-    (model, result)."""
+    (model, result). `train_overrides` (a compare row's 4th element, apply_train_overrides): the
+    row's own training settings, recorded in the result."""
     base_seed = seed if base_seed is None else base_seed
-    cfg = finetune_config(preset, method, seed, lr, checkpoint_every)
+    overrides = dict(train_overrides or {})
+    cfg, _ = apply_train_overrides(finetune_config(preset, method, seed, lr, checkpoint_every), None, overrides)
     if init is None:
         key = None
         model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress)
@@ -307,13 +309,30 @@ def finetune(preset, workdir, data, method, label, backend="auto", dtype="float3
         block = min(preset.model.block_size, model.config.block_size)
         preset = replace(preset, model=replace(preset.model, block_size=block))
     folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype, key)
-    task = make_task(data.target[0], data.target[1], data.code[1], preset)
+    _, task = apply_train_overrides(cfg, make_task(data.target[0], data.target[1], data.code[1], preset), overrides)
     base_eval = {"target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
     phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress)
     result = train(model, method, task, cfg, workdir=folder, resume=resume, progress=progress,
                    label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key},
-                   record={"label": label, "base": base_eval})
+                   record={"label": label, "base": base_eval, "train_overrides": overrides})
     return model, result
+
+
+def apply_train_overrides(cfg, task, overrides):
+    """(cfg, task) with a compare row's per-row training settings: TrainConfig fields (e.g.
+    accumulation, grad_clip) and "batch_size" (the training task's micro-batch size; the evaluation
+    batches keep the preset's). `task` may be None (only cfg is wanted)."""
+    allowed = {f.name for f in fields(TrainConfig)} | {"batch_size"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise bad_value("train_overrides", unknown, f"keys among {sorted(allowed)}")
+    settings = {k: v for k, v in overrides.items() if k != "batch_size"}
+    if "batch_size" in overrides and task is not None:
+        task = replace(task, batch_size=overrides["batch_size"])
+    return replace(cfg, **settings), task
+
+
+GMT_MICRO_BATCHES = 4  # N: compare's GMT rows take the mask on Γ averaged over N micro-batches
 
 
 def spruft_label(budget):
@@ -323,20 +342,29 @@ def spruft_label(budget):
 
 
 def compare_runs(preset):
-    """(label, method name, options) of every row of the comparison, at matched budgets."""
-    r = preset.lora_r
+    """(label, method name, options[, training overrides]) of every row of the comparison, at
+    matched budgets. Overrides (finetune's `train_overrides`) keep the tokens per step equal:
+    - GMT takes its mask on Γ averaged over N = GMT_MICRO_BATCHES micro-batches of B/N sequences
+      (the paper's accumulation, N > 1), B the preset's batch;
+    - MGPP and its magnitude-pruning baseline run without gradient clipping, as MGPP's authors do;
+    - SPruFT calibrates on 50 batches of one sequence, as the released code does.
+    Decisions: proofs/decisions.md."""
+    r, B = preset.lora_r, preset.batch_size
     budget = rows_matching_lora(preset.model, r)["options"]  # SPruFT at LoRA's trainable budget
+    micro = {"accumulation": GMT_MICRO_BATCHES, "batch_size": B // GMT_MICRO_BATCHES}
     return [
         ("full", "full", {}),
         (f"lora-r{r}", "lora", {"r": r, "alpha": r}),
-        (spruft_label(budget), "spruft", {**budget, "importance": "taylor"}),
+        (spruft_label(budget), "spruft", {**budget, "importance": "taylor", "calib_batches": 50,
+                                          "calib_batch_size": 1}),
         (f"loradrop-r{r}", "loradrop", {"r": r, "alpha": r, "probe_lr": preset.peft_lr}),
         (f"adapeft-r{r}", "adapeft", {"budget": lora_trainable(preset.model, r), "lora_r": r, "lora_alpha": r,
                                        "probe_lr": preset.peft_lr}),
-        ("gmt-d0.5", "gmt", {"drop_ratio": 0.5}),
-        ("gmt-d0.9", "gmt", {"drop_ratio": 0.9}),
-        *[(f"mgpp-s{round(100 * s)}", "mgpp", {"final_sparsity": s}) for s in (0.5, 0.8, 0.9)],
-        *[(f"magprune-s{round(100 * s)}", "mgpp", {"final_sparsity": s, "prior": False}) for s in (0.5, 0.8, 0.9)],
+        ("gmt-d0.5", "gmt", {"drop_ratio": 0.5}, micro),
+        ("gmt-d0.9", "gmt", {"drop_ratio": 0.9}, micro),
+        *[(f"mgpp-s{round(100 * s)}", "mgpp", {"final_sparsity": s}, {"grad_clip": None}) for s in (0.5, 0.8, 0.9)],
+        *[(f"magprune-s{round(100 * s)}", "magprune", {"final_sparsity": s}, {"grad_clip": None})
+          for s in (0.5, 0.8, 0.9)],
     ]
 
 
@@ -399,13 +427,14 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
         remove_stale_temps(folder)
         base_model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
         rows, timings = {}, {}
-        for label, name, options in compare_runs(preset):
+        for label, name, options, *overrides in compare_runs(preset):
             if only and name not in only and label not in only:
                 continue
             results = []
             for s in range(seed, seed + seeds):
                 _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, s,
-                                progress=progress, lr=lr, base_seed=seed)
+                                progress=progress, lr=lr, base_seed=seed,
+                                train_overrides=overrides[0] if overrides else None)
                 timings[f"{label}:seed{s}"] = r["ms_per_step"]
                 timings.update({f"{label}:seed{s}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})
                 r["report"] = {k: v for k, v in r["report"].items() if not k.endswith("ms_per_step")}

@@ -178,6 +178,21 @@ def _keep_masks(arrays, t, need, key_of=magnitude_key):
     return masks
 
 
+def below_kth_smallest_keep_masks(arrays, k):
+    """Masks (True = kept) over validated float arrays (see `tensor_list`) dropping every entry whose
+    |x| is STRICTLY below the k-th smallest |x| of all of them (0 <= k <= total size; k = 0 keeps
+    everything): a threshold rule, k - 1 drops without ties, fewer with ties (MGPP's authors'
+    count, minisft.methods.mgpp.schedule.magnitude_masks(count_rule="authors"))."""
+    xp = array_module(*arrays)
+    if k == 0:
+        return [xp.ones(a.shape, dtype=bool) for a in arrays]
+    if len(arrays) == 1:
+        t, _ = _kth_key_partition(magnitude_key(arrays[0]), k)
+    else:
+        t, _ = _kth_key_radix(arrays, k)
+    return _keep_masks(arrays, t, 0)
+
+
 def zero_where_dropped(g, keep):
     """g[~keep] = +0.0 in place. g: float, any shape; keep: bool of g's shape.
 

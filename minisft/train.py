@@ -2,7 +2,8 @@
 
 One step:  (1) gradients averaged over `accumulation` micro-batches;  (2) a non-finite loss stops
 the run (NonFiniteLossError naming the step);  (3) the method's `transform_grads`;  (4) global-norm
-clipping (a non-finite gradient norm stops the run);  (5) the optimizer step with the method's
+clipping (a non-finite gradient norm stops the run);  (4b) the method's `transform_grads_after_clip`
+(terms the clipping must not scale: MGPP's prior);  (5) the optimizer step with the method's
 `optimizer_masks`;  (6) the method's `after_step`.  Evaluation every `eval_every` steps on fixed
 validation batches of the target domain and (for forgetting) the source domain (a non-finite
 evaluation stops the run too); a JSON-lines log; checkpoints.
@@ -365,6 +366,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
         grads = method.transform_grads(model, grads, step)
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
         _finite("gradient norm", grad_norm, step + 1, f"{last} {earlier}")
+        grads = method.transform_grads_after_clip(model, grads, step)
         lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every)
         opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr)
         method.after_step(model, step)
@@ -392,6 +394,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     result = {
         "method": method.name,
         "options": method.options(),
+        "train": asdict(cfg),  # grad_clip, accumulation, ...: what clipped which gradient
         "counts": count_params(model),
         "memory": peak or memory_report(model, grads, opt),
         "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,  # None: no step ran

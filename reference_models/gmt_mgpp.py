@@ -1,5 +1,5 @@
-"""PyTorch twins of the GMT and MGPP training loops (minisft.methods.gmt, minisft.methods.mgpp): the
-parity oracles. GMT: Li et al. 2024, arXiv 2406.15330; MGPP: Zhang, Sun & Liang 2024, arXiv 2411.00969.
+"""PyTorch twin of the GMT training loop (minisft.methods.gmt; Li et al. 2024, arXiv 2406.15330): the
+parity oracle. (MGPP's twin is reference_models/mgpp.py.)
 
 Written from the definitions on a float64 `TorchGPT` whose every parameter trains, with
 torch.optim.AdamW (torch defaults but lr and weight_decay), no gradient clipping:
@@ -8,30 +8,16 @@ torch.optim.AdamW (torch defaults but lr and weight_decay), no gradient clipping
 - masks from reference_models.primitives (torch.kthvalue with index tie-breaks): per tensor
   `gradient_mask`, or `global_masks` over the tensors in named_parameters order;
 - a dropped gradient entry: p.grad.masked_fill_(~keep, 0);
-- an entry the optimizer must leave untouched (GMT freeze_masked=True, MGPP pruned weights): its
-  value and both AdamW moments are saved before opt.step() and written back after it (a freshly
-  created moment counts as the zero it starts from);
-- MGPP's objective as an explicit loss term: mean CE + (1/n) Σ_w Σ neg_log_prior(w) through
-  autograd (prior=True); pruning after the update at the schedule's steps, with masks from
-  `global_masks` by |w| over all prunable weights (or each matrix alone) with round-half-up counts
-  on the cubic sparsity, and w ← 0 where pruned. The pruned weights are 0, so they are the
-  smallest; this twin never ranks survivors apart from them.
+- an entry the optimizer must leave untouched (GMT freeze_masked=True): its value and both AdamW
+  moments are saved before opt.step() and written back after it (a freshly created moment counts
+  as the zero it starts from).
 Batches are lists (one per step) of (x, y) NumPy int micro-batches; results are NumPy arrays.
 """
-
-import math
-from fractions import Fraction
 
 import numpy as np
 import torch
 
 from . import primitives
-
-LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-
-
-def prunable_names(config):
-    return [f"h.{i}.{s}.weight" for i in range(config.n_layer) for s in LINEAR]
 
 
 def _accumulate_gradients(twin, micro_batches):
@@ -90,44 +76,4 @@ def train_gmt(twin, batches, lr, weight_decay, drop_ratio, scope, freeze_masked,
         if scheduler is not None:
             scheduler.step()
         history.append({n: k.numpy().copy() for n, k in keep.items()})
-    return _numpy(params), history
-
-
-def schedule_window(t_start, t_end, total_steps):
-    """(t_i, t_f) = floor of the fractions times total_steps, in exact decimal arithmetic."""
-    return (math.floor(Fraction(repr(float(t_start))) * total_steps),
-            math.floor(Fraction(repr(float(t_end))) * total_steps))
-
-
-def train_mgpp(twin, batches, lr, weight_decay, final_sparsity, lam, sigma0, sigma1, t_start, t_end, every,
-               prior, scope, n_train, total_steps):
-    """MGPP on every parameter (prior and pruning on the linear weights) ->
-    (params {name: array}, {t: {name: bool keep mask}} at each pruning step t)."""
-    params = dict(twin.named_parameters())
-    prunable = prunable_names(twin.config)
-    opt = torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
-    t_i, t_f = schedule_window(t_start, t_end, total_steps)
-    pruning_steps = {t for t in range(t_i + 1, t_f + 1) if (t - t_i) % every == 0} | {t_f}
-    keep, history = {}, {}
-    for t, micro_batches in enumerate(batches, start=1):
-        opt.zero_grad(set_to_none=True)
-        _accumulate_gradients(twin, micro_batches)
-        if prior:
-            penalty = sum(primitives.neg_log_prior(params[n], lam, sigma0, sigma1).sum() for n in prunable)
-            (penalty / n_train).backward()
-        for n, k in keep.items():
-            params[n].grad.masked_fill_(~k, 0.0)
-        _step_leaving_untouched(opt, params, {n: ~k for n, k in keep.items()})
-        if t in pruning_steps:
-            s = primitives.cubic_sparsity(t, final_sparsity, t_i, t_f)
-            weights = [params[n].detach() for n in prunable]
-            if scope == "global":
-                keeps = primitives.global_masks(weights, s, half_up=True)
-            else:
-                keeps = [primitives.global_masks([w], s, half_up=True)[0] for w in weights]
-            keep = dict(zip(prunable, keeps))
-            with torch.no_grad():
-                for n in prunable:
-                    params[n].masked_fill_(~keep[n], 0.0)
-            history[t] = {n: k.numpy().copy() for n, k in keep.items()}
     return _numpy(params), history

@@ -44,6 +44,14 @@ def row_taylor(W, G, multivariable=False):
     return (prod.sum(dim=1).abs() if multivariable else prod.abs().sum(dim=1)).numpy()
 
 
+def row_wanda(W, X):
+    """Wanda's row score from the raw calibration inputs X (..., d_in): Σ_j |W_ij| ‖X_·j‖₂, the
+    norm over every token (torch.linalg.vector_norm over the flattened leading axes)."""
+    X = torch.as_tensor(X)
+    norms = torch.linalg.vector_norm(X.reshape(-1, X.shape[-1]), ord=2, dim=0)
+    return (torch.as_tensor(W).abs() * norms).sum(dim=1).numpy()
+
+
 def row_obd(W, F):
     return (torch.as_tensor(W) ** 2 * torch.as_tensor(F)).sum(dim=1).numpy()
 

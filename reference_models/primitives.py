@@ -1,5 +1,6 @@
 """PyTorch twins of the GMT, MGPP and LoRA-drop primitives (minisft.methods.gmt.masks,
-minisft.methods.mgpp.prior and .schedule, minisft.methods.loradrop.selection), written independently
+minisft.methods.mgpp.prior and .schedule's exact count, minisft.methods.loradrop.selection; MGPP's
+schedule and the authors' count: reference_models/mgpp.py), written independently
 with torch's own tools as the parity oracle:
 torch.kthvalue for the mask threshold, torch.logsumexp for the prior and autograd for its gradient,
 torch.sort + cumsum for the layer selection. `zero_gmt_dropped_` is GMT's masking in the fast form
@@ -82,30 +83,21 @@ def global_masks(tensors, ratio, half_up=False):
     return [m.reshape(t.shape) for m, t in zip(torch.split(keep, [t.numel() for t in tensors]), tensors)]
 
 
-def neg_log_prior(theta, lam, sigma0, sigma1):
-    """-log(lam N(theta; 0, sigma1^2) + (1 - lam) N(theta; 0, sigma0^2)) via torch.logsumexp."""
+def neg_log_prior(theta, lam, var0, var1):
+    """-log(lam N(theta; 0, var1) + (1 - lam) N(theta; 0, var0)) via torch.logsumexp (var: variances)."""
 
-    def log_normal(sigma):
-        return -0.5 * (theta / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+    def log_normal(var):
+        return -0.5 * theta**2 / var - 0.5 * math.log(var) - 0.5 * math.log(2 * math.pi)
 
-    parts = torch.stack([math.log(lam) + log_normal(sigma1), math.log(1 - lam) + log_normal(sigma0)])
+    parts = torch.stack([math.log(lam) + log_normal(var1), math.log(1 - lam) + log_normal(var0)])
     return -torch.logsumexp(parts, dim=0)
 
 
-def neg_log_prior_grad(theta, lam, sigma0, sigma1):
+def neg_log_prior_grad(theta, lam, var0, var1):
     """Elementwise derivative of `neg_log_prior` by autograd."""
     theta = theta.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(neg_log_prior(theta, lam, sigma0, sigma1).sum(), theta)
+    (grad,) = torch.autograd.grad(neg_log_prior(theta, lam, var0, var1).sum(), theta)
     return grad
-
-
-def cubic_sparsity(step, final, t_start, t_end, initial=0.0):
-    """Zhu & Gupta's cubic schedule, piecewise, in plain float arithmetic."""
-    if step <= t_start:
-        return initial
-    if step >= t_end:
-        return final
-    return final + (initial - final) * (1 - (step - t_start) / (t_end - t_start)) ** 3
 
 
 def select_layers(importance, threshold):

@@ -8,6 +8,9 @@ Written from the definitions, not from minisft's code, on a float64 `TorchGPT`:
   mean loss), the gradient zeroed before each, squares summed, divided by the number of sequences;
 - Ĝ: the central-difference SPSA estimate with directions drawn from a numpy Generator in the
   documented order (per batch, per direction, per layer in order: standard_normal(shape));
+- wanda: ‖X_j‖₂ from forward pre-hooks on the target nn.Linear layers (inputs squared and summed
+  over every calibration token, square root at the end), no backward pass; random: one
+  `rng.random(size)` per layer and axis in unit order (the released code's torch.rand per layer);
 - scores as explicit tensor reductions over the input axis (rows) or the output axis (columns);
   multivariable from the full G (not from the streaming identity the library uses);
 - groups spelled out from GPT-2's layout (q | k | v blocks, head-major features);
@@ -103,9 +106,32 @@ def zeroth_order_gradients(twin, layers, batches, n_samples, eps, rng):
     return total
 
 
+def activation_norms(twin, layers, batches):
+    """{layer: (d_in,) sqrt(Σ over all calibration tokens of the layer input squared)}, forward only."""
+    sums = {}
+    hooks = []
+    for layer in layers:
+        def hook(module, inputs, layer=layer):
+            x = inputs[0].detach()
+            sums[layer] = sums.get(layer, 0) + (x * x).reshape(-1, x.shape[-1]).sum(dim=0)
+        hooks.append(twin.get_submodule(layer).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                _batch_loss(twin, x, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {layer: sums[layer].sqrt() for layer in layers}
+
+
 def axis_scores(importance, W, stat, axis, p=2, multivariable=False):
     """Row (axis "rows": reduce over the input index j) or column (reduce over i) scores."""
     dim = 1 if axis == "rows" else 0
+    if importance == "random":
+        return stat[axis]
+    if importance == "wanda":
+        return (W.abs() * stat.reshape(1, -1)).sum(dim)  # |W_ij| ‖X_j‖, reduced over j (rows) or i (cols)
     if importance == "magnitude":
         return W.abs().pow(p).sum(dim)
     if importance == "obd":
@@ -120,6 +146,11 @@ def layer_scores(twin, layers, importance, batches=(), axes=None, p=2, multivari
     axes = axes or {layer: ["rows"] for layer in layers}
     if importance == "magnitude":
         stats = dict.fromkeys(layers)
+    elif importance == "random":
+        stats = {layer: {axis: torch.as_tensor(rng.random(_weight(twin, layer).shape[0 if axis == "rows" else 1]))
+                         for axis in axes[layer]} for layer in layers}
+    elif importance == "wanda":
+        stats = activation_norms(twin, layers, batches)
     elif importance == "taylor":
         stats = summed_gradients(twin, layers, batches)
     elif importance == "obd":

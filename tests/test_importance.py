@@ -23,14 +23,17 @@ from minisft.methods.spruft.importance import (
     col_magnitude,
     col_obd,
     col_taylor,
+    col_wanda,
     global_threshold_rows,
     normalize_by_layer_mean,
     per_sample_sq_grad_sum,
     quantile_mean,
+    random_scores,
     row_magnitude,
     row_obd,
     row_taylor,
     row_taylor_streaming,
+    row_wanda,
     top_rows,
     zeroth_order_gradient,
 )
@@ -90,6 +93,71 @@ def test_row_obd_matches_loops(xp, mats):
     F = G * G  # a mean of squared gradients is non-negative
     expected = loop_rows(lambda w, f: w * w * f, W, F)
     assert_close(row_obd(xp.asarray(W), xp.asarray(F)), expected, expected, "obd")
+
+
+@st.composite
+def weights_and_inputs(draw):
+    """W (d_out, d_in) and calibration inputs X (N, d_in) of one layer."""
+    (W,) = draw(same_shape(1))
+    X = draw(hnp.arrays(np.float64, (draw(st.integers(1, 7)), W.shape[1]), elements=F64))
+    return W, X
+
+
+@fixture_ok
+@given(case=weights_and_inputs())
+@example(case=(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.4, 0.4, 0.4]]), np.array([[3.0, 1.0, 1.0]])))
+def test_wanda_scores_match_loops_and_torch(xp, case):
+    """row_wanda = Σ_j |W_ij| ‖X_j‖₂ (reduced over the input axis j, the norm over all tokens, its
+    square root taken), col_wanda = ‖X_j‖₂ Σ_i |W_ij|: against fsum loops and against
+    reference_models.importance.row_wanda, which takes torch's vector norm of the raw inputs."""
+    W, X = case
+    norms = np.array([math.sqrt(math.fsum(x * x for x in X[:, j])) for j in range(W.shape[1])])
+    act = np.tile(norms, (W.shape[0], 1))
+    expected = loop_rows(lambda w, a: abs(w) * a, W, act)
+    got = row_wanda(xp.asarray(W), xp.asarray(norms))
+    assert_close(got, expected, expected, "wanda rows")
+    cols = loop_rows(lambda w, a: abs(w) * a, W.T.copy(), act.T.copy())
+    assert_close(col_wanda(xp.asarray(W), xp.asarray(norms)), cols, cols, "wanda cols")
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from reference_models import importance as ref
+
+    theirs = ref.row_wanda(W, X)
+    d = float(np.max(np.abs(to_numpy(got) - theirs) / (np.abs(theirs) + 1e-300)))
+    assert d <= 1e-12, f"max relative |row_wanda - torch| = {d:.3e}"
+
+
+def test_wanda_regression_the_activations_decide_over_the_input_axis():
+    """Regression (the released code's WandAImportance, finetuner_importance.py L283-297: it reduces
+    the activation buffer to one number C = Σ_j ‖X_j‖² and returns |W_ij| · C unreduced, which its
+    layer-mean normalisation turns into |W_ij| / mean|W|: the activations then play no part, and a
+    per-layer argsort of the (d_out, d_in, 1) tensor selects nothing sensible). Here the score has
+    shape (d_out,), and two rows of equal Σ_j |W_ij| are ordered by the norms of the inputs they
+    read: moving the large norm from input 0 to input 1 moves the top row from 0 to 1, and neither
+    ranking is the magnitude one (row 2 has the largest Σ_j |W_ij|)."""
+    W = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.4, 0.4, 0.4]])
+    a, b = row_wanda(W, np.array([3.0, 1.0, 1.0])), row_wanda(W, np.array([1.0, 3.0, 1.0]))
+    assert a.shape == b.shape == (3,)
+    np.testing.assert_allclose(a, [3.0, 1.0, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(b, [1.0, 3.0, 2.0], rtol=1e-15)
+    assert top_rows(a, 1).tolist() == [0] and top_rows(b, 1).tolist() == [1]
+    assert top_rows(row_magnitude(W, p=1), 1).tolist() == [2]
+    with pytest.raises(ValueError, match="act_norm"):
+        row_wanda(W, np.ones(4))
+
+
+def test_random_scores_draw_uniform_subsets():
+    """random_scores(n, rng) = rng.random(n); the top r of them is a uniformly random r-subset:
+    over 400 seeds each of 16 rows is chosen about 400 · 4/16 = 100 times (within 4.5 sd)."""
+    assert np.array_equal(random_scores(5, np.random.default_rng(3)), np.random.default_rng(3).random(5))
+    counts = np.zeros(16)
+    for seed in range(400):
+        counts[top_rows(random_scores(16, np.random.default_rng(seed)), 4)] += 1
+    sd = math.sqrt(400 * 0.25 * 0.75)
+    assert np.all(np.abs(counts - 100) <= 4.5 * sd), counts
+    with pytest.raises(ValueError, match="n"):
+        random_scores(0, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng"):
+        random_scores(3, 0)
 
 
 @fixture_ok

@@ -1,10 +1,11 @@
-"""MGPP as a method (minisft.methods.mgpp). Oracles: exact Fraction counts and a stable argsort of
-|w| (which weights each pruning step removes); the cubic schedule written out here; finite
-differences of the regularised objective J = mean loss + (1/n) Σ −log π (the prior gradient the
-method adds); FullFineTune (zero sparsity, no prior: bit for bit); the PyTorch twin
-(reference_models/gmt_mgpp.py: the prior as an explicit loss term through autograd,
-torch.optim.AdamW, torch.kthvalue masks) over 30 steps with pruning; an uninterrupted run (resume).
-Derivations: proofs/gmt_mgpp_methods.md.
+"""MGPP and MagnitudePruning as methods (minisft.methods.mgpp). Oracles: the PyTorch twin written from
+the authors' code (reference_models/mgpp.py: MWA.apply_prior_grad's update, the BayesianPruner
+schedule, torch.kthvalue / stable torch.sort masks, torch.optim.AdamW, clipping of the loss gradient
+only) over 30 steps with identical masks at every pruning step, including regrowth; exact Fraction
+counts and a stable argsort of |w| computed afresh at every pruning step; the schedule written out
+here; finite differences of J = mean loss + (1/n) Σ −log π; FullFineTune (zero sparsity: bit for
+bit); an uninterrupted run (resume). Derivations: proofs/gmt_mgpp_methods.md; decisions:
+proofs/decisions.md §MGPP.
 """
 
 import math
@@ -18,9 +19,11 @@ from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
 from minisft.checkpoint import load_checkpoint
+from minisft.experiment import PRESETS, build_method, compare_runs
+from minisft.methods import make_method
 from minisft.methods.base import FullFineTune
-from minisft.methods.mgpp.method import MGPP
-from minisft.methods.mgpp.prior import neg_log_prior
+from minisft.methods.mgpp import MGPP, MagnitudePruning
+from minisft.methods.mgpp.prior import neg_log_prior, neg_log_prior_grad
 from minisft.model import linear_layer_names
 from minisft.train import TrainConfig, train
 from tests.gradcheck import assert_directional, assert_trained_like
@@ -28,18 +31,21 @@ from tests.test_gmt_method import CFG, host, synthetic_task, tiny
 
 PRUNABLE = [f"{layer}.weight" for layer in linear_layer_names(CFG)]
 N_PRUNABLE = sum(int(np.prod(tiny().params[n].shape)) for n in PRUNABLE)
+SCHEDULE = dict(initial_sparsity=0.3, t_start=0.1, t_end=0.7, every=3)  # 20 steps: t_i 2, t_f 14
 
 
 def half_up(ratio, n):
     return math.floor(Fraction(repr(float(ratio))) * n + Fraction(1, 2))
 
 
-def cubic(t, final, t_i, t_f):
-    if t <= t_i:
-        return 0.0
+def cubic(t, final, initial, t_i, t_f):
+    """The schedule in exact arithmetic: 0 before t_i, the cubic from s_i at t_i to s_f at t_f."""
+    if t < t_i:
+        return Fraction(0)
     if t >= t_f:
-        return final
-    return final * (1 - (1 - (t - t_i) / (t_f - t_i)) ** 3)
+        return Fraction(final)
+    f, i = Fraction(final), Fraction(initial)
+    return f + (i - f) * (1 - Fraction(t - t_i, t_f - t_i)) ** 3
 
 
 def oracle_pruned(weights, counts, scope):
@@ -71,66 +77,100 @@ def watching(method, log):
     def after_step(model, step):
         before = {n: to_numpy(model.params[n]).copy() for n in PRUNABLE}
         inner(model, step)
-        log.append((step + 1, before, {n: to_numpy(model.params[n]).copy() for n in PRUNABLE}, host(method.masks)))
+        log.append((step, before, {n: to_numpy(model.params[n]).copy() for n in PRUNABLE}, host(method.masks)))
 
     method.after_step = after_step
     return method
 
 
-# --------------------------------------------------------------- sparsity, masks, every step
-@pytest.mark.parametrize("scope,prior,final", [("global", True, 0.8), ("layer", True, 0.5),
-                                               ("global", False, 0.9), ("layer", False, 0.8)])
-def test_every_step_pruned_weights_stay_zero_and_final_sparsity_is_exact(xp, scope, prior, final):
-    """20 trainer steps (every=3: pruning at 5, 8, 11, 14): at EVERY step no pruned weight is
-    non-zero and no mask entry comes back; at each pruning step exactly round(s_t n) are pruned,
-    the newly pruned being the smallest |w| (stable-argsort oracle); at the end the realised
-    sparsity is the target exactly and the only zeros are the pruned weights."""
+def regrowth(masks_by_step):
+    """[(t, name, flat index)] of entries pruned at one pruning step and kept at the next."""
+    steps = sorted(masks_by_step)
+    return [(t, n, int(i)) for a, t in zip(steps, steps[1:]) for n in masks_by_step[t]
+            for i in np.flatnonzero(~masks_by_step[a][n] & masks_by_step[t][n])]
+
+
+# ------------------------------------------------------------ regrow mode (the authors' masks)
+@pytest.mark.parametrize("cls,scope,final,initial", [(MagnitudePruning, "global", 0.8, 0.75), (MGPP, "layer", 0.5, 0.3),
+                                                     (MGPP, "global", 0.9, 0.85)])
+def test_regrow_masks_are_recomputed_from_scratch_and_fixed_after_t_f(xp, cls, scope, final, initial):
+    """20 trainer steps (t_i = 2, t_f = 14, Δt = 3: pruning at 2, 5, 8, 11, 14). At each pruning step
+    the masks are the smallest |w| of ALL the updated weights (stable-argsort oracle, exact counts
+    round(s_t n) of the exact cubic value), pruned weights set to 0 and nothing else touched;
+    between pruning steps nothing is applied, so pruned weights move again, and some regrow (an
+    entry pruned at one step is kept at the next: the schedules are flat enough, s_i close to s_f,
+    that the threshold rises less than Adam's momentum carries a pruned weight in 3 steps at
+    lr 1e-2); after t_f the t_f masks are re-applied after every update; the final sparsity is exact."""
     steps = 20
     model, task = tiny(xp, 5), synthetic_task(5)
-    method = watching(MGPP(final, scope=scope, prior=prior, every=3, total_steps=steps), log := [])
+    method = watching(cls(final, scope=scope, total_steps=steps, **{**SCHEDULE, "initial_sparsity": initial}), log := [])
+    result = train(model, method, task, TrainConfig(steps=steps, lr=1e-2, eval_every=steps, seed=5), progress=False)
+    t_i, t_f = math.floor(Fraction("0.1") * steps), math.floor(Fraction("0.7") * steps)
+    assert (t_i, t_f) == (2, 14) and method.pruning_steps() == [2, 5, 8, 11, 14]
+    at_step, moved = {}, 0
+    for t, before, after, masks in log:
+        if t in (2, 5, 8, 11, 14):
+            s = cubic(t, final, initial, t_i, t_f)
+            assert abs(method.sparsity_at(t) - float(s)) <= 1e-15
+            want = oracle_pruned(before, target_counts(method.sparsity_at(t), scope, model), scope)
+            for n in PRUNABLE:
+                assert np.array_equal(~masks[n], want[n]), f"step {t}, {n}: not the smallest |w| of all weights"
+                assert np.all(after[n][want[n]] == 0) and np.array_equal(after[n][~want[n]], before[n][~want[n]])
+            at_step[t] = masks
+        elif t > t_f:
+            for n in PRUNABLE:
+                keep = at_step[t_f][n]
+                assert np.array_equal(masks[n], keep), f"step {t}: the mask changed after t_f"
+                assert np.all(after[n][~keep] == 0) and np.array_equal(after[n][keep], before[n][keep])
+        else:
+            assert all(np.array_equal(after[n], before[n]) for n in PRUNABLE), f"step {t}: weights touched off schedule"
+            if at_step:
+                last = at_step[max(at_step)]
+                moved += sum(int(np.count_nonzero(before[n][~last[n]])) for n in PRUNABLE)
+    assert moved > 0, "no pruned weight moved between pruning steps"
+    regrown = regrowth(at_step)
+    assert regrown, "no pruned weight regrew: the case does not exercise regrowth"
+    rep = result["report"]
+    assert rep["regrown"] == len(regrown) and [h["step"] for h in rep["history"]] == [2, 5, 8, 11, 14]
+    final_counts = target_counts(final, scope, model)
+    w = host({n: model.params[n] for n in PRUNABLE})
+    assert sum(int((w[n] == 0).sum()) for n in PRUNABLE) == sum(final_counts)
+    assert rep["pruned"] == rep["target_pruned"] == sum(final_counts)
+    assert rep["sparsity"] == {n: int((w[n] == 0).sum()) / w[n].size for n in PRUNABLE}
+
+
+# ------------------------------------------------------------------------- monotone mode
+@pytest.mark.parametrize("cls,scope,final", [(MGPP, "global", 0.8), (MagnitudePruning, "layer", 0.8)])
+def test_monotone_mode_pruned_weights_stay_zero_and_masks_only_shrink(xp, cls, scope, final):
+    """mode="monotone": at EVERY step no pruned weight is non-zero and no mask entry comes back; at
+    each pruning step exactly round(s_t n) are pruned, the newly pruned being the smallest |w|."""
+    steps = 20
+    model, task = tiny(xp, 5), synthetic_task(5)
+    method = watching(cls(final, scope=scope, mode="monotone", total_steps=steps, **SCHEDULE), log := [])
     result = train(model, method, task, TrainConfig(steps=steps, lr=1e-2, weight_decay=0.01, eval_every=steps, seed=5),
                    progress=False)
-    t_i, t_f = math.floor(Fraction("0.1") * steps), math.floor(Fraction("0.7") * steps)
-    assert (t_i, t_f) == (2, 14)
-    schedule = {row["step"]: row for row in result["report"]["schedule"]}
-    assert sorted(schedule) == [5, 8, 11, 14]
     prev = {n: np.ones(model.params[n].shape, dtype=bool) for n in PRUNABLE}
     for t, before, after, masks in log:
         keep = {n: masks.get(n, np.ones(after[n].shape, dtype=bool)) for n in PRUNABLE}
         for n in PRUNABLE:
             assert not np.any(keep[n] & ~prev[n]), f"step {t}, {n}: a pruned weight came back"
-            assert np.all(after[n][~keep[n]] == 0), f"step {t}, {n}: a pruned weight is not zero"
-        if t in schedule:
-            s = schedule[t]["sparsity"]
-            assert abs(s - cubic(t, final, t_i, t_f)) <= 1e-15
-            counts = target_counts(s, scope, model)
-            assert schedule[t]["pruned"] == sum(counts)
-            want = oracle_pruned(before, counts, scope)
-            for n in PRUNABLE:
-                assert np.array_equal(~keep[n], want[n]), f"step {t}, {n}: not the smallest |w|"
+            assert np.all(after[n][~keep[n]] == 0) and np.all(before[n][~prev[n]] == 0), f"step {t}, {n}"
+        if t in method.pruning_steps():
+            want = oracle_pruned(before, target_counts(method.sparsity_at(t), scope, model), scope)
+            assert all(np.array_equal(~keep[n], want[n]) for n in PRUNABLE), f"step {t}: not the smallest |w|"
         else:
             assert all(np.array_equal(keep[n], prev[n]) for n in PRUNABLE), f"step {t}: masks changed off schedule"
         prev = keep
-    final_counts = target_counts(final, scope, model)
-    if scope == "global":
-        assert sum(int((~prev[n]).sum()) for n in PRUNABLE) == final_counts[0]
-    else:
-        assert [int((~prev[n]).sum()) for n in PRUNABLE] == final_counts
-    w = host({n: model.params[n] for n in PRUNABLE})
-    assert sum(int((w[n] == 0).sum()) for n in PRUNABLE) == sum(final_counts)
     rep = result["report"]
-    assert rep["pruned"] == rep["target_pruned"] == sum(final_counts)
-    assert rep["sparsity_overall"] == sum(final_counts) / N_PRUNABLE
-    assert rep["sparsity"] == {n: int((w[n] == 0).sum()) / w[n].size for n in PRUNABLE}
+    assert rep["regrown"] == 0 and rep["pruned"] == rep["target_pruned"] == sum(target_counts(final, scope, model))
 
 
-def test_a_survivor_at_exactly_zero_does_not_revive_a_pruned_weight():
+def test_monotone_survivor_at_exactly_zero_does_not_revive_a_pruned_weight():
     """40 survivors set to exactly 0 tie with the pruned zeros; ranking all weights by (|w|, matrix,
     index) would prune 18 of them and revive pruned weights that come later in that order. The
-    method ranks the survivors only: the masks only lose entries, the count is exact, and the
-    newly pruned are zero survivors (the smallest)."""
+    monotone mode ranks the survivors only: the masks only lose entries, the count is exact."""
     model = tiny(np, 6)
-    method = MGPP(0.9, total_steps=10)
+    method = MGPP(0.9, mode="monotone", total_steps=10)
     method.prepare(model, synthetic_task(6), np.random.default_rng(6))
     method.prune(model, 0.3)
     first = host(method.masks)
@@ -149,31 +189,38 @@ def test_a_survivor_at_exactly_zero_does_not_revive_a_pruned_weight():
     assert set(np.flatnonzero(newly[name].ravel())) <= set(zeroed) and int(newly[name].sum()) == k_new
 
 
-@given(total=st.integers(1, 400), start=st.integers(0, 99), length=st.integers(1, 100), every=st.integers(1, 50))
-@example(total=10, start=10, length=60, every=10)  # t_f - t_i = 6 < every: t_f alone
+# ---------------------------------------------------------------------------- the schedule
+@given(total=st.integers(1, 400), start=st.integers(0, 99), length=st.integers(1, 99), every=st.integers(0, 50))
+@example(total=10, start=10, length=60, every=10)  # t_f - t_i = 6 < Δt: t_i and t_f alone
+@example(total=150, start=10, length=80, every=0)  # the small preset: Δt = 1% of 150 = 1
+@example(total=1000, start=1, length=89, every=0)  # the gpt2 config's t_i = 1%: Δt = 10
 @settings(max_examples=40, deadline=None)
-def test_pruning_steps_end_at_t_f_on_the_every_grid(total, start, length, every):
-    t_start, t_end = start / 100, min(start + length, 100) / 100
+def test_pruning_steps_are_t_i_the_grid_from_t_i_and_t_f(total, start, length, every):
+    """t_i = floor(t_start T), t_f = floor(t_end T) (exact decimals), Δt = every or max(1, floor(T/100));
+    pruning at t_i, t_i + kΔt < t_f and t_f (0-based steps); t_f < T so the mask is always fixed."""
+    t_start, t_end = start / 100, min(start + length, 99) / 100
     t_i, t_f = math.floor(Fraction(repr(t_start)) * total), math.floor(Fraction(repr(t_end)) * total)
+    kw = dict(t_start=t_start, t_end=t_end, every=every or None, total_steps=total, initial_sparsity=0.0)
     if t_f <= t_i:
         with pytest.raises(ValueError, match="total_steps"):
-            MGPP(t_start=t_start, t_end=t_end, every=every, total_steps=total)
+            MagnitudePruning(**kw)
         return
-    method = MGPP(t_start=t_start, t_end=t_end, every=every, total_steps=total)
-    want = sorted({t for t in range(t_i + 1, t_f + 1) if (t - t_i) % every == 0} | {t_f})
-    assert method.pruning_steps() == want and want[-1] == t_f <= total
+    method = MagnitudePruning(**kw)
+    delta = every or max(1, total // 100)
+    want = sorted({t_i, t_f} | {t for t in range(t_i, t_f) if (t - t_i) % delta == 0})
+    assert method.pruning_steps() == want and want[-1] == t_f < total
 
 
-# ------------------------------------------------------------------------ prior gradient (FD)
+# ------------------------------------------------------------------------ the prior gradient
 @given(seed=st.integers(0, 2**32 - 1), which=st.integers(0, len(PRUNABLE) - 1))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_transformed_gradient_is_the_gradient_of_the_regularised_objective(seed, which):
-    """transform_grads(mean-loss gradient) = ∇[L(W) + (1/n) Σ −log π(W)], by finite differences
-    along a random direction (a broad prior, so the prior term is large and smooth at the step);
-    pruned entries get a zero gradient."""
-    lam, s0, s1, n = 0.1, 0.005, 0.05, 7
+def test_prior_gradient_is_the_gradient_of_the_regularised_objective(seed, which):
+    """transform_grads_after_clip(mean-loss gradient) = ∇[L(W) + (1/n) Σ −log π(W)], by finite
+    differences along a random direction (a broad prior, so the prior term is large and smooth
+    at the step); var0, var1 are variances."""
+    lam, v0, v1, n = 0.1, 0.005**2, 0.05**2, 7
     model, task = tiny(np, seed % 5), synthetic_task(seed % 5)
-    method = MGPP(0.5, lam=lam, sigma0=s0, sigma1=s1, n_train=n, total_steps=10)
+    method = MGPP(0.5, lam=lam, var0=v0, var1=v1, n_train=n, total_steps=10)
     rng = np.random.default_rng(seed)
     method.prepare(model, task, rng)
     x, y = task.sample(rng)
@@ -182,71 +229,124 @@ def test_transformed_gradient_is_the_gradient_of_the_regularised_objective(seed,
 
     def objective(theta):
         model.params[name][...] = theta
-        return model.loss(x, y) + float(np.sum(neg_log_prior(theta, lam, s0, s1))) / n
+        return model.loss(x, y) + float(np.sum(neg_log_prior(theta, lam, v0, v1))) / n
 
     _, grads = model.loss_and_grads(x, y)
     loss_grad = grads[name].copy()
-    g = method.transform_grads(model, grads, 0)[name].copy()
+    g = method.transform_grads_after_clip(model, grads, 0)[name].copy()
     assert float(np.max(np.abs(g - loss_grad))) > 1e-3 * float(np.max(np.abs(loss_grad))), "the prior term is negligible"
     assert_directional(objective, theta0.copy(), g, rng, tol=1e-7, label=name)
-    model.params[name][...] = theta0
-    method.prune(model, 0.5)
-    _, grads = model.loss_and_grads(x, y)
-    g = method.transform_grads(model, grads, 0)[name]
-    assert np.all(g[~method.masks[name]] == 0) and np.all(g[method.masks[name]] != 0)
 
 
-def test_zero_sparsity_without_prior_is_full_fine_tuning_bit_for_bit():
-    cfg = TrainConfig(steps=6, lr=1e-2, weight_decay=0.1, accumulation=2, eval_every=6, seed=8)
-    full, mgpp = tiny(np, 8), tiny(np, 8)
-    train(full, FullFineTune(), synthetic_task(8), cfg, progress=False)
-    r = train(mgpp, MGPP(0.0, prior=False, t_start=0.0, every=1, total_steps=6), synthetic_task(8), cfg, progress=False)
-    assert r["report"]["pruned"] == 0 and set(mgpp.trainable) == set(mgpp.params)
-    for name, p in full.params.items():
-        assert np.array_equal(mgpp.params[name], p), name
+def test_prior_is_added_after_clipping_and_only_while_t_le_t_f():
+    """With grad_clip tiny, the gradient reaching transform_grads_after_clip is the clipped loss
+    gradient, and the method adds exactly (1/n) ∇(−log π)(w) of the pre-update weights to it for
+    t <= t_f, nothing after; the run records the clipping it used."""
+    steps, clip = 12, 1e-6
+    model, task = tiny(np, 2), synthetic_task(2)
+    method = MGPP(0.6, lam_final=1e-4, lam=0.1, total_steps=steps, **SCHEDULE)  # t_f = 8; λ annealed
+    seen, inner = [], method.transform_grads_after_clip
+
+    def after_clip(model, grads, step):
+        before = {n: g.copy() for n, g in grads.items()}
+        out = inner(model, grads, step)
+        seen.append((step, before, {n: out[n].copy() for n in PRUNABLE}, host({n: model.params[n] for n in PRUNABLE})))
+        return out
+
+    method.transform_grads_after_clip = after_clip
+    result = train(model, method, task, TrainConfig(steps=steps, lr=1e-3, grad_clip=clip, eval_every=steps, seed=2),
+                   progress=False)
+    assert result["train"]["grad_clip"] == clip and method.t_f == 8
+    n = (len(task.train_ids) // (CFG.block_size + 1)) * CFG.block_size
+    for t, before, out, w in seen:
+        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in before.values()))
+        assert norm <= clip * (1 + 1e-9), f"step {t}: the loss gradient was not clipped ({norm:.3e})"
+        for name in PRUNABLE:
+            added = out[name] - before[name]
+            if t <= 8:
+                want = neg_log_prior_grad(w[name], method.lam_at(t), method.var0, method.var1) / n
+                assert np.max(np.abs(added - want)) <= 1e-12 * np.max(np.abs(want)), f"step {t}, {name}"
+                assert np.max(np.abs(want)) > 100 * clip, "the prior would not be visible under clipping"
+            else:
+                assert not np.any(added), f"step {t} > t_f: the prior still acts"
+    assert method.lam_at(0) == 0.1 and method.lam_at(8) == 1e-4
 
 
-def test_n_train_defaults_to_the_disjoint_training_windows():
+def test_n_defaults_to_the_predicted_training_tokens():
+    """n = disjoint training windows × block_size (each window of T + 1 tokens predicts T)."""
     task = synthetic_task(0, n=3000)
-    for n_train, want in ((None, 3000 // (CFG.block_size + 1)), (12345, 12345)):
+    for n_train, want in ((None, (3000 // (CFG.block_size + 1)) * CFG.block_size), (12345, 12345)):
         method = MGPP(n_train=n_train, total_steps=10)
         method.prepare(tiny(), task, np.random.default_rng(0))
         assert method.report()["n_train"] == want
+
+
+def test_zero_sparsity_is_full_fine_tuning_bit_for_bit():
+    cfg = TrainConfig(steps=6, lr=1e-2, weight_decay=0.1, accumulation=2, eval_every=6, seed=8)
+    for mode in ("regrow", "monotone"):
+        full, pruned = tiny(np, 8), tiny(np, 8)
+        train(full, FullFineTune(), synthetic_task(8), cfg, progress=False)
+        method = MagnitudePruning(0.0, initial_sparsity=0.0, t_start=0.0, t_end=0.5, every=1, mode=mode, total_steps=6)
+        r = train(pruned, method, synthetic_task(8), cfg, progress=False)
+        assert r["report"]["pruned"] == 0 and set(pruned.trainable) == set(pruned.params)
+        for name, p in full.params.items():
+            assert np.array_equal(pruned.params[name], p), (mode, name)
 
 
 # ------------------------------------------------------------------------------ torch parity
 @pytest.fixture(scope="module")
 def twin():
     pytest.importorskip("torch")
-    from reference_models import gmt_mgpp
+    from reference_models import mgpp
     from reference_models.torch_gpt import TorchGPT
 
-    return gmt_mgpp, TorchGPT
+    return mgpp, TorchGPT
 
 
-@pytest.mark.parametrize("scope,prior,acc", [("global", True, 1), ("layer", True, 2), ("global", False, 1)])
-def test_matches_torch_over_30_steps_with_pruning(twin, scope, prior, acc):
-    """30 trainer steps (pruning at 8, 13, 18, 21; AdamW with weight decay; no clipping) against
-    the twin optimising mean CE + (1/n) Σ −log π by autograd: the same masks at every pruning step,
-    parameters within 1e-10."""
+CASES = {  # name: (method, options, trainer grad_clip, accumulation)
+    "mgpp-regrow": ("mgpp", {}, None, 1),
+    "mgpp-authors-count-layer-clip-acc2": ("mgpp", {"count_rule": "authors", "scope": "layer"}, 0.3, 2),
+    "mgpp-monotone-annealed": ("mgpp", {"mode": "monotone", "lam": 0.1, "lam_final": 1e-4}, None, 1),
+    "magprune-clip": ("magprune", {}, 1.0, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_the_authors_twin_over_30_steps(twin, case):
+    """30 trainer steps (t_i 3, t_f 21, Δt 4: pruning at 3, 7, 11, 15, 19, 21; then the fixed mask)
+    against the twin written from the authors' MWA.py / BayesianPruner: the same masks at every
+    pruning step and parameters within 1e-10. The trainer clips only the loss gradient, the twin
+    adds the prior after torch's clip_grad_norm_. Regrowth is constructed in the regrow cases: with
+    lr = 1e-2, far above the pruned weights' magnitudes, Adam's momentum carries pruned weights
+    past surviving ones within Δt = 4 steps; both must show it, on the same entries."""
     ref, TorchGPT = twin
-    seed, steps, lr, wd, final, every = 9, 30, 1e-2, 0.01, 0.8, 5
+    name, options, clip, acc = CASES[case]
+    seed, steps, lr = 9, 30, 1e-2
     model, task = tiny(np, seed), synthetic_task(seed)
     torch_model = TorchGPT.from_minisft(model.state_dict(), CFG)
     start = host(model.params)
-    method = watching(MGPP(final, scope=scope, prior=prior, every=every, total_steps=steps), log := [])
-    cfg = TrainConfig(steps=steps, lr=lr, weight_decay=wd, grad_clip=None, accumulation=acc, eval_every=steps, seed=seed)
-    train(model, method, task, cfg, progress=False)
+    method = watching(make_method(name, final_sparsity=0.8, initial_sparsity=0.3, t_start=0.1, t_end=0.7, every=4,
+                                  total_steps=steps, **options), log := [])
+    train(model, method, task, TrainConfig(steps=steps, lr=lr, grad_clip=clip, accumulation=acc, eval_every=steps,
+                                           seed=seed), progress=False)
     rng = np.random.default_rng(seed)
     batches = [[task.sample(rng) for _ in range(acc)] for _ in range(steps)]
-    n = len(task.train_ids) // (CFG.block_size + 1)
-    want, want_masks = ref.train_mgpp(torch_model, batches, lr, wd, final, 1e-3, 1e-4, 0.05, 0.1, 0.7, every,
-                                      prior, scope, n, steps)
-    assert sorted(want_masks) == [8, 13, 18, 21]
+    n = (len(task.train_ids) // (CFG.block_size + 1)) * CFG.block_size
+    prior = {"lam": method.lam, "var0": method.var0, "var1": method.var1, "lam_final": method.lam_final,
+             "train_size": n} if name == "mgpp" else {}
+    want, want_masks = ref.train(torch_model, batches, lr=lr, weight_decay=0.0, final_sparsity=0.8,
+                                 initial_sparsity=0.3, t_i=3, t_f=21, every=4, prior=name == "mgpp",
+                                 mode=method.mode, count_rule=method.count_rule, scope=method.scope, grad_clip=clip,
+                                 **prior)
+    assert sorted(want_masks) == method.pruning_steps() == [3, 7, 11, 15, 19, 21]
     masks_at = {t: masks for t, _, _, masks in log}
     for t, ref_masks in want_masks.items():
-        for name, m in ref_masks.items():
-            assert np.array_equal(masks_at[t][name], m), f"step {t}, {name}: masks differ from the torch twin"
+        for p, m in ref_masks.items():
+            assert np.array_equal(masks_at[t][p], m), f"step {t}, {p}: masks differ from the authors' twin"
+    if method.mode == "regrow":
+        regrown = regrowth(want_masks)
+        assert regrown, "no weight regrew: the regrowth case is not exercised"
+        assert regrown == regrowth({t: masks_at[t] for t in want_masks})
     assert_trained_like(model.params, want, start, steps)
 
 
@@ -256,8 +356,8 @@ class Killed(Exception):
 
 
 def run(workdir, method, resume=False, kill_after=None):
-    """9 steps (pruning at 2, 4, 6, 8), checkpoints every 3; optionally die right after step
-    `kill_after` (the method's own after_step done)."""
+    """9 steps (pruning at 0, 2, 4 = t_f, then the fixed mask), checkpoints every 3; optionally die
+    right after `kill_after` steps are done (the method's own after_step included)."""
     if kill_after is not None:
         inner = method.after_step
 
@@ -268,28 +368,27 @@ def run(workdir, method, resume=False, kill_after=None):
 
         method.after_step = after_step
     model = tiny(np, 3)
-    cfg = TrainConfig(steps=9, lr=1e-2, weight_decay=0.01, checkpoint_every=3, eval_every=9, seed=3)
+    cfg = TrainConfig(steps=9, lr=1e-2, checkpoint_every=3, eval_every=9, seed=3)
     return model, train(model, method, synthetic_task(3), cfg, workdir=workdir, resume=resume, progress=False)
 
 
 def resumable():
-    return MGPP(0.7, t_start=0.0, t_end=0.9, every=2, total_steps=9)
+    return MGPP(0.7, initial_sparsity=0.2, t_start=0.0, t_end=0.5, every=2, total_steps=9)
 
 
-def test_resume_carries_the_masks(tmp_path):
-    """Killed after step 7 (checkpoint at 6, after pruning at 2, 4, 6), resumed to 9: parameters,
-    masks and losses equal the uninterrupted run's; the checkpoint holds the masks, and a resumed
-    method that drops them ends elsewhere (the masks are what the resume needs)."""
+def test_resume_carries_the_masks_and_history(tmp_path):
+    """Killed after 7 steps (checkpoint at 6, after t_f = 4), resumed to 9: parameters, masks, losses
+    and report equal the uninterrupted run's; the checkpoint holds the fixed masks, and a resumed
+    method that drops them ends elsewhere (after t_f the masks are what keeps pruned weights at 0)."""
     full_model, full = run(tmp_path / "a", resumable())
     with pytest.raises(Killed):
         run(tmp_path / "b", resumable(), kill_after=7)
     shutil.copytree(tmp_path / "b", tmp_path / "c")
     arrays, meta = load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
     assert meta["step"] == 6
-    assert {k for k in arrays if k.startswith("method/")} == {f"method/mask/{n}" for n in PRUNABLE}
-    assert sum(int((~arrays[f"method/mask/{n}"]).sum()) for n in PRUNABLE) == half_up(cubic(6, 0.7, 0, 8), N_PRUNABLE)
-    method = resumable()
-    model, resumed = run(tmp_path / "b", method, resume=True)
+    assert {k for k in arrays if k.startswith("method/mask/")} == {f"method/mask/{n}" for n in PRUNABLE}
+    assert sum(int((~arrays[f"method/mask/{n}"]).sum()) for n in PRUNABLE) == half_up(0.7, N_PRUNABLE)
+    model, resumed = run(tmp_path / "b", resumable(), resume=True)
     assert [h["loss"] for h in resumed["history"]["train"]] == [h["loss"] for h in full["history"]["train"]]
     for name, p in full_model.params.items():
         assert np.array_equal(model.params[name], p), name
@@ -301,45 +400,81 @@ def test_resume_carries_the_masks(tmp_path):
     assert any(not np.array_equal(amnesiac.params[n], full_model.params[n]) for n in PRUNABLE)
 
 
-# ------------------------------------------------------------------------------- bad input
+# ------------------------------------------------------------------- options, configs, errors
+def test_named_configs_and_explicit_overrides():
+    d, g = MGPP(total_steps=100), MGPP(config="gpt2", total_steps=100)
+    assert (d.lam, d.var0, d.var1, d.initial_sparsity, d.t_start, d.t_end) == (1e-3, 1e-10, 0.05, 0.3, 0.1, 0.9)
+    assert (g.lam, g.var0, g.var1, g.initial_sparsity, g.t_start, g.t_end) == (1e-4, 1e-10, 0.01, 0.1, 0.01, 0.9)
+    assert (d.t_i, d.t_f, d.delta_t, g.t_i) == (10, 90, 1, 1)
+    assert MGPP(config="gpt2", var1=0.02).var1 == 0.02
+    assert MagnitudePruning(config="gpt2").initial_sparsity == 0.1
+    assert d.options()["config"] == "default" and g.options()["var1"] == 0.01
+
+
+def test_compare_rows_pair_mgpp_with_magnitude_pruning_by_name():
+    """compare's MGPP and magprune rows build through the registry, on the same schedule and
+    training settings, differing only by the prior."""
+    rows = {label: row for label, *row in compare_runs(PRESETS["small"])}
+    for s in (80, 90):
+        (mn, mo, *mx), (pn, po, *px) = rows[f"mgpp-s{s}"], rows[f"magprune-s{s}"]
+        assert (mn, pn) == ("mgpp", "magprune") and mo == po and mx == px
+        m, p = build_method(mn, mo, PRESETS["small"]), build_method(pn, po, PRESETS["small"])
+        assert type(p) is MagnitudePruning and type(m) is MGPP
+        assert p.options() == {k: v for k, v in m.options().items() if k in p.options()}
+
+
+@pytest.mark.parametrize("old", ["sigma0", "sigma1"])
+def test_old_sigma_options_get_an_error_that_says_what_changed(old):
+    with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}.*VARIANCE"):
+        MGPP(**{old: 1e-4})
+    with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}"):
+        make_method("mgpp", **{old: 1e-4})
+
+
 @pytest.mark.parametrize("kwargs,arg", [
     ({"final_sparsity": -0.1}, "final_sparsity"),
     ({"final_sparsity": 1.0}, "final_sparsity"),
     ({"final_sparsity": float("nan")}, "final_sparsity"),
+    ({"final_sparsity": 0.2}, "initial_sparsity"),  # below the config's s_i = 0.3
+    ({"initial_sparsity": -0.1}, "initial_sparsity"),
     ({"t_start": 0.5, "t_end": 0.5}, "t_end"),
     ({"t_start": 0.6, "t_end": 0.5}, "t_end"),
     ({"t_start": -0.1}, "t_start"),
-    ({"t_start": 1.0, "t_end": 1.0}, "t_start"),
+    ({"t_start": 1.0}, "t_start"),
     ({"t_end": 0.0}, "t_end"),
-    ({"t_end": 1.1}, "t_end"),
+    ({"t_end": 1.0}, "t_end"),
     ({"every": 0}, "every"),
     ({"every": -3}, "every"),
     ({"lam": 0.0}, "lam"),
     ({"lam": 1.0}, "lam"),
     ({"lam": float("nan")}, "lam"),
-    ({"sigma0": 0.0}, "sigma0"),
-    ({"sigma0": -1e-4}, "sigma0"),
-    ({"sigma1": float("inf")}, "sigma1"),
-    ({"sigma0": 0.1, "sigma1": 0.05}, "sigma1"),
-    ({"sigma0": 0.05, "sigma1": 0.05}, "sigma1"),
+    ({"lam_final": 0.0}, "lam_final"),
+    ({"var0": 0.0}, "var0"),
+    ({"var0": -1e-4}, "var0"),
+    ({"var1": float("inf")}, "var1"),
+    ({"var0": 0.1, "var1": 0.05}, "var1"),
+    ({"var0": 0.05, "var1": 0.05}, "var1"),
     ({"scope": "tensor"}, "scope"),
+    ({"mode": "frozen"}, "mode"),
+    ({"count_rule": "round"}, "count_rule"),
+    ({"config": "bert"}, "config"),
     ({"n_train": 0}, "n_train"),
     ({"total_steps": 0}, "total_steps"),
-    ({"total_steps": 1}, "total_steps"),  # floor(0.1) = floor(0.7) = 0: no ramp
+    ({"total_steps": 1}, "total_steps"),  # floor(0.1) = floor(0.9) = 0: no ramp
 ])
 def test_bad_input_names_the_argument(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         MGPP(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,arg", [({"every": 1.5}, "every"), ({"prior": "yes"}, "prior"),
-                                        ({"final_sparsity": "0.8"}, "final_sparsity"),
-                                        ({"total_steps": 10.0}, "total_steps")])
+@pytest.mark.parametrize("kwargs,arg", [({"every": 1.5}, "every"), ({"final_sparsity": "0.8"}, "final_sparsity"),
+                                        ({"total_steps": 10.0}, "total_steps"), ({"lam_final": "1e-4"}, "lam_final")])
 def test_bad_types_name_the_argument(kwargs, arg):
     with pytest.raises(TypeError, match=arg):
         MGPP(**kwargs)
 
 
 def test_prepare_needs_total_steps():
-    with pytest.raises(ValueError, match="total_steps"):
-        MGPP().prepare(tiny(), synthetic_task(), np.random.default_rng(0))
+    for cls in (MGPP, MagnitudePruning):
+        with pytest.raises(ValueError, match="total_steps"):
+            cls().prepare(tiny(), synthetic_task(), np.random.default_rng(0))

@@ -1,7 +1,9 @@
-"""MGPP primitives (minisft.methods.mgpp: prior, schedule): mixture-Gaussian prior and its gradient, cubic sparsity
-schedule, magnitude-pruning masks. Oracles: mpmath at 60 digits (exact -pi'/pi), central finite
-differences, torch autograd (reference_models.primitives), scipy's normal log-density,
-fractions.Fraction, and a stable-argsort brute force. Derivations: proofs/mgpp_prior.md.
+"""MGPP primitives (minisft.methods.mgpp: prior, schedule): mixture-Gaussian prior and its gradient
+(v0, v1 VARIANCES), cubic sparsity schedule, pruning steps, λ annealing, magnitude-pruning masks
+under both count rules. Oracles: mpmath at 60 digits (exact -pi'/pi), central finite differences,
+torch autograd (reference_models.primitives), scipy's normal log-density, the authors' formulas
+as the twin writes them (reference_models.mgpp), fractions.Fraction, and stable-argsort and
+sorted-threshold brute forces. Derivations: proofs/mgpp_prior.md.
 """
 
 import math
@@ -11,48 +13,48 @@ from fractions import Fraction
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
 from minisft.backend import to_numpy
-from minisft.methods.mgpp.prior import DEFAULT_LAMBDA, DEFAULT_SIGMA0, DEFAULT_SIGMA1, neg_log_prior, neg_log_prior_grad
-from minisft.methods.mgpp.schedule import cubic_sparsity, magnitude_masks
+from minisft.methods.mgpp.prior import DEFAULT_LAMBDA, DEFAULT_VAR0, DEFAULT_VAR1, neg_log_prior, neg_log_prior_grad
+from minisft.methods.mgpp.schedule import annealed_lambda, cubic_sparsity, magnitude_masks, pruning_steps
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 EPS = np.finfo(np.float64).eps
 TINY = np.finfo(np.float64).smallest_subnormal  # grid spacing of a subnormal result
-DEFAULTS = (DEFAULT_LAMBDA, DEFAULT_SIGMA0, DEFAULT_SIGMA1)
+DEFAULTS = (DEFAULT_LAMBDA, DEFAULT_VAR0, DEFAULT_VAR1)
 
 
 @st.composite
 def priors(draw):
-    """(lam, sigma0, sigma1) spanning tiny spikes, wide slabs and lam near 0 and 1."""
+    """(lam, var0, var1) spanning tiny spikes, wide slabs and lam near 0 and 1."""
     lam = draw(st.one_of(st.floats(1e-12, 1 - 1e-12), st.sampled_from([1e-12, 1e-3, 0.5, 1 - 1e-12])))
-    sigma0 = 10.0 ** draw(st.floats(-8, 0))
-    sigma1 = sigma0 * 10.0 ** draw(st.floats(0.01, 4))
-    return lam, sigma0, sigma1
+    var0 = 10.0 ** draw(st.floats(-16, 0))
+    var1 = var0 * 10.0 ** draw(st.floats(0.02, 8))
+    return lam, var0, var1
 
 
 @st.composite
 def prior_and_theta(draw):
     """A prior and theta on the spike's scale, the slab's scale, or anywhere up to 1e6."""
-    lam, sigma0, sigma1 = draw(priors())
+    lam, var0, var1 = draw(priors())
     u = draw(st.floats(-50, 50))
-    theta = draw(st.sampled_from([u * sigma0, u * sigma1, u * 2e4, 0.0]))
-    return theta, lam, sigma0, sigma1
+    theta = draw(st.sampled_from([u * math.sqrt(var0), u * math.sqrt(var1), u * 2e4, 0.0]))
+    return theta, lam, var0, var1
 
 
-def mp_prior_and_slope(mp, theta, lam, sigma0, sigma1):
+def mp_prior_and_slope(mp, theta, lam, var0, var1):
     """-log pi(theta) and its derivative -pi'(theta)/pi(theta), from the densities and
-    dN(theta; 0, s^2)/dtheta = -theta/s^2 N(theta; 0, s^2), at the working precision."""
-    theta, lam, s0, s1 = (mp.mpf(v) for v in (theta, lam, sigma0, sigma1))
+    dN(theta; 0, v)/dtheta = -theta/v N(theta; 0, v), at the working precision."""
+    theta, lam, v0, v1 = (mp.mpf(v) for v in (theta, lam, var0, var1))
 
-    def density(s):
-        return mp.exp(-(theta**2) / (2 * s**2)) / (s * mp.sqrt(2 * mp.pi))
+    def density(v):
+        return mp.exp(-(theta**2) / (2 * v)) / mp.sqrt(2 * mp.pi * v)
 
-    pi = lam * density(s1) + (1 - lam) * density(s0)
-    dpi = -theta * (lam * density(s1) / s1**2 + (1 - lam) * density(s0) / s0**2)
+    pi = lam * density(v1) + (1 - lam) * density(v0)
+    dpi = -theta * (lam * density(v1) / v1 + (1 - lam) * density(v0) / v0)
     return -mp.log(pi), -dpi / pi
 
 
@@ -60,33 +62,51 @@ def mp_prior_and_slope(mp, theta, lam, sigma0, sigma1):
 @example(case=(4e-4, *DEFAULTS))
 @example(case=(1e4, *DEFAULTS))
 @example(case=(1e-30, *DEFAULTS))
-@example(case=(7.0289056336632305e-96, 0.5, 1.0, 10.0))
-@example(case=(5e-324, 0.5, 1e-8, 1e-4))
-@example(case=(2.225073858507e-311, 0.5, 1.0, 10.0))
-@example(case=(7.036301354e-315, 0.5, 0.00031622776601683794, 0.0031622776601683794))
+@example(case=(7.0289056336632305e-96, 0.5, 1.0, 100.0))
+@example(case=(5e-324, 0.5, 1e-16, 1e-8))
+@example(case=(2.225073858507e-311, 0.5, 1.0, 100.0))
+@example(case=(7.036301354e-315, 0.5, 1e-7, 1e-5))
 def test_prior_and_gradient_match_mpmath(case):
+    """var0, var1 are VARIANCES: the oracle is built from N(θ; 0, v) = exp(−θ²/2v)/√(2πv)."""
     mpmath = pytest.importorskip("mpmath")
-    theta, lam, sigma0, sigma1 = case
+    theta, lam, var0, var1 = case
     with mpmath.workdps(60):
-        value, slope = mp_prior_and_slope(mpmath.mp, theta, lam, sigma0, sigma1)
-    f = float(neg_log_prior(np.float64(theta), lam, sigma0, sigma1))
-    g = float(neg_log_prior_grad(np.float64(theta), lam, sigma0, sigma1))
-    # rounding of the log components (each ~|theta/sigma0|^2 at most where it matters): see proof
-    scale = 1.0 + 0.5 * min((theta / sigma0) ** 2, 1e4)
+        value, slope = mp_prior_and_slope(mpmath.mp, theta, lam, var0, var1)
+    f = float(neg_log_prior(np.float64(theta), lam, var0, var1))
+    g = float(neg_log_prior_grad(np.float64(theta), lam, var0, var1))
+    # rounding of the log components (each ~theta^2/var0 at most where it matters): see proof
+    scale = 1.0 + 0.5 * min(theta**2 / var0, 1e4)
     assert abs(f - float(value)) <= 16 * EPS * (abs(float(value)) + scale), (f, float(value))
     assert abs(g - float(slope)) <= 16 * EPS * scale * abs(float(slope)) + 4 * TINY, (g, float(slope))
 
 
-@pytest.mark.parametrize("scale", ["sigma0", "sigma1"])
+def test_the_variances_are_not_read_as_standard_deviations():
+    """With a negligible spike the gradient at θ is θ/v1 (v1 a variance), not θ/v1²; at θ = 0 with a
+    negligible slab, −log π = ½ log(2π v0), not log(v0) + ½ log 2π."""
+    lam, var0, var1 = 1 - 1e-12, 1e-10, 0.04
+    g = float(neg_log_prior_grad(np.float64(0.2), lam, var0, var1))
+    assert abs(g - 0.2 / var1) <= 1e-9, g
+    f = float(neg_log_prior(np.float64(0.0), 1e-12, 1e-10, 0.05))
+    assert abs(f - 0.5 * math.log(2 * math.pi * 1e-10)) <= 1e-9, f
+
+
+@pytest.mark.parametrize("old", ["sigma0", "sigma1"])
+def test_old_sigma_keywords_get_an_error_that_says_what_changed(old):
+    for fn in (neg_log_prior, neg_log_prior_grad):
+        with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}.*VARIANCE"):
+            fn(np.zeros(3), 1e-3, **{old: 0.01})
+
+
+@pytest.mark.parametrize("scale", ["var0", "var1"])
 def test_gradient_equals_central_finite_differences(xp, scale):
-    lam, sigma0, sigma1 = DEFAULTS
-    s = sigma0 if scale == "sigma0" else sigma1
+    lam, var0, var1 = DEFAULTS
+    s = math.sqrt(var0 if scale == "var0" else var1)
     theta = np.array([-7.0, -3.0, -1.0, -0.3, 0.3, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0, 7.0, 20.0]) * s
     h = 1e-6 * np.abs(theta)
-    plus = to_numpy(neg_log_prior(xp.asarray(theta + h), lam, sigma0, sigma1))
-    minus = to_numpy(neg_log_prior(xp.asarray(theta - h), lam, sigma0, sigma1))
+    plus = to_numpy(neg_log_prior(xp.asarray(theta + h), lam, var0, var1))
+    minus = to_numpy(neg_log_prior(xp.asarray(theta - h), lam, var0, var1))
     fd = (plus - minus) / (2 * h)
-    grad = to_numpy(neg_log_prior_grad(xp.asarray(theta), lam, sigma0, sigma1))
+    grad = to_numpy(neg_log_prior_grad(xp.asarray(theta), lam, var0, var1))
     # truncation ~ h^2 |f'''| / 6 (relative ~1e-10 here) plus roundoff eps |f| / h
     tol = 1e-6 * np.abs(grad) + 8 * EPS * (np.abs(plus) + np.abs(minus)) / (2 * h)
     err = np.abs(fd - grad)
@@ -112,41 +132,61 @@ def test_parity_with_torch_logsumexp_and_autograd(xp, theta, prior):
     assert dg <= 1e-12, f"max relative |grad - autograd| = {dg:.3e}"
 
 
+@given(theta=hnp.arrays(np.float64, st.integers(1, 20), elements=st.floats(-0.3, 0.3)),
+       lam=st.floats(1e-6, 0.5), var0=st.sampled_from([1e-12, 1e-10, 1e-9]), var1=st.sampled_from([0.01, 0.05, 0.1]),
+       n=st.integers(1, 10**7))
+def test_gradient_equals_the_authors_update(theta, lam, var0, var1, n):
+    """(1/n) neg_log_prior_grad equals what the authors add to a zero p.grad (PTMGP
+    MWA.apply_prior_grad: p.grad −= θ (w0 (v0 − v1)/(n v0 v1) − 1/(n v1)) with the logistic w0, as
+    reference_models.mgpp writes it), to a few ulps of the larger term."""
+    torch = pytest.importorskip("torch")
+    from reference_models import mgpp as ref
+
+    p = torch.from_numpy(theta.copy())
+    p.grad = torch.zeros_like(p)
+    ref.apply_prior_grad({"w": p}, ["w"], lam, var0, var1, n)
+    ours = neg_log_prior_grad(theta, lam, var0, var1) / n
+    theirs = p.grad.numpy()
+    scale = np.abs(theta) / (n * var0)  # the spike's term, the largest one can be
+    d = np.max(np.abs(ours - theirs) / (np.abs(theirs) + 1e-16 * scale + 1e-300))
+    assert d <= 1e-12, f"max relative |ours - authors'| = {d:.3e}"
+
+
 @fixture_ok
 @given(u=st.floats(-3, 3), prior=priors())
 def test_lambda_to_zero_is_the_spike_gaussian(xp, u, prior):
-    _, sigma0, sigma1 = prior
-    lam, theta = 1e-12, u * sigma0
-    f = float(to_numpy(neg_log_prior(xp.asarray(theta), lam, sigma0, sigma1)))
-    g = float(to_numpy(neg_log_prior_grad(xp.asarray(theta), lam, sigma0, sigma1)))
-    f0 = -norm.logpdf(theta, scale=sigma0)
-    # f = f0 - log(1 - lam) - log1p(r), r = lam N1 / ((1 - lam) N0); g - theta/sigma0^2 = theta w1 (...)
-    r = math.exp(math.log(lam) + norm.logpdf(theta, scale=sigma1) - math.log1p(-lam) + f0)
+    _, var0, var1 = prior
+    lam, theta = 1e-12, u * math.sqrt(var0)
+    f = float(to_numpy(neg_log_prior(xp.asarray(theta), lam, var0, var1)))
+    g = float(to_numpy(neg_log_prior_grad(xp.asarray(theta), lam, var0, var1)))
+    f0 = -norm.logpdf(theta, scale=math.sqrt(var0))
+    # f = f0 - log(1 - lam) - log1p(r), r = lam N1 / ((1 - lam) N0); g - theta/var0 = theta w1 (...)
+    r = math.exp(math.log(lam) + norm.logpdf(theta, scale=math.sqrt(var1)) - math.log1p(-lam) + f0)
     assert abs(f - f0) <= lam / (1 - lam) + r + 16 * EPS * (abs(f0) + 5)
-    assert abs(g - theta / sigma0**2) <= abs(theta) / sigma0**2 * (r + 16 * EPS)
+    assert abs(g - theta / var0) <= abs(theta) / var0 * (r + 16 * EPS)
 
 
 @fixture_ok
 @given(u=st.floats(-30, 30), prior=priors())
 def test_lambda_to_one_is_the_slab_gaussian(xp, u, prior):
-    _, sigma0, sigma1 = prior
-    lam, theta = 1 - 1e-12, u * sigma1
-    f = float(to_numpy(neg_log_prior(xp.asarray(theta), lam, sigma0, sigma1)))
-    g = float(to_numpy(neg_log_prior_grad(xp.asarray(theta), lam, sigma0, sigma1)))
-    f1 = -norm.logpdf(theta, scale=sigma1)
-    # r = (1 - lam) N0 / (lam N1) <= (1 - lam)/lam * sigma1/sigma0; g - theta/sigma1^2 = theta w0 (...)
-    r = math.exp(math.log1p(-lam) + norm.logpdf(theta, scale=sigma0) - math.log(lam) + f1)
+    _, var0, var1 = prior
+    lam, theta = 1 - 1e-12, u * math.sqrt(var1)
+    f = float(to_numpy(neg_log_prior(xp.asarray(theta), lam, var0, var1)))
+    g = float(to_numpy(neg_log_prior_grad(xp.asarray(theta), lam, var0, var1)))
+    f1 = -norm.logpdf(theta, scale=math.sqrt(var1))
+    # r = (1 - lam) N0 / (lam N1) <= (1 - lam)/lam * sqrt(var1/var0); g - theta/var1 = theta w0 (...)
+    r = math.exp(math.log1p(-lam) + norm.logpdf(theta, scale=math.sqrt(var0)) - math.log(lam) + f1)
     assert abs(f - f1) <= (1 - lam) / lam + r + 16 * EPS * (abs(f1) + 5)
-    assert abs(g - theta / sigma1**2) <= abs(theta) * (r / sigma0**2 + 16 * EPS / sigma1**2)
+    assert abs(g - theta / var1) <= abs(theta) * (r / var0 + 16 * EPS / var1)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_finite_at_zero_tiny_and_huge_theta(xp, dtype):
     theta = xp.asarray(np.array([0.0, 1e-30, -1e-30, 1e4, -1e4, 1e-4, 5e-4], dtype=dtype))
-    for lam, sigma0, sigma1 in [DEFAULTS, (1e-12, 1e-8, 1.0), (1 - 1e-12, 1e-8, 1e-7)]:
+    for lam, var0, var1 in [DEFAULTS, (1e-12, 1e-16, 1.0), (1 - 1e-12, 1e-16, 1e-14)]:
         with np.errstate(over="raise", invalid="raise", divide="raise"):
-            f = neg_log_prior(theta, lam, sigma0, sigma1)
-            g = neg_log_prior_grad(theta, lam, sigma0, sigma1)
+            f = neg_log_prior(theta, lam, var0, var1)
+            g = neg_log_prior_grad(theta, lam, var0, var1)
         assert f.dtype == dtype and g.dtype == dtype
         assert bool(xp.isfinite(f).all()) and bool(xp.isfinite(g).all()), (to_numpy(f), to_numpy(g))
         g = to_numpy(g)
@@ -160,13 +200,13 @@ def test_finite_at_zero_tiny_and_huge_theta(xp, dtype):
         (dict(lam=1.0), "lam"),
         (dict(lam=-0.5), "lam"),
         (dict(lam=float("nan")), "lam"),
-        (dict(sigma0=0.0), "sigma0"),
-        (dict(sigma0=-1e-4), "sigma0"),
-        (dict(sigma0=float("nan")), "sigma0"),
-        (dict(sigma0=1e-151), "sigma0"),
-        (dict(sigma1=1e-4), "sigma1"),
-        (dict(sigma1=1e-5), "sigma1"),
-        (dict(sigma1=float("inf")), "sigma1"),
+        (dict(var0=0.0), "var0"),
+        (dict(var0=-1e-4), "var0"),
+        (dict(var0=float("nan")), "var0"),
+        (dict(var0=1e-301), "var0"),
+        (dict(var1=1e-10), "var1"),
+        (dict(var1=1e-11), "var1"),
+        (dict(var1=float("inf")), "var1"),
     ],
 )
 def test_bad_prior_arguments(xp, kwargs, arg):
@@ -178,11 +218,11 @@ def test_bad_prior_arguments(xp, kwargs, arg):
 def test_bad_prior_argument_types(xp):
     with pytest.raises(TypeError, match="lam"):
         neg_log_prior(xp.zeros(3), lam="0.1")
-    with pytest.raises(TypeError, match="sigma1"):
-        neg_log_prior_grad(xp.zeros(3), sigma1=None)
+    with pytest.raises(TypeError, match="var1"):
+        neg_log_prior_grad(xp.zeros(3), var1=None)
 
 
-# ---------------------------------------------------------------- cubic schedule
+# ---------------------------------------------------------------- cubic schedule, steps, λ
 
 
 @st.composite
@@ -197,28 +237,65 @@ def schedules(draw):
 @given(sched=schedules())
 @example(sched=(0.9, 10, 20, 0.1))
 @example(sched=(0.95, 0, 1, 0.0))
+@example(sched=(0.8, 15, 135, 0.3))
 def test_schedule_pieces_monotone_and_equal_to_exact_formula(sched):
+    """0 before t_i, ≈ s_i at t_i, the cubic between, s_f at and after t_f; monotone; within
+    16 eps of the exact rational value."""
     final, t_start, t_end, initial = sched
     values = [cubic_sparsity(t, final, t_start, t_end, initial) for t in range(t_end + 3)]
-    assert all(v == initial for v in values[: t_start + 1])
+    assert all(v == 0.0 for v in values[:t_start])
+    assert abs(values[t_start] - initial) <= 2 * EPS
     assert all(v == final for v in values[t_end:])
     assert all(a <= b for a, b in zip(values, values[1:])), "not monotone non-decreasing"
     f, i = Fraction(final), Fraction(initial)
-    for t in range(t_start + 1, t_end):
+    for t in range(t_start, t_end + 1):
         exact = f + (i - f) * (1 - Fraction(t - t_start, t_end - t_start)) ** 3
         assert abs(values[t] - float(exact)) <= 16 * EPS, (t, values[t], float(exact))
 
 
-@given(sched=schedules())
-def test_schedule_parity_with_torch_reference_formula(sched):
+@given(sched=schedules(), every=st.integers(1, 60))
+def test_schedule_is_the_authors_float_expression_bit_for_bit(sched, every):
+    """s_t equals BayesianPruner's CubicSparsityScheduler value (reference_models.mgpp), exactly:
+    the authors' count int(n · s_t) depends on every bit of s_t."""
     pytest.importorskip("torch")
-    from reference_models import primitives as ref
+    from reference_models import mgpp as ref
 
     final, t_start, t_end, initial = sched
-    for t in {0, t_start, (t_start + t_end) // 2, t_end - 1, t_end, t_end + 7}:
+    for t in {0, t_start, t_start + 1, (t_start + t_end) // 2, t_end - 1, t_end, t_end + 7}:
         ours = cubic_sparsity(t, final, t_start, t_end, initial)
-        theirs = ref.cubic_sparsity(t, final, t_start, t_end, initial)
-        assert abs(ours - theirs) <= 16 * EPS, f"step {t}: |diff| = {abs(ours - theirs):.3e}"
+        theirs, _ = ref.sparsity_and_action(t, initial, final, t_start, t_end, every)
+        assert ours == theirs, f"step {t}: {ours!r} != {theirs!r}"
+
+
+@given(t_start=st.integers(0, 300), length=st.integers(1, 300), every=st.integers(1, 80))
+@example(t_start=15, length=120, every=1)
+@example(t_start=3, length=5, every=10)  # t_f - t_i < Δt: t_i and t_f only
+def test_pruning_steps_are_t_i_the_grid_from_t_i_and_t_f(t_start, length, every):
+    t_end = t_start + length
+    want = [t for t in range(t_end + 1) if t in (t_start, t_end) or (t_start < t < t_end and (t - t_start) % every == 0)]
+    assert pruning_steps(t_start, t_end, every) == want
+    pytest.importorskip("torch")
+    from reference_models import mgpp as ref
+
+    acts = [t for t in range(t_end + 5) if ref.sparsity_and_action(t, 0.1, 0.5, t_start, t_end, every)[1] == "sparsity"]
+    assert acts == want
+
+
+@given(lam=st.floats(1e-6, 0.5), ratio=st.floats(1e-4, 1.0), t_start=st.integers(0, 200), length=st.integers(1, 400))
+def test_annealed_lambda_is_ptmgps_linear_schedule(lam, ratio, t_start, length):
+    """λ_t = λ up to t_i, λ_f + (λ − λ_f)(1 − (t − t_i)/(t_f − t_i)) between, λ_f from t_f: against
+    the exact rational value and MWA.annealing_scheduler's alpha form (reference_models.mgpp)."""
+    pytest.importorskip("torch")
+    from reference_models import mgpp as ref
+
+    lam_final, t_end = lam * ratio, t_start + length
+    for t in {0, t_start, t_start + 1, (t_start + t_end) // 2, t_end - 1, t_end, t_end + 3}:
+        ours = annealed_lambda(t, lam, lam_final, t_start, t_end)
+        u = min(max(Fraction(t - t_start, t_end - t_start), Fraction(0)), Fraction(1))
+        exact = Fraction(lam_final) + (Fraction(lam) - Fraction(lam_final)) * (1 - u)
+        assert abs(ours - float(exact)) <= 4 * EPS * lam, (t, ours, float(exact))
+        assert abs(ours - ref.lambda_at(t, lam, lam_final, t_start, t_end)) <= 8 * EPS * lam
+        assert annealed_lambda(t, lam, None, t_start, t_end) == lam
 
 
 @pytest.mark.parametrize(
@@ -241,6 +318,14 @@ def test_schedule_parity_with_torch_reference_formula(sched):
 def test_bad_schedule_arguments(args, arg, error):
     with pytest.raises(error, match=arg):
         cubic_sparsity(*args)
+
+
+def test_bad_pruning_steps_arguments():
+    for args, arg in [((5, 5, 1), "t_end"), ((-1, 5, 1), "t_start"), ((0, 5, 0), "every")]:
+        with pytest.raises(ValueError, match=arg):
+            pruning_steps(*args)
+    with pytest.raises(TypeError, match="every"):
+        pruning_steps(0, 5, 1.0)
 
 
 # ---------------------------------------------------------------- magnitude masks
@@ -396,3 +481,66 @@ def test_bad_magnitude_mask_arguments(xp):
         magnitude_masks({"w": xp.asarray([0.0, float("nan")])}, 0.5)
     with pytest.raises(TypeError, match="params"):
         magnitude_masks({"w": xp.arange(3)}, 0.5)
+    with pytest.raises(ValueError, match="count_rule"):
+        magnitude_masks(params, 0.5, count_rule="floor")
+
+
+# ---------------------------------------------------------------- the authors' count rule
+
+
+def oracle_authors_keep(arrays_np, s):
+    """Masks keeping every |theta| >= the k-th smallest over the concatenation, k = int(n * s)
+    (none pruned when k = 0): the threshold rule read off sorted magnitudes."""
+    flat = np.concatenate([np.abs(a).ravel() for a in arrays_np] + [np.zeros(0)])
+    k = int(flat.size * s)
+    threshold = np.sort(flat)[k - 1] if k else -np.inf
+    return [np.abs(a) >= threshold for a in arrays_np]
+
+
+@fixture_ok
+@given(params=PARAMS, s=st.floats(0.0, 1.0, exclude_max=True), scope=st.sampled_from(["global", "layer"]))
+@example(params={"h.0.mlp.c_fc.weight": np.array([0.0, 0.0, 0.0, 1.0, 2.0])}, s=0.4, scope="global")
+def test_authors_rule_prunes_strictly_below_the_kth_smallest(xp, params, s, scope):
+    masks = magnitude_masks({k: xp.asarray(v) for k, v in params.items()}, s, scope=scope, count_rule="authors")
+    groups = [list(params)] if scope == "global" else [[k] for k in params]
+    for names in groups:
+        expected = oracle_authors_keep([params[k] for k in names], s)
+        for name, e in zip(names, expected):
+            np.testing.assert_array_equal(to_numpy(masks[name]), e)
+
+
+def test_the_two_count_rules_differ_as_documented(xp):
+    """Distinct |θ|: exact prunes round(s n), the authors k − 1; ties at the k-th value are kept by
+    the authors; k or more exact zeros: the authors prune nothing."""
+    cases = [  # (values, sparsity, exact pruned, authors pruned)
+        (np.arange(1.0, 11.0), 0.3, 3, 2),
+        (np.array([1.0, 2.0, 2.0, 2.0, 3.0]), 0.6, 3, 1),
+        (np.array([0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]), 0.2, 2, 0),
+        (np.arange(1.0, 101.0), 0.29, 29, 27),  # the authors' int(100 * 0.29) is 28 in floats
+    ]
+    for values, s, exact, authors in cases:
+        for rule, want in (("exact", exact), ("authors", authors)):
+            (m,) = magnitude_masks([xp.asarray(values)], s, count_rule=rule)
+            assert int((~to_numpy(m)).sum()) == want, (values, s, rule)
+
+
+@fixture_ok
+@given(params=PARAMS, s=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=2, max_size=2).map(sorted),
+       scope=st.sampled_from(["global", "layer"]), rule=st.sampled_from(["exact", "authors"]))
+def test_masks_parity_with_the_twins_pruning(xp, params, s, scope, rule):
+    """Both count rules, fresh and monotone (kept=), against reference_models.mgpp.pruning_masks
+    (torch.kthvalue threshold / stable torch.sort)."""
+    torch = pytest.importorskip("torch")
+    from reference_models import mgpp as ref
+
+    assume(params)  # the twin concatenates the model's matrices: at least one
+    weights = {k: torch.from_numpy(v) for k, v in params.items()}
+    ours = magnitude_masks({k: xp.asarray(v) for k, v in params.items()}, s[0], scope=scope, count_rule=rule)
+    theirs = ref.pruning_masks(weights, s[0], rule, scope)
+    for k in params:
+        np.testing.assert_array_equal(to_numpy(ours[k]), ~theirs[k].numpy())
+    later = {k: np.where(to_numpy(ours[k]), v, 0.0) for k, v in params.items()}
+    ours2 = magnitude_masks({k: xp.asarray(v) for k, v in later.items()}, s[1], scope=scope, count_rule=rule, kept=ours)
+    theirs2 = ref.pruning_masks({k: torch.from_numpy(v) for k, v in later.items()}, s[1], rule, scope, theirs)
+    for k in params:
+        np.testing.assert_array_equal(to_numpy(ours2[k]), ~theirs2[k].numpy())

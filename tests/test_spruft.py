@@ -5,6 +5,7 @@ code's pitfalls as regression tests, LoRA budget matching and bad input. Derivat
 """
 
 import math
+from dataclasses import replace
 from fractions import Fraction
 from types import SimpleNamespace
 
@@ -37,8 +38,8 @@ from tests.gradcheck import max_rel_diff
 CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
 LAYERS = linear_layer_names(CFG)
 KINDS = [("magnitude", {}), ("magnitude", {"p": 1}), ("taylor", {}), ("taylor", {"multivariable": True}),
-         ("obd", {}), ("zeroth_order", {"zo_samples": 2})]
-KIND_IDS = ["magnitude-p2", "magnitude-p1", "taylor", "taylor-multivariable", "obd", "zeroth_order"]
+         ("obd", {}), ("zeroth_order", {"zo_samples": 2}), ("wanda", {}), ("random", {})]
+KIND_IDS = ["magnitude-p2", "magnitude-p1", "taylor", "taylor-multivariable", "obd", "zeroth_order", "wanda", "random"]
 
 
 def make_task(seed=0, B=3, T=8):
@@ -86,11 +87,14 @@ def tr():
     torch.set_num_threads(before)
 
 
-def reference_selection(tr, model_sd, task, seed, importance, extra, mode, scope, ratio=None, rows=None, calib=2):
-    """The twin's unit scores and adapter indices, with the batches (and ZO draws) of the same seed."""
+def reference_selection(tr, model_sd, task, seed, importance, extra, mode, scope, ratio=None, rows=None, calib=2,
+                        calib_batch_size=1):
+    """The twin's unit scores and adapter indices, with the batches (of `calib_batch_size` sequences,
+    SPruFT's default 1) and the ZO / random draws of the same seed."""
     twin = tr.TorchGPT.from_minisft(model_sd, CFG)
     rng = np.random.default_rng(seed)
-    batches = [] if importance == "magnitude" else [task.sample(rng) for _ in range(calib)]
+    calib_task = replace(task, batch_size=calib_batch_size)
+    batches = [] if importance in ("magnitude", "random") else [calib_task.sample(rng) for _ in range(calib)]
     kw = {"p": extra.get("p", 2), "multivariable": extra.get("multivariable", False), "batches": batches,
           "zo_samples": extra.get("zo_samples"), "zo_eps": 1e-3, "rng": rng}
     scores, units = tr.ref.unit_scores(twin, LAYERS, importance, mode=mode, **kw)
@@ -260,7 +264,7 @@ def test_kaiming_init_with_bias_deltas_does_not_crash(mode):
 
 
 @pytest.mark.parametrize("axis", ["rows", "cols"])
-@pytest.mark.parametrize("importance,extra", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("importance,extra", KINDS[:-1], ids=KIND_IDS[:-1])  # random reads no weight
 def test_scores_reduce_over_the_right_axis(importance, extra, axis):
     """Regression (an activation-weighted score reduced over the wrong axis): a row score reads only
     row i of W (d_out, d_in) and has d_out entries; a column score (neuron mode, c_proj) only column
@@ -286,6 +290,26 @@ def test_scores_reduce_over_the_right_axis(importance, extra, axis):
             assert s[zero] == 0.0 and np.all(np.delete(s, zero) > 0), f"{layer} {axis}: {s}"
             checked += 1
     assert checked == (len(LAYERS) if axis == "rows" else len(LAYERS) // 2)
+
+
+def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr):
+    """SPruFT's default calibration (the released LLM script's --taylor_batchs 50, --BATCH_SIZE 1):
+    50 batches of ONE sequence each, whatever the task's batch size; the Taylor scores and rows
+    equal the twin's on exactly those batches."""
+    seed = 4
+    model, task = base_model(np, seed), make_task(seed, B=3)
+    sd = model.state_dict()
+    method = SPruFT(ratio=0.25)
+    assert (method.calib_batches, method.calib_batch_size, method.importance, method.init) == (50, 1, "taylor", "zeros")
+    method.prepare(model, task, np.random.default_rng(seed))
+    assert method.report()["calibration"]["batches"] == 50
+    scores, (rows, _), _, _ = reference_selection(tr, sd, task, seed, "taylor", {}, "rows", "layer", ratio=0.25, calib=50)
+    for unit, s in scores.items():
+        d = max_rel_diff(method.unit_scores[unit], s.numpy())
+        assert d <= 1e-11, f"{unit}: max rel diff {d:.3e}"
+    assert_same_indices(method.selected_rows, rows, "rows")
+    (x, y), = calibration_batches(task, np.random.default_rng(0), 1, batch_size=1)
+    assert x.shape == y.shape == (1, task.block_size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -538,6 +562,7 @@ def test_rows_matching_lora_is_closest_and_counts_are_exact(C, L, H, r):
     ({"importance": "fisher"}, "importance"), ({"importance": "quantile_taylor"}, "importance.*classes"),
     ({"mode": "cols"}, "mode"), ({"scope": "block"}, "scope"), ({"init": "xavier"}, "init"),
     ({"calib_batches": 0}, "calib_batches"), ({"calib_batches": -2}, "calib_batches"),
+    ({"calib_batch_size": 0}, "calib_batch_size"), ({"importance": "wanda", "multivariable": True}, "multivariable"),
     ({"importance": "obd", "multivariable": True}, "multivariable"), ({"p": 3}, "p"),
     ({"targets": ("mlp.c_fx",)}, "targets"), ({"targets": ()}, "targets"),
     ({"targets": ("mlp.c_fc", "mlp.c_fc")}, "targets"), ({"mode": "neurons", "targets": ("mlp.c_fc",)}, "targets"),
@@ -550,6 +575,7 @@ def test_bad_options_fail_at_construction(kwargs, match):
 
 @pytest.mark.parametrize("kwargs,arg", [({"ratio": "0.1"}, "ratio"), ({"rows": 1.5}, "rows"),
                                         ({"calib_batches": 2.0}, "calib_batches"), ({"targets": "mlp.c_fc"}, "targets"),
+                                        ({"calib_batch_size": 1.0}, "calib_batch_size"),
                                         ({"bias": "yes"}, "bias"), ({"multivariable": 1}, "multivariable")])
 def test_bad_option_types_fail_at_construction(kwargs, arg):
     with pytest.raises(TypeError, match=arg):

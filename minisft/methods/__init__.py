@@ -18,11 +18,12 @@ from .adapeft import AdaPEFT, GroupSubset
 from .base import FullFineTune, LoRAMethod, Method
 from .gmt import GMT
 from .loradrop import LoRADrop
-from .mgpp import MGPP
+from .mgpp import MGPP, MagnitudePruning
 from .spruft import SPruFT
 
 REGISTRY = {"full": FullFineTune, "lora": LoRAMethod, "loradrop": LoRADrop, "spruft": SPruFT,
-            "adapeft": AdaPEFT, "group_subset": GroupSubset, "gmt": GMT, "mgpp": MGPP}
+            "adapeft": AdaPEFT, "group_subset": GroupSubset, "gmt": GMT, "mgpp": MGPP,
+            "magprune": MagnitudePruning}
 
 
 @dataclass(frozen=True)
@@ -126,5 +127,6 @@ def make_method(name, **options):
     return _cls(name)(**options)
 
 
-__all__ = ["REGISTRY", "AdaPEFT", "FullFineTune", "GMT", "GroupSubset", "MGPP", "LoRADrop", "LoRAMethod", "Method",
-           "OptionSpec", "SPruFT", "check_option_types", "make_method", "method_options", "option_specs", "type_name"]
+__all__ = ["REGISTRY", "AdaPEFT", "FullFineTune", "GMT", "GroupSubset", "MGPP", "LoRADrop", "LoRAMethod",
+           "MagnitudePruning", "Method", "OptionSpec", "SPruFT", "check_option_types", "make_method", "method_options",
+           "option_specs", "type_name"]

@@ -4,7 +4,8 @@ A method decides *what* trains; the trainer (minisft.train) does the rest. Hooks
     check_config(config)               options that depend on the model's shape, checked against a
                                        GPTConfig before any data is read (a rank above a layer's width)
     prepare(model, task, rng)          select and wrap (may run probe steps on task's batches)
-    transform_grads(model, grads, step) -> grads    e.g. GMT's mask, MGPP's prior gradient
+    transform_grads(model, grads, step) -> grads    e.g. GMT's mask (before the trainer's clipping)
+    transform_grads_after_clip(model, grads, step) -> grads   e.g. MGPP's prior gradient (never clipped)
     optimizer_masks(model) -> {name: bool array}    entries the optimizer must leave untouched
     after_step(model, step)            e.g. MGPP's pruning on its schedule
     report() -> dict                   JSON-ready: what was selected, counts, method-specific facts
@@ -39,6 +40,10 @@ class Method:
         raise TypeError(f"{type(self).__name__} must implement prepare(model, task, rng)")
 
     def transform_grads(self, model, grads, step):
+        return grads
+
+    def transform_grads_after_clip(self, model, grads, step):
+        """Terms added after the trainer's gradient clipping: clipping scales the loss gradient only."""
         return grads
 
     def optimizer_masks(self, model):

@@ -1,15 +1,18 @@
-"""MGPP's mixture Gaussian prior, elementwise (map and choices: minisft/methods/mgpp/__init__.py).
+"""MGPP's mixture Gaussian prior, elementwise (map: minisft/methods/mgpp/__init__.py; decisions:
+proofs/decisions.md §MGPP).
 
-    pi(theta) = lam * N(theta; 0, sigma1^2) + (1 - lam) * N(theta; 0, sigma0^2)      (sigma0 < sigma1)
+    pi(theta) = lam * N(theta; 0, var1) + (1 - lam) * N(theta; 0, var0)      (var0 < var1, VARIANCES)
 
     neg_log_prior(theta)      = -log pi(theta), by log-sum-exp of the two log-weighted components
-    neg_log_prior_grad(theta) = theta * (w1 / sigma1^2 + w0 / sigma0^2), with the responsibilities
+    neg_log_prior_grad(theta) = theta * (w1 / var1 + w0 / var0), with the responsibilities
                                 w1 = sigmoid(d), w0 = sigmoid(-d), d = log(lam N1) - log((1-lam) N0)
 
-The (1/n) scaling of the objective belongs to the method; these functions are elementwise.
-theta may hold any floats; NaN propagates (no check in this per-step hot path). The results are
-finite whenever the true value is representable, i.e. |theta| / sigma1 < ~1e154.
-Derivations: proofs/mgpp_prior.md.
+var0 and var1 are variances, as in the authors' code (PTMGP pruners/MWA.py `MWA.apply_prior_grad`
+and BayesianPruner/pruner.py `apply_prior_grad` name them sigma0, sigma1 but use them as variances:
+c2 = 0.5/sigma0 - 0.5/sigma1). The (1/n) scaling of the objective belongs to the method; these
+functions are elementwise. theta may hold any floats; NaN propagates (no check in this per-step
+hot path). The results are finite whenever the true value is representable (theta^2 / var1 below
+~1e308). Derivations: proofs/mgpp_prior.md.
 """
 
 import math
@@ -18,51 +21,67 @@ from ...backend import array_module
 from ...errors import real_in, require
 
 DEFAULT_LAMBDA = 1e-3
-DEFAULT_SIGMA0 = 1e-4
-DEFAULT_SIGMA1 = 0.05
-MIN_SIGMA = 1e-150  # so that 1/sigma^2 is a finite float64 (float32 needs sigma >= ~1e-19)
+DEFAULT_VAR0 = 1e-10
+DEFAULT_VAR1 = 0.05
+MIN_VAR = 1e-300  # so that w / var is a finite float64 (float32 needs var >= ~1e-38)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# the arguments named sigma0, sigma1 before they became variances (issue 16)
+RENAMED = {"sigma0": "var0", "sigma1": "var1"}
 
 
-def check_prior(lam, sigma0, sigma1):
-    """Validated (λ, σ0, σ1): λ in (0, 1), MIN_SIGMA ≤ σ0 < σ1 finite; a clear error otherwise."""
+def refuse_renamed(renamed):
+    """Raise a TypeError naming an old `sigma0=` / `sigma1=` keyword (or any other unknown one)
+    and saying what changed; `renamed`: the **kwargs a function or method collected."""
+    for old, value in renamed.items():
+        if old in RENAMED:
+            new = RENAMED[old]
+            raise TypeError(f"{old}={value!r}: MGPP's {old} was renamed {new} and is now a VARIANCE, as in the "
+                            f"authors' code (N(0, {new}), not N(0, {old}^2)): pass {new}={old}**2 "
+                            f"(the old default sigma0=1e-4 is var0=1e-8; the defaults are now var0={DEFAULT_VAR0}, "
+                            f"var1={DEFAULT_VAR1})")
+        raise TypeError(f"{old}={value!r}: not an argument (expected lam, var0, var1)")
+
+
+def check_prior(lam, var0, var1):
+    """Validated (λ, v0, v1): λ in (0, 1), MIN_VAR ≤ v0 < v1 finite; a clear error otherwise."""
     lam = real_in("lam", lam, 0.0, 1.0, low_open=True, high_open=True)
-    sigma0 = real_in("sigma0", sigma0, MIN_SIGMA, math.inf, low_open=False, high_open=True)
-    sigma1 = real_in("sigma1", sigma1, MIN_SIGMA, math.inf, low_open=False, high_open=True)
-    require(sigma1 > sigma0, "sigma1", sigma1, f"a number greater than sigma0={sigma0!r}")
-    return lam, sigma0, sigma1
+    var0 = real_in("var0", var0, MIN_VAR, math.inf, low_open=False, high_open=True)
+    var1 = real_in("var1", var1, MIN_VAR, math.inf, low_open=False, high_open=True)
+    require(var1 > var0, "var1", var1, f"a variance greater than var0={var0!r}")
+    return lam, var0, var1
 
 
-def _log_components(theta, lam, sigma0, sigma1):
-    """log(lam N(theta; 0, sigma1^2)) and log((1 - lam) N(theta; 0, sigma0^2)), elementwise."""
-    xp = array_module(theta)
-    slab = math.log(lam) - math.log(sigma1) - _HALF_LOG_2PI - 0.5 * xp.square(theta / sigma1)
-    spike = math.log1p(-lam) - math.log(sigma0) - _HALF_LOG_2PI - 0.5 * xp.square(theta / sigma0)
+def _log_components(theta, lam, var0, var1):
+    """log(lam N(theta; 0, var1)) and log((1 - lam) N(theta; 0, var0)), elementwise."""
+    slab = math.log(lam) - 0.5 * math.log(var1) - _HALF_LOG_2PI - 0.5 * (theta * (theta / var1))
+    spike = math.log1p(-lam) - 0.5 * math.log(var0) - _HALF_LOG_2PI - 0.5 * (theta * (theta / var0))
     return slab, spike
 
 
-def neg_log_prior(theta, lam=DEFAULT_LAMBDA, sigma0=DEFAULT_SIGMA0, sigma1=DEFAULT_SIGMA1):
+def neg_log_prior(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAULT_VAR1, **renamed):
     """-log pi(theta), elementwise. theta: any shape -> the same shape (theta's float dtype)."""
-    lam, sigma0, sigma1 = check_prior(lam, sigma0, sigma1)
+    refuse_renamed(renamed)
+    lam, var0, var1 = check_prior(lam, var0, var1)
     xp = array_module(theta)
-    slab, spike = _log_components(xp.asarray(theta), lam, sigma0, sigma1)
+    slab, spike = _log_components(xp.asarray(theta), lam, var0, var1)
     return -xp.logaddexp(slab, spike)
 
 
-def neg_log_prior_grad(theta, lam=DEFAULT_LAMBDA, sigma0=DEFAULT_SIGMA0, sigma1=DEFAULT_SIGMA1):
+def neg_log_prior_grad(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAULT_VAR1, **renamed):
     """d/dtheta of -log pi(theta), elementwise. theta: any shape -> the same shape.
 
-    theta * (w1 / sigma1^2 + w0 / sigma0^2); w1 = sigmoid(d) = exp(-log(1 + e^-d)) and
-    w0 = sigmoid(-d), each through logaddexp so neither overflows. Each term is formed as
-    theta * (w / sigma / sigma): the factor is finite (sigma >= 1e-150) so w0 = 0 at large |theta|
-    gives exactly 0, and a subnormal theta keeps full relative precision (one rounded product).
+    theta * (w1 / var1 + w0 / var0); w1 = sigmoid(d) = exp(-log(1 + e^-d)) and w0 = sigmoid(-d),
+    each through logaddexp so neither overflows. Each term is formed as theta * (w / var): the
+    factor is finite (var >= 1e-300) so w0 = 0 at large |theta| gives exactly 0, and a subnormal
+    theta keeps full relative precision (one rounded product).
     """
-    lam, sigma0, sigma1 = check_prior(lam, sigma0, sigma1)
+    refuse_renamed(renamed)
+    lam, var0, var1 = check_prior(lam, var0, var1)
     xp = array_module(theta)
     theta = xp.asarray(theta)
-    slab, spike = _log_components(theta, lam, sigma0, sigma1)
+    slab, spike = _log_components(theta, lam, var0, var1)
     d = slab - spike
     w1 = xp.exp(-xp.logaddexp(0.0, -d))
     w0 = xp.exp(-xp.logaddexp(0.0, d))
-    return theta * (w1 / sigma1 / sigma1) + theta * (w0 / sigma0 / sigma0)
+    return theta * (w1 / var1) + theta * (w0 / var0)

@@ -10,6 +10,7 @@ differentiates). Over calibration batches b = 1..K a probe accumulates
                             cols_j = Σ_b Σ_n X⁽ᵇ⁾_nj (dY⁽ᵇ⁾W)_nj       (d_in,)   (neuron mode)
     SquaredGradientProbe    F = (1/S) Σ_b Σ_s G_s ⊙ G_s                (d_out, d_in)  OBD
                             (G_s the gradient of sample s's share of its batch loss, S samples)
+    ActivationNormProbe     ‖X_j‖₂ = sqrt(Σ_b Σ_n X⁽ᵇ⁾_nj²)             (d_in,)   wanda (forward only)
 
 and `zeroth_order_weight_gradients` estimates G from forward passes only:
 Ĝ = Σ_b SPSA_b(W), each term `importance.zeroth_order_gradient` on batch b's loss.
@@ -22,6 +23,8 @@ asked for: no weight-gradient buffer of any base tensor, and no statistic of an 
 `buffers()` lists what a probe holds (the streaming probe holds only 1-D vectors: the
 multivariable score never forms a d_out×d_in array; tests/test_spruft.py checks it).
 """
+
+from dataclasses import is_dataclass, replace
 
 from ...adapters.base import Adapter
 from ...errors import bad_type, bad_value, positive_int, require
@@ -122,18 +125,50 @@ class SquaredGradientProbe(Probe):
         return {"sq_sum": self.sq_sum}
 
 
-def calibration_batches(task, rng, n):
-    """[(x, y)] of `n` batches drawn in order with `task.sample(rng)`."""
+class ActivationNormProbe(Probe):
+    """‖X_j‖₂ over all calibration tokens (d_in,), accumulated in the FORWARD pass as Σ X_nj²
+    (so a forward-only calibration suffices; the probe asks for no gradient)."""
+
+    def __init__(self, model, layer):
+        super().__init__(model, layer)
+        self.sq = self.xp.zeros(self.d_in, dtype=self.dtype)
+
+    def _forward(self, x, y):
+        # x (..., d_in): add Σ over every token of x² per input feature; no cache, no backward
+        flat = x.reshape(-1, self.d_in)
+        self.sq += self.xp.einsum("nj,nj->j", flat, flat)
+        self.batches += 1
+        return y, None
+
+    def norms(self):
+        """(d_in,) ‖X_j‖₂ = sqrt(Σ X_nj²) (the released code keeps the squared sum and never takes
+        the root; the root changes rankings: proofs/importance.md)."""
+        require(self.batches > 0, f"{self.layer} probe", "no batches", "at least one calibration batch first")
+        return self.xp.sqrt(self.sq)
+
+    def buffers(self):
+        return {"sq": self.sq}
+
+
+def calibration_batches(task, rng, n, batch_size=None):
+    """[(x, y)] of `n` batches drawn in order with `task.sample(rng)`; `batch_size` (None: the
+    task's) sequences each, drawn from a copy of the task with that batch size."""
     n = positive_int("calib_batches", n)
     if not callable(getattr(task, "sample", None)):
         raise bad_type("task", task, "a task with sample(rng) -> (x, y) (minisft.train.Task)")
+    if batch_size is not None:
+        batch_size = positive_int("calib_batch_size", batch_size)
+        if not is_dataclass(task):
+            raise bad_type("task", task, "a dataclass task (minisft.train.Task) when calib_batch_size is set")
+        task = replace(task, batch_size=batch_size)
     return [task.sample(rng) for _ in range(n)]
 
 
-def run_calibration(model, probes, batches):
-    """Attach `probes` ({layer: Probe}), run forward + backward on every batch, detach them again
-    (also on an error); returns the mean calibration loss. The probes keep their statistics.
-    Freeze the model first: a trainable tensor would cost its gradient here for nothing."""
+def run_calibration(model, probes, batches, backward=True):
+    """Attach `probes` ({layer: Probe}), run forward + backward (forward only: `backward=False`) on
+    every batch, detach them again (also on an error); returns the mean calibration loss. The
+    probes keep their statistics. Freeze the model first: a trainable tensor would cost its
+    gradient here for nothing."""
     if not isinstance(probes, dict) or not probes:
         raise bad_type("probes", probes, "a non-empty dict layer -> Probe")
     require(len(batches) > 0, "batches", batches, "at least one (x, y) batch")
@@ -146,7 +181,7 @@ def run_calibration(model, probes, batches):
             attached.append(model.add_adapter(layer, probe))
         total = 0.0
         for x, y in batches:
-            total += model.loss_and_grads(x, y)[0]
+            total += model.loss_and_grads(x, y)[0] if backward else model.loss(x, y)
     finally:
         for probe in attached:
             ads = model.adapters[probe.layer]

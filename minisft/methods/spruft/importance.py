@@ -14,9 +14,11 @@ flattened over (B, T); the weight gradient is G = dYᵀ X. Row i of W is output 
     zeroth order       Ĝ = (1/K) Σ_k [(L(θ+εz_k) − L(θ−εz_k)) / 2ε] z_k,  z_k ~ N(0, I), then
                        row_taylor(W, Ĝ)                                          zeroth_order_gradient
     quantile mean      s_i = (1/Q) Σ_q quantile_q({S_c,i}_c),  q ∈ linspace(0, 1, Q)   quantile_mean
+    wanda              s_i = Σ_j |W_ij| ‖X_j‖₂, ‖X_j‖₂ over the calibration tokens  row_wanda
+    random             s_i ~ U[0, 1) i.i.d.                                      random_scores
 
 Column ("input feature") versions, used by the neuron mode (structure.py), are the row functions
-applied to Wᵀ: col_magnitude, col_taylor, col_obd. Selection: top_rows (per layer),
+applied to Wᵀ: col_magnitude, col_taylor, col_obd; col_wanda. Selection: top_rows (per layer),
 global_threshold_rows (one threshold on scores normalised by normalize_by_layer_mean).
 Derivations and the tests that check them: proofs/importance.md.
 """
@@ -149,6 +151,27 @@ class TaylorAccumulator:
         """(d,): |accumulated signed sums|."""
         require(self.signed is not None, "TaylorAccumulator", "no batches", "at least one update() first")
         return array_module(self.signed).abs(self.signed)
+
+
+def row_wanda(W, act_norm):
+    """W (d_out, d_in), act_norm (d_in,) -> (d_out,): Σ_j |W_ij| · ‖X_j‖₂, Wanda's metric reduced
+    over the input axis j (‖X_j‖₂ = sqrt(Σ_n X_nj²) over the calibration tokens: ActivationNormProbe)."""
+    _matrix("W", W)
+    _float_array("act_norm", act_norm, 1, f"1-D (d_in,) = ({W.shape[1]},)")
+    require(act_norm.shape[0] == W.shape[1], "act_norm.shape", tuple(act_norm.shape), f"({W.shape[1]},), W's d_in")
+    require(array_module(act_norm) is array_module(W), "act_norm", type(act_norm).__module__,
+            "an array on the backend of W")
+    xp = array_module(W)
+    return xp.abs(W) @ act_norm
+
+
+def random_scores(n, rng):
+    """(n,) host float64 scores drawn i.i.d. U[0, 1) with `rng.random(n)` (a numpy Generator): the
+    released code's `random` importance (its kept rows are a uniformly random subset)."""
+    n = positive_int("n", n)
+    if not isinstance(rng, np.random.Generator):
+        raise bad_type("rng", rng, "a numpy.random.Generator")
+    return rng.random(n)
 
 
 def row_obd(W, F):
@@ -332,6 +355,15 @@ def col_magnitude(W, p=2):
 def col_taylor(W, G, multivariable=False):
     """W, G (d_out, d_in) -> (d_in,): Σ_i |W_ij G_ij|, or |Σ_i W_ij G_ij|."""
     return row_taylor(_matrix("W", W).T, _matrix("G", G).T, multivariable)
+
+
+def col_wanda(W, act_norm):
+    """W (d_out, d_in), act_norm (d_in,) -> (d_in,): ‖X_j‖₂ · Σ_i |W_ij|."""
+    _matrix("W", W)
+    _float_array("act_norm", act_norm, 1, f"1-D (d_in,) = ({W.shape[1]},)")
+    require(act_norm.shape[0] == W.shape[1], "act_norm.shape", tuple(act_norm.shape), f"({W.shape[1]},), W's d_in")
+    xp = array_module(W)
+    return xp.sum(xp.abs(W), axis=0) * act_norm
 
 
 def col_obd(W, F):

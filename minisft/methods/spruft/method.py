@@ -16,6 +16,7 @@ from ...select import ratio_count
 from ..base import Method
 from .budget import check_budget, unit_count
 from .calibration import (
+    ActivationNormProbe,
     GradientProbe,
     SquaredGradientProbe,
     StreamingTaylorProbe,
@@ -28,15 +29,18 @@ from .importance import (
     col_magnitude,
     col_obd,
     col_taylor,
+    col_wanda,
     global_threshold_rows,
+    random_scores,
     row_magnitude,
     row_obd,
     row_taylor,
+    row_wanda,
     top_rows,
 )
 from .structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
 
-IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order")
+IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order", "wanda", "random")
 SCOPES = ("layer", "global")
 MODES = ("rows", "neurons")
 # (row score, column score) of each importance; taylor and zeroth_order take (W, G, multivariable)
@@ -45,7 +49,9 @@ SCORERS = {
     "taylor": (row_taylor, col_taylor),
     "zeroth_order": (row_taylor, col_taylor),
     "obd": (row_obd, col_obd),
+    "wanda": (row_wanda, col_wanda),
 }
+NO_BATCHES = ("magnitude", "random")  # importances that draw no calibration batch
 # neuron-mode group kinds: (row member, column member) suffixes of a block
 GROUP_KINDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
 
@@ -61,10 +67,12 @@ def _targets(targets, mode):
 
 def _axis_score(importance, axis, W, stat, p, multivariable):
     """(d_out,) row scores (axis "rows") or (d_in,) column scores (axis "cols") of W (d_out, d_in)."""
+    if importance == "random":
+        return stat[axis]  # the drawn scores
     fn = SCORERS[importance][0 if axis == "rows" else 1]
     if importance == "magnitude":
         return fn(W, p)
-    if importance == "obd":
+    if importance in ("obd", "wanda"):
         return fn(W, stat)
     return fn(W, stat, multivariable)
 
@@ -117,7 +125,8 @@ class SPruFT(Method):
         "scope": "rank rows within each layer (layer) or across all layers on mean-normalised scores (global)",
         "mode": "rows: output rows of each linear layer; neurons: whole attention heads / MLP neurons",
         "init": f"initial value of the trained row deltas: {', '.join(INITS)}",
-        "calib_batches": "calibration batches for gradient-based scores",
+        "calib_batches": "calibration batches for data-based scores (the released code's 50)",
+        "calib_batch_size": "sequences per calibration batch (the released code's 1); none: the task's batch size",
         "multivariable": "Taylor score |sum_j W_ij G_ij| instead of sum_j |W_ij G_ij|",
         "p": "norm of the magnitude score: 1 or 2",
         "targets": f"linear-layer suffixes to select rows in, among {', '.join(LINEAR_SUFFIXES)}",
@@ -127,9 +136,10 @@ class SPruFT(Method):
     }
 
     def __init__(self, ratio: float | None = None, rows: int | None = None, importance: str = "taylor",
-                 scope: str = "layer", mode: str = "rows", init: str = "zeros", calib_batches: int = 8,
-                 multivariable: bool = False, p: int = 2, targets: tuple[str, ...] = LINEAR_SUFFIXES,
-                 zo_samples: int = 16, zo_eps: float = 1e-3, bias: bool = True):
+                 scope: str = "layer", mode: str = "rows", init: str = "zeros", calib_batches: int = 50,
+                 calib_batch_size: int | None = 1, multivariable: bool = False, p: int = 2,
+                 targets: tuple[str, ...] = LINEAR_SUFFIXES, zo_samples: int = 16, zo_eps: float = 1e-3,
+                 bias: bool = True):
         ratio, rows = check_budget(ratio, rows)
         if importance == "quantile_taylor":
             raise bad_value("importance", importance, f"one of {IMPORTANCES}: the quantile mean needs classes, "
@@ -146,6 +156,7 @@ class SPruFT(Method):
         self.ratio, self.rows = ratio, rows
         self.importance, self.scope, self.mode, self.init = importance, scope, mode, init
         self.calib_batches = positive_int("calib_batches", calib_batches)
+        self.calib_batch_size = None if calib_batch_size is None else positive_int("calib_batch_size", calib_batch_size)
         self.multivariable, self.p = multivariable, int(p)
         self.targets = _targets(targets, mode)
         self.zo_samples = positive_int("zo_samples", zo_samples)
@@ -159,6 +170,7 @@ class SPruFT(Method):
     def options(self):
         return {"ratio": self.ratio, "rows": self.rows, "importance": self.importance, "scope": self.scope,
                 "mode": self.mode, "init": self.init, "calib_batches": self.calib_batches,
+                "calib_batch_size": self.calib_batch_size,
                 "multivariable": self.multivariable, "p": self.p, "targets": list(self.targets),
                 "zo_samples": self.zo_samples, "zo_eps": self.zo_eps, "bias": self.bias}
 
@@ -168,8 +180,8 @@ class SPruFT(Method):
                 "a model without adapters (SPruFT scores and wraps the base model)")
         layers = target_layers(model, self.targets)
         units = self._units(model.config, layers)  # validates `rows` against the model before any work
-        needs_batches = self.importance != "magnitude"
-        batches = calibration_batches(task, rng, self.calib_batches) if needs_batches else []
+        needs_batches = self.importance not in NO_BATCHES
+        batches = calibration_batches(task, rng, self.calib_batches, self.calib_batch_size) if needs_batches else []
         model.freeze()
         scores, calibration = self._layer_scores(model, batches, rng, units)
         unit_scores = {name: u.score(scores) for name, u in units.items()}
@@ -220,22 +232,33 @@ class SPruFT(Method):
         calibration = {"batches": len(batches)}
         if self.importance == "magnitude":
             stats = dict.fromkeys(axes)
+        elif self.importance == "random":  # drawn layer by layer, axis by axis, in unit order
+            stats = {layer: {axis: model.xp.asarray(random_scores(W[layer].shape[0 if axis == "rows" else 1], rng))
+                             for axis in axes[layer]} for layer in axes}
         else:
             if self.importance == "zeroth_order":
                 stats = zeroth_order_weight_gradients(model, list(axes), batches, self.zo_samples, self.zo_eps, rng)
                 calibration.update(forward_passes=2 * self.zo_samples * len(batches), buffers=_shapes(stats))
             else:
                 probes = {layer: self._probe(model, layer, axes[layer]) for layer in axes}
-                calibration["mean_loss"] = run_calibration(model, probes, batches)
+                calibration["mean_loss"] = run_calibration(model, probes, batches, backward=self.importance != "wanda")
                 calibration["buffers"] = {layer: _shapes(pr.buffers()) for layer, pr in probes.items()}
                 if self.importance == "taylor" and self.multivariable:
                     return {layer: pr.scores() for layer, pr in probes.items()}, calibration
-                stats = {layer: pr.G if self.importance == "taylor" else pr.fisher() for layer, pr in probes.items()}
+                stats = {layer: self._statistic(pr) for layer, pr in probes.items()}
         scores = {layer: {axis: _axis_score(self.importance, axis, W[layer], stats[layer], self.p, self.multivariable)
                           for axis in axes[layer]} for layer in axes}
         return scores, calibration
 
+    def _statistic(self, probe):
+        """What the scores need from a probe: G (taylor), F (obd) or ‖X_j‖₂ (wanda)."""
+        if self.importance == "taylor":
+            return probe.G
+        return probe.fisher() if self.importance == "obd" else probe.norms()
+
     def _probe(self, model, layer, axes):
+        if self.importance == "wanda":
+            return ActivationNormProbe(model, layer)
         if self.importance == "obd":
             return SquaredGradientProbe(model, layer)
         if self.multivariable:

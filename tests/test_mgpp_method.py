@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from minisft.backend import to_numpy
 from minisft.checkpoint import load_checkpoint
-from minisft.experiment import PRESETS, build_method, compare_runs
 from minisft.methods import make_method
 from minisft.methods.base import FullFineTune
 from minisft.methods.mgpp import MGPP, MagnitudePruning
@@ -409,18 +408,6 @@ def test_named_configs_and_explicit_overrides():
     assert MGPP(config="gpt2", var1=0.02).var1 == 0.02
     assert MagnitudePruning(config="gpt2").initial_sparsity == 0.1
     assert d.options()["config"] == "default" and g.options()["var1"] == 0.01
-
-
-def test_compare_rows_pair_mgpp_with_magnitude_pruning_by_name():
-    """compare's MGPP and magprune rows build through the registry, on the same schedule and
-    training settings, differing only by the prior."""
-    rows = {label: row for label, *row in compare_runs(PRESETS["small"])}
-    for s in (80, 90):
-        (mn, mo, *mx), (pn, po, *px) = rows[f"mgpp-s{s}"], rows[f"magprune-s{s}"]
-        assert (mn, pn) == ("mgpp", "magprune") and mo == po and mx == px
-        m, p = build_method(mn, mo, PRESETS["small"]), build_method(pn, po, PRESETS["small"])
-        assert type(p) is MagnitudePruning and type(m) is MGPP
-        assert p.options() == {k: v for k, v in m.options().items() if k in p.options()}
 
 
 @pytest.mark.parametrize("old", ["sigma0", "sigma1"])

@@ -19,30 +19,10 @@ Full fine-tuning whose every optimizer step uses a masked gradient:
 Derivations: proofs/gmt_mask.md (the masks), proofs/gmt_mgpp_methods.md (the method),
 proofs/adamw_masks.md (what AdamW does with a zeroed gradient).
 
-Choices where the paper is ambiguous, or where minisft's trainer decides:
-- "Below the quantile" is made exact: a count, floor(r · n), not a threshold comparison, so ties at
-  the quantile cannot make the count drift. r is read as its shortest decimal (0.7 · 10 = 7;
-  select.ratio_count). r in [0, 1); r = 0 keeps everything (vanilla fine-tuning, exactly).
-- Ties in |G| are broken by position: the LOWER flat (C-order) index is dropped first; globally, the
-  earlier tensor (list order / dict insertion order; the model's parameter order in the method)
-  first. Hence the result equals dropping the first k entries of a stable argsort of |G| (the test
-  oracle). Sign is ignored (|−0.0| = |+0.0|); +inf is the largest magnitude; NaN is an error.
-- What trains: every base tensor, as FullFineTune (embeddings, LayerNorms, biases, weights): the
-  paper applies GMT to all parameters of the LLM under SFT. Adapter parameters, if a model carried
-  any, would be masked the same way; `prepare` attaches none.
-- Accumulation belongs to the trainer alone: TrainConfig.accumulation averages the micro-batch
-  gradients before `transform_grads` sees them, so the mask is taken on Γ exactly as in the paper.
-  The method has no accumulation option (one mechanism, no way for two counts to disagree).
-- freeze_masked=False (default, the paper's masked gradient): the dropped entries' gradients are set
-  to 0 and AdamW still moves them through momentum and decoupled weight decay. freeze_masked=True:
-  the masks also go to the optimizer (`optimizer_masks`), so dropped entries and their moments stay
-  exactly as they were.
-- Dropped entries are zeroed in both modes before the trainer's gradient clipping, so the clipping
-  norm is the norm of M(Γ), the gradient actually applied.
-- `masks` holds the last step's masks (one bool per trainable entry between steps).
-- Overhead: the wall time of `transform_grads`, ending with a device synchronisation on CuPy (the
-  trainer's clipping synchronises right after anyway, so no stall is added); `report()` gives the
-  median in ms. The kept counts summed over steps travel in checkpoints; timings do not.
+Choices where the paper is ambiguous, or where minisft's trainer decides (Γ by the trainer's
+accumulation and compare's N, the exact count, ties, what trains, freeze_masked, clipping order):
+proofs/decisions.md §4 (GMT). Overhead: the wall time of `transform_grads`, ending with a device
+synchronisation on CuPy; `report()` gives the median in ms. `masks` holds the last step's masks.
 """
 
 from .masks import global_gradient_masks, gradient_mask, gradient_masks

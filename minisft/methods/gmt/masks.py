@@ -1,4 +1,4 @@
-"""GMT's gradient masks (map and choices: minisft/methods/gmt/__init__.py).
+"""GMT's gradient masks (map: minisft/methods/gmt/__init__.py; decisions: proofs/decisions.md §4).
 
     gradient_mask(G, r)          per tensor (the paper's default): exactly floor(r * n) entries
                                  of smallest |G| are dropped (False), n = G.size

@@ -1,5 +1,5 @@
-"""GMT as a fine-tuning method: the `GMT` class the trainer drives (map and choices:
-minisft/methods/gmt/__init__.py; derivations: proofs/gmt_mgpp_methods.md)."""
+"""GMT as a fine-tuning method: the `GMT` class the trainer drives (map: minisft/methods/gmt/__init__.py;
+decisions: proofs/decisions.md §4; derivations: proofs/gmt_mgpp_methods.md)."""
 
 import time
 

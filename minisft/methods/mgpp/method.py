@@ -37,7 +37,8 @@ class MGPP(MagnitudePruning):
         refuse_renamed(renamed)
         super().__init__(final_sparsity, config, initial_sparsity, t_start, t_end, every, mode, count_rule, scope,
                          total_steps)
-        self.lam, self.var0, self.var1 = check_prior(config_value(config, "lam", lam), config_value(config, "var0", var0),
+        self.lam, self.var0, self.var1 = check_prior(config_value(config, "lam", lam),
+                                                     config_value(config, "var0", var0),
                                                      config_value(config, "var1", var1))
         self.lam_final = None if lam_final is None else real_in("lam_final", lam_final, 0.0, 1.0,
                                                                 low_open=True, high_open=True)

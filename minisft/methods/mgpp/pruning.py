@@ -174,8 +174,8 @@ class MagnitudePruning(Method):
             "t_start_step": self.t_i,
             "t_end_step": self.t_f,
             "every": self.delta_t,
-            "schedule": [{"step": t, "sparsity": self.sparsity_at(t), "target": sum(self.target_counts(self.sparsity_at(t)))}
-                         for t in self.pruning_steps()],
+            "schedule": [{"step": t, "sparsity": s, "target": sum(self.target_counts(s))}
+                         for t in self.pruning_steps() for s in [self.sparsity_at(t)]],
             "history": list(self.history),
             "regrown": sum(h["regrown"] for h in self.history),
             "sparsity": {name: p / self.sizes[name] for name, p in pruned.items()},

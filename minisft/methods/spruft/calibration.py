@@ -1,5 +1,5 @@
-"""Calibration statistics for SPruFT's importance scores (map and choices:
-minisft/methods/spruft/__init__.py; derivations: proofs/spruft.md).
+"""Calibration statistics for SPruFT's importance scores (map: minisft/methods/spruft/__init__.py;
+decisions: proofs/decisions.md §1; derivations: proofs/spruft.md).
 
 A linear layer is Y = X Wᵀ + b, W (d_out, d_in); X (N, d_in) and dY (N, d_out) are one batch
 flattened over (B, T), dY the gradient of the batch's MEAN loss (what `GPT.loss_and_grads`

@@ -1,5 +1,5 @@
-"""SPruFT's neuron importance scores and their selection (map and choices:
-minisft/methods/spruft/__init__.py; scores from structural pruning: Torch-Pruning, LLM-Pruner).
+"""SPruFT's neuron importance scores and their selection (map: minisft/methods/spruft/__init__.py;
+decisions: proofs/decisions.md §1; scores from structural pruning: Torch-Pruning, LLM-Pruner).
 
 A linear layer is Y = X Wᵀ + b with W (d_out, d_in); X (N, d_in) and dY (N, d_out) are one batch
 flattened over (B, T); the weight gradient is G = dYᵀ X. Row i of W is output neuron i. Scores:

@@ -1,5 +1,5 @@
 """SPruFT as a fine-tuning method: the `SPruFT` class the trainer drives — score, select, wrap
-(map and choices: minisft/methods/spruft/__init__.py; derivations: proofs/spruft.md)."""
+(map: minisft/methods/spruft/__init__.py; decisions: proofs/decisions.md §1; derivations: proofs/spruft.md)."""
 
 import math
 from dataclasses import dataclass

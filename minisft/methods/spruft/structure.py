@@ -1,5 +1,5 @@
-"""Structural (neuron) groups of a GPT-2 block for SPruFT's neuron mode (map and choices:
-minisft/methods/spruft/__init__.py; groups as in the dependency graphs of Torch-Pruning / LLM-Pruner).
+"""Structural (neuron) groups of a GPT-2 block for SPruFT's neuron mode (map:
+minisft/methods/spruft/__init__.py; decisions: proofs/decisions.md §1; groups as in the dependency graphs of Torch-Pruning / LLM-Pruner).
 
 Parameter names are HF GPT-2's without "transformer." and without the block prefix "h.{i}."
 (the suffixes below); weights are (out, in), C = n_embd, hd = C / n_head:

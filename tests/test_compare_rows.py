@@ -1,0 +1,62 @@
+"""compare's rows (minisft.experiment.compare_runs) follow each method's authors as
+proofs/decisions.md and the README say, and keep the tokens per optimizer step equal across rows;
+finetune applies a row's training overrides to that run only."""
+
+import numpy as np
+import pytest
+
+from minisft import experiment as ex
+from minisft.methods import make_method
+from minisft.methods.mgpp import MGPP, MagnitudePruning
+from minisft.methods.spruft import SPruFT
+from minisft.train import Task, TrainConfig
+
+
+def rows(preset):
+    return {label: (name, options, over[0] if over else {}) for label, name, options, *over in ex.compare_runs(preset)}
+
+
+@pytest.mark.parametrize("preset", sorted(ex.PRESETS))
+def test_every_row_trains_on_the_same_tokens_per_step(preset):
+    p = ex.PRESETS[preset]
+    for label, (name, options, over) in rows(p).items():
+        tokens = over.get("accumulation", 1) * over.get("batch_size", p.batch_size)
+        assert tokens == p.batch_size, f"{label}: {tokens} sequences per step, the others {p.batch_size}"
+
+
+def test_rows_follow_the_authors_settings():
+    p = ex.PRESETS["small"]
+    table = rows(p)
+    for label in ("gmt-d0.5", "gmt-d0.9"):
+        assert table[label][2] == {"accumulation": ex.GMT_MICRO_BATCHES, "batch_size": 16 // 4}
+        assert ex.GMT_MICRO_BATCHES == 4
+    [spruft] = [v for k, v in table.items() if v[0] == "spruft"]
+    method = ex.build_method(spruft[0], spruft[1], p)
+    assert isinstance(method, SPruFT) and spruft[2] == {}
+    assert (method.calib_batches, method.calib_batch_size, method.init) == (50, 1, "zeros")
+    for s in (50, 80, 90):
+        (mn, mo, mx), (pn, po, px) = table[f"mgpp-s{s}"], table[f"magprune-s{s}"]
+        assert (mn, pn) == ("mgpp", "magprune") and mo == po and mx == px == {"grad_clip": None}
+        m, b = ex.build_method(mn, mo, p), ex.build_method(pn, po, p)
+        assert type(m) is MGPP and type(b) is MagnitudePruning
+        assert b.options() == {k: v for k, v in m.options().items() if k in b.options()}
+        assert (m.var0, m.var1, m.lam, m.lam_final, m.initial_sparsity, m.t_start, m.t_end, m.every, m.mode,
+                m.count_rule, m.total_steps) == (1e-10, 0.05, 1e-3, None, 0.3, 0.1, 0.9, None, "regrow", "exact", 150)
+
+
+def test_train_overrides_change_this_run_only_and_name_bad_keys():
+    cfg = TrainConfig(steps=5)
+    task = Task(train_ids=np.arange(100), val_target=[(1, 2)], batch_size=16, block_size=8)
+    new_cfg, new_task = ex.apply_train_overrides(cfg, task, {"accumulation": 4, "batch_size": 4, "grad_clip": None})
+    assert (new_cfg.accumulation, new_cfg.grad_clip, new_task.batch_size) == (4, None, 4)
+    assert (cfg.accumulation, cfg.grad_clip, task.batch_size) == (1, 1.0, 16)
+    assert new_task.val_target is task.val_target  # evaluation batches keep the preset's
+    assert ex.apply_train_overrides(cfg, task, {}) == (cfg, task)
+    with pytest.raises(ValueError, match="train_overrides"):
+        ex.apply_train_overrides(cfg, task, {"micro_batches": 4})
+    with pytest.raises(ValueError, match="accumulation"):
+        ex.apply_train_overrides(cfg, task, {"accumulation": 0})
+
+
+def test_magprune_is_registered_by_name():
+    assert type(make_method("magprune", total_steps=10)) is MagnitudePruning

@@ -132,7 +132,8 @@ def _snapshot(opt, params, pruned):
     for n in pruned:
         p = params[n]
         st = opt.state.get(p, {})
-        out[n] = [p.detach().clone()] + [st[k].clone() if k in st else torch.zeros_like(p) for k in ("exp_avg", "exp_avg_sq")]
+        moments = [st[k].clone() if k in st else torch.zeros_like(p) for k in ("exp_avg", "exp_avg_sq")]
+        out[n] = [p.detach().clone()] + moments
     return out
 
 

@@ -102,7 +102,8 @@ def test_regrow_masks_are_recomputed_from_scratch_and_fixed_after_t_f(xp, cls, s
     lr 1e-2); after t_f the t_f masks are re-applied after every update; the final sparsity is exact."""
     steps = 20
     model, task = tiny(xp, 5), synthetic_task(5)
-    method = watching(cls(final, scope=scope, total_steps=steps, **{**SCHEDULE, "initial_sparsity": initial}), log := [])
+    options = {**SCHEDULE, "initial_sparsity": initial}
+    method = watching(cls(final, scope=scope, total_steps=steps, **options), log := [])
     result = train(model, method, task, TrainConfig(steps=steps, lr=1e-2, eval_every=steps, seed=5), progress=False)
     t_i, t_f = math.floor(Fraction("0.1") * steps), math.floor(Fraction("0.7") * steps)
     assert (t_i, t_f) == (2, 14) and method.pruning_steps() == [2, 5, 8, 11, 14]
@@ -233,7 +234,8 @@ def test_prior_gradient_is_the_gradient_of_the_regularised_objective(seed, which
     _, grads = model.loss_and_grads(x, y)
     loss_grad = grads[name].copy()
     g = method.transform_grads_after_clip(model, grads, 0)[name].copy()
-    assert float(np.max(np.abs(g - loss_grad))) > 1e-3 * float(np.max(np.abs(loss_grad))), "the prior term is negligible"
+    added, scale = float(np.max(np.abs(g - loss_grad))), float(np.max(np.abs(loss_grad)))
+    assert added > 1e-3 * scale, "the prior term is negligible"
     assert_directional(objective, theta0.copy(), g, rng, tol=1e-7, label=name)
 
 

@@ -272,7 +272,8 @@ def test_schedule_is_the_authors_float_expression_bit_for_bit(sched, every):
 @example(t_start=3, length=5, every=10)  # t_f - t_i < Δt: t_i and t_f only
 def test_pruning_steps_are_t_i_the_grid_from_t_i_and_t_f(t_start, length, every):
     t_end = t_start + length
-    want = [t for t in range(t_end + 1) if t in (t_start, t_end) or (t_start < t < t_end and (t - t_start) % every == 0)]
+    want = [t for t in range(t_end + 1)
+            if t in (t_start, t_end) or (t_start < t < t_end and (t - t_start) % every == 0)]
     assert pruning_steps(t_start, t_end, every) == want
     pytest.importorskip("torch")
     from reference_models import mgpp as ref

@@ -303,7 +303,8 @@ def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr
     assert (method.calib_batches, method.calib_batch_size, method.importance, method.init) == (50, 1, "taylor", "zeros")
     method.prepare(model, task, np.random.default_rng(seed))
     assert method.report()["calibration"]["batches"] == 50
-    scores, (rows, _), _, _ = reference_selection(tr, sd, task, seed, "taylor", {}, "rows", "layer", ratio=0.25, calib=50)
+    scores, (rows, _), _, _ = reference_selection(tr, sd, task, seed, "taylor", {}, "rows", "layer", ratio=0.25,
+                                                  calib=50)
     for unit, s in scores.items():
         d = max_rel_diff(method.unit_scores[unit], s.numpy())
         assert d <= 1e-11, f"{unit}: max rel diff {d:.3e}"

@@ -60,3 +60,23 @@ def test_train_overrides_change_this_run_only_and_name_bad_keys():
 
 def test_magprune_is_registered_by_name():
     assert type(make_method("magprune", total_steps=10)) is MagnitudePruning
+
+
+def test_gmt_on_n_micro_batches_of_b_over_n_is_gmt_on_one_batch_of_b():
+    """What compare's GMT rows compute: Γ averaged over N = 4 micro-batches of B/4 sequences is the
+    mean-loss gradient of the B sequences together (a mean of equal-size means), and the sampler
+    draws the same windows either way, so the masks and the run equal one batch of B up to
+    rounding (float64: 1e-10 after 6 steps). N > 1 matters when memory limits the micro-batch."""
+    from minisft.methods.gmt import GMT
+    from minisft.train import train
+    from tests.gradcheck import assert_trained_like
+    from tests.test_gmt_method import host, synthetic_task, tiny
+
+    runs = []
+    for accumulation, B in ((1, 8), (4, 2)):
+        model = tiny(np, 4)
+        start = host(model.params)
+        cfg = TrainConfig(steps=6, lr=1e-2, accumulation=accumulation, eval_every=6, seed=4)
+        train(model, GMT(drop_ratio=0.5), synthetic_task(4, B=B), cfg, progress=False)
+        runs.append(host(model.params))
+    assert_trained_like(runs[1], runs[0], start, 6)

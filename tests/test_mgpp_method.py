@@ -11,6 +11,7 @@ proofs/decisions.md §MGPP.
 import math
 import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,6 +350,33 @@ def test_matches_the_authors_twin_over_30_steps(twin, case):
         assert regrown, "no weight regrew: the regrowth case is not exercised"
         assert regrown == regrowth({t: masks_at[t] for t in want_masks})
     assert_trained_like(model.params, want, start, steps)
+
+
+def test_the_kept_golden_mgpp_case_replays_in_the_authors_twin(twin):
+    """tests/data/vectors/train_mgpp (the golden case `minisft vectors` writes: 4 steps, clipping 1.0,
+    weight decay, pruning at 1, 2, 3) replayed from its start state and batches by the twin written
+    from the authors' code: the final tensors within the case's tolerances, the same masks."""
+    import minisft.testing as mt
+    from minisft.config import GPTConfig
+
+    ref, TorchGPT = twin
+    case = mt.load_case(Path(__file__).parent / "data" / "vectors", "train_mgpp")
+    s, o = case.settings, case.settings["options"]
+    steps = s["train"]["steps"]
+    t_i = math.floor(Fraction(repr(o["t_start"])) * steps)
+    t_f = math.floor(Fraction(repr(o["t_end"])) * steps)
+    torch_model = TorchGPT.from_minisft(case.inputs("start/"), GPTConfig(**s["config"]))
+    batches = [[(x, y)] for x, y in zip(case["batch/x"], case["batch/y"])]
+    final, masks = ref.train(torch_model, batches, lr=s["train"]["lr"], weight_decay=s["train"]["weight_decay"],
+                             final_sparsity=o["final_sparsity"], initial_sparsity=o["initial_sparsity"], t_i=t_i,
+                             t_f=t_f, every=o["every"], lam=o["lam"], var0=o["var0"], var1=o["var1"],
+                             lam_final=o["lam_final"], train_size=o["n_train"], mode=o["mode"],
+                             count_rule=o["count_rule"], scope=o["scope"], grad_clip=s["train"]["grad_clip"])
+    assert sorted(masks) == [1, 2, 3]
+    case.check(final, prefix="final/")
+    for t, by_name in masks.items():
+        for name, m in by_name.items():
+            assert np.array_equal(case[f"mask/{t}/{name}"], m), f"step {t}, {name}: mask differs from the twin's"
 
 
 # ---------------------------------------------------------------------------------- resume

@@ -73,7 +73,7 @@ VARIANTS = {  # variant -> the options that differ from BASE
     "taylor_global": {"importance": "taylor", "rows": None, "ratio": 0.25, "scope": "global"},
 }
 BASE = {"ratio": None, "rows": 2, "importance": "taylor", "scope": "layer", "mode": "rows", "init": "zeros",
-        "calib_batches": 2, "multivariable": False, "p": 2, "targets": LINEAR_SUFFIXES, "zo_samples": 16,
+        "calib_batches": 2, "calib_batch_size": None, "multivariable": False, "p": 2, "targets": LINEAR_SUFFIXES, "zo_samples": 16,
         "zo_eps": 1e-3, "bias": True}
 
 

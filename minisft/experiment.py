@@ -322,11 +322,15 @@ def apply_train_overrides(cfg, task, overrides):
     """(cfg, task) with a compare row's per-row training settings: TrainConfig fields (e.g.
     accumulation, grad_clip) and "batch_size" (the training task's micro-batch size; the evaluation
     batches keep the preset's). `task` may be None (only cfg is wanted)."""
+    if not isinstance(overrides, dict):
+        raise bad_type("train_overrides", overrides, "a dict of TrainConfig fields and/or batch_size")
     allowed = {f.name for f in fields(TrainConfig)} | {"batch_size"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise bad_value("train_overrides", unknown, f"keys among {sorted(allowed)}")
     settings = {k: v for k, v in overrides.items() if k != "batch_size"}
+    if "batch_size" in overrides:
+        positive_int("batch_size", overrides["batch_size"])
     if "batch_size" in overrides and task is not None:
         task = replace(task, batch_size=overrides["batch_size"])
     return replace(cfg, **settings), task

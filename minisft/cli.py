@@ -302,11 +302,15 @@ def parse_options(pairs):
 
 def typed_options(method, pairs):
     """The --set pairs as typed values for `method` (unknown options named with the valid ones)."""
-    from .methods import option_specs
+    from .methods import REGISTRY, option_specs
 
     specs = {spec.name: spec for spec in option_specs(method)}
+    renamed = getattr(REGISTRY[method], "renamed_options", {})  # e.g. MGPP's sigma0 -> var0
     out = {}
     for key, text in parse_options(pairs).items():
+        if key in renamed:
+            raise CliError(f"--set {key}", text, f"{renamed[key]} (renamed; see `minisft methods`): "
+                           f"{REGISTRY[method].option_help[renamed[key]]}")
         if key not in specs:
             raise CliError(f"--set {key}", text, f"an option of {method}: one of {', '.join(specs) or '(none)'}")
         out[key] = parse_value(text, specs[key].annotation, f"--set {key}")

@@ -446,6 +446,10 @@ def test_old_sigma_options_get_an_error_that_says_what_changed(old):
         MGPP(**{old: 1e-4})
     with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}"):
         make_method("mgpp", **{old: 1e-4})
+    from minisft.cli import typed_options
+
+    with pytest.raises(ValueError, match=f"--set {old}.*var{old[-1]} \\(renamed.*VARIANCE"):
+        typed_options("mgpp", [f"{old}=1e-4"])
 
 
 @pytest.mark.parametrize("kwargs,arg", [

@@ -34,7 +34,7 @@ class MGPP(MagnitudePruning):
                  t_end: float = DEFAULT_PRUNE_END_FRACTION, every: int | None = None, mode: str = "regrow",
                  count_rule: str = "exact", scope: str = "global", n_train: int | None = None,
                  total_steps: int | None = None, **renamed):
-        refuse_renamed(renamed)
+        refuse_renamed(renamed, ", ".join(self.option_help))
         super().__init__(final_sparsity, config, initial_sparsity, t_start, t_end, every, mode, count_rule, scope,
                          total_steps)
         self.lam, self.var0, self.var1 = check_prior(config_value(config, "lam", lam),

@@ -30,9 +30,10 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 RENAMED = {"sigma0": "var0", "sigma1": "var1"}
 
 
-def refuse_renamed(renamed):
+def refuse_renamed(renamed, expected="lam, var0, var1"):
     """Raise a TypeError naming an old `sigma0=` / `sigma1=` keyword (or any other unknown one)
-    and saying what changed; `renamed`: the **kwargs a function or method collected."""
+    and saying what changed; `renamed`: the **kwargs a function or method collected; `expected`:
+    the arguments it takes, for the message about an unknown one."""
     for old, value in renamed.items():
         if old in RENAMED:
             new = RENAMED[old]
@@ -40,7 +41,7 @@ def refuse_renamed(renamed):
                             f"authors' code (N(0, {new}), not N(0, {old}^2)): pass {new}={old}**2 "
                             f"(the old default sigma0=1e-4 is var0=1e-8; the defaults are now var0={DEFAULT_VAR0}, "
                             f"var1={DEFAULT_VAR1})")
-        raise TypeError(f"{old}={value!r}: not an argument (expected lam, var0, var1)")
+        raise TypeError(f"{old}={value!r}: not an argument (expected one of {expected})")
 
 
 def check_prior(lam, var0, var1):

@@ -1,6 +1,6 @@
 """PyTorch twin of AdaPEFT (Xu & Bu, arXiv 2505.12579) and of GeN's forward-only curvature fit (Bu &
 Xu, arXiv 2407.02772): the parity oracle of minisft.methods.adapeft, written from the definitions
-(ALGORITHMS.md §2), not from minisft's code.
+(proofs/decisions.md §2), not from minisft's code.
 
 - Groups, "modules": one LoRA group per linear module type over all blocks (`lora:attn.c_attn`, …),
   `bias` (every linear layer's bias), `layernorm` (every LayerNorm weight and bias, ln_f included),

@@ -20,11 +20,13 @@ and a `params` dict of its own trainable arrays, keyed by globally unique names.
 parameter shared by several adapters (SharedLoRA) are summed.
 """
 
+import math
+
 import numpy as np
 
 from .backend import array_module, resolve_backend, resolve_dtype, rng, to_numpy, xp_for
 from .config import GPTConfig
-from .errors import bad_type, bad_value, numeric_array, str_keyed_dict
+from .errors import bad_type, bad_value, numeric_array, real_in, str_keyed_dict
 from .memory import unique_nbytes
 from .nn import (
     IGNORE_INDEX,
@@ -298,8 +300,13 @@ class GPT:
                 _accumulate(grads, f"{key}.{s}", g[s])
         return g.get("x")
 
-    def loss_and_grads(self, idx, targets):
-        """(loss as a Python float, {name: gradient}) for every trainable tensor."""
+    def loss_and_grads(self, idx, targets, grad_scale=1.0):
+        """(loss as a Python float, {name: gradient}) for every trainable tensor.
+
+        grad_scale: the backward starts from dL = grad_scale instead of 1, so every gradient (and
+        every statistic a probe takes of dY) is that of grad_scale · loss; the loss returned is not
+        scaled. A data-parallel rank passes its share of the global batch (minisft.distributed.data_parallel)."""
+        grad_scale = real_in("grad_scale", grad_scale, 0.0, math.inf, low_open=True, high_open=True)
         idx, targets = self._check_inputs(idx, targets)
         plan = self._plan(True)
         P, cfg = self.params, self.config
@@ -311,7 +318,7 @@ class GPT:
         if not plan["loss"]:
             return float(loss), grads
         del logits
-        dlogits = cross_entropy_backward(self.xp.asarray(1.0, dtype=self.dtype), c_loss, overwrite=True)["x"]
+        dlogits = cross_entropy_backward(grad_scale, c_loss, overwrite=True)["x"]
         g = linear_backward(dlogits, c_head)  # logits = x wteᵀ: tied head
         if "weight" in g:
             _accumulate(grads, "wte.weight", g["weight"])

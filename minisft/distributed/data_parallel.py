@@ -1,0 +1,152 @@
+"""Data parallelism, exact: N ranks compute what one process computes on the same global batch.
+
+Every rank holds the same seeded Generator and draws the same GLOBAL batch (B rows); rank r keeps
+the contiguous rows [lo, hi) = [r·B // N, (r+1)·B // N) (`shard_rows`) and runs forward and backward
+on them with the backward seeded by its share w_r = (hi − lo) / B (`GPT.loss_and_grads(...,
+grad_scale=w_r)`). Every row has the same number of target tokens T, so the mean loss over the B·T
+tokens is
+
+    L = (1/(B·T)) Σ_rows Σ_t ℓ = Σ_r w_r · L_r          L_r the mean over rank r's rows,
+
+and ∇L = Σ_r w_r ∇L_r: one sum over the ranks (an all-reduce) of the weighted local gradients is
+the single process's gradient, up to the order of the floating-point additions. The weight sits
+INSIDE the backward, not on its result, so anything formed from dY during the backward (SPruFT's
+calibration probes, per-sample gradients) is the single process's share too.
+
+    local_loss_and_grads(model, x, y, comm)   (w_r·L_r, w_r ∇L_r): this rank's share, not reduced
+    reduce_loss_and_grads(comm, loss, grads)  their sums over the ranks: one bucketed all-reduce
+    loss_and_grads(model, x, y, comm)         both: drop-in for model.loss_and_grads (global L, ∇L)
+    loss(model, x, y, comm)                   forward only: the global L (one 8-byte all-reduce)
+    mean_batch_loss(model, batches, comm)     mean of L over fixed batches (batch i on rank i mod N)
+    check_replicas(comm, arrays, generator)   every rank holds the same tensors and generator state
+
+`comm=None` (or a world of one) is exactly today's single-process call: no slicing, grad_scale 1,
+no collective, so every number is unchanged bit for bit. Nothing random is drawn per rank.
+
+Choices: contiguous row blocks (one view per rank, no copy); B need not be divisible by N (the
+weights handle unequal blocks) but B >= N (no rank without rows); targets with ignored entries are
+refused when N > 1 (their ranks would hold unequal token counts, and the weight would have to count
+valid tokens across ranks: a caller with padded targets must do that itself).
+"""
+
+import hashlib
+import json
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..errors import bad_value, positive_int
+from .buckets import DEFAULT_BUCKET_BYTES
+from .communicator import DistributedError
+
+
+def world_size(comm):
+    """comm.world_size, 1 for comm=None."""
+    return 1 if comm is None else comm.world_size
+
+
+def comm_of(task):
+    """The communicator a task carries (`Task.comm`), None for a task without one (single process)."""
+    return getattr(task, "comm", None)
+
+
+def shard_rows(batch_size, rank, world_size):
+    """(lo, hi): the rows [lo, hi) of a global batch of `batch_size` rows that rank `rank` of
+    `world_size` keeps; lo = rank·B // N, hi = (rank+1)·B // N (every row on exactly one rank)."""
+    B, N = positive_int("batch_size", batch_size), positive_int("world_size", world_size)
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < N:
+        raise bad_value("rank", rank, f"a rank in [0, {N})")
+    if B < N:
+        raise bad_value("batch_size", B, f"at least one row per rank: a global batch of >= {N} rows "
+                        f"(world size {N})")
+    return rank * B // N, (rank + 1) * B // N
+
+
+def _share(x, y, comm):
+    """(x rows, y rows, weight w_r) of this rank."""
+    B = int(x.shape[0])
+    lo, hi = shard_rows(B, comm.rank, comm.world_size)
+    if y is not None and bool((y < 0).any()):
+        raise bad_value("targets", "ignored entries (< 0)", f"targets without ignored entries in a data-parallel "
+                        f"run (world size {comm.world_size}): each rank's share is weighted by its rows, "
+                        "which equals its token share only when every target counts")
+    return x[lo:hi], (None if y is None else y[lo:hi]), (hi - lo) / B
+
+
+def local_loss_and_grads(model, x, y, comm=None):
+    """(w_r · L_r, {name: w_r ∇L_r}) on this rank's rows of the global batch (x, y) (B, T); not
+    reduced. Sums over the ranks give the single process's (L, ∇L) (module docstring)."""
+    if world_size(comm) == 1:
+        return model.loss_and_grads(x, y)
+    xs, ys, w = _share(x, y, comm)
+    loss, grads = model.loss_and_grads(xs, ys, grad_scale=w)
+    return w * loss, grads
+
+
+def reduce_loss_and_grads(comm, loss, grads, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    """(Σ_r loss, {name: Σ_r grad}, ReduceReport or None): one bucketed all-reduce of the gradients
+    (in place, names in sorted order) and the float64 loss. comm=None: the inputs and None."""
+    if world_size(comm) == 1:
+        return loss, grads, None
+    total = comm.xp.asarray([loss], dtype=np.float64)
+    report = comm.allreduce_sum_bucketed([grads[k] for k in sorted(grads)] + [total], bucket_bytes)
+    return float(total[0]), grads, report
+
+
+def loss_and_grads(model, x, y, comm=None):
+    """The global (L, {name: ∇L}) of the batch (x, y), identical on every rank: model.loss_and_grads
+    data-parallel."""
+    loss, grads, _ = reduce_loss_and_grads(comm, *local_loss_and_grads(model, x, y, comm))
+    return loss, grads
+
+
+def loss(model, x, y, comm=None):
+    """The global mean loss L of the batch (x, y), forward only: Σ_r w_r L_r (one all-reduce)."""
+    if world_size(comm) == 1:
+        return model.loss(x, y)
+    xs, ys, w = _share(x, y, comm)
+    total = comm.xp.asarray([w * model.loss(xs, ys)], dtype=np.float64)
+    comm.allreduce_sum([total])
+    return float(total[0])
+
+
+def mean_batch_loss(model, batches, comm=None):
+    """Mean of model.loss over the fixed (x, y) `batches` (None for none), identical on every rank:
+    batch i is evaluated whole on rank i mod N, the sum of the losses all-reduced once."""
+    if not batches:
+        return None
+    if world_size(comm) == 1:
+        return float(np.mean([model.loss(x, y) for x, y in batches]))
+    mine = [model.loss(x, y) for i, (x, y) in enumerate(batches) if i % comm.world_size == comm.rank]
+    total = comm.xp.asarray([sum(mine)], dtype=np.float64)
+    comm.allreduce_sum([total])
+    return float(total[0]) / len(batches)
+
+
+def replica_digest(arrays, generator=None):
+    """sha256 over {name: array} (sorted names; dtype, shape and bytes of each, on the host) and the
+    generator's state."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(to_numpy(arrays[name]))
+        h.update(f"{name}:{a.dtype.name}:{a.shape}:".encode())
+        h.update(a.tobytes())
+    if generator is not None:
+        h.update(json.dumps(generator.bit_generator.state, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def check_replicas(comm, arrays, generator=None, what="replica state"):
+    """Raise DistributedError unless every rank holds bit-identical `arrays` ({name: array}) and
+    generator state: data parallelism's premise, checked by one allgather of a digest. Returns the
+    digest. (MPI and NCCL all-reduces give every rank the same bytes in practice; the MPI standard
+    only recommends it. This turns a silent divergence into an error naming the rank.)"""
+    mine = replica_digest(arrays, generator)
+    if world_size(comm) == 1:
+        return mine
+    digests = comm.allgather_object(mine)
+    for r, d in enumerate(digests):
+        if d != digests[0]:
+            raise DistributedError(f"{what}: rank {r} differs from rank 0 (sha256 {d[:12]} vs {digests[0][:12]}); "
+                                   "expected bit-identical replicas on every rank")
+    return mine

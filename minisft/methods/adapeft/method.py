@@ -13,6 +13,7 @@ import numpy as np
 
 from ...budgets import count_params, lora_trainable
 from ...model import param_shapes
+from ...distributed import data_parallel as dp
 from ...errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
 from ...optim import SGD, AdamW
 from ..base import Method
@@ -47,12 +48,14 @@ def check_capacity(budget, groups, base_params):
 
 
 def probe(model, task, rng, groups, estimator="exact", direction="adam", steps=8, every=4, lr=1e-3,
-          eta=None, lora_alpha=8):
+          eta=None, lora_alpha=8, comm=None):
     """Activate every group, train `steps` steps and measure influences at steps 0, every, ….
 
     groups: [Group]; rng: the numpy Generator for batches and LoRA init. Leaves the model trained
     (the caller resets it). Returns (records, optimizer): records = [{"step", "loss", "estimates"}]
-    with estimates as curvature.group_influence returns them.
+    with estimates as curvature.group_influence returns them. comm (data parallel): every loss and
+    gradient, those of the HVP's and GeN's evaluations too, is the global batch's
+    (minisft.distributed.data_parallel), so every rank measures the same influences.
     """
     model.freeze()
     for g in groups:
@@ -64,15 +67,15 @@ def probe(model, task, rng, groups, estimator="exact", direction="adam", steps=8
     for step in range(steps):
         x, y = task.sample(rng)
         params = model.trainable_params()
-        loss, grads = model.loss_and_grads(x, y)
+        loss, grads = dp.loss_and_grads(model, x, y, comm)
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"loss={loss} at probe step {step}: expected a finite loss (lower probe_lr)")
         if step % every == 0:
             d = step_direction(direction, grads, params, opt)
             fresh = task.sample(rng) if estimator == "gen" else None
             est = group_influence(members, sizes, grads, d, estimator, params=params,
-                                  grad_fn=lambda p: model.loss_and_grads(x, y)[1],
-                                  loss_fn=(lambda p: model.loss(*fresh)) if fresh else None,
+                                  grad_fn=lambda p: dp.loss_and_grads(model, x, y, comm)[1],
+                                  loss_fn=(lambda p: dp.loss(model, *fresh, comm)) if fresh else None,
                                   eta=eta if eta is not None else lr)
             records.append({"step": step, "loss": loss, "estimates": est})
         opt.step(params, grads)
@@ -169,7 +172,7 @@ class AdaPEFT(Method):
         capacity = check_capacity(self.budget, groups, count_params(model)["base"])
         base = {k: model.params[k].copy() for g in groups for k in g.tensors}
         records, _ = probe(model, task, rng, groups, self.estimator, self.direction, self.probe_steps, self.every,
-                           self.probe_lr, self.eta, self.lora_alpha)
+                           self.probe_lr, self.eta, self.lora_alpha, dp.comm_of(task))
         for k, v in base.items():
             model.params[k][...] = v
         model.adapters.clear()

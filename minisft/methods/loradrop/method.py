@@ -14,6 +14,7 @@ from ...adapters import LoRA, SharedLoRA
 from ...backend import array_module, to_numpy
 from ...batches import disjoint_windows, windows_at
 from ...budgets import check_targets, lora_param_count, lora_trainable, target_layers
+from ...distributed.data_parallel import comm_of, loss_and_grads, mean_batch_loss
 from ...errors import bad_type, bad_value, boolean, positive_int, real_in, require
 from ...model import LINEAR_SUFFIXES
 from ...optim import make_optimizer
@@ -57,11 +58,13 @@ def _scored_loras(model):
     return found
 
 
-def layer_scores(model, batches):
+def layer_scores(model, batches, comm=None):
     """g_i = sum over the batches' tokens of ||s B A x_i||^2 for every layer i with a LoRA.
 
     batches: non-empty list of (x, y), each (B, T) token ids (forward-only passes; y only feeds the
-    loss) -> ({layer: g_i as a Python float}, mean loss over the batches)."""
+    loss) -> ({layer: g_i as a Python float}, mean loss over the batches). comm (data parallel):
+    batch i is scored on rank i mod N and the g_i are summed over the ranks (one all-reduce), so
+    every rank holds the single process's g."""
     if not isinstance(batches, (list, tuple)):
         raise bad_type("batches", batches, "a list of (x, y) token batches")
     require(len(batches) > 0, "batches", batches, "a non-empty list of (x, y) token batches (the sample)")
@@ -71,11 +74,14 @@ def layer_scores(model, batches):
     try:
         for layer, probe in probes.items():
             model.adapters[layer] = [probe if ad is loras[layer] else ad for ad in saved[layer]]
-        loss = float(np.mean([model.loss(x, y) for x, y in batches]))
+        loss = mean_batch_loss(model, batches, comm)
     finally:
         model.adapters.update(saved)
     xp = array_module(next(iter(loras.values())).A)
-    g = to_numpy(xp.stack([p.g for p in probes.values()]))  # one host transfer
+    g = xp.stack([p.g for p in probes.values()])
+    if comm is not None:
+        comm.allreduce_sum([g])
+    g = to_numpy(g)  # one host transfer
     return dict(zip(probes, (float(v) for v in g))), loss
 
 
@@ -166,15 +172,16 @@ class LoRADrop(Method):
     def prepare(self, model, task, rng):
         model.freeze()
         layers = target_layers(model, self.targets)
+        comm = comm_of(task)
         starts, m, batch = self.sample(task, rng)
         k, B = len(starts), task.batch_size
         probe = {n: model.add_adapter(n, LoRA(model, n, r=self.r, alpha=self.alpha, generator=rng)) for n in layers}
         opt = make_optimizer("adamw", self.probe_lr, weight_decay=0.0)
         for _ in range(self.probe_steps):
-            probe_loss, grads = model.loss_and_grads(*batch(rng.integers(0, k, size=B)))
+            probe_loss, grads = loss_and_grads(model, *batch(rng.integers(0, k, size=B)), comm)
             opt.step(model.trainable_params(), grads)
         sample = [batch(np.arange(i, min(i + B, k))) for i in range(0, k, B)]
-        scores, sample_loss = layer_scores(model, sample)
+        scores, sample_loss = layer_scores(model, sample, comm)
         importance = layer_importance(scores)
         kept, shared = keep_and_share(layers, scores, self.threshold, self.selection)
         for n in layers:

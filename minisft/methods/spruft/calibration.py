@@ -27,6 +27,8 @@ multivariable score never forms a d_out×d_in array; tests/test_spruft.py checks
 from dataclasses import is_dataclass, replace
 
 from ...adapters.base import Adapter
+from ...distributed.data_parallel import local_loss, local_loss_and_grads, reduce_loss_and_grads
+from ...distributed.data_parallel import loss as global_loss
 from ...errors import bad_type, bad_value, positive_int, require
 from .importance import TaylorAccumulator, per_sample_sq_grad_sum, zeroth_order_gradient
 
@@ -109,7 +111,7 @@ class SquaredGradientProbe(Probe):
     def __init__(self, model, layer):
         super().__init__(model, layer)
         self.sq_sum = self.xp.zeros((self.d_out, self.d_in), dtype=self.dtype)
-        self.samples = 0
+        self.samples = self.xp.zeros((), dtype="int64")  # an array, so a data-parallel run sums it with sq_sum
 
     def _accumulate(self, dy, x):
         # dy (B, T, d_out), x (B, T, d_in): one sample per sequence b
@@ -119,10 +121,10 @@ class SquaredGradientProbe(Probe):
     def fisher(self):
         """F (d_out, d_in): the mean over samples of the squared per-sample gradient."""
         require(self.samples > 0, f"{self.layer} probe", "no samples", "at least one calibration batch first")
-        return self.sq_sum / self.samples
+        return self.sq_sum / int(self.samples)
 
     def buffers(self):
-        return {"sq_sum": self.sq_sum}
+        return {"sq_sum": self.sq_sum, "samples": self.samples}
 
 
 class ActivationNormProbe(Probe):
@@ -164,11 +166,16 @@ def calibration_batches(task, rng, n, batch_size=None):
     return [task.sample(rng) for _ in range(n)]
 
 
-def run_calibration(model, probes, batches, backward=True):
+def run_calibration(model, probes, batches, backward=True, comm=None):
     """Attach `probes` ({layer: Probe}), run forward + backward (forward only: `backward=False`) on
     every batch, detach them again (also on an error); returns the mean calibration loss. The
     probes keep their statistics. Freeze the model first: a trainable tensor would cost its
-    gradient here for nothing."""
+    gradient here for nothing.
+
+    comm (data parallel, minisft.distributed.data_parallel): each rank runs its rows of every batch
+    (dY weighted by its share), then ONE all-reduce sums every probe's `buffers()` and the loss,
+    so every rank holds the single process's statistics. The sums are signed where the statistic
+    is (multivariable Taylor): |·| is taken after the reduction, in `scores()`."""
     if not isinstance(probes, dict) or not probes:
         raise bad_type("probes", probes, "a non-empty dict layer -> Probe")
     require(len(batches) > 0, "batches", batches, "at least one (x, y) batch")
@@ -181,37 +188,41 @@ def run_calibration(model, probes, batches, backward=True):
             attached.append(model.add_adapter(layer, probe))
         total = 0.0
         for x, y in batches:
-            total += model.loss_and_grads(x, y)[0] if backward else model.loss(x, y)
+            total += local_loss_and_grads(model, x, y, comm)[0] if backward else local_loss(model, x, y, comm)
     finally:
         for probe in attached:
             ads = model.adapters[probe.layer]
             ads.remove(probe)
             if not ads:
                 del model.adapters[probe.layer]
+    sums = {f"{layer}/{name}": a for layer, probe in probes.items() for name, a in probe.buffers().items()}
+    total, _, _ = reduce_loss_and_grads(comm, total, sums)
     return total / len(batches)
 
 
-def _loss_with(model, x, y, base):
+def _loss_with(model, x, y, base, comm):
     """loss_fn(perturbed) for `zeroth_order_gradient`: the batch loss with the tensors of `perturbed`
     swapped into the model (rebinding dict entries, never writing arrays), then restored."""
 
     def loss_fn(perturbed):
         model.params.update(perturbed)
         try:
-            return model.loss(x, y)
+            return global_loss(model, x, y, comm)
         finally:
             model.params.update(base)
 
     return loss_fn
 
 
-def zeroth_order_weight_gradients(model, layers, batches, n_samples, eps, rng):
+def zeroth_order_weight_gradients(model, layers, batches, n_samples, eps, rng, comm=None):
     """{layer: Ĝ (d_out, d_in)}: Σ over batches of the central-difference SPSA estimate of the
-    weight gradient of `layers`, `n_samples` fresh directions per batch, forward passes only."""
+    weight gradient of `layers`, `n_samples` fresh directions per batch, forward passes only.
+    comm: each perturbed loss is the global batch loss (data parallel); the directions come from
+    the shared `rng`, so every rank forms the same Ĝ."""
     require(len(batches) > 0, "batches", batches, "at least one (x, y) batch")
     base = {layer + ".weight": model.params[layer + ".weight"] for layer in layers}
     total = None
     for x, y in batches:
-        g = zeroth_order_gradient(_loss_with(model, x, y, base), base, n_samples, eps, rng=rng)
+        g = zeroth_order_gradient(_loss_with(model, x, y, base, comm), base, n_samples, eps, rng=rng)
         total = g if total is None else {k: total[k] + g[k] for k in total}
     return {layer: total[layer + ".weight"] for layer in layers}

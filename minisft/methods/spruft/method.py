@@ -10,6 +10,7 @@ from ...adapters import ColumnDelta, RowDelta
 from ...adapters.rows import INITS
 from ...backend import to_numpy
 from ...budgets import check_targets, target_layers, target_shapes
+from ...distributed.data_parallel import comm_of
 from ...errors import CheckpointError, bad_value, boolean, positive_int, real_in, require
 from ...model import LINEAR_SUFFIXES, param_shapes
 from ...select import ratio_count
@@ -183,7 +184,7 @@ class SPruFT(Method):
         needs_batches = self.importance not in NO_BATCHES
         batches = calibration_batches(task, rng, self.calib_batches, self.calib_batch_size) if needs_batches else []
         model.freeze()
-        scores, calibration = self._layer_scores(model, batches, rng, units)
+        scores, calibration = self._layer_scores(model, batches, rng, units, comm_of(task))
         unit_scores = {name: u.score(scores) for name, u in units.items()}
         self.layer_scores = {layer: {axis: to_numpy(s) for axis, s in d.items()} for layer, d in scores.items()}
         self.unit_scores = {name: to_numpy(s) for name, s in unit_scores.items()}
@@ -222,7 +223,7 @@ class SPruFT(Method):
                 require(self.rows <= u.size, "rows", self.rows, f"at most {u.size}, the {what} of {name}")
         return units
 
-    def _layer_scores(self, model, batches, rng, units):
+    def _layer_scores(self, model, batches, rng, units, comm=None):
         """({layer: {axis: scores}}, calibration facts) for every (layer, axis) the units need."""
         axes = {}
         for u in units.values():
@@ -237,11 +238,12 @@ class SPruFT(Method):
                              for axis in axes[layer]} for layer in axes}
         else:
             if self.importance == "zeroth_order":
-                stats = zeroth_order_weight_gradients(model, list(axes), batches, self.zo_samples, self.zo_eps, rng)
+                stats = zeroth_order_weight_gradients(model, list(axes), batches, self.zo_samples, self.zo_eps, rng, comm)
                 calibration.update(forward_passes=2 * self.zo_samples * len(batches), buffers=_shapes(stats))
             else:
                 probes = {layer: self._probe(model, layer, axes[layer]) for layer in axes}
-                calibration["mean_loss"] = run_calibration(model, probes, batches, backward=self.importance != "wanda")
+                calibration["mean_loss"] = run_calibration(model, probes, batches, backward=self.importance != "wanda",
+                                                            comm=comm)
                 calibration["buffers"] = {layer: _shapes(pr.buffers()) for layer, pr in probes.items()}
                 if self.importance == "taylor" and self.multivariable:
                     return {layer: pr.scores() for layer, pr in probes.items()}, calibration

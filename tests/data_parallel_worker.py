@@ -1,0 +1,192 @@
+"""The rank side of tests/test_data_parallel.py, run under `mpiexec -n N` (or `minisft launch` on GPUs).
+
+    python tests/data_parallel_worker.py prepare [cupy]   every method's prepare(): one process vs N ranks
+
+Every rank first runs the SINGLE-process reference in-process (comm=None, the whole global batch),
+then the same thing data-parallel (its rows of every global batch, collectives between the ranks),
+and compares the two itself; every rank also checks that all ranks hold bit-identical results
+(`check_replicas`). Rank 0 prints one line per case: "RESULT {json}" with the case name, the largest
+relative difference of any float (tensors and report numbers), the report entries that differ other
+than by float rounding (selections: must be none), and whether the replicas agreed, for every rank.
+
+The model is smaller than the `tiny` preset (2 layers, 32 wide, T 16, B 8) and float64, so a case
+takes milliseconds; `tiny_model`, `tiny_task` and `compare_trees` are shared with the test file.
+"""
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+
+from minisft.backend import rng as make_rng  # noqa: E402
+from minisft.backend import to_numpy  # noqa: E402
+from minisft.batches import TokenStream, validation_batches  # noqa: E402
+from minisft.config import GPTConfig  # noqa: E402
+from minisft.distributed import DistributedError, from_environment  # noqa: E402
+from minisft.distributed.data_parallel import check_replicas  # noqa: E402
+from minisft.methods import make_method  # noqa: E402
+from minisft.model import GPT  # noqa: E402
+from minisft.train import Task  # noqa: E402
+
+CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+BATCH = 8
+
+
+@dataclass
+class DPTask(Task):
+    comm: object = None
+
+
+def tiny_model(backend="numpy", seed=0):
+    """A float64 GPT of CFG whose biases and LayerNorms are perturbed (no symmetric zeros)."""
+    model = GPT(CFG, backend=backend, dtype="float64", seed=seed)
+    r = np.random.default_rng(seed + 100)
+    for name, p in model.params.items():
+        if name.endswith(".bias") or ".ln_" in name or name.startswith("ln_f"):
+            p += model.xp.asarray(0.1 * r.standard_normal(p.shape))
+    return model
+
+
+def tiny_task(comm=None, xp=np, batch_size=BATCH, n=4000, seed=0):
+    """A learnable synthetic stream (a noisy counter mod V), 2 validation batches per domain."""
+    r = np.random.default_rng(seed)
+    ids = (np.cumsum(r.integers(1, 3, n)) % CFG.vocab_size).astype(np.int32)
+    stream = TokenStream(xp.asarray(ids), "synthetic", CFG.vocab_size)
+    val = validation_batches(stream, batch_size, CFG.block_size, 2)
+    return DPTask(stream, val, val[:1], batch_size, CFG.block_size, comm)
+
+
+# name -> (method, options): every method, and every branch of a method that reduces a statistic
+PREPARE_CASES = {
+    "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 3}),
+    "spruft-taylor-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "multivariable": True}),
+    "spruft-obd": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "obd"}),
+    "spruft-zeroth-order": ("spruft", {"ratio": 0.25, "calib_batches": 2, "importance": "zeroth_order", "zo_samples": 3}),
+    "spruft-magnitude": ("spruft", {"ratio": 0.25, "importance": "magnitude"}),
+    "spruft-neurons-global": ("spruft", {"ratio": 0.25, "calib_batches": 3, "mode": "neurons", "scope": "global"}),
+    "spruft-neurons-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "mode": "neurons",
+                                                "multivariable": True}),
+    "loradrop-joint": ("loradrop", {"r": 2, "alpha": 4, "probe_steps": 3, "probe_lr": 1e-2, "threshold": 0.8}),
+    "loradrop-per-type": ("loradrop", {"r": 2, "alpha": 4, "probe_steps": 3, "probe_lr": 1e-2, "threshold": 0.8,
+                                       "selection": "per_type"}),
+    "adapeft-exact": ("adapeft", {"budget": 0.05, "lora_r": 2, "lora_alpha": 4, "probe_steps": 3, "every": 2,
+                                  "probe_lr": 1e-2}),
+    "adapeft-gen": ("adapeft", {"budget": 0.05, "lora_r": 2, "lora_alpha": 4, "probe_steps": 3, "every": 2,
+                                "probe_lr": 1e-2, "estimator": "gen"}),
+}
+
+
+# AdaPEFT's curvature, fit and influence numbers are finite-difference estimates: the exact
+# estimator divides a difference of two gradients by 2ε (ε ≈ u^(1/5)·scale, Richardson), GeN fits a
+# parabola through loss differences at steps ~η; both amplify the ~1e-16 relative effect of summing
+# a batch in another order by several orders of magnitude (measured: ~2e-10 relative, 2 ranks).
+FINITE_DIFFERENCE_KEYS = {"a", "b", "r2", "influence", "ppi"}
+
+
+def compare_trees(a, b, path="", skip=("ms_per_step", "_seconds")):
+    """({path: relative difference} of the float leaves (arrays: the largest over the array), [paths
+    whose non-float leaves or structure differ]) of two JSON-like trees; keys containing a `skip`
+    string are ignored."""
+    diffs, bad = {}, []
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            if set(a) != set(b):
+                bad.append(f"{path}: keys {sorted(map(str, set(a) ^ set(b)))[:4]}")
+            for k in a:
+                if k in b and not any(s in str(k) for s in skip):
+                    walk(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) != len(b):
+                bad.append(f"{path}: lengths {len(a)} vs {len(b)}")
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+        elif hasattr(a, "shape") and hasattr(b, "shape"):  # arrays: exact for integers and bools
+            a, b = to_numpy(a), to_numpy(b)
+            if a.shape != b.shape or a.dtype != b.dtype:
+                bad.append(f"{path}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}")
+            elif a.dtype.kind == "f":
+                diffs[path] = rel_diff(a, b)
+            elif not np.array_equal(a, b):
+                bad.append(f"{path}: arrays differ")
+        elif isinstance(a, float) and isinstance(b, float):
+            diffs[path] = 0.0 if math.isnan(a) and math.isnan(b) else rel_diff(np.array(a), np.array(b))
+        elif not (a == b and type(a) is type(b)):
+            bad.append(f"{path}: {a!r} vs {b!r}")
+
+    walk(a, b, path)
+    return diffs, bad
+
+
+def split_diffs(diffs):
+    """{"max_rel_diff": over every float but the finite-difference estimates,
+    "max_rel_diff_finite_difference": over those (FINITE_DIFFERENCE_KEYS)}."""
+    fd = {p: d for p, d in diffs.items() if p.rsplit("/", 1)[-1] in FINITE_DIFFERENCE_KEYS}
+    return {"max_rel_diff": max((d for p, d in diffs.items() if p not in fd), default=0.0),
+            "max_rel_diff_finite_difference": max(fd.values(), default=0.0)}
+
+
+def rel_diff(a, b):
+    """max |a - b| / max(1, max |b|): relative for large values, absolute near zero."""
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+def _replicas_agree(comm, arrays, generator):
+    try:
+        check_replicas(comm, arrays, generator)
+        return True
+    except DistributedError:
+        return False
+
+
+def prepare_case(comm, name, backend):
+    """One method's prepare(), single process vs data parallel, on this rank."""
+    method_name, options = PREPARE_CASES[name]
+    xp = np if backend == "numpy" else __import__("cupy")
+    runs = {}
+    for which, c in (("single", None), ("parallel", comm)):
+        model, method, gen = tiny_model(backend), make_method(method_name, **options), make_rng(7)
+        method.prepare(model, tiny_task(c, xp), gen)
+        runs[which] = (model, method, gen)
+    (ms, es, gs), (md, ed, gd) = runs["single"], runs["parallel"]
+    diffs, bad = compare_trees(vars(es), vars(ed), "method")  # report, selections, scores, masks
+    for a, b, path in ((ms.trainable_params(), md.trainable_params(), "params"),
+                       (es.state_arrays(), ed.state_arrays(), "state")):
+        d, b = compare_trees(a, b, path)
+        diffs.update(d)
+        bad += b
+    if gs.bit_generator.state != gd.bit_generator.state:
+        bad.append("generator state")
+    arrays = {**md.trainable_params(), **{f"state/{k}": v for k, v in ed.state_arrays().items()}}
+    return {"case": name, **split_diffs(diffs), "differences": bad[:10],
+            "replicas_agree": _replicas_agree(comm, arrays, gd)}
+
+
+def report(comm, result):
+    """Rank 0 prints every rank's result of one case as one line "RESULT {json}"."""
+    ranks = comm.allgather_object(dict(result, rank=comm.rank, backend=comm.backend, world_size=comm.world_size))
+    if comm.rank == 0:
+        print("RESULT " + json.dumps({"case": result["case"], "ranks": ranks}), flush=True)
+
+
+def main(argv):
+    what, backend = argv[0], (argv[1] if len(argv) > 1 else "numpy")
+    comm = from_environment(device=backend, timeout=120)
+    with comm.abort_on_failure():
+        if what == "prepare":
+            for name in PREPARE_CASES:
+                report(comm, prepare_case(comm, name, backend))
+        else:
+            raise SystemExit(f"unknown mode {what!r}")
+    comm.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -136,8 +136,7 @@ def prepared():
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    results = [json.loads(line[len("RESULT "):]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
-    return {res["case"]: res["ranks"] for res in results}
+    return _results(r.stdout)
 
 
 @pytest.mark.parametrize("case", list(PREPARE_CASES))
@@ -145,15 +144,7 @@ def test_prepare_on_two_ranks_equals_one_process(prepared, case):
     """Selections (SPruFT rows/columns/groups, LoRA-drop kept/shared layers, AdaPEFT's chosen groups),
     every score and statistic, the adapters' initial values and the generator state: the same on
     each of 2 ranks as in one process; both ranks bit-identical."""
-    assert case in prepared, f"no result for {case}: {sorted(prepared)}"
-    for res in prepared[case]:
-        where = f"{case}, rank {res['rank']} ({res['backend']}, world {res['world_size']})"
-        assert res["backend"] == "mpi" and res["world_size"] == 2, where
-        assert res["differences"] == [], f"{where}: differs beyond rounding at {res['differences']}"
-        assert res["max_rel_diff"] <= TOL, f"{where}: max rel diff {res['max_rel_diff']:.3e}"
-        assert res["max_rel_diff_finite_difference"] <= FD_TOL, \
-            f"{where}: finite-difference estimates max rel diff {res['max_rel_diff_finite_difference']:.3e}"
-        assert res["replicas_agree"], f"{where}: the ranks' replicas differ"
+    _check_results({case: prepared.get(case, [])}, [case], "mpi", 2)
 
 
 def test_check_replicas_names_the_differing_rank():
@@ -163,3 +154,86 @@ def test_check_replicas_names_the_differing_rank():
 
     with pytest.raises(DistributedError, match="rank 1 differs from rank 0"):
         dp.check_replicas(TwoRanks(rank=0, world_size=2), {"w": np.ones(3)})
+
+
+# ------------------------------------------------------------------------------------ GPUs
+def _gpu_count():
+    from minisft.backend import gpu_available
+
+    if not gpu_available():
+        return 0
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+@pytest.fixture
+def gpus():
+    n = _gpu_count()
+    if n < 2:
+        pytest.skip(f"the NCCL data-parallel tests need CuPy and at least 2 GPUs ({n} visible)")
+    return n
+
+
+def _results(stdout):
+    out = {}
+    for line in stdout.splitlines():
+        line = line.split("] ", 1)[1] if line.startswith("[") else line  # minisft launch's rank prefix
+        if line.startswith("RESULT "):
+            res = json.loads(line[len("RESULT "):])
+            out[res["case"]] = res["ranks"]
+    return out
+
+
+def _check_results(results, cases, backend, world):
+    assert set(results) == set(cases), f"results for {sorted(results)}, expected {sorted(cases)}"
+    for case, ranks in results.items():
+        assert len(ranks) == world, case
+        for res in ranks:
+            where = f"{case}, rank {res['rank']} ({res['backend']}, world {res['world_size']})"
+            assert res["backend"] == backend, where
+            assert res["differences"] == [], f"{where}: differs beyond rounding at {res['differences']}"
+            assert res["max_rel_diff"] <= TOL, f"{where}: max rel diff {res['max_rel_diff']:.3e}"
+            assert res["max_rel_diff_finite_difference"] <= FD_TOL, \
+                f"{where}: finite-difference estimates max rel diff {res['max_rel_diff_finite_difference']:.3e}"
+            assert res["replicas_agree"], f"{where}: the ranks' replicas differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launcher", ["minisft-launch", "mpirun"])
+@pytest.mark.parametrize("world", [2, 4])
+def test_prepare_on_gpus_with_nccl_equals_one_gpu(gpus, world, launcher):
+    """Every method's prepare() on `world` GPUs (NCCL, float64) equals one GPU's, started by
+    `minisft launch` (TCP rendezvous) and by mpirun (MPI bootstrap)."""
+    if world > gpus:
+        pytest.skip(f"{world} GPUs asked, {gpus} visible")
+    prefix = ([sys.executable, "-m", "minisft.launch", "--nproc", str(world), "--"] if launcher == "minisft-launch"
+              else [_mpiexec(), "-n", str(world)])
+    r = subprocess.run([*prefix, sys.executable, str(WORKER), "prepare", "cupy"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_results(_results(r.stdout), PREPARE_CASES, "nccl", world)
+
+
+# ----------------------------------------------------------------------------- the benchmark
+@pytest.mark.slow
+def test_bench_dp_runs_on_two_cpu_ranks_and_counts_the_reduced_bytes(tmp_path):
+    """reference_models.bench_dp end to end on the CPU (mpiexec + gloo): one row per implementation,
+    method and world size; at N = 2 minisft all-reduces exactly the LoRA factors (r·(d_in + d_out)
+    floats per linear layer) plus its 8-byte loss, DDP the same factors."""
+    _mpiexec()
+    out = tmp_path / "bench-dp.json"
+    cmd = [sys.executable, "-m", "reference_models.bench_dp", "--backend", "numpy", "--preset", "tiny",
+           "--world-size", "1,2", "--steps", "2", "--warmup", "1", "--methods", "lora", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(row["impl"], row["world_size"]): row for row in result["rows"]}
+    assert set(rows) == {(impl, n) for impl in ("minisft", "torch-ddp") for n in (1, 2)}
+    C, L, r_ = 64, 2, 8  # the tiny preset, LoRA r=8
+    lora_floats = L * r_ * sum(d_in + d_out for d_out, d_in in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C)))
+    assert rows[("minisft", 2)]["allreduce_bytes_per_step"] == 4 * lora_floats + 8
+    assert rows[("torch-ddp", 2)]["allreduce_bytes_per_step"] == 4 * lora_floats
+    assert rows[("minisft", 1)]["allreduce_bytes_per_step"] == 0
+    assert set(result["scaling_efficiency"]) == {f"{i} lora N={n}" for i in ("minisft", "torch-ddp") for n in (1, 2)}

@@ -24,7 +24,7 @@ from minisft.distributed import Communicator, DistributedError
 from minisft.distributed import data_parallel as dp
 from minisft.errors import MinisftError
 from tests.data_parallel_worker import PREPARE_CASES, tiny_model, tiny_task
-from tests.test_distributed import _env, _mpiexec
+from tests.test_distributed import _env, _mpiexec, gpus  # noqa: F401  (gpus: the fixture)
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,24 +157,6 @@ def test_check_replicas_names_the_differing_rank():
 
 
 # ------------------------------------------------------------------------------------ GPUs
-def _gpu_count():
-    from minisft.backend import gpu_available
-
-    if not gpu_available():
-        return 0
-    import cupy
-
-    return cupy.cuda.runtime.getDeviceCount()
-
-
-@pytest.fixture
-def gpus():
-    n = _gpu_count()
-    if n < 2:
-        pytest.skip(f"the NCCL data-parallel tests need CuPy and at least 2 GPUs ({n} visible)")
-    return n
-
-
 def _results(stdout):
     out = {}
     for line in stdout.splitlines():

@@ -1,6 +1,7 @@
 """The rank side of tests/test_data_parallel.py, run under `mpiexec -n N` (or `minisft launch` on GPUs).
 
     python tests/data_parallel_worker.py prepare [cupy]   every method's prepare(): one process vs N ranks
+    python tests/data_parallel_worker.py train [cupy]     every method, TRAIN_STEPS training steps: the same
 
 Every rank first runs the SINGLE-process reference in-process (comm=None, the whole global batch),
 then the same thing data-parallel (its rows of every global batch, collectives between the ranks),
@@ -31,7 +32,8 @@ from minisft.distributed import DistributedError, from_environment  # noqa: E402
 from minisft.distributed.data_parallel import check_replicas  # noqa: E402
 from minisft.methods import make_method  # noqa: E402
 from minisft.model import GPT  # noqa: E402
-from minisft.train import Task  # noqa: E402
+from minisft.methods import REGISTRY  # noqa: E402
+from minisft.train import Task, TrainConfig, train  # noqa: E402
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 BATCH = 8
@@ -86,6 +88,55 @@ PREPARE_CASES = {
 # parabola through loss differences at steps ~η; both amplify the ~1e-16 relative effect of summing
 # a batch in another order by several orders of magnitude (measured: ~2e-10 relative, 2 ranks).
 FINITE_DIFFERENCE_KEYS = {"a", "b", "r2", "influence", "ppi"}
+
+
+TRAIN_STEPS = 20
+# name -> (method, options, TrainConfig overrides): every method; accumulation 2 in some
+TRAIN_CASES = {
+    "full": ("full", {}, {"accumulation": 2}),
+    "lora": ("lora", {"r": 2, "alpha": 4}, {}),
+    "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 2}, {"accumulation": 2}),
+    "spruft-obd": ("spruft", {"ratio": 0.25, "calib_batches": 2, "importance": "obd"}, {}),
+    "loradrop": ("loradrop", {"r": 2, "alpha": 4, "probe_steps": 3, "probe_lr": 1e-2, "threshold": 0.8}, {}),
+    "adapeft": ("adapeft", {"budget": 0.05, "lora_r": 2, "lora_alpha": 4, "probe_steps": 3, "every": 2,
+                            "probe_lr": 1e-2}, {}),
+    "gmt-tensor": ("gmt", {"drop_ratio": 0.5}, {}),
+    "gmt-global-frozen": ("gmt", {"drop_ratio": 0.7, "scope": "global", "freeze_masked": True}, {"accumulation": 2}),
+    "mgpp": ("mgpp", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS}, {}),
+    "mgpp-no-prior": ("mgpp", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS, "prior": False}, {}),
+}
+if "magprune" in REGISTRY:
+    TRAIN_CASES["magprune"] = ("magprune", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS}, {})
+
+
+def train_config(method, overrides):
+    lr = 3e-3 if method.trains_base else 1e-2
+    return TrainConfig(**{"steps": TRAIN_STEPS, "lr": lr, "eval_every": 5, "seed": 5, **overrides})
+
+
+def train_case(comm, name, backend):
+    """One method's TRAIN_STEPS steps, single process vs data parallel, on this rank."""
+    method_name, options, overrides = TRAIN_CASES[name]
+    xp = np if backend == "numpy" else __import__("cupy")
+    runs = {}
+    for which, c in (("single", None), ("parallel", comm)):
+        model, method = tiny_model(backend), make_method(method_name, **options)
+        result = train(model, method, tiny_task(c, xp), train_config(method, overrides), progress=False)
+        runs[which] = (model, method, result)
+    (ms, es, rs), (md, ed, rd) = runs["single"], runs["parallel"]
+    distributed = rd.pop("distributed", None)
+    acts = (rs.pop("memory")["activations"], rd.pop("memory")["activations"])
+    diffs, bad = compare_trees(rs, rd, "result")  # losses, evaluations, the method's report
+    for a, b, path in ((vars(es), vars(ed), "method"), (ms.params, md.params, "params"),
+                       (ms.adapter_params(), md.adapter_params(), "adapters")):
+        d, b = compare_trees(a, b, path)
+        diffs.update(d)
+        bad += b
+    arrays = {**md.params, **md.adapter_params(), **{f"state/{k}": v for k, v in ed.state_arrays().items()}}
+    return {"case": name, **split_diffs(diffs), "differences": bad[:10],
+            "replicas_agree": _replicas_agree(comm, arrays, None), "distributed": distributed,
+            "activation_bytes": {"single": acts[0], "parallel": acts[1]},
+            "trainable_elements": sum(int(v.size) for v in md.trainable_params().values())}
 
 
 def compare_trees(a, b, path="", skip=("ms_per_step", "_seconds")):
@@ -183,6 +234,9 @@ def main(argv):
         if what == "prepare":
             for name in PREPARE_CASES:
                 report(comm, prepare_case(comm, name, backend))
+        elif what == "train":
+            for name in TRAIN_CASES:
+                report(comm, train_case(comm, name, backend))
         else:
             raise SystemExit(f"unknown mode {what!r}")
     comm.close()

@@ -6,12 +6,20 @@
     minisft finetune --method lora --set r=4 --set alpha=8
     minisft methods                      # every method, its options (type, default, meaning), its paper
     minisft bench --preset gpt2          # from a source checkout, with the test extra installed
+    minisft compare --gpus 4             # the comparison's rows spread over 4 GPUs (same compare.json)
+    mpirun -n 4 minisft finetune ...     # data parallel over 4 processes (NumPy: MPI; CuPy: NCCL)
+    minisft launch --nproc 4 -- minisft finetune ...   # the same on one host, torchrun-style variables
 
 Every option is checked, with its type, before any data is read or any model trained: the method
 object and the training configuration are built first, from typed values. A bad value is one line,
 `minisft: error: <option>: <value>: expected ...`, and exit status 2, never a traceback. `--set`
 values are parsed by the option's type annotation (int, float including nan/inf, which the method
 then refuses where they are invalid, bool, none, comma-separated tuples), never evaluated.
+
+Under a launcher (mpirun / mpiexec / srun, torchrun-style RANK and WORLD_SIZE, `minisft launch`),
+pretrain and finetune run data-parallel (minisft.train) and compare runs its rows in parallel
+(minisft.experiment.compare); rank 0 prints and writes, and an error on any rank ends every rank
+(minisft.distributed). `compare --gpus N` starts the N ranks itself (`minisft launch`).
 
 `minisft bench` times minisft against PyTorch. The benchmark imports torch, so it lives in the
 source checkout (reference_models/bench.py) and is not part of the installed package; minisft never
@@ -201,6 +209,8 @@ def parser():
                       help="fine-tune every row with seeds SEED..SEED+K-1 on one base model (pretrained with SEED); "
                            "the table shows mean ± sd")
     cmp_.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's results table)")
+    cmp_.add_argument("--gpus", type=positive_int, metavar="N", help="run the rows in parallel, one process per GPU "
+                      "(started here by `minisft launch`); the same compare.json as one process")
     af = sub.add_parser("adapeft-front", formatter_class=_Help,
                         help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)",
                         description="Measure AdaPEFT's group influences on the base model and write the exact Pareto "
@@ -220,6 +230,9 @@ def parser():
     vec = sub.add_parser("vectors", help="write the golden-vector suite to check another implementation against "
                                          "(minisft.testing reads it)")
     vec.add_argument("--out", required=True, type=path_text, metavar="DIR", help="the folder to write the suite into")
+    sub.add_parser("launch", help="start N local ranks of a command in the torchrun-style environment: "
+                                  "`minisft launch --nproc N -- minisft finetune ...` (`minisft launch --help`)",
+                   add_help=False)
     sub.add_parser("bench", help="time a training step against PyTorch: runs `python -m reference_models.bench` "
                                  "from a source checkout (its root is the current directory) with the test extra "
                                  "installed; `minisft bench --help` lists its options", add_help=False)
@@ -392,6 +405,14 @@ def validate(args):
     elif args.command == "compare":
         with option("--only", args.only):
             ex.check_only(preset, args.only)
+        if args.gpus is not None and args.gpus > 1:
+            from .backend import resolve_backend
+
+            with option("--backend", args.backend):
+                backend = resolve_backend(args.backend)
+            if backend != "cupy":
+                raise CliError("--gpus", args.gpus, "a machine with GPUs and CuPy (--backend cupy or auto); CPU "
+                               "processes: mpirun -n N minisft compare")
         for label, name, options, *_ in ex.compare_runs(preset):  # a 4th element: per-row training settings
             method = ex.build_method(name, options, preset)
             method.check_config(preset.model)
@@ -414,8 +435,15 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         return bench(argv[1:])
+    if argv[:1] == ["launch"]:
+        from .launch import main as launch_main
+
+        return launch_main(argv[1:])
     try:
         args = parser().parse_args(argv)
+        if getattr(args, "gpus", None) is not None and args.gpus > 1 and _launcher() == "none":
+            validate(args)  # a bad command line fails here, before N processes start
+            return _relaunch(argv, args.gpus)
         return _run(args)
     except MinisftError as e:
         print(f"minisft: error: {e}", file=sys.stderr)
@@ -458,7 +486,75 @@ def bench(argv):
     return subprocess.call([sys.executable, "-m", "reference_models.bench", *argv])
 
 
+def _launcher():
+    from .distributed import read_placement
+
+    return read_placement().launcher
+
+
+def _relaunch(argv, n):
+    """`minisft ARGV` (without --gpus) as n ranks of `minisft launch`; their exit status."""
+    from .launch import launch
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            rest.append(a)
+    return launch([sys.executable, "-m", "minisft.cli", *rest], nproc=n)
+
+
+def _communicator(args):
+    """This process's Communicator (minisft.distributed): several ranks only for pretrain, finetune
+    and compare; made before any array exists (the NCCL backend picks the GPU of LOCAL_RANK)."""
+    from .backend import resolve_backend
+    from .distributed import Communicator, from_environment
+
+    if args.command not in ("pretrain", "finetune", "compare", "adapeft-front"):
+        return Communicator()
+    comm = from_environment(device=resolve_backend(args.backend))
+    if comm.world_size > 1 and args.command == "adapeft-front":
+        comm.close()
+        raise CliError("adapeft-front", f"{comm.world_size} ranks", "one process (it runs no data-parallel work)")
+    gpus = getattr(args, "gpus", None)
+    if gpus is not None and gpus != comm.world_size:
+        comm.close()
+        raise CliError("--gpus", gpus, f"the job's world size, {comm.world_size}, or no --gpus under a launcher")
+    return comm
+
+
 def _run(args):
+    if args.command in ("methods", "vectors"):
+        return _command(args, None, None)
+    plan = validate(args)
+    comm = _communicator(args)
+    try:
+        with comm.abort_on_failure(), _rank0_output(comm):
+            try:
+                return _command(args, plan, comm)
+            except MinisftError as e:
+                if comm.world_size == 1:
+                    raise
+                print(f"minisft: error: {e}", file=sys.stderr, flush=True)
+                comm.abort(2, "stopped by the error above")
+    finally:
+        comm.close()
+
+
+@contextlib.contextmanager
+def _rank0_output(comm):
+    """Tables and paths are printed by rank 0 only (stdout of the other ranks goes nowhere)."""
+    if comm.rank == 0:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _command(args, plan, comm):
     if args.command == "methods":
         from .report import methods_table
 
@@ -469,20 +565,20 @@ def _run(args):
 
         with option("--out"):
             return write_suite_command(args.out)
-    plan = validate(args)
     from . import experiment as ex
     from .report import format_table, plot_compare
 
     preset = plan["preset"]
-    progress = False if args.quiet else None
+    lead = comm.rank == 0
+    progress = False if args.quiet or not lead else None
     workdir = Path(args.workdir)
     with option("--data"):
         data = ex.build_data(preset, workdir, args.data, args.encoding, progress)
     if args.command == "pretrain":
-        model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress)
-        task = ex.make_task(data.code[0], data.code[1], None, preset)
+        model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress, comm)
+        task = ex.make_task(data.code[0], data.code[1], None, preset, comm)
         h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
-        loss = ex.evaluate(model, task.val_target)
+        loss = ex.evaluate(model, task.val_target, comm)
         print(f"pretrained {preset.name} base: code validation loss {loss:.4f} nats/token; "
               f"unigram entropy of the code corpus {h:.4f} nats/token"
               + ("" if result else " (loaded from cache)"))
@@ -502,7 +598,7 @@ def _run(args):
         try:
             _, r = ex.finetune(preset, workdir, data, plan["method"], label, args.backend, args.dtype, args.seed,
                                resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every,
-                               lr=args.lr, init=args.init)
+                               lr=args.lr, init=args.init, comm=comm)
         except MinisftError as e:
             if e.arg != "resume":
                 raise
@@ -514,7 +610,9 @@ def _run(args):
         print(f"\nrun: {folder} (model: {folder / 'model'})")
         return 0
     out, timings, folder = ex.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
-                                      args.seeds, args.lr)
+                                      args.seeds, args.lr, comm)
+    if not lead:
+        return 0
     ms = {row["label"]: ex.ms_per_step(timings, row["label"]) for row in out["rows"]}
     print(format_table(out, ms, markdown=args.markdown))
     if args.markdown:

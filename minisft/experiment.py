@@ -38,6 +38,7 @@ and it costs one pretraining instead of K.
 import math
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -48,6 +49,8 @@ from .budgets import lora_trainable
 from .checkpoint import arrays_digest, load_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .corpus import load_corpus
+from .distributed.data_parallel import world_size
+from .distributed.rank0 import broadcast_arrays, on_rank0
 from .errors import CheckpointError, MinisftError, bad_type, bad_value, nonnegative_int, positive_int, real_in
 from .fileio import (RunLock, as_path, atomic_write_json, check_name, ensure_writable_dir, read_json, read_regular_file,
                      remove_stale_temps, sha256_hex)
@@ -161,14 +164,14 @@ def _n_val_batches(stream, preset):
     return max(1, min(preset.eval_batches, fit))
 
 
-def make_task(train_stream, val_target, val_source, preset):
+def make_task(train_stream, val_target, val_source, preset, comm=None):
     from .batches import validation_batches
 
     B, T = preset.batch_size, preset.model.block_size
     return Task(train_ids=train_stream,
                 val_target=validation_batches(val_target, B, T, _n_val_batches(val_target, preset)),
                 val_source=validation_batches(val_source, B, T, _n_val_batches(val_source, preset)) if val_source is not None else [],
-                batch_size=B, block_size=T)
+                batch_size=B, block_size=T, comm=comm)
 
 
 def pretrain_config(preset, seed):
@@ -187,28 +190,59 @@ def pretrain_key(preset, data, dtype, seed):
     return arrays_digest({}, content)
 
 
-def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None):
+def _lead(comm):
+    """Whether this process writes files and prints: the only process, or rank 0 of a job."""
+    return world_size(comm) == 1 or comm.rank == 0
+
+
+def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, comm=None,
+               split=True):
     """The base model of `preset`, pretrained on the code corpus; cached under workdir/pretrain
     (verified by its checksum when loaded; a damaged file is retrained, with a message).
-    Returns (model, pretraining result or None when loaded from the cache)."""
-    folder = ensure_writable_dir(Path(workdir) / "pretrain", "workdir")
-    remove_stale_temps(folder)
+    Returns (model, pretraining result or None when loaded from the cache).
+
+    comm (a job of several ranks): rank 0 reads and writes the cache, its weights reach every rank
+    by broadcast (no shared filesystem needed); a missing base is pretrained data-parallel (split),
+    or by every rank alone (split=False, a sweep's ranks: each then holds the single process's
+    model, bit for bit on the CPU) and every rank goes on with rank 0's weights."""
+    lead = _lead(comm)
+    folder = Path(workdir) / "pretrain"
+    if lead:
+        ensure_writable_dir(folder, "workdir")
+        remove_stale_temps(folder)
     key = pretrain_key(preset, data, dtype, seed)
     path = folder / f"{preset.name}-{key[:20]}.safetensors"
-    if path.exists():
+    loaded = {}
+
+    def load_cached():
+        if not path.exists():
+            return False
         try:
-            arrays, _ = load_checkpoint(path)
-            model = GPT.from_state_dict(arrays, data.config, backend=backend, dtype=dtype)
-            phase(f"base model: {preset.name}, loaded from {path}", progress)
-            return model, None
+            loaded["arrays"], _ = load_checkpoint(path)
+            loaded["model"] = GPT.from_state_dict(loaded["arrays"], data.config, backend=backend, dtype=dtype)
+            return True
         except (CheckpointError, MinisftError) as e:
             note(f"the cached base model is damaged ({e}); pretraining it again")
+            return False
+
+    if on_rank0(comm, load_cached):
+        arrays = broadcast_arrays(comm, loaded.get("arrays"))
+        model = loaded.get("model") or GPT.from_state_dict(arrays, data.config, backend=backend, dtype=dtype)
+        phase(f"base model: {preset.name}, loaded from {path}", progress if lead else False)
+        return model, None
     cfg = pretrain_config(preset, seed)
-    phase(f"pretraining the {preset.name} base model on code: {cfg.steps} steps (once; cached in {folder})", progress)
+    phase(f"pretraining the {preset.name} base model on code: {cfg.steps} steps (once; cached in {folder})",
+          progress if lead else False)
     model = GPT(data.config, backend=backend, dtype=dtype, seed=seed)
-    task = make_task(data.code[0], data.code[1], None, preset)
-    result = train(model, FullFineTune(), task, cfg, progress=progress, label=f"pretrain[{preset.name}]")
-    save_checkpoint(path, model.state_dict(), {"key": key, "config": data.config.to_dict(), "result": result["final"]})
+    task = make_task(data.code[0], data.code[1], None, preset, comm if split else None)
+    result = train(model, FullFineTune(), task, cfg, progress=progress if lead else False,
+                   label=f"pretrain[{preset.name}]")
+    if lead:
+        save_checkpoint(path, model.state_dict(), {"key": key, "config": data.config.to_dict(), "result": result["final"]})
+    if not split and world_size(comm) > 1:  # every rank continues from rank 0's copy
+        arrays = broadcast_arrays(comm, model.state_dict() if lead else None)
+        if not lead:
+            model = GPT.from_state_dict(arrays, data.config, backend=backend, dtype=dtype)
     return model, result
 
 
@@ -292,26 +326,33 @@ def provenance(preset, data, base_seed):
 
 
 def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0, resume=False,
-             progress=None, checkpoint_every=None, lr=None, base_seed=None, init=None, train_overrides=None):
+             progress=None, checkpoint_every=None, lr=None, base_seed=None, init=None, train_overrides=None,
+             comm=None, base=None):
     """Fine-tune a fresh copy of the pretrained base (pretrained with `base_seed`, default `seed`),
     or of the HF GPT-2 folder `init`, on the target domain with `method`, in run_dir(...); returns
     (model, result). `train_overrides` (a compare row's 4th element, apply_train_overrides): the
-    row's own training settings, recorded in the result."""
+    row's own training settings, recorded in the result. comm: data parallel over its ranks
+    (minisft.train); base: the pretrained base's state dict when the caller holds it already (a
+    sweep)."""
     base_seed = seed if base_seed is None else base_seed
     overrides = dict(train_overrides or {})
     cfg, _ = apply_train_overrides(finetune_config(preset, method, seed, lr, checkpoint_every), None, overrides)
     if init is None:
         key = None
-        model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress)
+        if base is not None:
+            model = GPT.from_state_dict(base, data.config, backend=backend, dtype=dtype)
+        else:
+            model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress, comm)
     else:
         key = init_key(init)
         model, data = init_model(init, workdir, data, backend, dtype)
         block = min(preset.model.block_size, model.config.block_size)
         preset = replace(preset, model=replace(preset.model, block_size=block))
     folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype, key)
-    _, task = apply_train_overrides(cfg, make_task(data.target[0], data.target[1], data.code[1], preset), overrides)
-    base_eval = {"target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
-    phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress)
+    _, task = apply_train_overrides(cfg, make_task(data.target[0], data.target[1], data.code[1], preset, comm),
+                                    overrides)
+    base_eval = {"target": evaluate(model, task.val_target, comm), "source": evaluate(model, task.val_source, comm)}
+    phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress if _lead(comm) else False)
     result = train(model, method, task, cfg, workdir=folder, resume=resume, progress=progress,
                    label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key},
                    record={"label": label, "base": base_eval, "train_overrides": overrides})
@@ -419,44 +460,86 @@ def summarize(label, results):
 
 
 def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None, seeds=1,
-            lr=None):
+            lr=None, comm=None):
     """Run the rows of `compare_runs` (those `only` names; all by default) for seeds seed..seed+K-1
     on the base pretrained with `seed`, and write compare.json (deterministic on the CPU: timings go
     to compare-timings.json) into the experiment directory; returns (compare dict, timings, folder).
-    A run of some rows keeps the other rows of an earlier compare.json of the same experiment."""
+    A run of some rows keeps the other rows of an earlier compare.json of the same experiment.
+
+    comm (a job of N ranks, `minisft compare --gpus N` or mpirun): a sweep, not data parallelism:
+    the (row, seed) runs are spread over the ranks (`assign_jobs`, longest first by the timings of an
+    earlier compare), each run single-process on its rank's device with the serial run's seed and
+    base, so compare.json is the serial one (byte for byte on the CPU); rank 0 writes it."""
     only = check_only(preset, only)
     seeds = positive_int("seeds", seeds)
-    folder = ensure_writable_dir(experiment_dir(workdir, preset, data, seed, lr, dtype), "workdir")
-    with RunLock(folder, "experiment directory"):
-        remove_stale_temps(folder)
-        base_model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
+    lead = _lead(comm)
+    folder = experiment_dir(workdir, preset, data, seed, lr, dtype)
+    if lead:
+        ensure_writable_dir(folder, "workdir")
+    with RunLock(folder, "experiment directory") if lead else nullcontext():
+        if lead:
+            remove_stale_temps(folder)
+        base_model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress, comm, split=False)
+        base = base_model.state_dict()
+        rows_all = compare_runs(preset)
+        jobs = [(label, name, options, overrides[0] if overrides else None, s)
+                for label, name, options, *overrides in rows_all
+                if not only or name in only or label in only for s in range(seed, seed + seeds)]
+        earlier_timings = on_rank0(comm, lambda: _earlier_timings(folder))
+        costs = [earlier_timings.get(f"{job[0]}:seed{job[-1]}") for job in jobs]
+        mine = assign_jobs(costs, world_size(comm))[0 if comm is None else comm.rank]
+        done = []
+        for j in mine:
+            label, name, options, overrides, s = jobs[j]
+            _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, s,
+                            progress=progress, lr=lr, base_seed=seed, train_overrides=overrides, base=base)
+            timing = {f"{label}:seed{s}": r["ms_per_step"]}
+            timing.update({f"{label}:seed{s}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})
+            r["report"] = {k: v for k, v in r["report"].items() if not k.endswith("ms_per_step")}
+            done.append([j, r, timing])
+        if world_size(comm) > 1:
+            done = [item for part in comm.allgather_object(done) for item in part]
+        by_job = {j: (r, timing) for j, r, timing in done}
         rows, timings = {}, {}
-        for label, name, options, *overrides in compare_runs(preset):
-            if only and name not in only and label not in only:
-                continue
-            results = []
-            for s in range(seed, seed + seeds):
-                _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, s,
-                                progress=progress, lr=lr, base_seed=seed,
-                                train_overrides=overrides[0] if overrides else None)
-                timings[f"{label}:seed{s}"] = r["ms_per_step"]
-                timings.update({f"{label}:seed{s}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})
-                r["report"] = {k: v for k, v in r["report"].items() if not k.endswith("ms_per_step")}
-                results.append(r)
-            rows[label] = summarize(label, results)
+        for j in range(len(jobs)):
+            label = jobs[j][0]
+            rows.setdefault(label, []).append(by_job[j][0])
+            timings.update(by_job[j][1])
+        rows = {label: summarize(label, results) for label, results in rows.items()}
         path = folder / "compare.json"
-        earlier = _earlier_rows(path) if only else {}
-        order = [label for label, *_ in compare_runs(preset)]
+        earlier = on_rank0(comm, lambda: _earlier_rows(path)) if only else {}
+        order = [label for label, *_ in rows_all]
         merged = {**earlier, **rows}
         out = {"preset": asdict(preset), "domains": data.domains, "provenance": provenance(preset, data, seed),
                "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend, "dtype": dtype, "lr": lr,
                "seeds": list(range(seed, seed + seeds)), "base": first_base(rows),
                "minisft_version": __version__, "git_commit": git_commit(),
                "rows": [merged[label] for label in order if label in merged]}
-        atomic_write_json(path, out)
-        timings_all = {**(_earlier_timings(folder) if only else {}), **timings}
-        atomic_write_json(folder / "compare-timings.json", {"ms_per_step": timings_all})
+        if lead:
+            atomic_write_json(path, out)
+            timings_all = {**(earlier_timings if only else {}), **timings}
+            atomic_write_json(folder / "compare-timings.json", {"ms_per_step": timings_all})
     return out, timings, folder
+
+
+def assign_jobs(costs, n):
+    """[[job indices of rank r] for r < n]: longest processing time first (Graham 1969): jobs by
+    decreasing cost (ties: lower index first), each to the rank with the least load so far (ties:
+    lower rank); a job of unknown cost (None) counts as the mean of the known ones (1 if none is
+    known). The makespan is within 4/3 of the best assignment's; the numbers never depend on it."""
+    n = positive_int("n", n)
+    if not isinstance(costs, (list, tuple)):
+        raise bad_type("costs", costs, "a list of job costs (non-negative numbers, or None for unknown)")
+    costs = [None if c is None else real_in("costs", c, 0.0, math.inf, low_open=False, high_open=True) for c in costs]
+    known = [c for c in costs if c is not None]
+    default = sum(known) / len(known) if known else 1.0
+    costs = [default if c is None else float(c) for c in costs]
+    load, out = [0.0] * n, [[] for _ in range(n)]
+    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        r = min(range(n), key=lambda r: (load[r], r))
+        load[r] += costs[j]
+        out[r].append(j)
+    return [sorted(js) for js in out]
 
 
 def first_base(rows):

@@ -32,12 +32,24 @@ every metadata field are checked, and a checkpoint of another run (another base 
 method, option or configuration: everything but `checkpoint_every`) is refused, naming the fields
 that differ. A fresh run in a directory with an earlier result leaves that result in place until
 it finishes; a run that stops on a non-finite value never writes one.
+
+Data parallel (`Task.comm`, a minisft.distributed Communicator of N > 1 ranks): every rank draws the
+same global batch from the same Generator and computes its rows' share (minisft.distributed.
+data_parallel); ONE bucketed all-reduce of the trainable gradients and the loss per optimizer step,
+after the accumulation and before (3): so the finiteness checks, `transform_grads` (GMT's mask on
+the global gradient, MGPP's prior added once), the clipping and the optimizer see the single
+process's numbers on every rank. Evaluation batches are spread over the ranks. Only rank 0 touches
+the run directory (lock, log, checkpoints, model, result); what it reads on resume reaches the others
+by broadcast, so the ranks need no shared filesystem and a checkpoint resumes with any number of
+ranks (it holds no per-rank state; the global batch is part of the task's fingerprint). After the
+first step and at the end the ranks check that their states are bit-identical.
 """
 
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +59,10 @@ from .backend import to_numpy
 from .batches import TokenStream, random_windows
 from .budgets import count_params
 from .checkpoint import arrays_digest, check_arrays, load_checkpoint, save_checkpoint
+from .distributed import Communicator
+from .distributed.data_parallel import (check_replicas, local_loss_and_grads, mean_batch_loss, reduce_loss_and_grads,
+                                        world_size)
+from .distributed.rank0 import broadcast_arrays, on_rank0
 from .errors import (CheckpointError, NonFiniteLossError, bad_type, bad_value, boolean, nonnegative_int,
                      positive_int, real_in, require)
 from .fileio import RunLock, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps
@@ -63,13 +79,15 @@ CHECKPOINT_COST = 0.01  # the default policy's bound on checkpoint time / traini
 
 @dataclass
 class Task:
-    """Training stream and fixed evaluation batches. `val_source` measures forgetting."""
+    """Training stream and fixed evaluation batches. `val_source` measures forgetting. `comm`: the
+    Communicator of a data-parallel run (None: one process); `batch_size` is the GLOBAL batch."""
 
     train_ids: object
     val_target: list
     val_source: list = field(default_factory=list)
     batch_size: int = 16
     block_size: int = 64
+    comm: object = None
 
     def __post_init__(self):
         if not isinstance(self.train_ids, TokenStream):
@@ -79,6 +97,10 @@ class Task:
                 raise bad_type(split, getattr(self, split), "a list of (x, y) validation batches")
         self.batch_size = positive_int("batch_size", self.batch_size)
         self.block_size = positive_int("block_size", self.block_size)
+        if self.comm is not None and not isinstance(self.comm, Communicator):
+            raise bad_type("comm", self.comm, "None or a minisft.distributed Communicator")
+        require(self.batch_size >= world_size(self.comm), "batch_size", self.batch_size,
+                f"at least one row per rank: a global batch of >= {world_size(self.comm)} rows")
 
     def sample(self, generator):
         return random_windows(self.train_ids, self.batch_size, self.block_size, generator)
@@ -133,12 +155,12 @@ class TrainConfig:
                 f"fewer steps than steps={self.steps} for the cosine schedule")
 
 
-def evaluate(model, batches):
-    """Mean loss over fixed (x, y) batches (None for no batches)."""
+def evaluate(model, batches, comm=None):
+    """Mean loss over fixed (x, y) batches (None for no batches); comm: spread over the ranks."""
     _check_model(model)
     if not isinstance(batches, (list, tuple)):
         raise bad_type("batches", batches, "a list of (x, y) batches")
-    return float(np.mean([model.loss(x, y) for x, y in batches])) if batches else None
+    return mean_batch_loss(model, batches, comm)
 
 
 def _check_model(model):
@@ -245,8 +267,20 @@ def _check_optimizer_state(path, opt_arrays, params):
     check_arrays(path, "optimizer state", opt_arrays, expected)
 
 
-def _restore(model, opt, method, path, fingerprint, cfg):
-    arrays, meta = load_checkpoint(path)
+def _load_on_rank0(comm, path):
+    """(arrays, meta) of the checkpoint at `path`, read by rank 0 and broadcast."""
+    read = {}
+
+    def load():
+        read["arrays"], meta = load_checkpoint(path)
+        return meta
+
+    meta = on_rank0(comm, load)
+    return broadcast_arrays(comm, read.get("arrays")), meta
+
+
+def _restore(model, opt, method, path, fingerprint, cfg, comm=None):
+    arrays, meta = _load_on_rank0(comm, path)
     _refuse_other_run("a checkpoint", path, meta.get("fingerprint"), fingerprint)
     _check_meta(path, meta, cfg)
     params = model.trainable_params()
@@ -318,6 +352,8 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
     provenance, record = _json_ready("provenance", provenance), _json_ready("record", record)
     if workdir is None:
         return _train(model, method, task, cfg, None, False, progress, label, provenance, record)
+    if not _lead(task.comm):  # rank 0 owns the run directory
+        return _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record)
     workdir = ensure_writable_dir(workdir, "workdir")
     with RunLock(workdir):
         for folder in (workdir, workdir / "model"):
@@ -325,7 +361,14 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
         return _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record)
 
 
+def _lead(comm):
+    """Whether this process writes: the only process, or rank 0 of a data-parallel run."""
+    return world_size(comm) == 1 or comm.rank == 0
+
+
 def _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record):
+    comm, lead = task.comm, _lead(task.comm)
+    progress = progress if lead else False  # rank 0 reports
     base_digest = arrays_digest(model.state_dict())
     generator = make_rng(cfg.seed)
     method.prepare(model, task, generator)
@@ -335,19 +378,23 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     start = 0
     ckpt = log_path = result_path = None
     if workdir is not None:
+        workdir = Path(workdir)
         ckpt, log_path, result_path = workdir / "checkpoint.safetensors", workdir / "log.jsonl", workdir / "result.json"
     if resume:
-        finished = read_json(result_path) if result_path.exists() else None
+        finished = on_rank0(comm, lambda: read_json(result_path) if result_path.exists() else None)
         if finished is not None:
             _refuse_other_run("a finished result", result_path, finished.get("fingerprint"), fingerprint)
-            note(f"{label}: the run in {str(workdir)!r} is finished ({cfg.steps} steps); nothing to do")
+            if lead:
+                note(f"{label}: the run in {str(workdir)!r} is finished ({cfg.steps} steps); nothing to do")
             return finished
-        if ckpt.exists():
-            meta = _restore(model, opt, method, ckpt, fingerprint, cfg)
+        if on_rank0(comm, ckpt.exists):
+            meta = _restore(model, opt, method, ckpt, fingerprint, cfg, comm)
             start, history = meta["step"], meta["history"]
             generator.bit_generator.state = meta["rng"]
-        else:
+        elif lead:
             note(f"{label}: no checkpoint in {str(workdir)!r} yet; starting from step 0")
+    if not lead:
+        ckpt = log_path = result_path = None  # rank 0 writes
     if log_path is not None:
         if not start:
             ckpt.unlink(missing_ok=True)  # a fresh run: the checkpoint of an earlier run is superseded
@@ -357,10 +404,11 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     bar = Progress(cfg.steps, label, progress, start)
     clock = _CheckpointClock(cfg.checkpoint_every, cfg.steps)
     tokens_per_step = cfg.accumulation * task.batch_size * task.block_size
-    step_times, grads, peak = [], {}, None
+    step_times, grads, peak, reduced = [], {}, None, None
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         loss, grads = _accumulated_grads(model, task, generator, cfg.accumulation)
+        loss, grads, reduced = reduce_loss_and_grads(comm, loss, grads)  # the one collective of a step
         last = f"Last checkpoint: {str(ckpt)!r}." if ckpt is not None and ckpt.exists() else "No checkpoint."
         _finite("loss", loss, step + 1, f"{last} {earlier}")
         grads = method.transform_grads(model, grads, step)
@@ -373,10 +421,12 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
         step_times.append(time.perf_counter() - t0)
         if peak is None:
             peak = memory_report(model, grads, opt)
+            _check_replicas(comm, model, opt, method, generator, step + 1)
         rec = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm}
         history["train"].append(rec)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            ev = {"step": step + 1, "target": evaluate(model, task.val_target), "source": evaluate(model, task.val_source)}
+            ev = {"step": step + 1, "target": evaluate(model, task.val_target, comm),
+                  "source": evaluate(model, task.val_source, comm)}
             for split in ("target", "source"):
                 _finite(f"{split} validation loss", ev[split], step + 1, f"{last} {earlier}")
             history["eval"].append(ev)
@@ -391,6 +441,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
             save_checkpoint(ckpt, _checkpoint_arrays(model, opt, method), meta)
             clock.written(time.perf_counter() - t1)
     bar.close()
+    _check_replicas(comm, model, opt, method, generator, cfg.steps)
     result = {
         "method": method.name,
         "options": method.options(),
@@ -406,7 +457,12 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
         "fingerprint": fingerprint,
         **(record or {}),
     }
-    if workdir is not None:
+    if world_size(comm) > 1:
+        result["distributed"] = {"world_size": comm.world_size, "backend": comm.backend,
+                                 "allreduce": None if reduced is None else {"bytes_per_step": reduced.bytes,
+                                                                            "buckets": reduced.buckets,
+                                                                            "tensors": reduced.tensors}}
+    if result_path is not None:
         save_model(workdir / "model", model, {"method": method.name, "options": method.options(),
                                               "model": model.config.to_dict(), "dtype": model.dtype.name,
                                               "train": asdict(cfg), **result["provenance"]})
@@ -473,12 +529,21 @@ def _reset_log(path, keep_through_step):
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def _check_replicas(comm, model, opt, method, generator, step):
+    """Data parallel: every rank's trainable tensors, optimizer and method state and generator must be
+    bit-identical (one digest each, all-gathered)."""
+    if world_size(comm) > 1:
+        digest = arrays_digest(_checkpoint_arrays(model, opt, method), {"rng": generator.bit_generator.state})
+        check_replicas(comm, digest, f"the replicas after step {step}")
+
+
 def _accumulated_grads(model, task, generator, accumulation):
-    """Mean loss and mean gradient over `accumulation` fresh micro-batches."""
+    """Mean loss and mean gradient over `accumulation` fresh micro-batches (this rank's share of each
+    global batch in a data-parallel run: not yet reduced)."""
     total, grads = 0.0, {}
     for _ in range(accumulation):
         x, y = task.sample(generator)
-        loss, g = model.loss_and_grads(x, y)
+        loss, g = local_loss_and_grads(model, x, y, task.comm)
         total += loss
         for k, v in g.items():
             if k in grads:

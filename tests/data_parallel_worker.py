@@ -2,6 +2,9 @@
 
     python tests/data_parallel_worker.py prepare [cupy]   every method's prepare(): one process vs N ranks
     python tests/data_parallel_worker.py train [cupy]     every method, TRAIN_STEPS training steps: the same
+    python tests/data_parallel_worker.py run SPEC_JSON    one training run in a run directory, stopped, killed,
+                                                          failing or resumed as SPEC says (`run_spec`)
+    python tests/data_parallel_worker.py cli ARGS...      `minisft ARGS` with the test suite's micro preset
 
 Every rank first runs the SINGLE-process reference in-process (comm=None, the whole global batch),
 then the same thing data-parallel (its rows of every global batch, collectives between the ranks),
@@ -16,8 +19,9 @@ takes milliseconds; `tiny_model`, `tiny_task` and `compare_trees` are shared wit
 
 import json
 import math
+import os
+import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from minisft.backend import rng as make_rng  # noqa: E402
 from minisft.backend import to_numpy  # noqa: E402
 from minisft.batches import TokenStream, validation_batches  # noqa: E402
+from minisft.checkpoint import arrays_digest  # noqa: E402
 from minisft.config import GPTConfig  # noqa: E402
 from minisft.distributed import DistributedError, from_environment  # noqa: E402
 from minisft.distributed.data_parallel import check_replicas  # noqa: E402
+from minisft.errors import MinisftError  # noqa: E402
 from minisft.methods import make_method  # noqa: E402
 from minisft.model import GPT  # noqa: E402
 from minisft.methods import REGISTRY  # noqa: E402
@@ -37,11 +43,6 @@ from minisft.train import Task, TrainConfig, train  # noqa: E402
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 BATCH = 8
-
-
-@dataclass
-class DPTask(Task):
-    comm: object = None
 
 
 def tiny_model(backend="numpy", seed=0):
@@ -60,7 +61,7 @@ def tiny_task(comm=None, xp=np, batch_size=BATCH, n=4000, seed=0):
     ids = (np.cumsum(r.integers(1, 3, n)) % CFG.vocab_size).astype(np.int32)
     stream = TokenStream(xp.asarray(ids), "synthetic", CFG.vocab_size)
     val = validation_batches(stream, batch_size, CFG.block_size, 2)
-    return DPTask(stream, val, val[:1], batch_size, CFG.block_size, comm)
+    return Task(stream, val, val[:1], batch_size, CFG.block_size, comm)
 
 
 # name -> (method, options): every method, and every branch of a method that reduces a statistic
@@ -191,7 +192,7 @@ def rel_diff(a, b):
 
 def _replicas_agree(comm, arrays, generator):
     try:
-        check_replicas(comm, arrays, generator)
+        check_replicas(comm, arrays_digest(arrays, {"rng": None if generator is None else generator.bit_generator.state}))
         return True
     except DistributedError:
         return False
@@ -220,6 +221,56 @@ def prepare_case(comm, name, backend):
             "replicas_agree": _replicas_agree(comm, arrays, gd)}
 
 
+class Stopped(Exception):
+    """The run 'stops' (every rank at once) after a step: a process that ends with its checkpoint on disk."""
+
+
+def run_spec(comm, spec):
+    """One run of TRAIN_CASES[spec["case"]] in spec["workdir"] (resume: spec["resume"]); the hooks
+    planted by spec: "stop_after": k (every rank raises Stopped after step k, caught: a clean end),
+    "kill_after": [rank, k] (that rank SIGKILLs itself after step k), "raise_after": [rank, k] (that
+    rank raises), "kill_in_checkpoint_write": n (rank 0 SIGKILLs itself inside the rename of its n-th
+    checkpoint), "lr": another learning rate. Returns {"error": message or None, "losses", "steps"}."""
+    method_name, options, overrides = TRAIN_CASES[spec["case"]]
+    backend = spec.get("backend", "numpy")
+    model, method = tiny_model(backend), make_method(method_name, **options)
+    cfg = train_config(method, {**overrides, "checkpoint_every": spec.get("checkpoint_every", 5),
+                                **({"lr": spec["lr"]} if "lr" in spec else {})})
+    after_step = method.after_step
+
+    def planted(model_, step):
+        after_step(model_, step)
+        if spec.get("stop_after") == step + 1:
+            raise Stopped
+        if spec.get("kill_after") == [comm.rank, step + 1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if spec.get("raise_after") == [comm.rank, step + 1]:
+            raise RuntimeError(f"planted failure on rank {comm.rank} after step {step + 1}")
+
+    method.after_step = planted
+    if spec.get("kill_in_checkpoint_write") and comm.rank == 0:
+        replace, writes = os.replace, []
+
+        def dying_replace(src, dst):
+            if str(dst).endswith("checkpoint.safetensors"):
+                writes.append(dst)
+                if len(writes) == spec["kill_in_checkpoint_write"]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return replace(src, dst)
+
+        os.replace = dying_replace  # the atomic write's commit (minisft.fileio.atomic_write_bytes)
+    try:
+        xp = np if backend == "numpy" else __import__("cupy")
+        result = train(model, method, tiny_task(comm, xp), cfg, workdir=spec["workdir"],
+                       resume=spec.get("resume", False), progress=False)
+    except Stopped:
+        return {"error": None, "stopped": True}
+    except MinisftError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"error": None, "losses": [r["loss"] for r in result["history"]["train"]],
+            "distributed": result.get("distributed")}
+
+
 def report(comm, result):
     """Rank 0 prints every rank's result of one case as one line "RESULT {json}"."""
     ranks = comm.allgather_object(dict(result, rank=comm.rank, backend=comm.backend, world_size=comm.world_size))
@@ -227,8 +278,22 @@ def report(comm, result):
         print("RESULT " + json.dumps({"case": result["case"], "ranks": ranks}), flush=True)
 
 
+def cli(argv):
+    """`minisft ARGV` with the test suite's micro preset registered (tests/test_train.py's MICRO)."""
+    from minisft import cli as command
+    from minisft import experiment
+    from tests.test_train import MICRO
+
+    experiment.PRESETS["micro"] = MICRO
+    return command.main(argv)
+
+
 def main(argv):
-    what, backend = argv[0], (argv[1] if len(argv) > 1 else "numpy")
+    if argv[0] == "cli":
+        sys.exit(cli(argv[1:]))
+    what = argv[0]
+    spec = json.loads(argv[1]) if what == "run" else None
+    backend = spec.get("backend", "numpy") if what == "run" else (argv[1] if len(argv) > 1 else "numpy")
     comm = from_environment(device=backend, timeout=120)
     with comm.abort_on_failure():
         if what == "prepare":
@@ -237,6 +302,8 @@ def main(argv):
         elif what == "train":
             for name in TRAIN_CASES:
                 report(comm, train_case(comm, name, backend))
+        elif what == "run":
+            report(comm, dict(run_spec(comm, spec), case=spec["case"]))
         else:
             raise SystemExit(f"unknown mode {what!r}")
     comm.close()

@@ -106,6 +106,7 @@ BAD_VALUES = {
     "--only": ["bogus", "", "lora-r99", "full/.."],
     "--seeds": ["0", "-1", "abc", "", "1.5", HUGE_INT],
     "--markdown": None,
+    "--gpus": ["0", "-1", "abc", "", "1.5", HUGE_INT],
     "--budget": ["0", "-5", "1.5", "nan", "inf", "abc", "", "1e400"],
     "--groups": ["layers", "", "{}"],
     "--estimator": ["hessian", ""],
@@ -117,8 +118,8 @@ BAD_VALUES = {
     "--out": ["", FILE, UNDER_FILE],
 }
 BASE_ARGS = {"pretrain": [], "finetune": ["--method", "lora"], "compare": [], "adapeft-front": [], "methods": [],
-             "vectors": [], "bench": []}
-NO_COMMON = ("vectors", "methods", "bench")  # subcommands without the common options
+             "vectors": [], "bench": [], "launch": []}
+NO_COMMON = ("vectors", "methods", "bench", "launch")  # subcommands without the common options
 
 
 def subcommands():
@@ -523,6 +524,8 @@ API = {
                                                         Bad({"grad_clip": -1.0}, "grad_clip"),
                                                         Bad({"batch_size": 0}, "batch_size"),
                                                         Bad({"batch_size": 2.5}, "batch_size")]}),
+    "experiment.assign_jobs": (ex.assign_jobs, lambda t: {"costs": [1.0, None, 2.5], "n": 2},
+                               {"costs": [None, 3, [-1.0], [NAN], ["x"], [math.inf]], "n": NEG_POS_INT}),
     "experiment.mean_sd": (ex.mean_sd, lambda t: {"values": [1.0]}, {"values": [[], None, ["x"], [NAN]]}),
     "experiment.build_data": (ex.build_data, lambda t: {"preset": MICRO, "workdir": t / "w"},
                               {"workdir": ["", UNDER_FILE, 3], "data": [Bad(v, "source") for v in

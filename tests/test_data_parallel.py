@@ -4,14 +4,17 @@ computes on the same global batch.
 In-process: the row shards partition the batch; `grad_scale` scales exactly the backward; the
 weighted shares of N simulated ranks (a Communicator of world size N whose collectives do nothing,
 summed here by hand) add up to the single process's loss and gradients; ignored targets are
-refused; the replica digest sees one flipped bit. Under `mpiexec -n 2` (tests/data_parallel_worker.py):
-every method's prepare() on 2 ranks equals the single process's — the same selections, masks, groups
-and rows, statistics and parameters within 1e-10 — and both ranks hold bit-identical replicas.
+refused. Under `mpiexec -n 2` (tests/data_parallel_worker.py):
+every method's prepare() and 20 training steps on 2 ranks equal the single process's — the same
+selections, masks, groups and rows; losses, statistics and parameters within 1e-10 — and both ranks
+hold bit-identical replicas.
 """
 
+import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import minisft.experiment as ex
+from minisft import cli
 from minisft.backend import rng as make_rng
+from minisft.checkpoint import load_checkpoint
 from minisft.distributed import Communicator, DistributedError
 from minisft.distributed import data_parallel as dp
 from minisft.errors import MinisftError
-from tests.data_parallel_worker import PREPARE_CASES, tiny_model, tiny_task
+from tests.data_parallel_worker import PREPARE_CASES, TRAIN_CASES, TRAIN_STEPS, run_spec, tiny_model, tiny_task
 from tests.test_distributed import _env, _mpiexec, gpus  # noqa: F401  (gpus: the fixture)
+from tests.test_train import MICRO
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,27 +123,24 @@ def test_ignored_targets_are_refused_when_ranks_share_a_batch():
     dp.local_loss_and_grads(model, x, y)  # one process: the mean over the valid targets, as always
 
 
-def test_replica_digest_sees_one_flipped_bit_and_the_generator_state():
-    arrays = {"w": np.linspace(0, 1, 7), "m": np.array([True, False])}
-    gen = make_rng(3)
-    d = dp.replica_digest(arrays, gen)
-    assert dp.check_replicas(None, arrays, gen) == d == dp.replica_digest(dict(reversed(arrays.items())), make_rng(3))
-    flipped = {"w": arrays["w"].copy(), "m": arrays["m"]}
-    flipped["w"].view(np.int64)[3] ^= 1
-    assert dp.replica_digest(flipped, gen) != d
-    gen.random()
-    assert dp.replica_digest(arrays, gen) != d
-
-
 # ------------------------------------------------------------------------- MPI, two ranks
-@pytest.fixture(scope="module")
-def prepared():
-    """{case: [result of rank 0, result of rank 1]} of one `mpiexec -n 2 ... prepare` job."""
-    cmd = [_mpiexec(), "-n", "2", sys.executable, str(WORKER), "prepare"]
+def _worker_job(mode):
+    """{case: [result of rank 0, result of rank 1]} of one `mpiexec -n 2 ... MODE` job."""
+    cmd = [_mpiexec(), "-n", "2", sys.executable, str(WORKER), mode]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return _results(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return _worker_job("prepare")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return _worker_job("train")
 
 
 @pytest.mark.parametrize("case", list(PREPARE_CASES))
@@ -147,13 +151,228 @@ def test_prepare_on_two_ranks_equals_one_process(prepared, case):
     _check_results({case: prepared.get(case, [])}, [case], "mpi", 2)
 
 
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_training_on_two_ranks_equals_one_process(trained, case):
+    """TRAIN_STEPS steps (accumulation 2 in some cases): every loss and evaluation, every parameter,
+    the method's report and state (GMT's masks and kept counts, MGPP's masks, ...) the same on each of
+    2 ranks as in one process; both ranks bit-identical; the work really split (half the activations
+    per rank) and one all-reduce per step of exactly the trainable gradients (float64) + the loss."""
+    _check_trained({case: trained.get(case, [])}, [case], "mpi", 2)
+
+
+def _check_trained(results, cases, backend, world):
+    _check_results(results, cases, backend, world)
+    for ranks in results.values():
+        for res in ranks:
+            d = res["distributed"]
+            assert d is not None and d["world_size"] == world and d["backend"] == backend, res
+            assert d["allreduce"]["bytes_per_step"] == 8 * res["trainable_elements"] + 8, d
+            assert res["activation_bytes"]["parallel"] < res["activation_bytes"]["single"], res["activation_bytes"]
+    assert TRAIN_STEPS >= 20
+
+
+# -------------------------------------------------------------------- runs, resumes, failures
+def _mpi_run(spec, timeout=60, **env):
+    """(exit status, seconds, output, {rank: result}) of the worker's `run SPEC` under mpiexec -n 2."""
+    cmd = [_mpiexec(), "-n", "2", sys.executable, str(WORKER), "run", json.dumps(spec)]
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                           env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **env))
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the 2-rank job hung for {timeout} s (stderr: {e.stderr})")
+    out = r.stdout + r.stderr
+    ranks = {res["rank"]: res for ranks in _results(r.stdout).values() for res in ranks}
+    return r.returncode, time.monotonic() - t0, out, ranks
+
+
+def _single_run(spec, wait=10.0):
+    """run_spec in this process; a run directory still locked by a rank of an aborted job that the
+    kernel has not reaped yet (mpiexec returns once MPI_Abort is sent) is retried for `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        res = run_spec(Communicator(), spec)
+        if not (res["error"] or "").startswith("LockedError") or time.monotonic() > deadline:
+            return res
+        time.sleep(0.1)
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+RUN_FILES = [".lock", "log.jsonl", "model", "model/manifest.json", "model/merged.safetensors",
+             "model/trained.safetensors", "result.json"]
+
+
+@pytest.mark.parametrize("case", ["mgpp", "spruft-taylor"])
+def test_resume_with_another_number_of_ranks_continues_the_same_run(case, tmp_path):
+    """2 ranks stop after step 11 (checkpoint at 10) and one process resumes to step 20; one process
+    stops and 2 ranks resume: both equal the uninterrupted run within 1e-10 (every loss, every
+    parameter), with one log record per step, the run's files only (no temp file, no checkpoint
+    left) and the 2-rank parts really on 2 ranks."""
+    whole = _single_run({"case": case, "workdir": str(tmp_path / "whole")})
+    w1, w2 = tmp_path / "two-then-one", tmp_path / "one-then-two"
+    rc, _, out, ranks = _mpi_run({"case": case, "workdir": str(w1), "stop_after": 11})
+    assert rc == 0 and all(r["stopped"] for r in ranks.values()), out[-3000:]
+    first = _single_run({"case": case, "workdir": str(w1), "resume": True})
+    assert _single_run({"case": case, "workdir": str(w2), "stop_after": 11}) == {"error": None, "stopped": True}
+    rc, _, out, ranks = _mpi_run({"case": case, "workdir": str(w2), "resume": True})
+    assert rc == 0 and ranks[0]["error"] is None and ranks[0]["distributed"]["world_size"] == 2, out[-3000:]
+    second = ranks[0]
+    reference = load_checkpoint(tmp_path / "whole" / "model" / "trained.safetensors")[0]
+    for name, folder, res in (("2 ranks -> 1", w1, first), ("1 -> 2 ranks", w2, second)):
+        assert len(res["losses"]) == TRAIN_STEPS
+        d = max(abs(a - b) for a, b in zip(res["losses"], whole["losses"]))
+        assert d <= TOL, f"{name}: max loss diff {d:.3e}"
+        got = load_checkpoint(folder / "model" / "trained.safetensors")[0]
+        assert set(got) == set(reference)
+        d = max(_max_rel(got[k], reference[k]) for k in reference)
+        assert d <= TOL, f"{name}: max parameter diff {d:.3e}"
+        steps = [json.loads(line)["step"] for line in (folder / "log.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, TRAIN_STEPS + 1)), f"{name}: log steps {steps}"
+        assert _files(folder) == RUN_FILES, f"{name}: {_files(folder)}"
+
+
+@pytest.mark.parametrize("failure, message", [
+    ({"kill_after": [1, 7]}, "signal 9"),  # mpiexec ends the job when a rank dies
+    ({"raise_after": [1, 7]}, "RuntimeError: planted failure on rank 1 after step 7"),
+    ({"kill_in_checkpoint_write": 3}, "signal 9"),  # rank 0 dies renaming its step-6 checkpoint
+])
+def test_a_failing_rank_ends_the_job_and_the_last_checkpoint_resumes(failure, message, tmp_path):
+    """A rank killed or raising after step 7, or rank 0 killed inside its third checkpoint write:
+    the job ends at once (well within the 30 s collective timeout) naming the failure; the
+    checkpoint on disk is the last complete one (step 6, or 4 when the write of 6 was cut), and one
+    process resumes from it to the uninterrupted run's numbers."""
+    spec = {"case": "gmt-global-frozen", "workdir": str(tmp_path / "run"), "checkpoint_every": 2, **failure}
+    rc, seconds, out, ranks = _mpi_run(spec, MINISFT_DIST_TIMEOUT="30")
+    assert rc != 0 and seconds < 20 and not ranks, f"rc {rc} after {seconds:.1f} s\n{out[-3000:]}"
+    assert message in out, out[-3000:]
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == (4 if "kill_in_checkpoint_write" in failure else 6)
+    resumed = _single_run({"case": "gmt-global-frozen", "workdir": str(tmp_path / "run"), "checkpoint_every": 2,
+                           "resume": True})
+    whole = _single_run({"case": "gmt-global-frozen", "workdir": str(tmp_path / "whole"), "checkpoint_every": 2})
+    assert resumed["error"] is None and whole["error"] is None, (resumed, whole)
+    d = max(abs(a - b) for a, b in zip(resumed["losses"], whole["losses"]))
+    assert len(resumed["losses"]) == TRAIN_STEPS and d <= TOL, f"max loss diff {d:.3e}"
+    assert not [p for p in _files(tmp_path / "run") if p.endswith(".tmp")], _files(tmp_path / "run")
+
+
+def test_a_refused_checkpoint_is_the_same_error_on_every_rank(tmp_path):
+    """Resuming with another learning rate, or from a damaged file (read by rank 0 alone): both
+    ranks raise the same CheckpointError (none waits in a collective the other skipped)."""
+    run = tmp_path / "run"
+    assert _single_run({"case": "lora", "workdir": str(run), "stop_after": 11}) == {"error": None, "stopped": True}
+    rc, _, out, ranks = _mpi_run({"case": "lora", "workdir": str(run), "resume": True, "lr": 0.5})
+    assert rc == 0 and set(ranks) == {0, 1}, out[-3000:]
+    assert all(r["error"].startswith("CheckpointError: resume=") and "train.lr: 0.01 then, 0.5 now" in r["error"]
+               for r in ranks.values()), ranks
+    data = bytearray((run / "checkpoint.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (run / "checkpoint.safetensors").write_bytes(bytes(data))
+    rc, _, out, ranks = _mpi_run({"case": "lora", "workdir": str(run), "resume": True})
+    assert rc == 0 and set(ranks) == {0, 1}, out[-3000:]
+    assert all("does not match its checksum" in r["error"] and r["error"].startswith("CheckpointError")
+               for r in ranks.values()), ranks
+
+
+# -------------------------------------------------------------------------- the command line
+def _cli_job(args, prefix=None, timeout=120):
+    """(exit status, stdout, stderr) of `minisft ARGS` (the micro preset registered) as 2 MPI ranks,
+    or under `prefix` (a launcher command) when given."""
+    prefix = prefix or [_mpiexec(), "-n", "2"]
+    r = subprocess.run([*prefix, sys.executable, str(WORKER), "cli", *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT, env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture
+def micro(monkeypatch):
+    monkeypatch.setitem(ex.PRESETS, "micro", MICRO)
+    return MICRO
+
+
+def test_compare_on_two_ranks_writes_the_serial_compare_json(micro, tmp_path, capsys):
+    """`mpiexec -n 2 minisft compare` runs the rows on the two ranks and writes the compare.json of
+    one process byte for byte (same seeds, same base, same numbers); the table is printed once."""
+    args = ["compare", "--preset", "micro", "--only", "full", "lora", "spruft", "--quiet"]
+    assert cli.main([*args, "--workdir", str(tmp_path / "serial")]) == 0
+    rc, out, err = _cli_job([*args, "--workdir", str(tmp_path / "ranks")])
+    assert rc == 0, out[-2000:] + err[-3000:]
+    serial, ranks = (next((tmp_path / w).glob("runs/*/compare.json")) for w in ("serial", "ranks"))
+    assert serial.read_bytes() == ranks.read_bytes()
+    assert out.count("results: ") == 1 and out.count("(base model)") == 1, out
+    assert len(json.loads(ranks.read_text())["rows"]) == 3
+
+
+def test_finetune_on_two_ranks_through_the_cli_equals_one_process(micro, tmp_path):
+    """`mpiexec -n 2 minisft finetune` in float64: the base pretrained data-parallel and the run's
+    every loss within 1e-10 of one process's; rank 0 alone wrote the cache and the run; a second
+    finetune on 2 ranks loads the base that rank 0 cached."""
+    args = ["finetune", "--preset", "micro", "--method", "loradrop", "--set", "probe_steps=2", "--dtype", "float64",
+            "--quiet"]
+    assert cli.main([*args, "--workdir", str(tmp_path / "serial")]) == 0
+    rc, out, err = _cli_job([*args, "--workdir", str(tmp_path / "ranks")])
+    assert rc == 0, out[-2000:] + err[-3000:]
+    assert out.count("run: ") == 1, out
+    serial, ranks = (json.loads(next((tmp_path / w).glob("runs/*/loradrop/seed0/result.json")).read_text())
+                     for w in ("serial", "ranks"))
+    d = max(abs(a["loss"] - b["loss"]) for a, b in zip(serial["history"]["train"], ranks["history"]["train"]))
+    assert d <= TOL and len(ranks["history"]["train"]) == MICRO.finetune_steps, f"max loss diff {d:.3e}"
+    assert ranks["report"]["kept"] == serial["report"]["kept"] and ranks["report"]["shared"] == serial["report"]["shared"]
+    assert ranks["distributed"]["world_size"] == 2 and "distributed" not in serial
+    assert len(list((tmp_path / "ranks" / "pretrain").glob("*.safetensors"))) == 1
+    rc, out, err = _cli_job([*args[:-1], "--workdir", str(tmp_path / "ranks"), "--label", "again"])
+    assert rc == 0 and err.count("base model: micro, loaded from") == 1 and "pretraining" not in err, err[-3000:]
+
+
+def test_numpy_ranks_under_minisft_launch_are_refused_pointing_at_mpirun(micro, tmp_path):
+    rc, out, err = _cli_job(["finetune", "--preset", "micro", "--method", "lora", "--backend", "numpy", "--workdir",
+                             str(tmp_path)], prefix=[sys.executable, "-m", "minisft.cli", "launch", "--nproc", "2", "--"])
+    assert rc == 2, out + err
+    assert "expected CuPy arrays (NCCL), or NumPy arrays under an MPI launcher (mpirun -n N" in err, err
+
+
+def test_compare_gpus_starts_the_ranks_without_the_option(micro, tmp_path, monkeypatch, capsys):
+    """--gpus N re-runs the same command line, minus --gpus, as N ranks of `minisft launch`; without
+    CuPy and a GPU it is a clear error before any work."""
+    import minisft.backend
+    import minisft.launch
+
+    args = ["compare", "--preset", "micro", "--workdir", str(tmp_path), "--gpus", "4", "--only", "lora", "--quiet"]
+    assert cli.main([*args, "--backend", "numpy"]) == 2
+    assert "minisft: error: --gpus: 4: expected a machine with GPUs and CuPy" in capsys.readouterr().err
+    started = []
+    monkeypatch.setattr(minisft.backend, "resolve_backend", lambda name="auto": "cupy")
+    monkeypatch.setattr(minisft.launch, "launch", lambda command, nproc: started.append((command, nproc)) or 0)
+    assert cli.main([*args, "--backend", "cupy"]) == 0
+    assert started == [([sys.executable, "-m", "minisft.cli", "compare", "--preset", "micro", "--workdir", str(tmp_path),
+                         "--only", "lora", "--quiet", "--backend", "cupy"], 4)]
+
+
+@given(costs=st.lists(st.one_of(st.none(), st.integers(0, 9)), min_size=0, max_size=7), n=st.integers(1, 3))
+@example(costs=[3, 3, 2, 2, 2], n=2)  # LPT's classic 7/6 case: 7 vs the optimum 6
+def test_assign_jobs_is_longest_first_within_4_3_of_the_best_assignment(costs, n):
+    """Every job on exactly one rank; the makespan at most 4/3 - 1/(3n) of the brute-force optimum
+    (Graham 1969), unknown costs counted as the mean of the known ones."""
+    parts = ex.assign_jobs(costs, n)
+    assert sorted(j for part in parts for j in part) == list(range(len(costs))) and len(parts) == n
+    known = [c for c in costs if c is not None]
+    filled = [c if c is not None else (sum(known) / len(known) if known else 1.0) for c in costs]
+    makespan = max(sum(filled[j] for j in part) for part in parts)
+    best = min((max(sum(filled[j] for j in range(len(costs)) if a[j] == r) for r in range(n))
+                for a in itertools.product(range(n), repeat=len(costs))), default=0.0)
+    assert makespan <= (4 / 3 - 1 / (3 * n)) * best + 1e-9, (parts, makespan, best)
+
+
 def test_check_replicas_names_the_differing_rank():
     class TwoRanks(Communicator):  # rank 1 reports another digest
         def _allgather_bytes(self, data):
             return [data, json.dumps("0" * 64).encode()]
 
     with pytest.raises(DistributedError, match="rank 1 differs from rank 0"):
-        dp.check_replicas(TwoRanks(rank=0, world_size=2), {"w": np.ones(3)})
+        dp.check_replicas(TwoRanks(rank=0, world_size=2), "1" * 64)
 
 
 # ------------------------------------------------------------------------------------ GPUs
@@ -181,20 +400,49 @@ def _check_results(results, cases, backend, world):
             assert res["replicas_agree"], f"{where}: the ranks' replicas differ"
 
 
+def _gpu_prefix(launcher, world):
+    if launcher == "minisft-launch":
+        return [sys.executable, "-m", "minisft.launch", "--nproc", str(world), "--"]
+    return [_mpiexec(), "-n", str(world)]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("launcher", ["minisft-launch", "mpirun"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_prepare_on_gpus_with_nccl_equals_one_gpu(gpus, world, launcher):
-    """Every method's prepare() on `world` GPUs (NCCL, float64) equals one GPU's, started by
-    `minisft launch` (TCP rendezvous) and by mpirun (MPI bootstrap)."""
+def test_prepare_and_training_on_gpus_with_nccl_equal_one_gpu(gpus, world, launcher):
+    """Every method's prepare() and TRAIN_STEPS training steps on `world` GPUs (NCCL, float64) equal
+    one GPU's, started by `minisft launch` (TCP rendezvous) and by mpirun (MPI bootstrap)."""
     if world > gpus:
         pytest.skip(f"{world} GPUs asked, {gpus} visible")
-    prefix = ([sys.executable, "-m", "minisft.launch", "--nproc", str(world), "--"] if launcher == "minisft-launch"
-              else [_mpiexec(), "-n", str(world)])
-    r = subprocess.run([*prefix, sys.executable, str(WORKER), "prepare", "cupy"], capture_output=True, text=True,
-                       timeout=300, cwd=ROOT, env=_env())
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    _check_results(_results(r.stdout), PREPARE_CASES, "nccl", world)
+    for mode, cases in (("prepare", PREPARE_CASES), ("train", TRAIN_CASES)):
+        r = subprocess.run([*_gpu_prefix(launcher, world), sys.executable, str(WORKER), mode, "cupy"],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env())
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        (_check_results if mode == "prepare" else _check_trained)(_results(r.stdout), cases, "nccl", world)
+
+
+@pytest.mark.gpu
+def test_resume_on_one_gpu_after_two_and_on_two_after_one(gpus, tmp_path):
+    """The CPU resume test on GPUs: 2 GPUs (NCCL) stop after step 11, one GPU resumes; one GPU stops,
+    2 GPUs resume; both equal the uninterrupted one-GPU run within 1e-10."""
+    spec = {"case": "spruft-taylor", "backend": "cupy"}
+
+    def two(extra):
+        r = subprocess.run([*_gpu_prefix("minisft-launch", 2), sys.executable, str(WORKER), "run",
+                            json.dumps({**spec, **extra})], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           env=_env())
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return {res["rank"]: res for ranks in _results(r.stdout).values() for res in ranks}
+
+    whole = _single_run({**spec, "workdir": str(tmp_path / "whole")})
+    assert all(r["stopped"] for r in two({"workdir": str(tmp_path / "a"), "stop_after": 11}).values())
+    first = _single_run({**spec, "workdir": str(tmp_path / "a"), "resume": True})
+    assert _single_run({**spec, "workdir": str(tmp_path / "b"), "stop_after": 11})["stopped"]
+    second = two({"workdir": str(tmp_path / "b"), "resume": True})[0]
+    assert second["distributed"]["world_size"] == 2
+    for res in (first, second):
+        d = max(abs(a - b) for a, b in zip(res["losses"], whole["losses"]))
+        assert len(res["losses"]) == TRAIN_STEPS and d <= TOL, f"max loss diff {d:.3e}"
 
 
 # ----------------------------------------------------------------------------- the benchmark

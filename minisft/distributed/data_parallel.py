@@ -18,7 +18,7 @@ calibration probes, per-sample gradients) is the single process's share too.
     loss_and_grads(model, x, y, comm)         both: drop-in for model.loss_and_grads (global L, ∇L)
     loss(model, x, y, comm)                   forward only: the global L (one 8-byte all-reduce)
     mean_batch_loss(model, batches, comm)     mean of L over fixed batches (batch i on rank i mod N)
-    check_replicas(comm, arrays, generator)   every rank holds the same tensors and generator state
+    check_replicas(comm, digest)              every rank holds the same state (its digest)
 
 `comm=None` (or a world of one) is exactly today's single-process call: no slicing, grad_scale 1,
 no collective, so every number is unchanged bit for bit. Nothing random is drawn per rank.
@@ -29,12 +29,8 @@ refused when N > 1 (their ranks would hold unequal token counts, and the weight 
 valid tokens across ranks: a caller with padded targets must do that itself).
 """
 
-import hashlib
-import json
-
 import numpy as np
 
-from ..backend import to_numpy
 from ..errors import bad_value, positive_int
 from .buckets import DEFAULT_BUCKET_BYTES
 from .communicator import DistributedError
@@ -123,30 +119,16 @@ def mean_batch_loss(model, batches, comm=None):
     return float(total[0]) / len(batches)
 
 
-def replica_digest(arrays, generator=None):
-    """sha256 over {name: array} (sorted names; dtype, shape and bytes of each, on the host) and the
-    generator's state."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(to_numpy(arrays[name]))
-        h.update(f"{name}:{a.dtype.name}:{a.shape}:".encode())
-        h.update(a.tobytes())
-    if generator is not None:
-        h.update(json.dumps(generator.bit_generator.state, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def check_replicas(comm, arrays, generator=None, what="replica state"):
-    """Raise DistributedError unless every rank holds bit-identical `arrays` ({name: array}) and
-    generator state: data parallelism's premise, checked by one allgather of a digest. Returns the
-    digest. (MPI and NCCL all-reduces give every rank the same bytes in practice; the MPI standard
-    only recommends it. This turns a silent divergence into an error naming the rank.)"""
-    mine = replica_digest(arrays, generator)
+def check_replicas(comm, digest, what="replica state"):
+    """Raise DistributedError unless every rank passes the same `digest` (a string: e.g. a SHA-256 of
+    its trainable tensors, optimizer and method state and generator state), naming the first rank
+    that differs: data parallelism's premise, checked by one allgather. (MPI and NCCL all-reduces give
+    every rank the same bytes in practice; the MPI standard only recommends it. This turns a silent
+    divergence into an error.)"""
     if world_size(comm) == 1:
-        return mine
-    digests = comm.allgather_object(mine)
+        return
+    digests = comm.allgather_object(digest)
     for r, d in enumerate(digests):
         if d != digests[0]:
-            raise DistributedError(f"{what}: rank {r} differs from rank 0 (sha256 {d[:12]} vs {digests[0][:12]}); "
+            raise DistributedError(f"{what}: rank {r} differs from rank 0 (digest {str(d)[:12]} vs {str(digests[0])[:12]}); "
                                    "expected bit-identical replicas on every rank")
-    return mine

@@ -2,6 +2,7 @@
 
     python tests/data_parallel_worker.py prepare [cupy]   every method's prepare(): one process vs N ranks
     python tests/data_parallel_worker.py train [cupy]     every method, TRAIN_STEPS training steps: the same
+    python tests/data_parallel_worker.py prepare+train [cupy]   both, in one job
     python tests/data_parallel_worker.py run SPEC_JSON    one training run in a run directory, stopped, killed,
                                                           failing or resumed as SPEC says (`run_spec`)
     python tests/data_parallel_worker.py cli ARGS...      `minisft ARGS` with the test suite's micro preset
@@ -271,11 +272,11 @@ def run_spec(comm, spec):
             "distributed": result.get("distributed")}
 
 
-def report(comm, result):
+def report(comm, mode, result):
     """Rank 0 prints every rank's result of one case as one line "RESULT {json}"."""
     ranks = comm.allgather_object(dict(result, rank=comm.rank, backend=comm.backend, world_size=comm.world_size))
     if comm.rank == 0:
-        print("RESULT " + json.dumps({"case": result["case"], "ranks": ranks}), flush=True)
+        print("RESULT " + json.dumps({"mode": mode, "case": result["case"], "ranks": ranks}), flush=True)
 
 
 def cli(argv):
@@ -296,16 +297,23 @@ def main(argv):
     backend = spec.get("backend", "numpy") if what == "run" else (argv[1] if len(argv) > 1 else "numpy")
     comm = from_environment(device=backend, timeout=120)
     with comm.abort_on_failure():
-        if what == "prepare":
-            for name in PREPARE_CASES:
-                report(comm, prepare_case(comm, name, backend))
-        elif what == "train":
-            for name in TRAIN_CASES:
-                report(comm, train_case(comm, name, backend))
-        elif what == "run":
-            report(comm, dict(run_spec(comm, spec), case=spec["case"]))
-        else:
+        modes = what.split("+")  # "prepare+train": both in one job (one start-up on GPUs)
+        unknown = set(modes) - {"prepare", "train", "run"}
+        if unknown:
             raise SystemExit(f"unknown mode {what!r}")
+        if "prepare" in modes:
+            for name in PREPARE_CASES:
+                report(comm, "prepare", prepare_case(comm, name, backend))
+        if "train" in modes:
+            for name in TRAIN_CASES:
+                try:
+                    result = train_case(comm, name, backend)
+                except MinisftError as e:  # raised on every rank alike (a replica check, a non-finite loss)
+                    result = {"case": name, "max_rel_diff": math.inf, "max_rel_diff_finite_difference": math.inf,
+                              "differences": [f"{type(e).__name__}: {e}"], "replicas_agree": False, "distributed": None}
+                report(comm, "train", result)
+        if "run" in modes:
+            report(comm, "run", dict(run_spec(comm, spec), case=spec["case"]))
     comm.close()
 
 

@@ -376,13 +376,15 @@ def test_check_replicas_names_the_differing_rank():
 
 
 # ------------------------------------------------------------------------------------ GPUs
-def _results(stdout):
+def _results(stdout, mode=None):
+    """{case: [every rank's result]} of the worker's RESULT lines (of `mode` only, when given)."""
     out = {}
     for line in stdout.splitlines():
         line = line.split("] ", 1)[1] if line.startswith("[") else line  # minisft launch's rank prefix
         if line.startswith("RESULT "):
             res = json.loads(line[len("RESULT "):])
-            out[res["case"]] = res["ranks"]
+            if mode is None or res["mode"] == mode:
+                out[res["case"]] = res["ranks"]
     return out
 
 
@@ -407,18 +409,18 @@ def _gpu_prefix(launcher, world):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("launcher", ["minisft-launch", "mpirun"])
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world, launcher", [(2, "mpirun"), (4, "minisft-launch")])
 def test_prepare_and_training_on_gpus_with_nccl_equal_one_gpu(gpus, world, launcher):
     """Every method's prepare() and TRAIN_STEPS training steps on `world` GPUs (NCCL, float64) equal
-    one GPU's, started by `minisft launch` (TCP rendezvous) and by mpirun (MPI bootstrap)."""
+    one GPU's: 2 GPUs started by mpirun (NCCL bootstrapped over MPI), 4 by `minisft launch` (TCP
+    rendezvous)."""
     if world > gpus:
         pytest.skip(f"{world} GPUs asked, {gpus} visible")
-    for mode, cases in (("prepare", PREPARE_CASES), ("train", TRAIN_CASES)):
-        r = subprocess.run([*_gpu_prefix(launcher, world), sys.executable, str(WORKER), mode, "cupy"],
-                           capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env())
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        (_check_results if mode == "prepare" else _check_trained)(_results(r.stdout), cases, "nccl", world)
+    r = subprocess.run([*_gpu_prefix(launcher, world), sys.executable, str(WORKER), "prepare+train", "cupy"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_results(_results(r.stdout, "prepare"), PREPARE_CASES, "nccl", world)
+    _check_trained(_results(r.stdout, "train"), TRAIN_CASES, "nccl", world)
 
 
 @pytest.mark.gpu

@@ -12,6 +12,11 @@ srun, torchrun-style RANK/WORLD_SIZE, or nothing) and returns a Communicator
     "mpi"      NumPy arrays through mpi4py's buffer calls (minisft.distributed.mpi)
     "nccl"     CuPy arrays through cupy.cuda.nccl (minisft.distributed.nccl)
 
+On top of the collectives: `minisft.distributed.data_parallel` (exact data parallelism: each rank its
+rows of the global batch, weighted inside the backward; one bucketed all-reduce per step; the
+trainer, the methods and the CLI use it through `Task.comm`) and `minisft.distributed.rank0` (rank 0
+reads a file, every rank gets its content).
+
 Start several processes with `mpirun -n N python -m ...`, `mpiexec -n N`, `srun`, torchrun, or
 `minisft launch --nproc N -- <command>` (minisft.launch). A rank that fails aborts the job; a rank
 whose collective waits longer than `timeout` seconds (default 300, $MINISFT_DIST_TIMEOUT) aborts it

@@ -16,6 +16,7 @@ calibration probes, per-sample gradients) is the single process's share too.
     local_loss_and_grads(model, x, y, comm)   (w_r·L_r, w_r ∇L_r): this rank's share, not reduced
     reduce_loss_and_grads(comm, loss, grads)  their sums over the ranks: one bucketed all-reduce
     loss_and_grads(model, x, y, comm)         both: drop-in for model.loss_and_grads (global L, ∇L)
+    local_loss(model, x, y, comm)             forward only: w_r·L_r, not reduced
     loss(model, x, y, comm)                   forward only: the global L (one 8-byte all-reduce)
     mean_batch_loss(model, batches, comm)     mean of L over fixed batches (batch i on rank i mod N)
     check_replicas(comm, digest)              every rank holds the same state (its digest)
@@ -96,12 +97,20 @@ def loss_and_grads(model, x, y, comm=None):
     return loss, grads
 
 
+def local_loss(model, x, y, comm=None):
+    """w_r · L_r on this rank's rows of the global batch (x, y), forward only, not reduced (a
+    forward-only probe's statistics are then this rank's share, to be summed over the ranks)."""
+    if world_size(comm) == 1:
+        return model.loss(x, y)
+    xs, ys, w = _share(x, y, comm)
+    return w * model.loss(xs, ys)
+
+
 def loss(model, x, y, comm=None):
     """The global mean loss L of the batch (x, y), forward only: Σ_r w_r L_r (one all-reduce)."""
     if world_size(comm) == 1:
         return model.loss(x, y)
-    xs, ys, w = _share(x, y, comm)
-    total = comm.xp.asarray([w * model.loss(xs, ys)], dtype=np.float64)
+    total = comm.xp.asarray([local_loss(model, x, y, comm)], dtype=np.float64)
     comm.allreduce_sum([total])
     return float(total[0])
 

@@ -366,6 +366,16 @@ def test_assign_jobs_is_longest_first_within_4_3_of_the_best_assignment(costs, n
     assert makespan <= (4 / 3 - 1 / (3 * n)) * best + 1e-9, (parts, makespan, best)
 
 
+def test_the_trainer_stops_replicas_that_differ(tmp_path):
+    """One weight entry of rank 1 1e-6 off before training (full fine-tuning: the weight trains):
+    after the first step both ranks raise the same error naming rank 1, and no result is written."""
+    rc, _, out, ranks = _mpi_run({"case": "full", "workdir": str(tmp_path / "run"), "perturb_rank": 1})
+    assert rc == 0 and set(ranks) == {0, 1}, out[-3000:]
+    assert all(r["error"].startswith("DistributedError: the replicas after step 1: rank 1 differs from rank 0")
+               for r in ranks.values()), ranks
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
 def test_check_replicas_names_the_differing_rank():
     class TwoRanks(Communicator):  # rank 1 reports another digest
         def _allgather_bytes(self, data):

@@ -148,7 +148,18 @@ def rank_main(a):
     if N > 1:
         torch.distributed.init_process_group("nccl" if gpu else "gloo", init_method=f"tcp://{a.torch_addr}:{a.torch_port}",
                                              rank=comm.rank, world_size=N)
-    sync = (lambda: (torch.cuda.synchronize(device), ms.backend.synchronize(__import__("cupy")))) if gpu else (lambda: None)
+    if gpu:
+        import cupy
+
+        from minisft.backend import synchronize
+
+        def sync():
+            torch.cuda.synchronize(device)
+            synchronize(cupy)
+    else:
+        def sync():
+            pass
+
     rows = []
     with comm.abort_on_failure():
         for method in a.methods:

@@ -5,8 +5,8 @@
 #     OUT=/some/dir bash reference_models/dp_gpu_check.sh       ($OUT defaults to ./dp-gpu-check)
 #
 # (a) the GPU-marked tests of tests/test_distributed.py and tests/test_data_parallel.py: the NCCL
-#     collectives, and every method's prepare() and 20+ training steps on 2 and 4 GPUs (NCCL, float64,
-#     via minisft launch and mpirun) against one GPU;
+#     collectives; every method's prepare() and 20 training steps on 2 GPUs (mpirun) and 4 GPUs
+#     (minisft launch), NCCL, float64, against one GPU; resume 2 GPUs -> 1 and 1 -> 2;
 # (b) `minisft compare --gpus N` against the serial compare on the `small` preset (pretrained base
 #     cached first, untimed): both wall times, and whether compare.json is byte-identical;
 # (c) reference_models.bench_dp on the gpt2 preset, world sizes 1,2,4: minisft vs PyTorch DDP, per-GPU
@@ -43,17 +43,18 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log, record rc 
 'torch', torch.__version__, 'mpi4py', mpi4py.__version__, 'numpy', numpy.__version__)"; } >"$OUT/machine.log" 2>&1
 
 # (a) GPU tests: NCCL collectives, prepare() and training parity on 2 and 4 GPUs
-part a-gpu-tests 200 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py tests/test_data_parallel.py
+part a-gpu-tests 140 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py tests/test_data_parallel.py
 
 # (b) compare --gpus N vs serial, same compare.json
 W1="$OUT/compare-serial" W2="$OUT/compare-gpus"
 rm -rf "$W1" "$W2"
-part b-pretrain 120 $PY -m minisft.cli pretrain --preset small --workdir "$W1" --quiet && cp -r "$W1" "$W2"
-part b-compare-serial 170 $PY -m minisft.cli compare --preset small --workdir "$W1" --quiet
+part b-pretrain 60 $PY -m minisft.cli pretrain --preset small --workdir "$W1" --quiet && cp -r "$W1" "$W2"
+part b-compare-serial 120 $PY -m minisft.cli compare --preset small --workdir "$W1" --quiet
 SERIAL=$LAST_SECONDS
-part b-compare-gpus 90 $PY -m minisft.cli compare --preset small --workdir "$W2" --quiet --gpus "$NGPU"
+part b-compare-gpus 60 $PY -m minisft.cli compare --preset small --workdir "$W2" --quiet --gpus "$NGPU"
 PARALLEL=$LAST_SECONDS
-$PY - "$W1/compare.json" "$W2/compare.json" "$SERIAL" "$PARALLEL" "$NGPU" >"$OUT/b-compare-check.log" 2>&1 <<'EOF'
+C1=$(ls "$W1"/runs/*/compare.json 2>/dev/null | head -1) C2=$(ls "$W2"/runs/*/compare.json 2>/dev/null | head -1)
+$PY - "${C1:-$W1/compare.json}" "${C2:-$W2/compare.json}" "$SERIAL" "$PARALLEL" "$NGPU" >"$OUT/b-compare-check.log" 2>&1 <<'EOF'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 same = open(sys.argv[1], "rb").read() == open(sys.argv[2], "rb").read()
@@ -78,8 +79,8 @@ EOF
 SUMMARY+=("$(printf '%-18s %s' b-compare-check "$(tr '\n' ' ' <"$OUT/b-compare-check.log")")")
 
 # (c) minisft vs PyTorch DDP, gpt2 preset, 1/2/4 GPUs
-part c-bench-dp 170 $PY -m reference_models.bench_dp --preset gpt2 --world-size "$BENCH_SIZES" \
-    --methods full spruft lora --steps 8 --warmup 3 --out "$OUT/bench-dp-gpt2.json"
+part c-bench-dp 140 $PY -m reference_models.bench_dp --preset gpt2 --world-size "$BENCH_SIZES" \
+    --methods full spruft lora --steps 6 --warmup 2 --out "$OUT/bench-dp-gpt2.json"
 
 {
     echo "== dp_gpu_check summary ($NGPU GPUs; logs in $OUT)"

@@ -334,6 +334,13 @@ def test_numpy_ranks_under_minisft_launch_are_refused_pointing_at_mpirun(micro, 
     assert "expected CuPy arrays (NCCL), or NumPy arrays under an MPI launcher (mpirun -n N" in err, err
 
 
+def test_commands_without_data_parallel_work_are_refused_on_several_ranks(micro, tmp_path):
+    rc, out, err = _cli_job(["adapeft-front", "--preset", "micro", "--workdir", str(tmp_path), "--quiet"])
+    assert rc == 2 and err.count("minisft: error: adapeft-front: '2 ranks': expected one process") == 2, err[-3000:]
+    rc, out, err = _cli_job(["compare", "--preset", "micro", "--workdir", str(tmp_path), "--gpus", "1"])
+    assert rc == 2 and "minisft: error: --gpus: 1: expected the job's world size, 2" in err, err[-3000:]
+
+
 def test_compare_gpus_starts_the_ranks_without_the_option(micro, tmp_path, monkeypatch, capsys):
     """--gpus N re-runs the same command line, minus --gpus, as N ranks of `minisft launch`; without
     CuPy and a GPU it is a clear error before any work."""

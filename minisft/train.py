@@ -37,8 +37,8 @@ Data parallel (`Task.comm`, a minisft.distributed Communicator of N > 1 ranks): 
 same global batch from the same Generator and computes its rows' share (minisft.distributed.
 data_parallel); ONE bucketed all-reduce of the trainable gradients and the loss per optimizer step,
 after the accumulation and before (3): so the finiteness checks, `transform_grads` (GMT's mask on
-the global gradient, MGPP's prior added once), the clipping and the optimizer see the single
-process's numbers on every rank. Evaluation batches are spread over the ranks. Only rank 0 touches
+the global gradient), the clipping (of the global norm), `transform_grads_after_clip` (MGPP's prior
+added once) and the optimizer see the single process's numbers on every rank. Evaluation batches are spread over the ranks. Only rank 0 touches
 the run directory (lock, log, checkpoints, model, result); what it reads on resume reaches the others
 by broadcast, so the ranks need no shared filesystem and a checkpoint resumes with any number of
 ranks (it holds no per-rank state; the global batch is part of the task's fingerprint). After the
@@ -99,8 +99,6 @@ class Task:
         self.block_size = positive_int("block_size", self.block_size)
         if self.comm is not None and not isinstance(self.comm, Communicator):
             raise bad_type("comm", self.comm, "None or a minisft.distributed Communicator")
-        require(self.batch_size >= world_size(self.comm), "batch_size", self.batch_size,
-                f"at least one row per rank: a global batch of >= {world_size(self.comm)} rows")
 
     def sample(self, generator):
         return random_windows(self.train_ids, self.batch_size, self.block_size, generator)
@@ -346,6 +344,8 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
         raise bad_type("task", task, "a minisft.train.Task")
     if not isinstance(cfg, TrainConfig):
         raise bad_type("cfg", cfg, "a minisft.train.TrainConfig")
+    require(task.batch_size >= world_size(task.comm), "batch_size", task.batch_size,
+            f"at least one row per rank: a global batch of >= {world_size(task.comm)} rows")
     resume = boolean("resume", resume)
     require(not resume or workdir is not None, "resume", resume, "a workdir to resume from")
     mode_of(progress)

@@ -39,7 +39,6 @@ from minisft.distributed.data_parallel import check_replicas  # noqa: E402
 from minisft.errors import MinisftError  # noqa: E402
 from minisft.methods import make_method  # noqa: E402
 from minisft.model import GPT  # noqa: E402
-from minisft.methods import REGISTRY  # noqa: E402
 from minisft.train import Task, TrainConfig, train  # noqa: E402
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -70,8 +69,13 @@ PREPARE_CASES = {
     "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 3}),
     "spruft-taylor-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "multivariable": True}),
     "spruft-obd": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "obd"}),
-    "spruft-zeroth-order": ("spruft", {"ratio": 0.25, "calib_batches": 2, "importance": "zeroth_order", "zo_samples": 3}),
+    "spruft-zeroth-order": ("spruft", {"ratio": 0.25, "calib_batches": 2, "calib_batch_size": None,
+                                       "importance": "zeroth_order", "zo_samples": 3}),  # rows split over ranks
     "spruft-magnitude": ("spruft", {"ratio": 0.25, "importance": "magnitude"}),
+    "spruft-wanda": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "wanda"}),
+    "spruft-multivariable-one-batch": ("spruft", {"ratio": 0.25, "calib_batches": 1, "multivariable": True,
+                                                  "mode": "neurons"}),  # a rank without a batch
+    "spruft-task-batches": ("spruft", {"ratio": 0.25, "calib_batches": 2, "calib_batch_size": None}),
     "spruft-neurons-global": ("spruft", {"ratio": 0.25, "calib_batches": 3, "mode": "neurons", "scope": "global"}),
     "spruft-neurons-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "mode": "neurons",
                                                 "multivariable": True}),
@@ -105,10 +109,8 @@ TRAIN_CASES = {
     "gmt-tensor": ("gmt", {"drop_ratio": 0.5}, {}),
     "gmt-global-frozen": ("gmt", {"drop_ratio": 0.7, "scope": "global", "freeze_masked": True}, {"accumulation": 2}),
     "mgpp": ("mgpp", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS}, {}),
-    "mgpp-no-prior": ("mgpp", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS, "prior": False}, {}),
+    "magprune": ("magprune", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS}, {}),
 }
-if "magprune" in REGISTRY:
-    TRAIN_CASES["magprune"] = ("magprune", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS}, {})
 
 
 def train_config(method, overrides):

@@ -16,9 +16,9 @@ calibration probes, per-sample gradients) is the single process's share too.
     local_loss_and_grads(model, x, y, comm)   (w_r·L_r, w_r ∇L_r): this rank's share, not reduced
     reduce_loss_and_grads(comm, loss, grads)  their sums over the ranks: one bucketed all-reduce
     loss_and_grads(model, x, y, comm)         both: drop-in for model.loss_and_grads (global L, ∇L)
-    local_loss(model, x, y, comm)             forward only: w_r·L_r, not reduced
     loss(model, x, y, comm)                   forward only: the global L (one 8-byte all-reduce)
-    mean_batch_loss(model, batches, comm)     mean of L over fixed batches (batch i on rank i mod N)
+    rank_batches(batches, comm)               whole batches per rank (batch i on rank i mod N), for sums
+    mean_batch_loss(model, batches, comm)     mean of L over fixed batches (rank_batches, one all-reduce)
     check_replicas(comm, digest)              every rank holds the same state (its digest)
 
 `comm=None` (or a world of one) is exactly today's single-process call: no slicing, grad_scale 1,
@@ -97,22 +97,24 @@ def loss_and_grads(model, x, y, comm=None):
     return loss, grads
 
 
-def local_loss(model, x, y, comm=None):
-    """w_r · L_r on this rank's rows of the global batch (x, y), forward only, not reduced (a
-    forward-only probe's statistics are then this rank's share, to be summed over the ranks)."""
-    if world_size(comm) == 1:
+def loss(model, x, y, comm=None):
+    """The global mean loss L of the batch (x, y), forward only: Σ_r w_r L_r (one all-reduce). A
+    batch of fewer rows than ranks is computed whole on every rank instead (the same number on
+    each, no collective)."""
+    if world_size(comm) == 1 or x.shape[0] < comm.world_size:
         return model.loss(x, y)
     xs, ys, w = _share(x, y, comm)
-    return w * model.loss(xs, ys)
-
-
-def loss(model, x, y, comm=None):
-    """The global mean loss L of the batch (x, y), forward only: Σ_r w_r L_r (one all-reduce)."""
-    if world_size(comm) == 1:
-        return model.loss(x, y)
-    total = comm.xp.asarray([local_loss(model, x, y, comm)], dtype=np.float64)
+    total = comm.xp.asarray([w * model.loss(xs, ys)], dtype=np.float64)
     comm.allreduce_sum([total])
     return float(total[0])
+
+
+def rank_batches(batches, comm=None):
+    """This rank's whole batches of a list: batch i on rank i mod N (all of them for one process).
+    For sums over batches (evaluation losses, calibration statistics): each batch counted once."""
+    if world_size(comm) == 1:
+        return list(batches)
+    return [b for i, b in enumerate(batches) if i % comm.world_size == comm.rank]
 
 
 def mean_batch_loss(model, batches, comm=None):
@@ -122,7 +124,7 @@ def mean_batch_loss(model, batches, comm=None):
         return None
     if world_size(comm) == 1:
         return float(np.mean([model.loss(x, y) for x, y in batches]))
-    mine = [model.loss(x, y) for i, (x, y) in enumerate(batches) if i % comm.world_size == comm.rank]
+    mine = [model.loss(x, y) for x, y in rank_batches(batches, comm)]
     total = comm.xp.asarray([sum(mine)], dtype=np.float64)
     comm.allreduce_sum([total])
     return float(total[0]) / len(batches)

@@ -27,8 +27,8 @@ multivariable score never forms a d_out×d_in array; tests/test_spruft.py checks
 from dataclasses import is_dataclass, replace
 
 from ...adapters.base import Adapter
-from ...distributed.data_parallel import local_loss, local_loss_and_grads, reduce_loss_and_grads
 from ...distributed.data_parallel import loss as global_loss
+from ...distributed.data_parallel import rank_batches, reduce_loss_and_grads, world_size
 from ...errors import bad_type, bad_value, positive_int, require
 from .importance import TaylorAccumulator, per_sample_sq_grad_sum, zeroth_order_gradient
 
@@ -59,6 +59,11 @@ class Probe(Adapter):
     def buffers(self):
         """{name: array} of everything the probe accumulates (for memory checks and reports)."""
         raise TypeError(f"{type(self).__name__} must implement buffers()")
+
+    def sums(self):
+        """{name: array} of the sums a data-parallel run adds over its ranks: every buffer, also on a
+        rank that saw no calibration batch (then zeros of the same shape and dtype)."""
+        return self.buffers()
 
     def _accumulate(self, dy, x):
         raise TypeError(f"{type(self).__name__} must implement _accumulate(dy, x)")
@@ -103,6 +108,12 @@ class StreamingTaylorProbe(Probe):
     def buffers(self):
         return {name: acc.signed for name, acc in (("rows", self.rows), ("cols", self.cols))
                 if acc is not None and acc.signed is not None}
+
+    def sums(self):
+        for acc, d in ((self.rows, self.d_out), (self.cols, self.d_in)):
+            if acc is not None and acc.signed is None:
+                acc.signed = self.xp.zeros(d, dtype=self.dtype)
+        return self.buffers()
 
 
 class SquaredGradientProbe(Probe):
@@ -172,10 +183,10 @@ def run_calibration(model, probes, batches, backward=True, comm=None):
     probes keep their statistics. Freeze the model first: a trainable tensor would cost its
     gradient here for nothing.
 
-    comm (data parallel, minisft.distributed.data_parallel): each rank runs its rows of every batch
-    (dY weighted by its share), then ONE all-reduce sums every probe's `buffers()` and the loss,
-    so every rank holds the single process's statistics. The sums are signed where the statistic
-    is (multivariable Taylor): |·| is taken after the reduction, in `scores()`."""
+    comm (data parallel, minisft.distributed.data_parallel): each rank runs its whole batches
+    (batch i on rank i mod N), then ONE all-reduce adds every probe's `sums()` and the losses, so
+    every rank holds the single process's statistics (each a sum over batches). The sums are signed
+    where the statistic is (multivariable Taylor): |·| is taken after the reduction, in `scores()`."""
     if not isinstance(probes, dict) or not probes:
         raise bad_type("probes", probes, "a non-empty dict layer -> Probe")
     require(len(batches) > 0, "batches", batches, "at least one (x, y) batch")
@@ -187,16 +198,19 @@ def run_calibration(model, probes, batches, backward=True, comm=None):
         for layer, probe in probes.items():
             attached.append(model.add_adapter(layer, probe))
         total = 0.0
-        for x, y in batches:
-            total += local_loss_and_grads(model, x, y, comm)[0] if backward else local_loss(model, x, y, comm)
+        for x, y in rank_batches(batches, comm):
+            total += model.loss_and_grads(x, y)[0] if backward else model.loss(x, y)
     finally:
         for probe in attached:
             ads = model.adapters[probe.layer]
             ads.remove(probe)
             if not ads:
                 del model.adapters[probe.layer]
-    sums = {f"{layer}/{name}": a for layer, probe in probes.items() for name, a in probe.buffers().items()}
-    total, _, _ = reduce_loss_and_grads(comm, total, sums)
+    if world_size(comm) > 1:
+        sums = {f"{layer}/{name}": a for layer, probe in probes.items() for name, a in probe.sums().items()}
+        total, _, _ = reduce_loss_and_grads(comm, total, sums)
+        for probe in probes.values():
+            probe.batches = len(batches)  # the reduced statistics cover every batch
     return total / len(batches)
 
 

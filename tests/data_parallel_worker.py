@@ -73,6 +73,7 @@ PREPARE_CASES = {
                                        "importance": "zeroth_order", "zo_samples": 3}),  # rows split over ranks
     "spruft-magnitude": ("spruft", {"ratio": 0.25, "importance": "magnitude"}),
     "spruft-wanda": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "wanda"}),
+    "spruft-wanda-one-batch": ("spruft", {"ratio": 0.25, "calib_batches": 1, "importance": "wanda"}),
     "spruft-multivariable-one-batch": ("spruft", {"ratio": 0.25, "calib_batches": 1, "multivariable": True,
                                                   "mode": "neurons"}),  # a rank without a batch
     "spruft-task-batches": ("spruft", {"ratio": 0.25, "calib_batches": 2, "calib_batch_size": None}),

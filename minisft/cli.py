@@ -1,10 +1,11 @@
-"""The `minisft` command: pretrain, finetune, compare, adapeft-front, methods, vectors, bench.
+"""The `minisft` command: pretrain, finetune, compare, adapeft-front, methods, vectors, export, bench, launch.
 
     minisft compare                      # the main job: every method side by side (preset small)
     minisft compare --seeds 3 --markdown # mean ± sd over 3 seeds, as the README's table
     minisft pretrain --preset tiny       # the cached base model
     minisft finetune --method lora --set r=4 --set alpha=8
     minisft methods                      # every method, its options (type, default, meaning), its paper
+    minisft export RUN --hf OUT          # a finished run as an HF GPT-2 folder (--peft OUT: a PEFT adapter)
     minisft bench --preset gpt2          # from a source checkout, with the test extra installed
     minisft compare --gpus 4             # the comparison's rows spread over 4 GPUs (same compare.json)
     mpirun -n 4 minisft finetune ...     # data parallel over 4 processes (NumPy: MPI; CuPy: NCCL)
@@ -230,6 +231,15 @@ def parser():
     vec = sub.add_parser("vectors", help="write the golden-vector suite to check another implementation against "
                                          "(minisft.testing reads it)")
     vec.add_argument("--out", required=True, type=path_text, metavar="DIR", help="the folder to write the suite into")
+    exp = sub.add_parser("export", help="a finished run as an HF GPT-2 folder (--hf) or a PEFT adapter (--peft)",
+                         description="Export a finished `minisft finetune` run folder (RUN, as `finetune` prints it): "
+                                     "--hf OUT writes the model with its adapters merged as an HF GPT-2 folder; "
+                                     "--peft OUT writes a LoRA / LoRA-drop run's adapter as a PEFT folder and the "
+                                     "base model it applies to in OUT/base (minisft.export).")
+    exp.add_argument("run", type=path_text, metavar="RUN", help="the run folder (WORKDIR/runs/<experiment>/<label>/seed<s>)")
+    fmt = exp.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--hf", type=path_text, metavar="OUT", help="write the merged model as an HF GPT-2 folder")
+    fmt.add_argument("--peft", type=path_text, metavar="OUT", help="write the LoRA adapter as a PEFT folder (+ OUT/base)")
     sub.add_parser("launch", help="start N local ranks of a command in the torchrun-style environment: "
                                   "`minisft launch --nproc N -- minisft finetune ...` (`minisft launch --help`)",
                    add_help=False)
@@ -486,6 +496,20 @@ def bench(argv):
     return subprocess.call([sys.executable, "-m", "reference_models.bench", *argv])
 
 
+def export(args):
+    """`minisft export RUN --hf OUT | --peft OUT` (minisft.export): the folder is checked first, then the run."""
+    from .export import export_hf, export_peft
+    from .fileio import ensure_writable_dir
+
+    flag, out, write = ("--hf", args.hf, export_hf) if args.hf is not None else ("--peft", args.peft, export_peft)
+    with option(flag, out):
+        ensure_writable_dir(out, flag)
+    with option("RUN", args.run):
+        folder = write(args.run, out)
+    print(f"{'HF GPT-2 folder' if flag == '--hf' else 'PEFT adapter (base model in base/)'}: {folder}")
+    return 0
+
+
 def _launcher():
     from .distributed import read_placement
 
@@ -527,7 +551,7 @@ def _communicator(args):
 
 
 def _run(args):
-    if args.command in ("methods", "vectors"):
+    if args.command in ("methods", "vectors", "export"):
         return _command(args, None, None)
     plan = validate(args)
     comm = _communicator(args)
@@ -565,6 +589,8 @@ def _command(args, plan, comm):
 
         with option("--out"):
             return write_suite_command(args.out)
+    if args.command == "export":
+        return export(args)
     from . import experiment as ex
     from .report import format_table, plot_compare
 

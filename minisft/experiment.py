@@ -190,6 +190,11 @@ def pretrain_key(preset, data, dtype, seed):
     return arrays_digest({}, content)
 
 
+def pretrained_file(preset, data, dtype, seed):
+    """The cached base model's path relative to the workdir: pretrain/<preset>-<key>.safetensors."""
+    return Path("pretrain") / f"{preset.name}-{pretrain_key(preset, data, dtype, seed)[:20]}.safetensors"
+
+
 def _lead(comm):
     """Whether this process writes files and prints: the only process, or rank 0 of a job."""
     return world_size(comm) == 1 or comm.rank == 0
@@ -211,7 +216,7 @@ def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, p
         ensure_writable_dir(folder, "workdir")
         remove_stale_temps(folder)
     key = pretrain_key(preset, data, dtype, seed)
-    path = folder / f"{preset.name}-{key[:20]}.safetensors"
+    path = Path(workdir) / pretrained_file(preset, data, dtype, seed)
     loaded = {}
 
     def load_cached():
@@ -338,13 +343,13 @@ def finetune(preset, workdir, data, method, label, backend="auto", dtype="float3
     overrides = dict(train_overrides or {})
     cfg, _ = apply_train_overrides(finetune_config(preset, method, seed, lr, checkpoint_every), None, overrides)
     if init is None:
-        key = None
+        key, started_from = None, {"pretrained": str(pretrained_file(preset, data, dtype, base_seed))}
         if base is not None:
             model = GPT.from_state_dict(base, data.config, backend=backend, dtype=dtype)
         else:
             model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress, comm)
     else:
-        key = init_key(init)
+        key, started_from = init_key(init), {"init": str(Path(init).resolve())}
         model, data = init_model(init, workdir, data, backend, dtype)
         block = min(preset.model.block_size, model.config.block_size)
         preset = replace(preset, model=replace(preset.model, block_size=block))
@@ -354,7 +359,7 @@ def finetune(preset, workdir, data, method, label, backend="auto", dtype="float3
     base_eval = {"target": evaluate(model, task.val_target, comm), "source": evaluate(model, task.val_source, comm)}
     phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress if _lead(comm) else False)
     result = train(model, method, task, cfg, workdir=folder, resume=resume, progress=progress,
-                   label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key},
+                   label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key, "base": started_from},
                    record={"label": label, "base": base_eval, "train_overrides": overrides})
     return model, result
 

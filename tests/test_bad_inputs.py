@@ -116,10 +116,12 @@ BAD_VALUES = {
     "--train-front": None,
     "--init": ["", "/no/such/folder", FILE, "<a folder without config.json>"],
     "--out": ["", FILE, UNDER_FILE],
+    "--hf": ["", FILE, UNDER_FILE, "a\x00b"],
+    "--peft": ["", FILE, UNDER_FILE, "a\x00b"],
 }
 BASE_ARGS = {"pretrain": [], "finetune": ["--method", "lora"], "compare": [], "adapeft-front": [], "methods": [],
-             "vectors": [], "bench": [], "launch": []}
-NO_COMMON = ("vectors", "methods", "bench", "launch")  # subcommands without the common options
+             "vectors": [], "bench": [], "launch": [], "export": ["no-such-run"]}
+NO_COMMON = ("vectors", "methods", "bench", "launch", "export")  # subcommands without the common options
 
 
 def subcommands():
@@ -589,7 +591,7 @@ def _api_names():
                 names.add(f"{short}.{name}")
     for name, obj in vars(experiment).items():
         if inspect.isfunction(obj) and obj.__module__ == experiment.__name__ and not name.startswith("_") \
-                and name not in ("pretrained", "finetune", "compare", "pretrain_key", "pretrain_config",
+                and name not in ("pretrained", "finetune", "compare", "pretrain_key", "pretrained_file", "pretrain_config",
                                  "experiment_name", "experiment_dir", "provenance", "summarize", "first_base",
                                  "ms_per_step", "make_task", "unigram_entropy", "method_lr", "spruft_label",
                                  "compare_runs"):

@@ -37,7 +37,7 @@ LAYERS = [
     ("methods.base",),
     ("methods.spruft", "methods.adapeft", "methods.loradrop", "methods.gmt", "methods.mgpp"),
     ("methods",),
-    ("experiment", "vectors"),
+    ("experiment", "vectors", "export"),
     ("adapeft_front", "report", "bench", "launch"),
     ("cli",),
     ("minisft",),

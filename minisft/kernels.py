@@ -154,6 +154,201 @@ __device__ void layernorm_rows_backward(const T* __restrict__ dY, const T* __res
     T rs = rstd[r];
     for (long long j = threadIdx.x; j < C; j += blockDim.x) dX[r * C + j] = rs * (dy[j] * w[j] - a - xh[j] * c);
 }
+
+// ---- columns of row-major matrices (RowDelta, ColumnDelta) ----
+// out[n, j] = a[n·lda + cols[j]]: (N, r) contiguous
+template <typename T>
+__device__ void gather_columns(const T* __restrict__ a, const long long* __restrict__ cols, T* __restrict__ out,
+                               long long N, long long r, long long lda) {
+    long long total = N * r, step = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += step) {
+        long long n = i / r;
+        out[i] = a[n * lda + cols[i - n * r]];
+    }
+}
+// y[n·ldy + cols[j]] += part[n, j] (+ b[j] first, when has_b: the order of linear_forward's bias and the
+// plain body's y[:, cols] += part); cols are distinct, so no two threads touch one element
+template <typename T>
+__device__ void scatter_add_columns(const T* __restrict__ part, const T* __restrict__ b, const long long* __restrict__ cols,
+                                    T* __restrict__ y, long long N, long long r, long long ldy, long long has_b) {
+    long long total = N * r, step = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += step) {
+        long long n = i / r, j = i - n * r;
+        T v = part[i];
+        if (has_b) v += b[j];
+        y[n * ldy + cols[j]] += v;
+    }
+}
+
+// ---- segmented exact smallest-k by magnitude (minisft.select) ----
+// Tensors t = 0..S-1 (pointers ptrs[t], sizes[t]) are cut into chunks of `chunk` elements; chunk c covers
+// [chunk_start[c], +chunk) of tensor chunk_tensor[c], which belongs to segment chunk_seg[c]; a segment's chunks
+// are consecutive, in (tensor, index) order. The key of x is the bits of |x| (sign cleared): monotone in |x|.
+template <typename T> struct MagKey;
+template <> struct MagKey<float> {
+    typedef unsigned int U;
+    static __device__ __forceinline__ U of(float x) { return __float_as_uint(x) & 0x7fffffffu; }
+};
+template <> struct MagKey<double> {
+    typedef unsigned long long U;
+    static __device__ __forceinline__ U of(double x) { return (unsigned long long)__double_as_longlong(x) & 0x7fffffffffffffffull; }
+};
+__device__ __forceinline__ long long chunk_end(long long start, long long chunk, long long size) {
+    return start + chunk < size ? start + chunk : size;
+}
+// hist[s, d] += #{keys of chunk c whose bits above shift + 8 equal prefix[s]'s and whose digit (key >> shift) & 255 is d}
+template <typename T>
+__device__ void radix_hist(const unsigned long long* __restrict__ ptrs, const long long* __restrict__ sizes,
+                           const int* __restrict__ chunk_tensor, const int* __restrict__ chunk_seg,
+                           const long long* __restrict__ chunk_start, const long long* __restrict__ k,
+                           const unsigned long long* __restrict__ prefix, unsigned long long* __restrict__ hist,
+                           long long shift, long long chunk) {
+    typedef typename MagKey<T>::U U;
+    __shared__ unsigned int h[256];
+    int c = blockIdx.x, s = chunk_seg[c], t = chunk_tensor[c];
+    if (k[s] == 0) return;  // the same for the whole block, before any barrier
+    h[threadIdx.x] = 0;
+    __syncthreads();
+    const T* x = (const T*)ptrs[t];
+    long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+    int top = (int)shift + 8;
+    U above = top >= (int)(8 * sizeof(U)) ? (U)0 : (~(U)0) << top;  // the digits already fixed
+    U pre = (U)prefix[s] & above;
+    for (long long i = start + threadIdx.x; i < end; i += 256) {
+        U key = MagKey<T>::of(x[i]);
+        if ((key & above) == pre) atomicAdd(&h[(unsigned int)(key >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    unsigned int v = h[threadIdx.x];
+    if (v) atomicAdd(&hist[(long long)s * 256 + threadIdx.x], (unsigned long long)v);
+}
+// per segment (one block of 256): the digit d holding the rank[s]-th key: prefix[s] |= d << shift,
+// rank[s] -= #{keys of smaller digit}; hist[s, :] zeroed for the next pass
+__device__ void radix_pick_body(unsigned long long* __restrict__ hist, unsigned long long* __restrict__ prefix,
+                           long long* __restrict__ rank, const long long* __restrict__ k, long long shift) {
+    __shared__ unsigned long long cum[256];
+    int s = blockIdx.x, d = threadIdx.x;
+    if (k[s] == 0) return;
+    unsigned long long r = (unsigned long long)rank[s];  // read by all before the one write below
+    unsigned long long own = hist[(long long)s * 256 + d];
+    cum[d] = own;
+    __syncthreads();
+    for (int o = 1; o < 256; o <<= 1) {  // inclusive scan
+        unsigned long long add = d >= o ? cum[d - o] : 0ull;
+        __syncthreads();
+        cum[d] += add;
+        __syncthreads();
+    }
+    unsigned long long below = cum[d] - own;
+    if (below < r && r <= cum[d]) {
+        prefix[s] |= (unsigned long long)d << shift;
+        rank[s] = (long long)(r - below);
+    }
+    hist[(long long)s * 256 + d] = 0;
+}
+// ties[c] = #{keys of chunk c equal to t = prefix[s]}
+template <typename T>
+__device__ void radix_ties(const unsigned long long* __restrict__ ptrs, const long long* __restrict__ sizes,
+                           const int* __restrict__ chunk_tensor, const int* __restrict__ chunk_seg,
+                           const long long* __restrict__ chunk_start, const long long* __restrict__ k,
+                           const unsigned long long* __restrict__ prefix, unsigned long long* __restrict__ ties,
+                           long long chunk) {
+    typedef typename MagKey<T>::U U;
+    int c = blockIdx.x, s = chunk_seg[c], t = chunk_tensor[c];
+    unsigned long long n = 0;
+    if (k[s] != 0) {
+        const T* x = (const T*)ptrs[t];
+        U target = (U)prefix[s];
+        long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+        for (long long i = start + threadIdx.x; i < end; i += 256) n += MagKey<T>::of(x[i]) == target;
+    }
+    n = block_sum(n);
+    if (threadIdx.x == 0) ties[c] = n;
+}
+// keep[offset[t] + i] = not (key < t_s or (key == t_s and its 1-based rank among the segment's ties, in
+// (tensor, index) order, is at most need[s] = rank[s])); everything kept where k[s] = 0
+template <typename T>
+__device__ void radix_keep(const unsigned long long* __restrict__ ptrs, const long long* __restrict__ sizes,
+                           const int* __restrict__ chunk_tensor, const int* __restrict__ chunk_seg,
+                           const long long* __restrict__ chunk_start, const int* __restrict__ seg_first_chunk,
+                           const long long* __restrict__ k, const unsigned long long* __restrict__ prefix,
+                           const long long* __restrict__ rank, const unsigned long long* __restrict__ ties,
+                           const long long* __restrict__ offset, bool* __restrict__ keep, long long chunk) {
+    typedef typename MagKey<T>::U U;
+    __shared__ unsigned int warp_ties[8];
+    int c = blockIdx.x, s = chunk_seg[c], t = chunk_tensor[c];
+    long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+    bool* out = keep + offset[t];
+    if (k[s] == 0) {
+        for (long long i = start + threadIdx.x; i < end; i += 256) out[i] = true;
+        return;
+    }
+    unsigned long long before = 0;  // ties in the segment's earlier chunks
+    for (int j = seg_first_chunk[s] + threadIdx.x; j < c; j += 256) before += ties[j];
+    before = block_sum(before);
+    const T* x = (const T*)ptrs[t];
+    U target = (U)prefix[s];
+    unsigned long long need = (unsigned long long)rank[s];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (long long base = start; base < end; base += 256) {  // the same trip count in every thread
+        long long i = base + threadIdx.x;
+        bool valid = i < end;
+        U key = valid ? MagKey<T>::of(x[i]) : (U)0;
+        bool tie = valid && key == target;
+        unsigned int ballot = __ballot_sync(0xffffffffu, tie);
+        if (lane == 0) warp_ties[warp] = __popc(ballot);
+        __syncthreads();
+        unsigned int earlier = 0, tile = 0;
+        for (int w = 0; w < 8; ++w) {
+            unsigned int m = warp_ties[w];
+            tile += m;
+            if (w < warp) earlier += m;
+        }
+        if (valid) {
+            unsigned long long r1 = before + earlier + __popc(ballot & ((1u << lane) - 1u)) + 1;
+            out[i] = !(key < target || (tie && r1 <= need));
+        }
+        before += tile;
+        __syncthreads();  // warp_ties is written again in the next tile
+    }
+}
+// One AdamW step of every tensor t over its chunks: table[5t..5t+4] = pointers to p, g, m, v and the keep mask
+// (0: none), scal[2t], scal[2t + 1] = lr / bc1 and sqrt(bc2) of t's own step count; the body of kernels.adamw
+template <typename T>
+__device__ void adamw_many(const unsigned long long* __restrict__ table, const T* __restrict__ scal,
+                           const long long* __restrict__ sizes, const int* __restrict__ chunk_tensor,
+                           const long long* __restrict__ chunk_start, T lr, T wd, T b1, T b2, T eps, long long chunk) {
+    int c = blockIdx.x, t = chunk_tensor[c];
+    T* p = (T*)table[5 * t];
+    const T* g = (const T*)table[5 * t + 1];
+    T* m = (T*)table[5 * t + 2];
+    T* v = (T*)table[5 * t + 3];
+    const bool* keep = (const bool*)table[5 * t + 4];
+    T step = scal[2 * t], sbc2 = scal[2 * t + 1];
+    long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        if (keep != 0 && !keep[i]) continue;
+        T pi = p[i], mi = m[i], vi = v[i], gi = g[i];
+        pi = pi * ((T)1 - lr * wd);
+        mi = b1 * mi + ((T)1 - b1) * gi;
+        vi = b2 * vi + ((T)1 - b2) * gi * gi;
+        pi = pi - step * (mi / (sqrt(vi) / sbc2 + eps));
+        p[i] = pi; m[i] = mi; v[i] = vi;
+    }
+}
+// nans[t] += #{NaN in chunk c}
+template <typename T>
+__device__ void nan_count(const unsigned long long* __restrict__ ptrs, const long long* __restrict__ sizes,
+                          const int* __restrict__ chunk_tensor, const long long* __restrict__ chunk_start,
+                          unsigned long long* __restrict__ nans, long long chunk) {
+    int c = blockIdx.x, t = chunk_tensor[c];
+    const T* x = (const T*)ptrs[t];
+    long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+    unsigned long long n = 0;
+    for (long long i = start + threadIdx.x; i < end; i += 256) n += x[i] != x[i];
+    n = block_sum(n);
+    if (threadIdx.x == 0 && n) atomicAdd(&nans[t], n);
+}
 """
 
 _ENTRY = r"""
@@ -162,7 +357,15 @@ extern "C" {
 __global__ void cross_entropy_rows_##S(const T* z, const long long* y, T* p, T* l, long long n, long long ig) { cross_entropy_rows<T>(z, y, p, l, n, ig); } \
 __global__ void layernorm_rows_##S(const T* x, const T* w, const T* b, T* y, T* xh, T* rs, long long C, T eps, int kx, int kr) { layernorm_rows<T>(x, w, b, y, xh, rs, C, eps, kx, kr); } \
 __global__ void column_sums_##S(const T* a, const T* b, T* p, long long N, long long C, long long R, int hb) { column_sums<T>(a, b, p, N, C, R, hb); } \
-__global__ void layernorm_rows_backward_##S(const T* dy, const T* xh, const T* rs, const T* w, T* dx, long long C) { layernorm_rows_backward<T>(dy, xh, rs, w, dx, C); }
+__global__ void layernorm_rows_backward_##S(const T* dy, const T* xh, const T* rs, const T* w, T* dx, long long C) { layernorm_rows_backward<T>(dy, xh, rs, w, dx, C); } \
+__global__ void gather_columns_##S(const T* a, const long long* cols, T* out, long long N, long long r, long long lda) { gather_columns<T>(a, cols, out, N, r, lda); } \
+__global__ void scatter_add_columns_##S(const T* p, const T* b, const long long* cols, T* y, long long N, long long r, long long ldy, long long hb) { scatter_add_columns<T>(p, b, cols, y, N, r, ldy, hb); } \
+__global__ void radix_hist_##S(const unsigned long long* p, const long long* n, const int* ct, const int* cs, const long long* c0, const long long* k, const unsigned long long* pre, unsigned long long* h, long long sh, long long ch) { radix_hist<T>(p, n, ct, cs, c0, k, pre, h, sh, ch); } \
+__global__ void radix_ties_##S(const unsigned long long* p, const long long* n, const int* ct, const int* cs, const long long* c0, const long long* k, const unsigned long long* pre, unsigned long long* ties, long long ch) { radix_ties<T>(p, n, ct, cs, c0, k, pre, ties, ch); } \
+__global__ void radix_keep_##S(const unsigned long long* p, const long long* n, const int* ct, const int* cs, const long long* c0, const int* first, const long long* k, const unsigned long long* pre, const long long* rank, const unsigned long long* ties, const long long* off, bool* keep, long long ch) { radix_keep<T>(p, n, ct, cs, c0, first, k, pre, rank, ties, off, keep, ch); } \
+__global__ void nan_count_##S(const unsigned long long* p, const long long* n, const int* ct, const long long* c0, unsigned long long* nans, long long ch) { nan_count<T>(p, n, ct, c0, nans, ch); } \
+__global__ void adamw_many_##S(const unsigned long long* tab, const T* sc, const long long* n, const int* ct, const long long* c0, T lr, T wd, T b1, T b2, T eps, long long ch) { adamw_many<T>(tab, sc, n, ct, c0, lr, wd, b1, b2, eps, ch); }
+__global__ void radix_pick(unsigned long long* h, unsigned long long* pre, long long* rank, const long long* k, long long sh) { radix_pick_body(h, pre, rank, k, sh); }
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
 }
@@ -332,3 +535,219 @@ def adamw(p, g, m, v, lr, wd, b1, b2, eps, bc1, bc2, mask=None):
         plain(*args, p, m, v)
     else:
         masked(*args, mask, p, m, v)
+
+
+# ------------------------------------------------------------------------------------- GEMM
+@functools.cache
+def _cublas():
+    import cupy
+    from cupy._core import _routines_linalg as linalg
+    from cupy_backends.cuda.api import runtime
+    from cupy_backends.cuda.libs import cublas
+
+    algo = cublas.CUBLAS_GEMM_DEFAULT_TENSOR_OP if int(cupy.cuda.Device().compute_capability) >= 80 \
+        else cublas.CUBLAS_GEMM_DEFAULT
+    return cupy, linalg, runtime, cublas, algo
+
+
+def _leading(a):
+    """The row stride of a 2-D array in elements when each row is contiguous (cuBLAS's leading
+    dimension of its column-major view), else None."""
+    rows, cols = a.shape
+    size = a.itemsize
+    if cols > 1 and a.strides[1] != size:
+        return None
+    if rows <= 1:
+        return max(cols, 1)
+    if a.strides[0] % size or a.strides[0] // size < cols:
+        return None
+    return a.strides[0] // size
+
+
+def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """out = alpha · op(a) @ op(b) + beta · out by one cuBLAS GEMM, op(a) = a.T when trans_a.
+
+    With beta = 1 the product is added into `out` by the GEMM's epilogue: no temporary, no extra pass.
+    a, b, out: 2-D CuPy arrays of one dtype (float32 or float64); out's rows must be contiguous (a block
+    of columns of a wider array is fine) and must not overlap a or b. out=None: a new (M, N) array (beta
+    ignored). The compute type is the one CuPy's own matmul uses (TF32 under CUPY_TF32), so a product
+    costs here what `a @ b` costs there."""
+    cupy, linalg, runtime, cublas, algo = _cublas()
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    K_b, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if out is None:
+        out, beta = cupy.empty((M, N), dtype=a.dtype), 0.0
+    ld_out = _leading(out)
+    if K != K_b or out.shape != (M, N) or ld_out is None or not a.dtype == b.dtype == out.dtype \
+            or a.dtype.char not in "fd":
+        raise ValueError(f"gemm: op(a) {M, K} @ op(b) {K_b, N} into {out.shape} "
+                         f"({a.dtype}, {b.dtype}, {out.dtype}, rows contiguous: {ld_out is not None})")
+    ld_a, ld_b = _leading(a), _leading(b)
+    if ld_a is None:
+        a = cupy.ascontiguousarray(a)
+        ld_a = _leading(a)
+    if ld_b is None:
+        b = cupy.ascontiguousarray(b)
+        ld_b = _leading(b)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:  # an empty sum: out = beta · out (0 when beta = 0, whatever out held)
+        if beta == 0:
+            out.fill(0)
+        else:
+            out *= beta
+        return out
+    if a.dtype.char == "d":
+        data, scalar = runtime.CUDA_R_64F, np.float64
+        compute = cublas.CUBLAS_COMPUTE_64F_PEDANTIC if linalg.get_compute_type(a.dtype) == linalg.COMPUTE_TYPE_PEDANTIC \
+            else cublas.CUBLAS_COMPUTE_64F
+    else:
+        data, scalar = runtime.CUDA_R_32F, np.float32
+        kind = linalg.get_compute_type(a.dtype)
+        compute = (cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if kind == linalg.COMPUTE_TYPE_TF32 else
+                   cublas.CUBLAS_COMPUTE_32F_PEDANTIC if kind == linalg.COMPUTE_TYPE_PEDANTIC else
+                   cublas.CUBLAS_COMPUTE_32F)
+    al, be = np.array(alpha, dtype=scalar), np.array(beta, dtype=scalar)
+    # row-major out (M, N) is column-major outᵀ (N, M): outᵀ = op(b)ᵀ op(a)ᵀ, b and a read as stored
+    cublas.gemmEx(cupy.cuda.device.get_cublas_handle(), int(trans_b), int(trans_a), N, M, K,
+                  al.ctypes.data, b.data.ptr, data, ld_b, a.data.ptr, data, ld_a,
+                  be.ctypes.data, out.data.ptr, data, ld_out, compute, algo)
+    return out
+
+
+# ------------------------------------------------------------------------------ columns
+def _grid(total):
+    return (int(min(-(-total // THREADS), 1 << 20)),)
+
+
+def gather_columns(a, cols):
+    """(N, r) contiguous copy of a[:, cols]: a (N, C) with contiguous rows, cols (r,) int64 on the device."""
+    import cupy
+
+    ld = _leading(a)
+    if ld is None:
+        a = cupy.ascontiguousarray(a)
+        ld = _leading(a)
+    N, r = a.shape[0], int(cols.size)
+    out = cupy.empty((N, r), dtype=a.dtype)
+    if N * r:
+        _fn("gather_columns", a.dtype)(_grid(N * r), (THREADS,), (a, cols, out, np.int64(N), np.int64(r), np.int64(ld)))
+    return out
+
+
+def scatter_add_columns(y, part, cols, bias=None):
+    """y[:, cols] += part (+ bias, added to part first) in place: y (N, C) with contiguous rows, part
+    (N, r), cols (r,) distinct int64 indices, bias (r,) or None. One pass over the r columns."""
+    import cupy
+
+    ld = _leading(y)
+    if ld is None:
+        raise ValueError(f"scatter_add_columns: y of strides {y.strides} has no contiguous rows")
+    part = cupy.ascontiguousarray(part)
+    N, r = part.shape
+    if N * r:
+        b = part if bias is None else cupy.ascontiguousarray(bias)
+        _fn("scatter_add_columns", y.dtype)(_grid(N * r), (THREADS,), (
+            part, b, cols, y, np.int64(N), np.int64(r), np.int64(ld), np.int64(bias is not None)))
+
+
+# -------------------------------------------------------------------- smallest-k by magnitude
+CHUNK = 16384  # elements one block takes in the multi-tensor kernels (selection, NaN count, AdamW)
+
+
+class _Chunks:
+    """Device tables cutting tensors of `sizes` into CHUNK-element pieces, in (tensor, index) order;
+    segment ids per tensor (consecutive tensors share one) for the selection."""
+
+    def __init__(self, sizes, segments):
+        import cupy
+
+        n = np.asarray(sizes, dtype=np.int64)
+        counts = -(-n // CHUNK)
+        tensor = np.repeat(np.arange(len(sizes), dtype=np.int32), counts)
+        first_of_tensor = np.cumsum(counts) - counts
+        start = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first_of_tensor, counts)) * CHUNK
+        seg = np.asarray(segments, dtype=np.int32)[tensor]
+        self.n_chunks, self.n_seg = int(counts.sum()), (int(max(segments)) + 1 if len(segments) else 0)
+        self.offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        self.total = int(n.sum())
+        first = np.searchsorted(seg, np.arange(self.n_seg), side="left").astype(np.int32)
+        self.sizes, self.tensor, self.start, self.seg, self.first, self.offset = (
+            cupy.asarray(a) for a in (n, tensor, start, seg, first, self.offsets))
+
+
+@functools.lru_cache(maxsize=32)
+def _chunks(sizes, segments=None):
+    """_Chunks of these sizes (segment = tensor when None), cached: a training step asks for the same
+    tensors' tables at every step."""
+    return _Chunks(sizes, range(len(sizes)) if segments is None else segments)
+
+
+def nan_counts(arrays):
+    """(len(arrays),) uint64 device array: the NaN entries of each (C-contiguous, one float dtype) array."""
+    import cupy
+
+    tab = _chunks(tuple(int(a.size) for a in arrays))
+    nans = cupy.zeros(len(arrays), dtype=np.uint64)
+    if tab.n_chunks:
+        ptrs = cupy.asarray(np.array([a.data.ptr for a in arrays], dtype=np.uint64))
+        _fn("nan_count", arrays[0].dtype)((tab.n_chunks,), (THREADS,), (
+            ptrs, tab.sizes, tab.tensor, tab.start, nans, np.int64(CHUNK)))
+    return nans
+
+
+def smallest_k_keep_masks(arrays, ks, segments=None):
+    """Keep masks (True = kept, shapes of `arrays`) dropping, in each segment s, the ks[s] smallest |x|
+    over the segment's tensors, ties by (tensor, flat index) first. segments[t] is tensor t's segment:
+    non-decreasing, from 0 (None: each tensor its own; all tensors together: 0, 0, ...). arrays: CuPy
+    arrays of one dtype, float32 or float64, without NaN (minisft.select checks); 0 <= ks[s] <= size.
+
+    Radix select on the bits of |x|, 8 bits a pass from the top, every segment at once: per pass one
+    histogram launch over all chunks (shared-memory counters, then integer atomics: an order-free
+    sum) and one launch picking each segment's digit; then one launch counting each chunk's ties
+    with the k-th key t, and one writing the masks, each tie ranked by a prefix count over the
+    segment's earlier chunks and a ballot inside its own. The masks are views of one buffer."""
+    import cupy
+
+    arrays = [cupy.ascontiguousarray(a) for a in arrays]
+    dtype = arrays[0].dtype
+    tab = _chunks(tuple(int(a.size) for a in arrays), None if segments is None else tuple(int(s) for s in segments))
+    keep = cupy.empty(tab.total, dtype=bool)
+    views = [keep[o:o + a.size].reshape(a.shape) for o, a in zip(tab.offsets.tolist(), arrays)]
+    if not tab.n_chunks:
+        return views
+    ptrs = cupy.asarray(np.array([a.data.ptr for a in arrays], dtype=np.uint64))
+    k = cupy.asarray(np.asarray(ks, dtype=np.int64))
+    prefix = cupy.zeros(tab.n_seg, dtype=np.uint64)  # the bits of the k-th key found so far
+    rank = k.copy()  # the k-th key's rank among the keys matching the prefix
+    hist = cupy.zeros(tab.n_seg * 256, dtype=np.uint64)
+    chunk, grid = np.int64(CHUNK), (tab.n_chunks,)
+    tables = (ptrs, tab.sizes, tab.tensor, tab.seg, tab.start)
+    for shift in range(8 * dtype.itemsize - 8, -1, -8):
+        _fn("radix_hist", dtype)(grid, (256,), tables + (k, prefix, hist, np.int64(shift), chunk))
+        _module().get_function("radix_pick")((tab.n_seg,), (256,), (hist, prefix, rank, k, np.int64(shift)))
+    ties = cupy.empty(tab.n_chunks, dtype=np.uint64)
+    _fn("radix_ties", dtype)(grid, (256,), tables + (k, prefix, ties, chunk))
+    _fn("radix_keep", dtype)(grid, (256,), tables + (tab.first, k, prefix, rank, ties, tab.offset, keep, chunk))
+    return views
+
+
+def adamw_many(params, grads, exp_avgs, exp_avg_sqs, masks, lr, wd, b1, b2, eps, bc1s, bc2s):
+    """kernels.adamw on every tensor at once (one launch): lists of same-dtype C-contiguous CuPy
+    arrays of matching shapes, a bool mask or None per tensor, and each tensor's own bias
+    corrections bc1s[t], bc2s[t]. Each element's arithmetic is kernels.adamw's."""
+    import cupy
+
+    if not params:
+        return
+    dtype = params[0].dtype
+    tab = _chunks(tuple(int(p.size) for p in params))
+    if not tab.n_chunks:
+        return
+    ptrs = np.array([[p.data.ptr, g.data.ptr, m.data.ptr, v.data.ptr, 0 if k is None else k.data.ptr]
+                     for p, g, m, v, k in zip(params, grads, exp_avgs, exp_avg_sqs, masks)], dtype=np.uint64)
+    scal = np.array([[lr / bc1, math.sqrt(bc2)] for bc1, bc2 in zip(bc1s, bc2s)], dtype=dtype)
+    t = dtype.type
+    _fn("adamw_many", dtype)((tab.n_chunks,), (THREADS,), (
+        cupy.asarray(ptrs), cupy.asarray(scal), tab.sizes, tab.tensor, tab.start,
+        t(lr), t(wd), t(b1), t(b2), t(eps), np.int64(CHUNK)))

@@ -91,10 +91,45 @@ class AdamW(Optimizer):
         self.b2 = ratio_in("betas[1]", betas[1], 0.0, 1.0, low_open=False, high_open=True)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, st, p, g, lr, mask):
+    def step(self, params, grads, masks=None, lr=None):
+        """As Optimizer.step; on CuPy with the fused kernels on, every tensor's update runs in one
+        launch (kernels.adamw_many: kernels.adamw's arithmetic, each tensor with its own step count)."""
+        todo = [(name, p, grads[name]) for name, p in params.items() if grads.get(name) is not None]
+        if not (todo and kernels.enabled(todo[0][1]) and all(self._one_launch(name, p, g, todo[0][1].dtype)
+                                                              for name, p, g in todo)):
+            return super().step(params, grads, masks, lr)
+        lr = self.lr if lr is None else lr
+        masks = masks or {}
+        xp = array_module(todo[0][1])
+        states, bc1s, bc2s = [], [], []
+        for name, p, _ in todo:
+            st = self.state.setdefault(name, {})
+            st["step"] = st.get("step", 0) + 1
+            self._moments(st, p)
+            states.append(st)
+            bc1s.append(1 - self.b1 ** st["step"])
+            bc2s.append(1 - self.b2 ** st["step"])
+        keep = [masks.get(name) for name, _, _ in todo]
+        kernels.adamw_many([p for _, p, _ in todo], [g for _, _, g in todo],
+                           [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                           [None if k is None else xp.ascontiguousarray(k) for k in keep],
+                           lr, self.weight_decay, self.b1, self.b2, self.eps, bc1s, bc2s)
+
+    def _one_launch(self, name, p, g, dtype):
+        """Whether tensor `name` can join the one-launch update: C-contiguous, of `dtype`, g and any
+        existing moments alike."""
+        arrays = [p, g] + [self.state.get(name, {}).get(k) for k in ("exp_avg", "exp_avg_sq")]
+        return all(a is None or (a.dtype == dtype and a.shape == p.shape and a.flags.c_contiguous) for a in arrays)
+
+    @staticmethod
+    def _moments(st, p):
         xp = array_module(p)
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
+
+    def _update(self, st, p, g, lr, mask):
+        xp = array_module(p)
+        self._moments(st, p)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         bc1, bc2 = 1 - self.b1 ** st["step"], 1 - self.b2 ** st["step"]
         if kernels.enabled(p):  # the same update as one fused kernel (minisft.kernels.adamw)

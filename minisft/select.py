@@ -22,6 +22,13 @@ order. On CuPy those ties are found by a running cumulative count, so no step sy
 host; on NumPy by their positions (`flatnonzero`), since a cumulative count over every entry costs
 more on a CPU than the selection itself.
 
+On CuPy with the fused kernels on (float32 or float64 tensors of one dtype), every selection here
+(one tensor, each of many tensors, all tensors together) and the NaN check run as
+`minisft.kernels.smallest_k_keep_masks` / `nan_counts`: the same radix select on the bits of |x|,
+8 bits a pass, all tensors in the same launches, ties ranked by a per-chunk count, about a dozen
+launches and one host synchronisation per call whatever the number of tensors
+(tests/test_kernels.py checks them against the oracle). The ways below are the plain bodies.
+
 Per-tensor selections of many tensors (GMT's default scope, `smallest_k_keep_mask_each`): on NumPy
 each tensor is selected alone by `partition`; on CuPy the tensors under 2^20 entries are ranked
 together by one stable sort on (tensor, |x|, index), because a dozen small kernels per tensor cost
@@ -40,6 +47,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module
 from .errors import bad_type, bad_value, require
 
@@ -98,13 +106,28 @@ def tensor_list(arg, arrays):
             raise bad_type(label, a, "a NumPy or CuPy array of a floating dtype")
     modules = {array_module(a).__name__ for a in values}
     require(len(modules) <= 1, arg, sorted(modules), "arrays all on one backend (numpy or cupy)")
-    if values:
-        xp = array_module(*values)
-        any_nan = sum(xp.count_nonzero(xp.isnan(a)) for a in values)
-        if int(any_nan):  # the one host synchronisation: an error must be raised here
-            label = next(lb for lb, a in zip(labels, values) if int(xp.count_nonzero(xp.isnan(a))))
+    if values:  # the one host synchronisation: an error must be raised here
+        if _by_kernels(values):
+            nans = kernels.nan_counts([_contiguous(a) for a in values]).get()
+        else:
+            xp = array_module(*values)
+            any_nan = int(sum(xp.count_nonzero(xp.isnan(a)) for a in values))
+            nans = [int(xp.count_nonzero(xp.isnan(a))) for a in values] if any_nan else []
+        if any(nans):
+            label = labels[int(np.flatnonzero(nans)[0])]
             raise bad_value(label, "an array with NaN entries", "no NaN (NaN has no magnitude rank)")
     return values, rebuild
+
+
+def _by_kernels(arrays):
+    """Whether minisft.kernels ranks these arrays: CuPy arrays of one dtype, float32 or float64, with
+    the fused kernels on (kernels.FUSED)."""
+    return bool(arrays) and kernels.enabled(arrays[0]) and arrays[0].dtype.char in "fd" and \
+        all(a.dtype == arrays[0].dtype for a in arrays)
+
+
+def _contiguous(a):
+    return array_module(a).ascontiguousarray(a)
 
 
 def magnitude_key(x):
@@ -212,6 +235,8 @@ def smallest_k_keep_mask(x, k):
     xp = array_module(x)
     if k == 0:
         return xp.ones(x.shape, dtype=bool)
+    if _by_kernels([x]):
+        return kernels.smallest_k_keep_masks([x], [k])[0]
     t, need = _kth_key_partition(native_magnitude_key(x), k)
     return _keep_masks([x], t, need, key_of=native_magnitude_key)[0]
 
@@ -224,6 +249,8 @@ def smallest_k_keep_mask_each(arrays, ks):
     selection itself, while on a CPU partition is O(n) and the sort is not."""
     if not arrays:
         return []
+    if _by_kernels(arrays):
+        return kernels.smallest_k_keep_masks(arrays, ks)
     below = BATCH_BELOW[_backend(array_module(*arrays))]
     masks = [None] * len(arrays)
     small = [i for i, a in enumerate(arrays) if a.size < below]
@@ -259,5 +286,7 @@ def smallest_k_keep_masks(arrays, k):
     xp = array_module(*arrays)
     if k == 0:
         return [xp.ones(a.shape, dtype=bool) for a in arrays]
+    if _by_kernels(arrays):
+        return kernels.smallest_k_keep_masks(arrays, [k], [0] * len(arrays))
     t, need = _kth_key_radix(arrays, k)
     return _keep_masks(arrays, t, need)

@@ -330,6 +330,9 @@ def ratios(result):
     for (method, impl), r in by.items():
         if impl != "minisft" and (method, "minisft") in by:
             out[f"{method}: minisft / {impl}"] = by[(method, "minisft")]["ms_per_step"] / r["ms_per_step"]
+    for method in ("spruft", "lora", "gmt"):  # the issue-20 targets: each method's step over full FT's, same run
+        if (method, "minisft") in by and ("full", "minisft") in by:
+            out[f"{method}: minisft / minisft full"] = by[(method, "minisft")]["ms_per_step"] / by[("full", "minisft")]["ms_per_step"]
     if ("spruft", "minisft") in by and ("full", "torch-sdpa") in by:
         out["spruft minisft / full torch-sdpa (time)"] = by[("spruft", "minisft")]["ms_per_step"] / by[("full", "torch-sdpa")]["ms_per_step"]
         a, b = by[("spruft", "minisft")]["peak_bytes"], by[("full", "torch-sdpa")]["peak_bytes"]
@@ -348,7 +351,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--variants", nargs="+", default=["eager", "sdpa", "compile"], choices=["eager", "sdpa", "compile"])
+    ap.add_argument("--variants", nargs="*", default=["eager", "sdpa", "compile"], choices=["eager", "sdpa", "compile"],
+                    help="torch variants to time (none: minisft alone)")
     ap.add_argument("--out", default="bench.json")
     a = ap.parse_args(argv)
     result = run(a.preset, a.backend, a.dtype, a.tf32, a.steps, a.warmup, a.methods, a.variants, batch_size=a.batch_size)

@@ -1,60 +1,110 @@
-"""Where a minisft training step spends its GPU time: every nn function and the optimizer step
-wrapped with device events (synchronising after each, so the total exceeds the free-running step
-time; the shares are what this is for). Usage: python -m reference_models.profile_step --preset gpt2"""
+"""Where a minisft training step spends its GPU time: every nn function of the model, every adapter's
+forward and backward (by adapter class), GMT's masking and the optimizer step wrapped with a device
+synchronisation before and after (so the total exceeds the free-running step time; the shares are
+what this is for), after the free-running step time of the same step (device events, median).
+
+Usage: python -m reference_models.profile_step --preset gpt2 --methods full spruft lora gmt [--tf32]"""
 
 import argparse
 import collections
+import os
+import statistics
 import time
 
+
+def _free_running(step, steps):
+    import cupy
+
+    times = []
+    for _ in range(steps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def profile(method, preset, steps, totals, wrapped):
+    import cupy
+
+    import minisft as ms
+    from reference_models.bench import PRESETS, minisft_step_fn
+
+    p = dict(PRESETS[preset])
+    B = p.pop("batch_size")
+    cfg = ms.GPTConfig(**p)
+    step, _ = minisft_step_fn(method, cfg, B, cfg.block_size, "cupy", "float32", 0)
+    step()
+    free = _free_running(step, steps)
+    wrapped[0] = True
+    totals.clear()
+    cupy.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    cupy.cuda.Device().synchronize()
+    wrapped[0] = False
+    wall = 1000 * (time.perf_counter() - t0) / steps
+    rows = {name: t / steps for name, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+    rows["(rest: glue, grads sum)"] = wall - sum(rows.values())
+    return {"method": method, "free_running_ms": free, "synchronised_ms": wall, "ms": rows}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="gpt2")
-    ap.add_argument("--method", default="full")
+    ap.add_argument("--methods", nargs="+", default=["full"])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--tf32", action="store_true", help="CUPY_TF32=1 (as bench --tf32)")
+    ap.add_argument("--out", help="write the profiles as JSON here")
     a = ap.parse_args(argv)
+    if a.tf32:
+        os.environ["CUPY_TF32"] = "1"
     import cupy
 
+    import minisft.adapters as A
     import minisft.model as M
     import minisft.optim as O
-    from reference_models.bench import PRESETS, minisft_step_fn
-
-    import minisft as ms
+    from minisft.methods import GMT
 
     totals = collections.defaultdict(float)
+    wrapped = [False]
 
-    def wrap(mod, name):
-        fn = getattr(mod, name)
+    def wrap(owner, name, label=None):
+        fn = getattr(owner, name)
 
         def timed(*args, **kw):
+            if not wrapped[0]:
+                return fn(*args, **kw)
+            key = label(args) if callable(label) else (label or name)
             cupy.cuda.Device().synchronize()
             t0 = time.perf_counter()
             out = fn(*args, **kw)
             cupy.cuda.Device().synchronize()
-            totals[name] += 1000 * (time.perf_counter() - t0)
+            totals[key] += 1000 * (time.perf_counter() - t0)
             return out
-        setattr(mod, name, timed)
+        setattr(owner, name, timed)
 
     for name in [n for n in dir(M) if n.endswith("_forward") or n.endswith("_backward")]:
         wrap(M, name)
-    wrap(O.AdamW, "step")
-    p = dict(PRESETS[a.preset])
-    B = p.pop("batch_size")
-    cfg = ms.GPTConfig(**p)
-    step, _ = minisft_step_fn(a.method, cfg, B, cfg.block_size, "cupy", "float32", 0)
-    step()
-    totals.clear()
-    cupy.cuda.Device().synchronize()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    cupy.cuda.Device().synchronize()
-    wall = 1000 * (time.perf_counter() - t0) / a.steps
-    print(f"{a.method} {a.preset}: {wall:.1f} ms/step with per-call synchronisation")
-    for name, t in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:28s} {t / a.steps:8.2f} ms  {100 * t / a.steps / wall:5.1f}%")
-    print(f"  {'(rest: glue, grads sum)':28s} {wall - sum(totals.values()) / a.steps:8.2f} ms")
+    wrap(A.Adapter, "forward", lambda args: f"{type(args[0]).__name__}.forward")
+    wrap(A.Adapter, "backward", lambda args: f"{type(args[0]).__name__}.backward")
+    wrap(GMT, "transform_grads", "GMT.transform_grads")
+    wrap(O.AdamW, "step", "AdamW.step")
+    results = []
+    for method in a.methods:
+        r = profile(method, a.preset, a.steps, totals, wrapped)
+        results.append(r)
+        print(f"{method} {a.preset}{' TF32' if a.tf32 else ''}: {r['free_running_ms']:.1f} ms/step free-running, "
+              f"{r['synchronised_ms']:.1f} with per-call synchronisation", flush=True)
+        for name, t in r["ms"].items():
+            print(f"  {name:28s} {t:8.2f} ms  {100 * t / r['synchronised_ms']:5.1f}%")
+    if a.out:
+        from minisft.fileio import atomic_write_json
+
+        atomic_write_json(a.out, {"preset": a.preset, "tf32": a.tf32, "profiles": results})
     return 0
 
 

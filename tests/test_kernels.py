@@ -426,3 +426,251 @@ def test_adamw_kernel(monkeypatch, dtype, masked):
         close(a, b, dtype, f"adamw {what}")
     if masked:
         assert cp.all(fused[0][~mask] == cp.asarray(p0, dtype=dtype)[~mask])
+
+
+# ---- GEMM with alpha/beta, column gather/scatter, and the adapters built on them ----
+def _gemm_case(rng, M, N, K, trans_a, trans_b, integer, dtype):
+    def draw(shape):
+        a = rng.integers(-8, 9, shape) if integer else rng.standard_normal(shape)
+        return a.astype(dtype)
+
+    a = draw((K, M) if trans_a else (M, K))
+    b = draw((N, K) if trans_b else (K, N))
+    return a, b, draw((M, N))
+
+
+@settings(max_examples=25)
+@given(M=st.integers(0, 70), N=st.integers(0, 70), K=st.integers(0, 70), trans_a=st.booleans(),
+       trans_b=st.booleans(), beta=st.sampled_from([0.0, 1.0, -0.5]), integer=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), pad=st.integers(0, 3), seed=st.integers(0, 2**16))
+@example(M=8192 // 64, N=115, K=768 // 8, trans_a=False, trans_b=True, beta=1.0, integer=True, dtype="float32",
+         pad=0, seed=0)  # a RowDelta forward's shape, scaled down
+@example(M=3, N=5, K=0, trans_a=True, trans_b=False, beta=-0.5, integer=False, dtype="float64", pad=2, seed=1)
+def test_gemm_kernel(M, N, K, trans_a, trans_b, beta, integer, dtype, pad, seed):
+    """kernels.gemm against NumPy: out = alpha·op(a) op(b) + beta·out into a column block of a wider
+    array (the columns around it untouched). Integer-valued inputs make every product and sum exact,
+    so the result must equal NumPy's bit for bit whatever the summation order: a wrong transpose,
+    leading dimension or operand order cannot hide in rounding."""
+    import cupy as cp
+    rng = np.random.default_rng(seed)
+    a, b, c = _gemm_case(rng, M, N, K, trans_a, trans_b, integer, dtype)
+    alpha = 2.0 if integer else 0.7
+    wide = np.full((M, N + 2 * pad), 1234.5, dtype=dtype)
+    wide[:, pad:pad + N] = c
+    wide_d = cp.asarray(wide)
+    out = wide_d[:, pad:pad + N]
+    got = kernels.gemm(cp.asarray(a), cp.asarray(b), out=out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+    assert got is out
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    want = alpha * (opa.astype(np.float64) @ opb.astype(np.float64)) + beta * c.astype(np.float64)
+    back = to_numpy(wide_d)
+    assert (back[:, :pad] == 1234.5).all() and (back[:, pad + N:] == 1234.5).all(), "gemm wrote outside its columns"
+    if integer:
+        np.testing.assert_array_equal(back[:, pad:pad + N], want.astype(dtype))
+    else:
+        d = max_rel_diff(back[:, pad:pad + N], want)
+        assert d <= TOL[dtype] * max(1, K), f"gemm {M, N, K}: max rel diff {d:.3e}"
+    fresh = kernels.gemm(cp.asarray(a), cp.asarray(b), trans_a=trans_a, trans_b=trans_b)  # out=None
+    assert fresh.shape == (M, N) and fresh.flags.c_contiguous
+    if integer:
+        np.testing.assert_array_equal(to_numpy(fresh), (opa.astype(np.float64) @ opb.astype(np.float64)).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N,C,r", [(1, 1, 1), (37, 50, 9), (300, 2304, 115), (5, 7, 7)])
+def test_gather_scatter_columns_kernels(dtype, N, C, r):
+    """gather_columns is a[:, cols] and scatter_add_columns is y[:, cols] += part + b, bit for bit
+    (data movement and one add each, in the plain body's order); the other columns stay as they were."""
+    import cupy as cp
+    rng = np.random.default_rng(N + C + r)
+    cols = np.sort(rng.choice(C, size=r, replace=False)).astype(np.int64)
+    a = rng.standard_normal((N, C)).astype(dtype)
+    part, b = rng.standard_normal((N, r)).astype(dtype), rng.standard_normal(r).astype(dtype)
+    got = kernels.gather_columns(cp.asarray(a), cp.asarray(cols))
+    np.testing.assert_array_equal(to_numpy(got), a[:, cols])
+    for bias in (None, b):
+        y = cp.asarray(a)
+        kernels.scatter_add_columns(y, cp.asarray(part), cp.asarray(cols), None if bias is None else cp.asarray(bias))
+        want = a.copy()
+        want[:, cols] += part if bias is None else part + bias
+        np.testing.assert_array_equal(to_numpy(y), want)
+
+
+def _adapter_model(kind, dtype, seed=0):
+    """A small GPT on the GPU (C = 48, 3 layers) with `kind` adapters on every linear layer, random
+    non-zero adapter parameters, the base frozen except wpe (so every adapter passes dx on)."""
+    from minisft.adapters import ColumnDelta, LoRA, RowDelta, SharedLoRA
+    from minisft.config import GPTConfig
+    from minisft.model import GPT, linear_layer_names
+    cfg = GPTConfig(vocab_size=67, block_size=40, n_layer=3, n_head=3, n_embd=48)
+    model = GPT(cfg, backend="cupy", dtype=dtype, seed=seed)
+    model.freeze()
+    model.unfreeze(["wpe.weight"])
+    rng = np.random.default_rng(seed)
+    for layer in linear_layer_names(cfg):
+        d_out, d_in = model.params[layer + ".weight"].shape
+        if kind == "rows":
+            model.add_adapter(layer, RowDelta(model, layer, rng.choice(d_out, size=max(1, d_out // 20), replace=False)))
+        elif kind == "rows_no_bias":
+            model.add_adapter(layer, RowDelta(model, layer, rng.choice(d_out, size=d_out // 3, replace=False), bias=False))
+        elif kind == "cols":
+            model.add_adapter(layer, ColumnDelta(model, layer, rng.choice(d_in, size=d_in // 4, replace=False)))
+        elif kind == "lora":
+            model.add_adapter(layer, LoRA(model, layer, r=4, alpha=6, generator=int(rng.integers(99))))
+    if kind == "shared_lora":
+        names = linear_layer_names(cfg)
+        SharedLoRA(model, "fc", names[2], r=3, alpha=5).attach(model, [n for n in names if n.endswith("mlp.c_fc")])
+    for a in model.adapter_params().values():
+        a[...] = model.xp.asarray(rng.standard_normal(a.shape) * 0.3, dtype=a.dtype)
+    idx, tgt = (rng.integers(0, cfg.vocab_size, (2, cfg.block_size)) for _ in range(2))
+    return model, model.xp.asarray(idx), model.xp.asarray(tgt)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["rows", "rows_no_bias", "cols", "lora", "shared_lora"])
+def test_fused_adapters_equal_plain_bodies(monkeypatch, dtype, kind):
+    """The adapters' fused paths (kernels.gemm with alpha/beta, column gather/scatter) against their
+    plain xp bodies: loss, every adapter gradient and the wpe gradient below them (which carries every
+    adapter's dx) of one whole-model step, on the same GPU model. Only the adapters switch: the other
+    layers run their fused kernels in both runs, so any difference is the adapters' own."""
+    import types
+    from minisft.adapters import lora, rows
+    model, idx, tgt = _adapter_model(kind, dtype)
+    gemms = []
+    real_gemm = kernels.gemm
+    monkeypatch.setattr(kernels, "gemm", lambda *a, **k: gemms.append(1) or real_gemm(*a, **k))
+    plain_kernels = types.SimpleNamespace(**{k: getattr(kernels, k) for k in dir(kernels) if not k.startswith("__")})
+    plain_kernels.enabled = lambda x: False
+
+    def run(adapter_kernels):
+        for module in (rows, lora):
+            monkeypatch.setattr(module, "kernels", adapter_kernels)
+        gemms.clear()
+        loss, grads = model.loss_and_grads(idx, tgt)
+        return (loss, {k: g.copy() for k, g in grads.items()}), len(gemms)
+
+    ((lf, gf), n_fused), ((lp, gp), n_plain) = run(kernels), run(plain_kernels)
+    n_adapters = sum(len(ads) for ads in model.adapters.values())
+    assert n_fused >= 3 * n_adapters and n_plain == 0, f"kernels.gemm calls: fused run {n_fused}, plain run {n_plain}"
+    assert set(gf) == set(gp) == set(model.adapter_params()) | {"wpe.weight"}
+    assert abs(lf - lp) <= TOL[dtype] * abs(lp), f"{kind} loss: fused {lf!r} vs plain {lp!r}"
+    for name in gp:
+        close(gf[name], gp[name], dtype, f"{kind} {name}")
+
+
+# ---- the segmented radix select (minisft.select on CuPy) ----
+def _oracle_keep(arrays_np, k):
+    """Drop the first k entries of a stable argsort of |x| over the concatenation (tests/test_gmt_mask.py)."""
+    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
+    keep = np.ones(flat.size, dtype=bool)
+    keep[np.argsort(flat, kind="stable")[:k]] = False
+    return [m.reshape(a.shape) for m, a in zip(np.split(keep, np.cumsum([a.size for a in arrays_np])), arrays_np)]
+
+
+TIES = [0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, 5e-324, 1e-45, 3.0e38]
+
+
+def _select_case(rng, n_tensors, max_size, dtype, tied):
+    out = []
+    for _ in range(n_tensors):
+        shape = tuple(int(s) for s in rng.integers(0, max_size + 1, size=int(rng.integers(1, 3))))
+        a = rng.choice(TIES, size=shape) if tied else rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 30, size=shape)
+        out.append(np.asarray(a, dtype=dtype))
+    return out
+
+
+def _select_both_scopes(monkeypatch, arrays_np, r):
+    """gradient_masks and global_gradient_masks on the GPU through the kernels (asserted) against the oracle."""
+    import cupy as cp
+    from minisft import select
+    from minisft.methods.gmt.masks import global_gradient_masks, gradient_masks
+    calls = []
+    real = kernels.smallest_k_keep_masks
+    monkeypatch.setattr(kernels, "smallest_k_keep_masks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(kernels, "FUSED", True)
+    gs = [cp.asarray(a) for a in arrays_np]
+    for a, m in zip(arrays_np, gradient_masks(gs, r)):
+        np.testing.assert_array_equal(to_numpy(m), _oracle_keep([a], select.ratio_count(r, a.size, "floor"))[0])
+    total = sum(a.size for a in arrays_np)
+    for a, m, e in zip(arrays_np, global_gradient_masks(gs, r), _oracle_keep(arrays_np, select.ratio_count(r, total, "floor"))):
+        assert m.shape == a.shape and m.dtype == bool
+        np.testing.assert_array_equal(to_numpy(m), e)
+    assert calls or not arrays_np, "the kernel select did not run"
+
+
+@pytest.mark.parametrize("chunk", [64, kernels.CHUNK])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_select_kernels_equal_oracle(monkeypatch, chunk, dtype, tied):
+    """Per-tensor and global masks from the segmented radix select equal the stable-argsort oracle,
+    with many ties (±0, subnormals, inf) spread over several chunks of a tensor and over tensors,
+    and at every ratio from 0 (nothing dropped) to 0.99; 64-element chunks put hundreds of chunks in
+    one segment, the real chunk size a 40 000-entry tensor in three."""
+    monkeypatch.setattr(kernels, "CHUNK", chunk)
+    kernels._chunks.cache_clear()
+    rng = np.random.default_rng(chunk + tied)
+    arrays_np = _select_case(rng, 5, 40, dtype, tied) + [np.asarray(rng.choice(TIES, size=40_000) if tied else
+                                                                    rng.standard_normal(40_000), dtype=dtype)]
+    try:
+        for r in (0.0, 0.3, 0.5, 0.99):
+            _select_both_scopes(monkeypatch, arrays_np, r)
+    finally:
+        kernels._chunks.cache_clear()
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 5), max_size=st.sampled_from([3, 30, 300]),
+       dtype=st.sampled_from(["float32", "float64"]), tied=st.booleans(), r=st.sampled_from([0.0, 0.1, 0.5, 0.9]))
+def test_select_kernels_equal_oracle_hypothesis(seed, n, max_size, dtype, tied, r):
+    """As test_select_kernels_equal_oracle on drawn tensors (chunks of 16 entries)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "CHUNK", 16)
+        kernels._chunks.cache_clear()
+        try:
+            _select_both_scopes(mp, _select_case(np.random.default_rng(seed), n, max_size, dtype, tied), r)
+        finally:
+            kernels._chunks.cache_clear()
+
+
+def test_select_nan_check_kernel_names_the_tensor():
+    """The NaN check runs as one kernel over all tensors and names the first tensor holding a NaN."""
+    import cupy as cp
+    from minisft.methods.gmt.masks import gradient_masks
+    grads = {"a": cp.ones(5, dtype=cp.float32), "b": cp.asarray([1.0, np.nan, 2.0], dtype=cp.float32),
+             "c": cp.asarray([np.nan], dtype=cp.float32)}
+    with fused("1"), pytest.raises(ValueError, match=r"grads\['b'\]"):
+        gradient_masks(grads, 0.5)
+    assert [int(v) for v in kernels.nan_counts(list(grads.values())).get()] == [0, 1, 1]
+
+
+# ---- AdamW over many tensors in one launch ----
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adamw_many_tensors_one_launch(monkeypatch, dtype):
+    """Several tensors (one across three chunks), a mask on one, and a tensor without a gradient at
+    one step (so its step count, hence its bias correction, differs): the one-launch update against
+    the plain per-tensor body over four steps."""
+    import cupy as cp
+    rng = np.random.default_rng(1)
+    shapes = {"big": (40_000,), "w": (37, 11), "b": (3,), "late": (5, 4)}
+    p0 = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s) for k, s in shapes.items() if not (k == "late" and i == 1)} for i in range(4)]
+    mask = cp.asarray(rng.random(shapes["w"]) < 0.5)
+    calls = []
+    real = kernels.adamw_many
+    monkeypatch.setattr(kernels, "adamw_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run():
+        ps = {k: cp.asarray(v, dtype=dtype) for k, v in p0.items()}
+        opt = AdamW(lr=1e-2, weight_decay=0.1)
+        for g in grads:
+            opt.step(ps, {k: cp.asarray(v, dtype=dtype) for k, v in g.items()}, masks={"w": mask})
+        return ps, opt.state
+
+    (pf, sf), (pp, sp) = both(monkeypatch, run)
+    assert len(calls) == 4, "the one-launch AdamW did not run at every fused step"
+    assert sf["late"]["step"] == sp["late"]["step"] == 3
+    for k in shapes:
+        close(pf[k], pp[k], dtype, f"adamw_many {k}")
+        close(sf[k]["exp_avg_sq"], sp[k]["exp_avg_sq"], dtype, f"adamw_many {k} exp_avg_sq")
+    assert bool(cp.all(pf["w"][~mask] == cp.asarray(p0["w"], dtype=dtype)[~mask]))

@@ -78,6 +78,14 @@ def linear_grads(dy, cache, dx, params=("weight", "bias")):
     return g
 
 
+def rows_view(a):
+    """a as a 2-D (N, last) view sharing its memory when a is C-contiguous, else None: the fused
+    adapter paths write into it in place, which a reshaped copy would silently lose."""
+    if not a.flags.c_contiguous:
+        return None
+    return a.reshape(-1, a.shape[-1])
+
+
 def adapter_delta_weights(model):
     """{layer: (ΔW, Δb)} summed over every adapter attached to each layer."""
     out = {}

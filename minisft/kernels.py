@@ -555,6 +555,8 @@ def _leading(a):
     dimension of its column-major view), else None."""
     rows, cols = a.shape
     size = a.itemsize
+    if a.size == 0:  # no element is read or written: any leading dimension will do
+        return max(cols, 1)
     if cols > 1 and a.strides[1] != size:
         return None
     if rows <= 1:

@@ -90,6 +90,7 @@ class AdamW(Optimizer):
         self.b1 = ratio_in("betas[0]", betas[0], 0.0, 1.0, low_open=False, high_open=True)
         self.b2 = ratio_in("betas[1]", betas[1], 0.0, 1.0, low_open=False, high_open=True)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self._checked = {}  # name -> (p, exp_avg, exp_avg_sq) found fit for the one-launch update
 
     def step(self, params, grads, masks=None, lr=None):
         """As Optimizer.step; on CuPy with the fused kernels on, every tensor's update runs in one
@@ -117,9 +118,19 @@ class AdamW(Optimizer):
 
     def _one_launch(self, name, p, g, dtype):
         """Whether tensor `name` can join the one-launch update: C-contiguous, of `dtype`, g and any
-        existing moments alike."""
-        arrays = [p, g] + [self.state.get(name, {}).get(k) for k in ("exp_avg", "exp_avg_sq")]
-        return all(a is None or (a.dtype == dtype and a.shape == p.shape and a.flags.c_contiguous) for a in arrays)
+        existing moments alike. p and its moments live across steps: once checked, they are checked
+        again only when one of them is a different array (identity, so no check goes stale)."""
+        if not (g.dtype == dtype and g.shape == p.shape and g.flags.c_contiguous):
+            return False
+        st = self.state.get(name, {})
+        held = (p, st.get("exp_avg"), st.get("exp_avg_sq"))
+        seen = self._checked.get(name)
+        if seen is not None and all(a is b for a, b in zip(seen, held)):
+            return True
+        ok = all(a is None or (a.dtype == dtype and a.shape == p.shape and a.flags.c_contiguous) for a in held)
+        if ok:
+            self._checked[name] = held
+        return ok
 
     @staticmethod
     def _moments(st, p):

@@ -14,7 +14,18 @@ switch `kernels.FUSED` itself).
 | gelu / gelu_backward    | 8 / 12 elementwise kernels                             | 1 / 2 reads + 1 write     |
 | layernorm / backward    | 9 / 7 kernels                                          | 1-2 reads + 1-2 writes    |
 | adamw                   | ~15 kernels per tensor                                 | one kernel per tensor     |
+| adamw_many              | adamw once per tensor (optim.AdamW.step)               | one kernel for all        |
 | column_sums             | a∘b, sum over rows (CuPy's leading-axis reduction)     | 1 read, coalesced         |
+| gemm (cuBLAS)           | a @ b, then scale and add into out (adapters)          | the GEMM's own epilogue   |
+| gather_columns          | a[:, cols] (RowDelta, ColumnDelta)                     | 1 read of r columns       |
+| scatter_add_columns     | y[:, cols] += part + b: gather, add, scatter           | 1 read-modify-write       |
+| smallest_k_keep_masks   | per-tensor partition/sort + cumulative tie count       | 6 reads (f64: 10), ~12    |
+|                         | (minisft.select)                                       | launches for all tensors  |
+| nan_counts              | isnan + count per tensor (minisft.select)              | 1 read, 1 launch for all  |
+
+The multi-tensor kernels (adamw_many, smallest_k_keep_masks, nan_counts) take a device table of
+the tensors' pointers and cut every tensor into CHUNK-element pieces, one block each, so a model's
+148 tensors cost a handful of launches instead of a few per tensor.
 
 Attention has its own tiled kernels in minisft.flash_attention. Rows are reduced by one thread block
 each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 2018):

@@ -1,8 +1,10 @@
 """Trainable views of frozen linear layers ("wrap, don't mutate", as HF PEFT).
 
 Every adapter attaches to one linear layer `y = x Wᵀ + b` of a GPT and adds a contribution to y
-without touching W or b. All of them are built from the same `nn.linear` forward/backward pair, so
-each backward computes only its own parameters' gradients and the dx it passes on:
+without touching W or b. All of them are built from the same `nn.linear` forward/backward pair (on
+CuPy, RowDelta, ColumnDelta and LoRA run the same equations through kernels.gemm's scale-and-add
+and the column gather/scatter kernels), so each backward computes only its own parameters'
+gradients and the dx it passes on:
 
 | adapter      | contribution to y                      | trainable                          |
 |--------------|----------------------------------------|------------------------------------|

@@ -8,36 +8,20 @@ Usage: python -m reference_models.profile_step --preset gpt2 --methods full spru
 import argparse
 import collections
 import os
-import statistics
 import time
-
-
-def _free_running(step, steps):
-    import cupy
-
-    times = []
-    for _ in range(steps):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return statistics.median(times)
 
 
 def profile(method, preset, steps, totals, wrapped):
     import cupy
 
     import minisft as ms
-    from reference_models.bench import PRESETS, minisft_step_fn
+    from reference_models.bench import PRESETS, minisft_step_fn, time_steps
 
     p = dict(PRESETS[preset])
     B = p.pop("batch_size")
     cfg = ms.GPTConfig(**p)
     step, _ = minisft_step_fn(method, cfg, B, cfg.block_size, "cupy", "float32", 0)
-    step()
-    free = _free_running(step, steps)
+    free, _ = time_steps(step, steps, 1, cupy.cuda.Device().synchronize, lambda: (cupy.cuda.Event(), cupy.cuda.Event()))
     wrapped[0] = True
     totals.clear()
     cupy.cuda.Device().synchronize()

@@ -1,10 +1,14 @@
 #!/bin/bash
-# Issue 20 part B in one device call (run from this checkout's root; the lead's main checkout is ../..):
-# new-kernel GPU tests, planted bugs, this branch's bench (TF32, fp32) and profile, main's minisft rows.
-# Writes at most 8 files under $OUT; a short table last. Each stage is skipped once the call nears its end.
+# Issue 20 part B on a lent GPU, run from this checkout's root (the lead's main checkout is ../..):
+#   bash issue20_gpu_run.sh 1   (first call) new-kernel GPU tests, planted bugs, this branch's bench in TF32
+#                               and fp32, main's minisft rows (this bench.py, main's package), TF32 profile
+#   bash issue20_gpu_run.sh 2   (second call) the tests again, the TF32 bench again with 12 steps, the pieces
+#                               (issue20_pieces.py) and an fp32 profile
+# Writes at most 8 files under $OUT. Each stage is skipped once the call nears its end (LIMIT seconds).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 MAIN=$(cd ../.. && pwd)
+CALL=${1:-1}
 LIMIT=${LIMIT:-285}
 left() { [ $((LIMIT - SECONDS)) -gt "$1" ]; }
 stage() { echo "== $(date +%T) t=${SECONDS}s $*"; }
@@ -14,7 +18,18 @@ python3 -c "import cupy, torch, numpy; print('cupy', cupy.__version__, 'torch', 
 
 stage "tests (new kernels; the flash-attention tests are untouched by this branch)"
 timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py -k "not flash_attention and not tf32" \
-  > $OUT/tests.log 2>&1; echo "tests rc=$?"; tail -4 $OUT/tests.log
+  > $OUT/tests$CALL.log 2>&1; echo "tests rc=$?"; tail -4 $OUT/tests$CALL.log
+if [ "$CALL" = 2 ]; then
+  if left 110; then stage "bench TF32, this branch, 12 steps"
+    timeout 80 python3 -m reference_models.bench --preset gpt2 --backend cupy --tf32 --methods full spruft lora gmt \
+      --variants sdpa --steps 12 --warmup 2 --out $OUT/bench2-tf32.json 2>&1 | grep -v Warning; fi
+  if left 35; then stage "pieces TF32"
+    CUPY_TF32=1 timeout 40 python3 reference_models/results/issue20_pieces.py --out $OUT/pieces-tf32.json 2>&1 | grep -v Warning; fi
+  if left 25; then stage "profile fp32, this branch"
+    timeout $((LIMIT - SECONDS - 3)) python3 -m reference_models.profile_step --preset gpt2 --methods full spruft --steps 2 \
+      --out $OUT/profile-fp32.json 2>&1 | grep -v Warning; fi
+  exit 0
+fi
 
 if left 200; then stage "bench TF32, this branch"
   timeout 70 python3 -m reference_models.bench --preset gpt2 --backend cupy --tf32 --methods full spruft lora gmt \
@@ -75,4 +90,4 @@ for name in ("bench-tf32", "main-tf32", "bench-fp32", "main-fp32"):
                          (f" {x['peak_bytes'] / 2**30:.2f}GiB" if x.get("peak_bytes") else ""))
     print(f"{name:11s} " + " | ".join(cells))
 PY
-} 2>&1 | tee $OUT/run.log
+} 2>&1 | tee $OUT/run$CALL.log

@@ -22,8 +22,9 @@ order. On CuPy those ties are found by a running cumulative count, so no step sy
 host; on NumPy by their positions (`flatnonzero`), since a cumulative count over every entry costs
 more on a CPU than the selection itself.
 
-On CuPy with the fused kernels on (float32 or float64 tensors of one dtype), every selection here
-(one tensor, each of many tensors, all tensors together) and the NaN check run as
+On CuPy with the fused kernels on (float32 or float64 tensors of one dtype), the exact smallest-k
+selections (`smallest_k_keep_mask`, `smallest_k_keep_mask_each`, `smallest_k_keep_masks`: one
+tensor, each of many tensors, all tensors together) and the NaN check run as
 `minisft.kernels.smallest_k_keep_masks` / `nan_counts`: the same radix select on the bits of |x|,
 8 bits a pass, all tensors in the same launches, ties ranked by a per-chunk count, about a dozen
 launches and one host synchronisation per call whatever the number of tensors

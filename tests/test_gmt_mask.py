@@ -143,13 +143,18 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
         np.testing.assert_array_equal(to_numpy(batched[f"t{i}"]), expected)
 
 
-# every way select.py can run, on every backend: (BATCH_BELOW, TIES_BY_COUNT) as each backend sets them
+# every way select.py can run, on every backend: (BATCH_BELOW, TIES_BY_COUNT) as each backend sets them,
+# with CuPy's fused selection kernels off; "kernels": CuPy's radix-select kernels (minisft.kernels) on
 WAYS = {"numpy-way": (0, False), "cupy-way": (1 << 20, True), "sort-positions": (1 << 40, False),
-        "partition-count": (0, True)}
+        "partition-count": (0, True), "kernels": None}
 
 
 def _use_way(monkeypatch, way):
+    import minisft.kernels as kernels
     import minisft.select as select
+    monkeypatch.setattr(kernels, "FUSED", way == "kernels")
+    if way == "kernels":
+        return
     batch_below, ties_by_count = WAYS[way]
     for backend in ("numpy", "cupy"):
         monkeypatch.setitem(select.BATCH_BELOW, backend, batch_below)

@@ -43,7 +43,7 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log, record rc 
 'torch', torch.__version__, 'mpi4py', mpi4py.__version__, 'numpy', numpy.__version__)"; } >"$OUT/machine.log" 2>&1
 
 # (a) GPU tests: NCCL collectives, prepare() and training parity on 2 and 4 GPUs
-part a-gpu-tests 140 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py tests/test_data_parallel.py
+part a-gpu-tests 170 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py tests/test_data_parallel.py
 
 # (b) compare --gpus N vs serial, same compare.json
 W1="$OUT/compare-serial" W2="$OUT/compare-gpus"

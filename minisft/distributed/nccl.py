@@ -63,7 +63,7 @@ class NCCLCommunicator(Communicator):
                                    "process sees (one process per GPU; check CUDA_VISIBLE_DEVICES and --nproc)")
         cupy.cuda.Device(local_rank).use()
         super().__init__(rank, size, local_rank, cupy, Watchdog(timeout, self._timed_out) if size > 1 else None)
-        uid = np.array(nccl.get_unique_id(), dtype=np.int8).tobytes() if rank == 0 else bytes(UNIQUE_ID_BYTES)
+        uid = _unique_id_bytes(nccl.get_unique_id()) if rank == 0 else bytes(UNIQUE_ID_BYTES)
         if bootstrap == "tcp":  # bounded by its own timeout, with an error naming the missing ranks
             uid = rendezvous(rank, size, placement.master_addr, placement.master_port, uid, timeout)
         with self._watch("NCCL start-up (unique id, ncclCommInitRank)"):
@@ -71,7 +71,7 @@ class NCCLCommunicator(Communicator):
                 buf = np.frombuffer(uid, dtype=np.uint8).copy()
                 self.MPI.COMM_WORLD.Bcast([buf, self.MPI.BYTE], root=0)
                 uid = buf.tobytes()
-            self.nccl_comm = nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
+            self.nccl_comm = _nccl_communicator(nccl, size, uid, rank)
         if size > 1:
             self._abort_on_uncaught()
 
@@ -135,3 +135,20 @@ class NCCLCommunicator(Communicator):
             self.nccl_comm.destroy()
             self.nccl_comm = None
         super().close()
+
+
+def _unique_id_bytes(uid):
+    """ncclUniqueId as UNIQUE_ID_BYTES bytes: CuPy 14 returns bytes, older CuPy a tuple of int8 values."""
+    raw = bytes(uid) if isinstance(uid, (bytes, bytearray)) else np.array(uid, dtype=np.int8).tobytes()
+    if len(raw) != UNIQUE_ID_BYTES:
+        raise DistributedError(f"nccl.get_unique_id() gave {len(raw)} bytes: expected {UNIQUE_ID_BYTES} (ncclUniqueId)")
+    return raw
+
+
+def _nccl_communicator(nccl, size, uid, rank):
+    """NcclCommunicator from the id's bytes, in the form this CuPy takes (bytes in CuPy 14, a tuple of
+    int8 values before); a failure of NCCL itself (NcclError) is not retried."""
+    try:
+        return nccl.NcclCommunicator(size, uid, rank)
+    except (TypeError, ValueError):
+        return nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)

@@ -501,15 +501,17 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
             timing = {f"{label}:seed{s}": r["ms_per_step"]}
             timing.update({f"{label}:seed{s}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})
             r["report"] = {k: v for k, v in r["report"].items() if not k.endswith("ms_per_step")}
-            done.append([j, r, timing])
+            pool = {f"{label}:seed{s}:{k}": r["memory"].pop(k) for k in POOL_KEYS if k in r["memory"]}
+            done.append([j, r, timing, pool])
         if world_size(comm) > 1:
             done = [item for part in comm.allgather_object(done) for item in part]
-        by_job = {j: (r, timing) for j, r, timing in done}
-        rows, timings = {}, {}
+        by_job = {j: (r, timing, pool) for j, r, timing, pool in done}
+        rows, timings, pools = {}, {}, {}
         for j in range(len(jobs)):
             label = jobs[j][0]
             rows.setdefault(label, []).append(by_job[j][0])
             timings.update(by_job[j][1])
+            pools.update(by_job[j][2])
         rows = {label: summarize(label, results) for label, results in rows.items()}
         path = folder / "compare.json"
         earlier = on_rank0(comm, lambda: _earlier_rows(path)) if only else {}
@@ -523,8 +525,13 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
         if lead:
             atomic_write_json(path, out)
             timings_all = {**(earlier_timings if only else {}), **timings}
-            atomic_write_json(folder / "compare-timings.json", {"ms_per_step": timings_all})
+            atomic_write_json(folder / "compare-timings.json", {"ms_per_step": timings_all, "device_pool_bytes": pools})
     return out, timings, folder
+
+
+# CuPy's pool bytes depend on what ran before in the process (another row, another rank's rows): they
+# go to compare-timings.json with the timings, so compare.json is the same for any run order
+POOL_KEYS = ("device_pool_used", "device_pool_held")
 
 
 def assign_jobs(costs, n):

@@ -722,11 +722,12 @@ def smallest_k_keep_masks(arrays, ks, segments=None):
     segment's earlier chunks and a ballot inside its own. The masks are views of one buffer."""
     import cupy
 
+    shapes = [a.shape for a in arrays]  # before ascontiguousarray, which makes a 0-d array 1-d
     arrays = [cupy.ascontiguousarray(a) for a in arrays]
     dtype = arrays[0].dtype
     tab = _chunks(tuple(int(a.size) for a in arrays), None if segments is None else tuple(int(s) for s in segments))
     keep = cupy.empty(tab.total, dtype=bool)
-    views = [keep[o:o + a.size].reshape(a.shape) for o, a in zip(tab.offsets.tolist(), arrays)]
+    views = [keep[o:o + a.size].reshape(shape) for o, a, shape in zip(tab.offsets.tolist(), arrays, shapes)]
     if not tab.n_chunks:
         return views
     ptrs = cupy.asarray(np.array([a.data.ptr for a in arrays], dtype=np.uint64))

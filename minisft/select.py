@@ -132,19 +132,35 @@ def _contiguous(a):
 
 
 def magnitude_key(x):
-    """(x.size,) uint64: the bits of float64 |x| in C order, monotone in |x| (NaN excluded)."""
+    """(x.size,) uint64: the bits of float64 |x| in C order, monotone in |x| (NaN excluded).
+
+    No float32 arithmetic touches the values: CuPy compiles every kernel with -ftz=true, so a float32
+    abs or cast on the GPU would flush subnormal magnitudes to 0 and rank them with the zeros. A
+    float32 |x| is widened from its bits instead, exactly: (m + 2^23·[e > 0]) · 2^(max(e, 1) − 150)
+    in float64 (e, m its exponent and mantissa fields; e = 255: inf), which never flushes."""
     xp = array_module(x)
+    if x.dtype == xp.float64:
+        return native_magnitude_key(x)
+    if x.dtype == xp.float32:
+        bits = native_magnitude_key(x)
+        exponent = (bits >> xp.uint32(23)).astype(xp.int32)
+        mantissa = (bits & xp.uint32(0x7FFFFF)).astype(xp.float64) + xp.where(exponent > 0, 2.0**23, 0.0)
+        widened = xp.ldexp(mantissa, xp.maximum(exponent, 1) - 150)
+        return xp.where(exponent == 255, xp.inf, widened).view(xp.uint64)  # exponent 255: inf (NaN excluded)
     return xp.abs(x).astype(xp.float64, copy=False).ravel().view(xp.uint64)
 
 
 def native_magnitude_key(x):
-    """(x.size,) unsigned ints as wide as x's floats: the bits of |x| in C order, monotone in |x|
-    (NaN excluded; |−0| = +0). For one tensor this ranks exactly as magnitude_key, and for float32
-    the partition (on the GPU a full radix sort) moves half the bytes."""
+    """(x.size,) unsigned ints as wide as x's floats: the bits of |x| in C order (the sign bit
+    cleared: an integer operation, so no flush-to-zero), monotone in |x| (NaN excluded; |−0| = +0).
+    For one tensor this ranks exactly as magnitude_key, and for float32 the partition (on the GPU a
+    full radix sort) moves half the bytes."""
     if x.dtype.itemsize not in (2, 4, 8):
         return magnitude_key(x)
     xp = array_module(x)
-    return xp.abs(x).ravel().view(xp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    unsigned = xp.dtype(f"uint{8 * x.dtype.itemsize}")
+    magnitude_bits = unsigned.type((1 << (8 * x.dtype.itemsize - 1)) - 1)
+    return xp.ascontiguousarray(x).ravel().view(unsigned) & magnitude_bits
 
 
 def _kth_key_partition(key, k):

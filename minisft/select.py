@@ -141,13 +141,20 @@ def magnitude_key(x):
     xp = array_module(x)
     if x.dtype == xp.float64:
         return native_magnitude_key(x)
-    if x.dtype == xp.float32:
-        bits = native_magnitude_key(x)
-        exponent = (bits >> xp.uint32(23)).astype(xp.int32)
-        mantissa = (bits & xp.uint32(0x7FFFFF)).astype(xp.float64) + xp.where(exponent > 0, 2.0**23, 0.0)
-        widened = xp.ldexp(mantissa, xp.maximum(exponent, 1) - 150)
-        return xp.where(exponent == 255, xp.inf, widened).view(xp.uint64)  # exponent 255: inf (NaN excluded)
+    if x.dtype == xp.float32 and xp is not np:  # NumPy keeps subnormals: its abs and cast are 20x faster
+        return float32_magnitude_as_float64(x).view(xp.uint64)
     return xp.abs(x).astype(xp.float64, copy=False).ravel().view(xp.uint64)
+
+
+def float32_magnitude_as_float64(x):
+    """(x.size,) float64: |x| of a float32 array in C order, exactly, from its bits (integer operations
+    and float64 arithmetic only; see magnitude_key). NaN excluded."""
+    xp = array_module(x)
+    bits = native_magnitude_key(x)
+    exponent = (bits >> xp.uint32(23)).astype(xp.int32)
+    mantissa = (bits & xp.uint32(0x7FFFFF)).astype(xp.float64) + xp.where(exponent > 0, 2.0**23, 0.0)
+    widened = xp.ldexp(mantissa, xp.maximum(exponent, 1) - 150)
+    return xp.where(exponent == 255, xp.inf, widened)  # exponent 255: inf
 
 
 def native_magnitude_key(x):

@@ -20,6 +20,9 @@ OUT=${OUT:-$PWD/dp-gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# the lent machines run commands as root, which Open MPI's mpirun refuses unless told (seen 2026-11-27)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 PY=${PYTHON:-python3}
 NGPU=$($PY -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())" 2>"$OUT/gpus.log" || echo 0)
 BENCH_SIZES=1,2,4

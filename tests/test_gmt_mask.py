@@ -312,3 +312,16 @@ def test_bad_grads(xp):
         global_gradient_masks({"a set, not a list or dict"}, 0.5)
     with pytest.raises(ValueError, match=r"grads\['w'\]"):
         gradient_masks({"v": xp.ones(2), "w": xp.asarray([float("nan")])}, 0.5)
+
+
+@given(bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=50))
+@example(bits=[0, 1, 0x7FFFFF, 0x800000, 0x80000001, 0x7F7FFFFF, 0x7F800000, 0xFF800000, 0x3F800000])
+def test_float32_magnitudes_widen_exactly_from_their_bits(bits):
+    """The GPU's key for float32 (select.float32_magnitude_as_float64: no float32 arithmetic, which
+    CuPy flushes to zero for subnormals) equals NumPy's exact |x| cast to float64, subnormals, zeros
+    and infinities included (NaN patterns skipped: NaN has no rank)."""
+    x = np.array(bits, dtype=np.uint32).view(np.float32)
+    x = x[~np.isnan(x)]
+    from minisft.select import float32_magnitude_as_float64
+
+    np.testing.assert_array_equal(float32_magnitude_as_float64(x), np.abs(x).astype(np.float64))

@@ -19,6 +19,7 @@ NumPy (MPI) jobs are started by mpirun/mpiexec instead: this launcher sets no MP
 """
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 
-from .errors import MinisftError, bad_value, positive_int
+from .errors import MinisftError, bad_value, positive_int, real_in
 
 POLL_SECONDS = 0.05
 
@@ -76,6 +77,7 @@ def launch(command, nproc, nnodes=1, node_rank=0, master_addr="127.0.0.1", maste
     """Run `command` (a list of strings) as nproc ranks; return 0, or the first failing rank's exit code."""
     if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
         raise bad_value("command", command, "a non-empty list of strings (the program and its arguments)")
+    grace = real_in("grace", grace, 0.0, math.inf, low_open=False, high_open=True)
     envs = rank_environments(nproc, nnodes, node_rank, master_addr, master_port)
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr.buffer

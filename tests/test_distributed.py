@@ -312,6 +312,9 @@ def test_rank_environments():
         launcher.rank_environments(2, nnodes=2, node_rank=0)
     with pytest.raises(MinisftError, match="node_rank=2"):
         launcher.rank_environments(2, nnodes=2, node_rank=2, master_port=1)
+    for grace in (float("nan"), -1.0, float("inf"), "5"):
+        with pytest.raises(MinisftError, match="grace"):
+            launcher.launch(["true"], 1, grace=grace)
 
 
 class _Sink:

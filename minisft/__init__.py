@@ -10,6 +10,10 @@ out); methods the trainer drives: ms.methods (SPruFT, AdaPEFT, LoRADrop, GMT, MG
 LoRAMethod); adapters: ms.adapters; HF GPT-2 conversion: ms.interop.
 """
 
+from .rank_threads import share_cores
+
+share_cores()  # before NumPy loads its BLAS: ranks sharing a host share its cores (minisft.rank_threads)
+
 from . import (adapters, backend, batches, checkpoint, corpus, errors, fileio, interop, kernels, memory, methods, nn, optim,
                tokenizer, train)
 from .config import GPTConfig

@@ -22,8 +22,10 @@ switch `kernels.FUSED` itself).
 | smallest_k_keep_masks   | per-tensor partition/sort + cumulative tie count       | 6 reads (f64: 10), ~12    |
 |                         | (minisft.select)                                       | launches for all tensors  |
 | nan_counts              | isnan + count per tensor (minisft.select)              | 1 read, 1 launch for all  |
+| copy_many               | one slice copy per piece (a bucket's pack and unpack,  | 1 read + 1 write, 1 launch|
+|                         | minisft.distributed.buckets)                           |                           |
 
-The multi-tensor kernels (adamw_many, smallest_k_keep_masks, nan_counts) take a device table of
+The multi-tensor kernels (adamw_many, smallest_k_keep_masks, nan_counts, copy_many) take a device table of
 the tensors' pointers and cut every tensor into CHUNK-element pieces, one block each, so a model's
 148 tensors cost a handful of launches instead of a few per tensor.
 
@@ -360,6 +362,17 @@ __device__ void nan_count(const unsigned long long* __restrict__ ptrs, const lon
     n = block_sum(n);
     if (threadIdx.x == 0 && n) atomicAdd(&nans[t], n);
 }
+// dst_t[i] = src_t[i] over every piece t's chunks, table[2t] = src_t, table[2t + 1] = dst_t (U: an unsigned
+// integer of the element's size, so any dtype's bits move unchanged)
+template <typename U>
+__device__ void copy_many(const unsigned long long* __restrict__ table, const long long* __restrict__ sizes,
+                          const int* __restrict__ chunk_tensor, const long long* __restrict__ chunk_start, long long chunk) {
+    int c = blockIdx.x, t = chunk_tensor[c];
+    const U* src = (const U*)table[2 * t];
+    U* dst = (U*)table[2 * t + 1];
+    long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) dst[i] = src[i];
+}
 """
 
 _ENTRY = r"""
@@ -379,6 +392,12 @@ __global__ void adamw_many_##S(const unsigned long long* tab, const T* sc, const
 __global__ void radix_pick(unsigned long long* h, unsigned long long* pre, long long* rank, const long long* k, long long sh) { radix_pick_body(h, pre, rank, k, sh); }
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
+#define COPY_MANY(U, S) \
+__global__ void copy_many_##S(const unsigned long long* tab, const long long* n, const int* ct, const long long* c0, long long ch) { copy_many<U>(tab, n, ct, c0, ch); }
+COPY_MANY(unsigned char, u1)
+COPY_MANY(unsigned short, u2)
+COPY_MANY(unsigned int, u4)
+COPY_MANY(unsigned long long, u8)
 }
 """
 
@@ -689,7 +708,7 @@ class _Chunks:
             cupy.asarray(a) for a in (n, tensor, start, seg, first, self.offsets))
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)
 def _chunks(sizes, segments=None):
     """_Chunks of these sizes (segment = tensor when None), cached: a training step asks for the same
     tensors' tables at every step."""
@@ -744,6 +763,23 @@ def smallest_k_keep_masks(arrays, ks, segments=None):
     _fn("radix_ties", dtype)(grid, (256,), tables + (k, prefix, ties, chunk))
     _fn("radix_keep", dtype)(grid, (256,), tables + (tab.first, k, prefix, rank, ties, tab.offset, keep, chunk))
     return views
+
+
+def copy_many(src_ptrs, dst_ptrs, sizes, itemsize):
+    """One launch for many copies: sizes[t] elements of `itemsize` bytes (1, 2, 4 or 8) from device
+    address src_ptrs[t] to dst_ptrs[t], for every t (pieces must not overlap). Replaces one
+    `dst[a:b] = src[c:d]` launch per piece: a data-parallel bucket's pack and unpack
+    (minisft.distributed.buckets), whose ~100-300 pieces would otherwise cost more in launches
+    than the all-reduce itself."""
+    import cupy
+
+    if itemsize not in (1, 2, 4, 8):
+        raise ValueError(f"itemsize={itemsize}: expected 1, 2, 4 or 8 bytes")
+    tab = _chunks(tuple(int(n) for n in sizes))
+    if tab.n_chunks:
+        table = cupy.asarray(np.stack([np.asarray(src_ptrs, dtype=np.uint64), np.asarray(dst_ptrs, dtype=np.uint64)], axis=1))
+        _module().get_function(f"copy_many_u{itemsize}")((tab.n_chunks,), (THREADS,), (
+            table, tab.sizes, tab.tensor, tab.start, np.int64(CHUNK)))
 
 
 def adamw_many(params, grads, exp_avgs, exp_avg_sqs, masks, lr, wd, b1, b2, eps, bc1s, bc2s):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minisft.rank_threads import THREAD_VARIABLES
 from reference_models.bench import PRESETS, _device_name, _free, _versions, minisft_step_fn, time_steps, torch_step_fn
 
 METHODS = ("full", "lora", "spruft")  # the issue's three; GMT's mask would need the same in DDP's hooks
@@ -71,8 +72,10 @@ def _global_batch(cfg, B, T, N, seed, xp):
     return xp.asarray(x), xp.asarray(y)
 
 
-def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm):
-    """(step, model, {"bytes", "buckets", "tensors"} all-reduced per step) of minisft's data-parallel step."""
+def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm, phases=None, sync=None):
+    """(step, model, {"bytes", "buckets", "tensors"} all-reduced per step) of minisft's data-parallel step.
+    With a `phases` list, each step appends {phase: ms} for forward+backward, the all-reduce and AdamW,
+    the device synchronised (`sync`) at each boundary (the profile that places the collective's cost)."""
     from minisft.distributed import data_parallel as dp
     from minisft.optim import AdamW
 
@@ -82,14 +85,32 @@ def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm):
     reduced = {}
 
     def step():
+        marks = [time.perf_counter()]
+
+        def mark():
+            if phases is not None:
+                sync()
+                marks.append(time.perf_counter())
+
         loss, grads = dp.local_loss_and_grads(model, x, y, comm)
+        mark()
         loss, grads, report = dp.reduce_loss_and_grads(comm, loss, grads)
+        mark()
         if report is not None:
             reduced.update(bytes=report.bytes, buckets=report.buckets, tensors=report.tensors)
         opt.step(model.trainable_params(), grads)
+        mark()
+        if phases is not None:
+            phases.append({k: 1000 * (b - a) for k, a, b in zip(("forward_backward", "allreduce", "adamw"), marks, marks[1:])})
         return loss
 
     return step, model, reduced
+
+
+def _phase_medians(phases, warmup):
+    """{phase: median ms} over the timed steps (the first `warmup` entries dropped)."""
+    timed = phases[warmup:]
+    return {k: statistics.median(p[k] for p in timed) for k in timed[0]} if timed else {}
 
 
 def torch_ddp_step(method, cfg, B, T, device, dtype, seed, comm, state_dict, rows_by_layer):
@@ -170,6 +191,13 @@ def rank_main(a):
             times = _timed(step, a.steps, a.warmup, sync, comm)
             rows.append(_row("minisft", method, N, times, reduced.get("bytes", 0), B * T))
             del step, model
+            if a.phases:
+                _free(gpu)
+                phases = []
+                step, model, _ = minisft_dp_step(method, cfg, B, T, a.backend, a.dtype, a.seed, comm, phases, sync)
+                _timed(step, a.steps, a.warmup, sync, comm)
+                rows[-1]["phases_ms_rank0"] = _phase_medians(phases, a.warmup)
+                del step, model
             _free(gpu)
             tstep, tbytes = torch_ddp_step(method, cfg, B, T, device, a.dtype, a.seed, comm, sd, rows_by_layer)
             times = _timed(tstep, a.steps, a.warmup, sync, comm)
@@ -219,6 +247,10 @@ def table(rows):
         e = eff.get((r["impl"], r["method"], r["world_size"]))
         lines.append(f"{r['method']:7s} {r['impl']:9s} {r['world_size']:2d} {r['ms_per_step']:9.2f} {r['tokens_per_s']:12,.0f} "
                      f"{'-' if e is None else f'{100 * e:.1f}%':>10s} {r['allreduce_bytes_per_step']:12,d}")
+    for r in rows:
+        if "phases_ms_rank0" in r:
+            lines.append(f"  {r['method']} N={r['world_size']} minisft phases (rank 0, ms): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in r["phases_ms_rank0"].items()))
     return "\n".join(lines)
 
 
@@ -234,6 +266,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--phases", action="store_true",
+                    help="also time minisft's forward+backward, all-reduce and AdamW apart (synchronised; extra steps)")
     ap.add_argument("--out", default="bench-dp.json")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # set by the driver: this process is a rank
     ap.add_argument("--torch-addr", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -256,6 +290,8 @@ def main(argv=None):
             cmd = [*_launcher(a.backend, N), sys.executable, "-m", "reference_models.bench_dp", *forwarded,
                    "--world-size", str(N), "--part", str(part), "--torch-port", str(free_port())]
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+            for name in THREAD_VARIABLES:  # each rank its share of the cores (ranks import NumPy before minisft)
+                env.setdefault(name, str(max(1, (os.cpu_count() or 1) // N)))
             print(f"world size {N}: {' '.join(cmd)}", flush=True)
             rc = subprocess.call(cmd, cwd=ROOT, env=env)
             if rc != 0:

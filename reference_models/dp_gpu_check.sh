@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Data-parallel checks and measurements on one multi-GPU host (issue 21), in one call of < 9 minutes
-# on 4 H100s. From the repository root, with python3 having cupy, mpi4py, torch and pytest:
+# Data-parallel checks and measurements on one multi-GPU host (issue 21), about 10 minutes on 4 H100s
+# (run the parts in two calls where one call is limited to less). From the repository root, with
+# python3 having cupy, mpi4py, torch and pytest:
 #
 #     OUT=/some/dir bash reference_models/dp_gpu_check.sh       ($OUT defaults to ./dp-gpu-check)
 #
@@ -10,10 +11,11 @@
 # (b) `minisft compare --gpus N` against the serial compare on the `small` preset (pretrained base
 #     cached first, untimed): both wall times, and whether compare.json is byte-identical;
 # (c) reference_models.bench_dp on the gpt2 preset, world sizes 1,2,4: minisft vs PyTorch DDP, per-GPU
-#     batch 8 x 1024, full / spruft / lora, scaling efficiency and bytes all-reduced per step.
+#     batch 8 x 1024, full / spruft / lora, scaling efficiency and bytes all-reduced per step, and
+#     minisft's step in phases (forward+backward, all-reduce, AdamW).
 # Each part has its own time limit, logs to $OUT/<part>.log and does not stop the others; the summary
-# comes last (and goes to $OUT/summary.txt). minisft need not be installed: PYTHONPATH=. and
-# `python3 -m minisft.cli` stand for the `minisft` command.
+# comes last (and goes to $OUT/summary.txt). PARTS="a c" runs only those parts (default: a b c).
+# minisft need not be installed: PYTHONPATH=. and `python3 -m minisft.cli` stand for the `minisft` command.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/dp-gpu-check}
@@ -28,6 +30,8 @@ NGPU=$($PY -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())" 2>"$OUT/g
 BENCH_SIZES=1,2,4
 [ "$NGPU" -lt 4 ] && BENCH_SIZES=1,$NGPU
 SUMMARY=()
+PARTS=${PARTS:-a b c}
+want() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log, record rc and seconds
     local name=$1 limit=$2 t0 rc
@@ -46,9 +50,10 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log, record rc 
 'torch', torch.__version__, 'mpi4py', mpi4py.__version__, 'numpy', numpy.__version__)"; } >"$OUT/machine.log" 2>&1
 
 # (a) GPU tests: NCCL collectives, prepare() and training parity on 2 and 4 GPUs
-part a-gpu-tests 170 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py tests/test_data_parallel.py
+want a && part a-gpu-tests 300 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py tests/test_data_parallel.py
 
 # (b) compare --gpus N vs serial, same compare.json
+if want b; then
 W1="$OUT/compare-serial" W2="$OUT/compare-gpus"
 rm -rf "$W1" "$W2"
 part b-pretrain 60 $PY -m minisft.cli pretrain --preset small --workdir "$W1" --quiet && cp -r "$W1" "$W2"
@@ -80,10 +85,11 @@ print(f"compare.json byte-identical: {same}; max rel diff of its numbers {worst:
 print(f"wall time: serial {serial:.1f} s, --gpus {sys.argv[5]} {parallel:.1f} s, ratio {parallel / serial:.3f} (target <= 0.35)")
 EOF
 SUMMARY+=("$(printf '%-18s %s' b-compare-check "$(tr '\n' ' ' <"$OUT/b-compare-check.log")")")
+fi
 
 # (c) minisft vs PyTorch DDP, gpt2 preset, 1/2/4 GPUs
-part c-bench-dp 140 $PY -m reference_models.bench_dp --preset gpt2 --world-size "$BENCH_SIZES" \
-    --methods full spruft lora --steps 6 --warmup 2 --out "$OUT/bench-dp-gpt2.json"
+want c && part c-bench-dp 240 $PY -m reference_models.bench_dp --preset gpt2 --world-size "$BENCH_SIZES" \
+    --methods full spruft lora --steps 6 --warmup 2 --phases --out "$OUT/bench-dp-gpt2.json"
 
 {
     echo "== dp_gpu_check summary ($NGPU GPUs; logs in $OUT)"

@@ -40,6 +40,7 @@ from minisft.distributed.buckets import pack, unpack
 from minisft.distributed.rendezvous import rendezvous
 from minisft.distributed.watchdog import Watchdog
 from minisft.errors import MinisftError
+from minisft.rank_threads import THREAD_VARIABLES, share_cores
 from tests.distributed_worker import digest, rank_tensors
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -101,23 +102,60 @@ def test_plan_buckets_rejects_bad_input():
         plan_buckets([-1], ["float64"])
 
 
-@given(specs=specs_st, bucket_bytes=st.integers(1, 200), seed=st.integers(0, 2**31))
-def test_pack_then_unpack_moves_each_bucket_through_its_buffer(specs, bucket_bytes, seed):
-    """A stand-in collective (buffer <- 2 * buffer + bucket index) must land on exactly the elements
-    the plan puts in that bucket: a wrong offset or a skipped copy-back changes some element."""
+def _pack_then_unpack(xp, specs, bucket_bytes, seed):
+    """A stand-in collective (buffer <- 2 * buffer + bucket index mod 40) must land on exactly the
+    elements the plan puts in that bucket: a wrong offset or a skipped copy-back changes some element.
+    Entries in [-40, 40), so every result fits an int8."""
     rng = np.random.default_rng(seed)
-    tensors = [rng.integers(-50, 50, size=n).astype(d) for n, d in specs]
-    flats = [t.copy() for t in tensors]
+    tensors = [rng.integers(-40, 40, size=n).astype(d) for n, d in specs]
+    flats = [xp.asarray(t.copy()) for t in tensors]
     buckets = plan_buckets([t.size for t in tensors], [t.dtype for t in tensors], bucket_bytes)
     for b, bucket in enumerate(buckets):
-        buffer = np.full(bucket.size + 3, 99, dtype=bucket.dtype)  # longer than the bucket, as reused buffers are
+        buffer = xp.full(bucket.size + 3, 99, dtype=bucket.dtype)  # longer than the bucket, as reused buffers are
         pack(bucket, flats, buffer)
-        buffer[: bucket.size] = 2 * buffer[: bucket.size] + b
+        buffer[: bucket.size] = 2 * buffer[: bucket.size] + b % 40
         unpack(bucket, buffer, flats)
     where = _oracle_position([t.size for t in tensors], [t.dtype for t in tensors], bucket_bytes)
     for i, t in enumerate(tensors):
-        expected = np.array([2 * t[e] + where[(i, e)][0] for e in range(t.size)], dtype=t.dtype)
-        assert np.array_equal(flats[i], expected), f"tensor {i}: max diff {np.abs(flats[i] - expected).max()}"
+        got = flats[i] if xp is np else flats[i].get()
+        expected = np.array([2 * t[e] + where[(i, e)][0] % 40 for e in range(t.size)], dtype=t.dtype)
+        assert np.array_equal(got, expected), f"tensor {i}: max diff {np.abs(got - expected).max()}"
+
+
+@given(specs=specs_st, bucket_bytes=st.integers(1, 200), seed=st.integers(0, 2**31))
+def test_pack_then_unpack_moves_each_bucket_through_its_buffer(specs, bucket_bytes, seed):
+    _pack_then_unpack(np, specs, bucket_bytes, seed)
+
+
+@pytest.mark.gpu
+@given(specs=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(["float64", "float32", "float16", "int8"])),
+                      min_size=1, max_size=10),
+       bucket_bytes=st.integers(1, 200), seed=st.integers(0, 2**31))
+@example(specs=[(40, "float32"), (3, "float32"), (40, "float32")], bucket_bytes=200, seed=0)  # pieces across chunks
+def test_pack_then_unpack_on_the_gpu_moves_each_bucket_in_one_launch(specs, bucket_bytes, seed):
+    """As the NumPy test, on CuPy arrays with the fused kernels on: every bucket of several segments
+    goes through kernels.copy_many (one launch for the pack, one for the unpack), with 16-element
+    chunks so segments span several blocks; 1-, 2-, 4- and 8-byte items."""
+    from minisft import kernels
+    from minisft.backend import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs CuPy and a GPU")
+    import cupy
+
+    calls = []
+    real = kernels.copy_many
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "FUSED", True)
+        mp.setattr(kernels, "CHUNK", 16)
+        mp.setattr(kernels, "copy_many", lambda *a: calls.append(len(a[2])) or real(*a))
+        kernels._chunks.cache_clear()
+        try:
+            _pack_then_unpack(cupy, specs, bucket_bytes, seed)
+        finally:
+            kernels._chunks.cache_clear()
+    several = [b for b in plan_buckets([n for n, _ in specs], [d for _, d in specs], bucket_bytes) if len(b.segments) > 1]
+    assert calls == [len(b.segments) for b in several for _ in "pu"], "one copy_many launch per pack and per unpack"
 
 
 # ------------------------------------------------------------------- the single-process backend
@@ -558,3 +596,45 @@ def test_nccl_a_hung_rank_makes_the_other_abort_within_the_timeout(gpus):
     assert r.returncode == TIMEOUT_EXIT_CODE and seconds < 5 + 60, f"rc {r.returncode} after {seconds:.1f} s\n{out[-3000:]}"
     assert "allreduce_sum did not complete within 5 s" in out
     assert "all-reduce completed" not in out
+
+
+# ------------------------------------------------------------------ CPU threads of co-located ranks
+@pytest.mark.parametrize("variables, cores, expected", [
+    ({"LOCAL_WORLD_SIZE": "2"}, 2, "1"),                   # minisft launch / torchrun
+    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 16, "4"),        # Open MPI
+    ({"MPI_LOCALNRANKS": "3"}, 16, "5"),                   # MPICH's Hydra: 16 // 3
+    ({"MPI_LOCALNRANKS": "8"}, 2, "1"),                    # more ranks than cores: one thread each, not 0
+])
+def test_ranks_sharing_a_host_get_their_share_of_the_cores(variables, cores, expected):
+    env = dict(variables)
+    assert share_cores(env, cores=cores) == int(expected)
+    assert {k: env[k] for k in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, expected)
+
+
+@pytest.mark.parametrize("variables", [
+    {},                                                    # not a multi-rank launch
+    {"LOCAL_WORLD_SIZE": "1"},                             # one rank on this host
+    {"LOCAL_WORLD_SIZE": "2", "OPENBLAS_NUM_THREADS": "7"},  # the user's choice wins
+    {"LOCAL_WORLD_SIZE": "two"},                           # not a count: nothing guessed
+])
+def test_thread_variables_are_left_alone_unless_ranks_share_a_host_and_none_is_set(variables):
+    env = dict(variables)
+    assert share_cores(env, cores=16) is None
+    assert env == variables
+
+
+def test_mpiexec_ranks_importing_minisft_split_the_cores(tmp_path):
+    """Under `mpiexec -n 2` (MPICH's Hydra sets MPI_LOCALNRANKS), importing minisft before NumPy sets
+    each rank's BLAS threads to half the cores; a user's OPENBLAS_NUM_THREADS is kept. (Each rank
+    writes its own file: the ranks' stdout lines can interleave.)"""
+    code = ("import os, sys, minisft; open(os.path.join(sys.argv[1], os.environ['PMI_RANK']), 'w').write("
+            "f\"{os.environ.get('OPENBLAS_NUM_THREADS')} {os.environ.get('OMP_NUM_THREADS')}\")")
+    env = {k: v for k, v in _env().items() if k not in THREAD_VARIABLES}
+    share = str(max(1, os.cpu_count() // 2))
+    for extra, expected in (({}, f"{share} {share}"), ({"OPENBLAS_NUM_THREADS": "3"}, "3 None")):
+        out = tmp_path / str(len(extra))
+        out.mkdir()
+        r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", code, str(out)], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT, env=dict(env, **extra))
+        assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+        assert {f.name: f.read_text() for f in out.iterdir()} == {"0": expected, "1": expected}, extra

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # low to high; the trainer drives any Method through its protocol alone, so it sits below them
 LAYERS = [
-    ("errors", "version"),
+    ("errors", "version", "rank_threads"),
     ("backend", "config", "fileio", "progress"),
-    ("distributed",),
     ("kernels", "flash_attention", "memory"),
+    ("distributed",),  # its buckets move through kernels.copy_many on the GPU
     ("nn",),
     ("model", "checkpoint", "interop", "corpus", "tokenizer", "batches", "testing"),
     ("adapters",),

@@ -568,8 +568,35 @@ def gpus():
 
 
 def _launch(nproc, *worker_args, timeout=300, env=None):
+    """`minisft launch` of the worker; past `timeout` the launcher and its ranks (its session) are
+    killed and the test fails with what they printed (no orphaned rank keeps a GPU busy)."""
     cmd = [sys.executable, "-m", "minisft.launch", "--nproc", str(nproc), "--", sys.executable, str(WORKER), *worker_args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env or _env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env or _env(), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*_children(proc.pid), proc.pid]:  # each rank leads its own session (minisft.launch)
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
+        out, err = proc.communicate()
+        pytest.fail(f"minisft launch still running after {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _children(pid):
+    """Process ids whose parent is `pid` (Linux /proc), for the ranks' own process groups."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 @pytest.mark.gpu

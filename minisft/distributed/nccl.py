@@ -8,18 +8,25 @@ off unless the environment already says otherwise: NCCL_NVLS_ENABLE=0 is set bef
 
 Collectives are queued on CuPy's current stream (all-reduce and broadcast in place, the bucket copies
 of `allreduce_sum_bucketed` on the same stream, so one bucket buffer serves every bucket) and each
-public call ends by waiting for that stream, under the watchdog.
+public call ends by waiting for that stream, under the watchdog. The wait polls an event recorded
+after the collective, sleeping WAIT_POLL_SECONDS between polls, rather than calling
+cudaStreamSynchronize: a thread blocked in a CUDA call may keep Python's GIL, and the watchdog, a
+Python thread, needs it to fire.
 
 Failure handling (what is guaranteed), for a job of more than one rank: a collective, or NCCL's
 start-up, still running `timeout` seconds after it began makes the watchdog print which rank gave up
 in which call, call ncclCommAbort (which ends this rank's NCCL kernels), and end the process with
-exit code 124; under mpirun it calls MPI_Abort as well. An uncaught exception, or a failure inside
+exit code 124; under mpirun it calls MPI_Abort as well. Should ncclCommAbort itself block, a timer
+ends the process ABORT_GRACE_SECONDS later, and faulthandler's thread (which needs no GIL) a few
+seconds after that, printing every thread's stack first (exit code 1 then). An uncaught exception, or a failure inside
 `abort_on_failure()`, aborts the same way at once. The launcher (mpirun, minisft launch, torchrun)
 then ends the other ranks when one exits non-zero.
 """
 
+import faulthandler
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -29,6 +36,7 @@ from .watchdog import Watchdog
 
 UNIQUE_ID_BYTES = 128
 ABORT_GRACE_SECONDS = 10.0
+WAIT_POLL_SECONDS = 1e-4
 
 
 def import_nccl():
@@ -88,7 +96,9 @@ class NCCLCommunicator(Communicator):
         self.nccl_comm.bcast(a.data.ptr, a.size, self._type(a), root, self._stream())
 
     def _wait(self):
-        self.cupy.cuda.get_current_stream().synchronize()
+        done = self.cupy.cuda.get_current_stream().record()  # an event after the queued collectives
+        while not done.done:  # cudaEventQuery; sleeping frees the GIL for the watchdog (module docstring)
+            time.sleep(WAIT_POLL_SECONDS)
 
     def _allgather_bytes(self, data):
         cp, n = self.cupy, self.world_size
@@ -122,6 +132,7 @@ class NCCLCommunicator(Communicator):
 
     def _abort(self, code):
         threading.Timer(ABORT_GRACE_SECONDS, os._exit, (code,)).start()  # should ncclCommAbort itself block
+        faulthandler.dump_traceback_later(ABORT_GRACE_SECONDS + 5, exit=True)  # ... holding the GIL
         if self.nccl_comm is not None:
             self.nccl_comm.abort()  # ncclCommAbort: this rank's pending NCCL kernels end
         if self.MPI is not None:

@@ -74,8 +74,9 @@ def _global_batch(cfg, B, T, N, seed, xp):
 
 def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm, phases=None, sync=None):
     """(step, model, {"bytes", "buckets", "tensors"} all-reduced per step) of minisft's data-parallel step.
-    With a `phases` list, each step appends {phase: ms} for forward+backward, the all-reduce and AdamW,
-    the device synchronised (`sync`) at each boundary (the profile that places the collective's cost)."""
+    With a `phases` list, each step appends {phase: ms} for forward+backward, the all-reduce (which
+    includes waiting for the slowest rank) and AdamW, the device synchronised (`sync`) at each
+    boundary, and the same all-reduce once more after a barrier (the collective's own cost)."""
     from minisft.distributed import data_parallel as dp
     from minisft.optim import AdamW
 
@@ -101,7 +102,13 @@ def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm, phases=None, 
         opt.step(model.trainable_params(), grads)
         mark()
         if phases is not None:
-            phases.append({k: 1000 * (b - a) for k, a, b in zip(("forward_backward", "allreduce", "adamw"), marks, marks[1:])})
+            comm.barrier()  # every rank here: the same all-reduce again, without waiting for a slower peer
+            mark()
+            dp.reduce_loss_and_grads(comm, loss, grads)
+            mark()
+            times = [1000 * (b - a) for a, b in zip(marks, marks[1:])]
+            phases.append({"forward_backward": times[0], "allreduce": times[1], "adamw": times[2],
+                           "allreduce_after_barrier": times[4]})
         return loss
 
     return step, model, reduced
@@ -196,7 +203,7 @@ def rank_main(a):
                 phases = []
                 step, model, _ = minisft_dp_step(method, cfg, B, T, a.backend, a.dtype, a.seed, comm, phases, sync)
                 _timed(step, a.steps, a.warmup, sync, comm)
-                rows[-1]["phases_ms_rank0"] = _phase_medians(phases, a.warmup)
+                rows[-1]["phases_ms_by_rank"] = comm.allgather_object(_phase_medians(phases, a.warmup))
                 del step, model
             _free(gpu)
             tstep, tbytes = torch_ddp_step(method, cfg, B, T, device, a.dtype, a.seed, comm, sd, rows_by_layer)
@@ -248,9 +255,9 @@ def table(rows):
         lines.append(f"{r['method']:7s} {r['impl']:9s} {r['world_size']:2d} {r['ms_per_step']:9.2f} {r['tokens_per_s']:12,.0f} "
                      f"{'-' if e is None else f'{100 * e:.1f}%':>10s} {r['allreduce_bytes_per_step']:12,d}")
     for r in rows:
-        if "phases_ms_rank0" in r:
-            lines.append(f"  {r['method']} N={r['world_size']} minisft phases (rank 0, ms): "
-                         + ", ".join(f"{k} {v:.2f}" for k, v in r["phases_ms_rank0"].items()))
+        for rank, phases in enumerate(r.get("phases_ms_by_rank", [])):
+            lines.append(f"  {r['method']} N={r['world_size']} minisft rank {rank} phases (ms): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     return "\n".join(lines)
 
 

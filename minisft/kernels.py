@@ -22,6 +22,7 @@ switch `kernels.FUSED` itself).
 | smallest_k_keep_masks   | per-tensor partition/sort + cumulative tie count       | 6 reads (f64: 10), ~12    |
 |                         | (minisft.select)                                       | launches for all tensors  |
 | nan_counts              | isnan + count per tensor (minisft.select)              | 1 read, 1 launch for all  |
+| scatter_add_rows        | cupy.add.at (atomic, order varies run to run)          | 1 read + 1 RMW, in order  |
 | copy_many               | one slice copy per piece (a bucket's pack and unpack,  | 1 read + 1 write, 1 launch|
 |                         | minisft.distributed.buckets)                           |                           |
 
@@ -362,6 +363,22 @@ __device__ void nan_count(const unsigned long long* __restrict__ ptrs, const lon
     n = block_sum(n);
     if (threadIdx.x == 0 && n) atomicAdd(&nans[t], n);
 }
+// target[r] += Σ_n values[n] over the n with rows[n] = r, each row's sum taken from zero in order of n and then
+// added: key = sorted rows[n]·N + n (distinct keys, so the order is fixed); block j works only if key[j]
+// starts a row's run, and walks that run in order; its threads take the columns
+template <typename T>
+__device__ void row_sums_in_order(const long long* __restrict__ key, long long N, const T* __restrict__ values,
+                                  T* __restrict__ target, long long C) {
+    long long j = blockIdx.x, row = key[j] / N;
+    if (j > 0 && key[j - 1] / N == row) return;
+    long long end = j + 1;
+    while (end < N && key[end] / N == row) ++end;
+    for (long long c = threadIdx.x; c < C; c += blockDim.x) {
+        T acc = (T)0;
+        for (long long i = j; i < end; ++i) acc += values[(key[i] % N) * C + c];
+        target[row * C + c] += acc;
+    }
+}
 // dst_t[i] = src_t[i] over every piece t's chunks, table[2t] = src_t, table[2t + 1] = dst_t (U: an unsigned
 // integer of the element's size, so any dtype's bits move unchanged)
 template <typename U>
@@ -388,7 +405,8 @@ __global__ void radix_hist_##S(const unsigned long long* p, const long long* n, 
 __global__ void radix_ties_##S(const unsigned long long* p, const long long* n, const int* ct, const int* cs, const long long* c0, const long long* k, const unsigned long long* pre, unsigned long long* ties, long long ch) { radix_ties<T>(p, n, ct, cs, c0, k, pre, ties, ch); } \
 __global__ void radix_keep_##S(const unsigned long long* p, const long long* n, const int* ct, const int* cs, const long long* c0, const int* first, const long long* k, const unsigned long long* pre, const long long* rank, const unsigned long long* ties, const long long* off, bool* keep, long long ch) { radix_keep<T>(p, n, ct, cs, c0, first, k, pre, rank, ties, off, keep, ch); } \
 __global__ void nan_count_##S(const unsigned long long* p, const long long* n, const int* ct, const long long* c0, unsigned long long* nans, long long ch) { nan_count<T>(p, n, ct, c0, nans, ch); } \
-__global__ void adamw_many_##S(const unsigned long long* tab, const T* sc, const long long* n, const int* ct, const long long* c0, T lr, T wd, T b1, T b2, T eps, long long ch) { adamw_many<T>(tab, sc, n, ct, c0, lr, wd, b1, b2, eps, ch); }
+__global__ void adamw_many_##S(const unsigned long long* tab, const T* sc, const long long* n, const int* ct, const long long* c0, T lr, T wd, T b1, T b2, T eps, long long ch) { adamw_many<T>(tab, sc, n, ct, c0, lr, wd, b1, b2, eps, ch); } \
+__global__ void row_sums_in_order_##S(const long long* key, long long N, const T* v, T* t, long long C) { row_sums_in_order<T>(key, N, v, t, C); }
 __global__ void radix_pick(unsigned long long* h, unsigned long long* pre, long long* rank, const long long* k, long long sh) { radix_pick_body(h, pre, rank, k, sh); }
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
@@ -763,6 +781,23 @@ def smallest_k_keep_masks(arrays, ks, segments=None):
     _fn("radix_ties", dtype)(grid, (256,), tables + (k, prefix, ties, chunk))
     _fn("radix_keep", dtype)(grid, (256,), tables + (tab.first, k, prefix, rank, ties, tab.offset, keep, chunk))
     return views
+
+
+def scatter_add_rows(target, rows, values):
+    """target[rows[n]] += values[n] (target (V, C), rows (N,), values (N, C)), deterministic: each row's
+    values summed from zero in order of n, then added to the row, as the NumPy CSR product in
+    minisft.nn.embedding computes it (so float64 and float32 results equal NumPy's bit for bit: only
+    additions, in the same order). Replaces cupy.add.at, whose atomic adds sum repeated rows in a
+    varying order (the last bits of the embedding gradient changed from run to run).
+    One sort of the keys rows[n]·N + n, one launch."""
+    import cupy
+
+    N, C = values.shape
+    if N and C:
+        key = cupy.sort(rows.astype(np.int64) * N + cupy.arange(N, dtype=np.int64))
+        _fn("row_sums_in_order", target.dtype)((int(N),), (THREADS,), (
+            key, np.int64(N), cupy.ascontiguousarray(values), target, np.int64(C)))
+    return target
 
 
 def copy_many(src_ptrs, dst_ptrs, sizes, itemsize):

@@ -15,15 +15,14 @@ Python thread, needs it to fire.
 
 Failure handling (what is guaranteed), for a job of more than one rank: a collective, or NCCL's
 start-up, still running `timeout` seconds after it began makes the watchdog print which rank gave up
-in which call, call ncclCommAbort (which ends this rank's NCCL kernels), and end the process with
-exit code 124; under mpirun it calls MPI_Abort as well. Should ncclCommAbort itself block, a timer
-ends the process ABORT_GRACE_SECONDS later, and faulthandler's thread (which needs no GIL) a few
-seconds after that, printing every thread's stack first (exit code 1 then). An uncaught exception, or a failure inside
-`abort_on_failure()`, aborts the same way at once. The launcher (mpirun, minisft launch, torchrun)
-then ends the other ranks when one exits non-zero.
+in which call and end the process at once with exit code 124 (os._exit: the driver ends the
+process's NCCL kernels with it); under mpirun it calls MPI_Abort first, bounded by a timer of
+ABORT_GRACE_SECONDS. ncclCommAbort is not called: on 2 H100s (2026-11-27) it ended the kernels but
+the rank then never exited (the launcher waited past 120 s), while ending the process needs nothing
+from NCCL. An uncaught exception, or a failure inside `abort_on_failure()`, aborts the same way at
+once. The launcher (mpirun, minisft launch, torchrun) then ends the other ranks when one exits non-zero.
 """
 
-import faulthandler
 import os
 import threading
 import time
@@ -131,13 +130,10 @@ class NCCLCommunicator(Communicator):
                 self._wait()
 
     def _abort(self, code):
-        threading.Timer(ABORT_GRACE_SECONDS, os._exit, (code,)).start()  # should ncclCommAbort itself block
-        faulthandler.dump_traceback_later(ABORT_GRACE_SECONDS + 5, exit=True)  # ... holding the GIL
-        if self.nccl_comm is not None:
-            self.nccl_comm.abort()  # ncclCommAbort: this rank's pending NCCL kernels end
         if self.MPI is not None:
             from .mpi import mpi_abort
 
+            threading.Timer(ABORT_GRACE_SECONDS, os._exit, (code,)).start()  # should MPI_Abort not return
             mpi_abort(self.MPI, code)
         os._exit(code)
 

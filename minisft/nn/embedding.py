@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import kernels
 from ..backend import array_module
 from .need import backward_need, need_set
 
@@ -29,10 +30,13 @@ def scatter_add_rows(target, rows, values):
     (each row's column indices sorted), whose product sums each target row's values in order of n,
     from zero. On a zero target (the embedding's dwte) that is bit for bit what `np.add.at` gives
     (tests/test_nn_grad.py::test_scatter_add_rows_equals_add_at), about 9 times faster at the small
-    preset. CuPy: atomic adds (cupy.add.at, which replaces the deprecated cupyx.scatter_add); the
-    summation order, and so the last bits, may vary from run to run on the GPU.
+    preset. CuPy: kernels.scatter_add_rows sums in the same order (deterministic, NumPy's bits); with
+    the fused kernels off, cupy.add.at, whose atomic adds sum repeated rows in an order, and so to
+    last bits, that may vary from run to run.
     """
     xp = array_module(target)
+    if kernels.enabled(target):
+        return kernels.scatter_add_rows(target, rows, values)
     if xp is not np:
         xp.add.at(target, rows, values)
         return target

@@ -160,7 +160,7 @@ class Communicator:
         self._abort(int(code))
 
     def _abort(self, code):
-        """Backend part of `abort`: end the job (MPI_Abort, ncclCommAbort + exit); must not return."""
+        """Backend part of `abort`: end the job (MPI_Abort and/or os._exit); must not return."""
         raise SystemExit(code)
 
     def _timed_out(self, op, timeout):

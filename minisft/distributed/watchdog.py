@@ -5,7 +5,7 @@ aborting the job, or stuck), the others would wait forever. Each communicator of
 rank therefore owns a `Watchdog`: a daemon thread that sleeps while no collective is in flight, and
 while one is, calls `on_timeout(op, seconds)` if it has not finished `timeout` seconds after it
 started. The backends' `on_timeout` print which rank gave up in which collective and then end the
-process (MPI: `MPI_Abort`, which ends the whole job; NCCL: `ncclCommAbort`, then exit), so a lost
+process (MPI: `MPI_Abort`, which ends the whole job; NCCL: the process exits at once), so a lost
 peer costs at most `timeout` seconds plus the abort, never a hang.
 
 Only time spent inside a collective counts: a rank may compute, evaluate or write a checkpoint

@@ -23,10 +23,12 @@ switch `kernels.FUSED` itself).
 |                         | (minisft.select)                                       | launches for all tensors  |
 | nan_counts              | isnan + count per tensor (minisft.select)              | 1 read, 1 launch for all  |
 | scatter_add_rows        | cupy.add.at (atomic, order varies run to run)          | 1 read + 1 RMW, in order  |
+| zero_dropped_count_kept | zero_where_dropped + count_nonzero per tensor (GMT)    | 1 read of the masks, 1 launch|
 | copy_many               | one slice copy per piece (a bucket's pack and unpack,  | 1 read + 1 write, 1 launch|
 |                         | minisft.distributed.buckets)                           |                           |
 
-The multi-tensor kernels (adamw_many, smallest_k_keep_masks, nan_counts, copy_many) take a device table of
+The multi-tensor kernels (adamw_many, smallest_k_keep_masks, nan_counts, copy_many,
+zero_dropped_count_kept) take a device table of
 the tensors' pointers and cut every tensor into CHUNK-element pieces, one block each, so a model's
 148 tensors cost a handful of launches instead of a few per tensor.
 
@@ -363,6 +365,23 @@ __device__ void nan_count(const unsigned long long* __restrict__ ptrs, const lon
     n = block_sum(n);
     if (threadIdx.x == 0 && n) atomicAdd(&nans[t], n);
 }
+// g_t[i] = +0 where !keep_t[i], kept[t] += #{keep_t[i]} over tensor t's chunks; table[2t] = g_t, table[2t + 1] = keep_t
+template <typename T>
+__device__ void zero_dropped_count_kept(const unsigned long long* __restrict__ table, const long long* __restrict__ sizes,
+                                        const int* __restrict__ chunk_tensor, const long long* __restrict__ chunk_start,
+                                        unsigned long long* __restrict__ kept, long long chunk) {
+    int c = blockIdx.x, t = chunk_tensor[c];
+    T* g = (T*)table[2 * t];
+    const bool* keep = (const bool*)table[2 * t + 1];
+    long long start = chunk_start[c], end = chunk_end(start, chunk, sizes[t]);
+    unsigned long long n = 0;
+    for (long long i = start + threadIdx.x; i < end; i += 256) {
+        if (keep[i]) ++n;
+        else g[i] = (T)0;
+    }
+    n = block_sum(n);
+    if (threadIdx.x == 0 && n) atomicAdd(&kept[t], n);
+}
 // target[r] += Σ_n values[n] over the n with rows[n] = r, each row's sum taken from zero in order of n and then
 // added: key = sorted rows[n]·N + n (distinct keys, so the order is fixed); block j works only if key[j]
 // starts a row's run, and walks that run in order; its threads take the columns
@@ -406,7 +425,8 @@ __global__ void radix_ties_##S(const unsigned long long* p, const long long* n, 
 __global__ void radix_keep_##S(const unsigned long long* p, const long long* n, const int* ct, const int* cs, const long long* c0, const int* first, const long long* k, const unsigned long long* pre, const long long* rank, const unsigned long long* ties, const long long* off, bool* keep, long long ch) { radix_keep<T>(p, n, ct, cs, c0, first, k, pre, rank, ties, off, keep, ch); } \
 __global__ void nan_count_##S(const unsigned long long* p, const long long* n, const int* ct, const long long* c0, unsigned long long* nans, long long ch) { nan_count<T>(p, n, ct, c0, nans, ch); } \
 __global__ void adamw_many_##S(const unsigned long long* tab, const T* sc, const long long* n, const int* ct, const long long* c0, T lr, T wd, T b1, T b2, T eps, long long ch) { adamw_many<T>(tab, sc, n, ct, c0, lr, wd, b1, b2, eps, ch); } \
-__global__ void row_sums_in_order_##S(const long long* key, long long N, const T* v, T* t, long long C) { row_sums_in_order<T>(key, N, v, t, C); }
+__global__ void row_sums_in_order_##S(const long long* key, long long N, const T* v, T* t, long long C) { row_sums_in_order<T>(key, N, v, t, C); } \
+__global__ void zero_dropped_count_kept_##S(const unsigned long long* tab, const long long* n, const int* ct, const long long* c0, unsigned long long* kept, long long ch) { zero_dropped_count_kept<T>(tab, n, ct, c0, kept, ch); }
 __global__ void radix_pick(unsigned long long* h, unsigned long long* pre, long long* rank, const long long* k, long long sh) { radix_pick_body(h, pre, rank, k, sh); }
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
@@ -781,6 +801,23 @@ def smallest_k_keep_masks(arrays, ks, segments=None):
     _fn("radix_ties", dtype)(grid, (256,), tables + (k, prefix, ties, chunk))
     _fn("radix_keep", dtype)(grid, (256,), tables + (tab.first, k, prefix, rank, ties, tab.offset, keep, chunk))
     return views
+
+
+def zero_dropped_count_kept(grads, masks):
+    """For every tensor t at once (one launch): grads[t][~masks[t]] = +0.0 in place, as
+    select.zero_where_dropped, and the number of kept entries, returned as a (len(grads),) uint64
+    device array (integer atomics: exact, order-free). grads: C-contiguous CuPy arrays of one float
+    dtype; masks: C-contiguous bool arrays of the same sizes. GMT's per-step masking, which took two
+    launches per tensor (148 for gpt2) with their host time."""
+    import cupy
+
+    kept = cupy.zeros(len(grads), dtype=np.uint64)
+    tab = _chunks(tuple(int(g.size) for g in grads))
+    if tab.n_chunks:
+        table = np.array([[g.data.ptr, k.data.ptr] for g, k in zip(grads, masks)], dtype=np.uint64)
+        _fn("zero_dropped_count_kept", grads[0].dtype)((tab.n_chunks,), (THREADS,), (
+            cupy.asarray(table), tab.sizes, tab.tensor, tab.start, kept, np.int64(CHUNK)))
+    return kept
 
 
 def scatter_add_rows(target, rows, values):

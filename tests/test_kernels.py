@@ -723,3 +723,68 @@ def test_embedding_backward_on_the_gpu_uses_the_ordered_kernel(monkeypatch):
     g_cpu = embedding_backward(dx, embedding_forward(idx, wte, wpe)[1])
     assert calls == [1]
     assert np.array_equal(g_gpu["wte"].get().view("u8"), g_cpu["wte"].view("u8"))
+
+
+# ---- GMT's masking of every gradient in one launch ----
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**16), sizes=st.lists(st.integers(0, 70), min_size=1, max_size=6),
+       dtype=st.sampled_from(["float32", "float64"]), p=st.sampled_from([0.0, 0.3, 1.0]))
+@example(seed=0, sizes=[0, 1, 70], dtype="float32", p=0.5)  # an empty tensor, one entry, one over several chunks
+def test_zero_dropped_count_kept_equals_the_per_tensor_loop(seed, sizes, dtype, p):
+    """kernels.zero_dropped_count_kept against select.zero_where_dropped + count_nonzero per tensor,
+    with 16-entry chunks so tensors span several blocks: the same bits (+0.0 where dropped, -0.0 and
+    the other entries kept as they were) and the same kept counts."""
+    import cupy as cp
+
+    from minisft.select import zero_where_dropped
+
+    rng = np.random.default_rng(seed)
+    grads = [rng.choice(np.array([-0.0, 0.0, 1.5, -2.0]), n) + rng.standard_normal(n) * (rng.random(n) < 0.5) for n in sizes]
+    masks = [rng.random(n) < p for n in sizes]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "CHUNK", 16)
+        kernels._chunks.cache_clear()
+        try:
+            got = [cp.asarray(g, dtype=dtype) for g in grads]
+            counts = kernels.zero_dropped_count_kept(got, [cp.asarray(m) for m in masks]).get()
+        finally:
+            kernels._chunks.cache_clear()
+    for g, m, out, count in zip(grads, masks, got, counts):
+        expected = g.astype(dtype)
+        zero_where_dropped(expected, m)
+        bits = f"u{np.dtype(dtype).itemsize}"
+        assert np.array_equal(out.get().view(bits), expected.view(bits))
+        assert int(count) == int(np.count_nonzero(m))
+
+
+def test_gmt_transform_grads_in_one_launch_equals_the_loop(monkeypatch):
+    """GMT.transform_grads on the GPU: the one-launch path (kernels.zero_dropped_count_kept, called
+    once a step) gives the plain loop's gradients bit for bit and the same kept fractions over 3 steps."""
+    import cupy as cp
+
+    from minisft.config import GPTConfig
+    from minisft.methods import GMT
+    from minisft.model import GPT
+
+    rng = np.random.default_rng(5)
+    calls = []
+    real = kernels.zero_dropped_count_kept
+    monkeypatch.setattr(kernels, "zero_dropped_count_kept", lambda *a: calls.append(1) or real(*a))
+
+    def run():
+        model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16), backend="cupy", dtype="float32", seed=1)
+        gmt = GMT(0.4, scope="global")
+        gmt.prepare(model, None, rng)
+        out = []
+        for step in range(3):
+            grads = {k: cp.asarray(np.random.default_rng(step).standard_normal(v.shape), dtype="float32")
+                     for k, v in model.trainable_params().items()}
+            out.append({k: g.get() for k, g in gmt.transform_grads(model, grads, step).items()})
+        return out, gmt.report()["kept_fraction"]
+
+    (g_fused, kept_fused), (g_plain, kept_plain) = both(monkeypatch, run)
+    assert len(calls) == 3, "the one-launch masking did not run at every fused step"
+    assert kept_fused == kept_plain
+    for a, b in zip(g_fused, g_plain):
+        for k in a:
+            assert np.array_equal(a[k].view("u4"), b[k].view("u4")), k

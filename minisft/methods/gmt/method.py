@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 
+from ... import kernels
 from ...backend import synchronize
 from ...errors import boolean, real_in, require
 from ...select import zero_where_dropped
@@ -34,6 +35,7 @@ class GMT(Method):
     def _reset(self):
         self.masks = {}  # name -> (shape) bool, True = kept, of the last step
         self._kept = {}  # name -> kept entries summed over the steps (a device scalar)
+        self._pending = {}  # names -> (len(names),) device counts of the one-launch path, not yet in _kept
         self._sizes = {}  # name -> entries of the tensor
         self._steps = 0
         self._seconds = []
@@ -58,9 +60,15 @@ class GMT(Method):
         ordered = {name: grads[name] for name in model.trainable_params() if name in grads}
         self.masks = self.keep_masks(ordered)
         xp = model.xp
-        for name, keep in self.masks.items():
-            zero_where_dropped(grads[name], keep)
-            self._kept[name] = self._kept.get(name, 0) + xp.count_nonzero(keep)
+        names = list(self.masks)
+        if names and _one_launch(grads, self.masks):  # the loop below in one kernel, for every tensor
+            kept = kernels.zero_dropped_count_kept([grads[n] for n in names], [self.masks[n] for n in names])
+            key = tuple(names)
+            self._pending[key] = kept if key not in self._pending else self._pending[key] + kept
+        else:
+            for name, keep in self.masks.items():
+                zero_where_dropped(grads[name], keep)
+                self._kept[name] = self._kept.get(name, 0) + xp.count_nonzero(keep)
         self._steps += 1
         synchronize(xp)
         self._seconds.append(time.perf_counter() - t0)
@@ -69,7 +77,15 @@ class GMT(Method):
     def optimizer_masks(self, model):
         return self.masks if self.freeze_masked else {}
 
+    def _fold_pending(self):
+        """Add the one-launch path's device count vectors into `_kept` (one transfer each)."""
+        for names, counts in self._pending.items():
+            for name, n in zip(names, counts.get().tolist()):
+                self._kept[name] = self._kept.get(name, 0) + int(n)
+        self._pending = {}
+
     def state_arrays(self):
+        self._fold_pending()
         arrays = {f"kept/{name}": np.asarray(int(v), dtype=np.int64) for name, v in self._kept.items()}
         arrays["steps"] = np.asarray(self._steps, dtype=np.int64)
         return arrays
@@ -77,11 +93,13 @@ class GMT(Method):
     def load_state_arrays(self, arrays):
         self._steps = int(arrays["steps"])
         self._kept = {k[len("kept/"):]: int(v) for k, v in arrays.items() if k.startswith("kept/")}
+        self._pending = {}
 
     def report(self):
         """Realised kept fraction per tensor and overall (mean over the steps), masking overhead."""
         if not self._steps:
             return {"steps": 0}
+        self._fold_pending()
         kept = {name: int(v) for name, v in self._kept.items()}
         entries = self._steps * sum(self._sizes[name] for name in kept)
         return {
@@ -90,3 +108,11 @@ class GMT(Method):
             "kept_fraction_overall": sum(kept.values()) / entries,
             "mask_ms_per_step": 1000 * float(np.median(self._seconds)) if self._seconds else None,
         }
+
+
+def _one_launch(grads, masks):
+    """True when GMT's masking can run as kernels.zero_dropped_count_kept: CuPy with the fused kernels
+    on, one float dtype, every gradient and mask C-contiguous."""
+    gs = [grads[n] for n in masks]
+    return (kernels.enabled(gs[0]) and len({g.dtype for g in gs}) == 1
+            and all(g.flags.c_contiguous and k.flags.c_contiguous for g, k in zip(gs, masks.values())))

@@ -613,20 +613,23 @@ def test_resume_on_one_gpu_after_two_and_on_two_after_one(gpus, tmp_path):
 def test_bench_dp_runs_on_two_cpu_ranks_and_counts_the_reduced_bytes(tmp_path):
     """reference_models.bench_dp end to end on the CPU (mpiexec + gloo): one row per implementation,
     method and world size; at N = 2 minisft all-reduces exactly the LoRA factors (r·(d_in + d_out)
-    floats per linear layer) plus its 8-byte loss, DDP the same factors."""
+    floats per linear layer) plus its 8-byte loss, with and without the overlap (--no-overlap), DDP the
+    same factors."""
     _mpiexec()
     out = tmp_path / "bench-dp.json"
     cmd = [sys.executable, "-m", "reference_models.bench_dp", "--backend", "numpy", "--preset", "tiny",
-           "--world-size", "1,2", "--steps", "2", "--warmup", "1", "--methods", "lora", "--out", str(out)]
+           "--world-size", "1,2", "--steps", "2", "--warmup", "1", "--methods", "lora", "--no-overlap", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {(row["impl"], row["world_size"]): row for row in result["rows"]}
-    assert set(rows) == {(impl, n) for impl in ("minisft", "torch-ddp") for n in (1, 2)}
+    impls = ("minisft", "minisft-no-overlap", "torch-ddp")
+    assert set(rows) == {(impl, n) for impl in impls for n in (1, 2)}
     C, L, r_ = 64, 2, 8  # the tiny preset, LoRA r=8
     lora_floats = L * r_ * sum(d_in + d_out for d_out, d_in in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C)))
-    assert rows[("minisft", 2)]["allreduce_bytes_per_step"] == 4 * lora_floats + 8
+    for impl in ("minisft", "minisft-no-overlap"):
+        assert rows[(impl, 2)]["allreduce_bytes_per_step"] == 4 * lora_floats + 8
+        assert rows[(impl, 1)]["allreduce_bytes_per_step"] == 0
     assert rows[("torch-ddp", 2)]["allreduce_bytes_per_step"] == 4 * lora_floats
-    assert rows[("minisft", 1)]["allreduce_bytes_per_step"] == 0
-    assert set(result["scaling_efficiency"]) == {f"{i} lora N={n}" for i in ("minisft", "torch-ddp") for n in (1, 2)}
+    assert set(result["scaling_efficiency"]) == {f"{i} lora N={n}" for i in impls for n in (1, 2)}

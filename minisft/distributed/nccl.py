@@ -8,11 +8,11 @@ off unless the environment already says otherwise: NCCL_NVLS_ENABLE=0 is set bef
 
 Collectives are queued on CuPy's current stream (all-reduce and broadcast in place, the bucket copies
 of `allreduce_sum_bucketed` on the same stream, so one bucket buffer serves every bucket) and each
-public call ends by waiting for that stream, under the watchdog. The gradient all-reduces overlapped
-with the backward (minisft.distributed.overlap) run on the communicator's `side_stream` instead. The wait polls an event recorded
-after the collective, sleeping WAIT_POLL_SECONDS between polls, rather than calling
-cudaStreamSynchronize: a thread blocked in a CUDA call may keep Python's GIL, and the watchdog, a
-Python thread, needs it to fire.
+public call ends by waiting for that stream, under the watchdog (the gradient all-reduces overlapped
+with the backward, minisft.distributed.overlap, run on the communicator's `side_stream` instead).
+The wait polls an event recorded after the collective, sleeping WAIT_POLL_SECONDS between polls,
+rather than calling cudaStreamSynchronize: a thread blocked in a CUDA call may keep Python's GIL,
+and the watchdog, a Python thread, needs it to fire.
 
 Failure handling (what is guaranteed), for a job of more than one rank: a collective, or NCCL's
 start-up, still running `timeout` seconds after it began makes the watchdog print which rank gave up

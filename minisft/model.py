@@ -300,12 +300,25 @@ class GPT:
                 _accumulate(grads, f"{key}.{s}", g[s])
         return g.get("x")
 
-    def loss_and_grads(self, idx, targets, grad_scale=1.0):
+    def loss_and_grads(self, idx, targets, grad_scale=1.0, on_ready=None):
         """(loss as a Python float, {name: gradient}) for every trainable tensor.
 
         grad_scale: the backward starts from dL = grad_scale instead of 1, so every gradient (and
         every statistic a probe takes of dY) is that of grad_scale · loss; the loss returned is not
-        scaled. A data-parallel rank passes its share of the global batch (minisft.distributed.data_parallel)."""
+        scaled. A data-parallel rank passes its share of the global batch (minisft.distributed.data_parallel).
+
+        on_ready: None, or a callable `on_ready(grads, names)` told which gradients are final while the
+        backward still runs (a data-parallel rank starts reducing them: minisft.distributed.overlap).
+        It is called right after each block's backward, top block first, with the sorted names whose
+        gradient no later part of the backward writes (`_gradient_owners`: block i's base tensors
+        h.{i}.* and the parameters of adapters on its layers, a parameter shared by several blocks
+        with the lowest), and once at the end with every name not reported yet (ln_f, wpe, wte: the
+        head and the embedding both add into wte's gradient); a list may be empty, and a model with
+        nothing to train (no gradient at all) makes no call. Every name of the returned dict is
+        reported exactly once. `grads` is the dict being filled; a reported array is neither written
+        nor replaced afterwards, so it holds its final value from the call on. The callback must not
+        change the dict or replace its arrays (it may read them, or have them reduced in place on
+        another stream). Without on_ready nothing else changes."""
         grad_scale = real_in("grad_scale", grad_scale, 0.0, math.inf, low_open=True, high_open=True)
         idx, targets = self._check_inputs(idx, targets)
         plan = self._plan(True)
@@ -325,16 +338,42 @@ class GPT:
         dx = g.get("x")
         if dx is not None:
             dx = self._norm_backward("ln_f", dx, caches["ln_f"], grads)
+        owners, reported = (self._gradient_owners(), set()) if on_ready is not None else (None, None)
         for i in reversed(range(cfg.n_layer)):
             if dx is None:
                 break
             dx = self._block_backward(f"h.{i}.", dx, caches, grads, plan)
+            if on_ready is not None:
+                ready = sorted(n for n in owners.get(i, ()) if n in grads)
+                reported.update(ready)
+                on_ready(grads, ready)
         if dx is not None:
             g = embedding_backward(dx, caches["emb"])
             for s in ("wte", "wpe"):
                 if s in g:
                     _accumulate(grads, f"{s}.weight", g[s])
+        if on_ready is not None:
+            on_ready(grads, sorted(n for n in grads if n not in reported))
         return float(loss), grads
+
+    def _gradient_owners(self):
+        """{block i: names whose gradient only blocks >= i write}: block i's trainable base tensors
+        h.{i}.* and the parameters of the adapters on its layers, a parameter used by adapters of
+        several blocks (SharedLoRA) under the lowest of them. The blocks run top first, so once block
+        i is done these gradients are final. Names of no block (wte, wpe, ln_f) are not listed."""
+        lowest = {}
+        for name in self.trainable:
+            if name.startswith("h."):
+                lowest[name] = int(name.split(".")[1])
+        for layer, adapters in self.adapters.items():
+            i = int(layer.split(".")[1])
+            for ad in adapters:
+                for name in ad.params:
+                    lowest[name] = min(i, lowest.get(name, i))
+        owners = {}
+        for name, i in lowest.items():
+            owners.setdefault(i, []).append(name)
+        return owners
 
     def _block_backward(self, p, dx, caches, grads, plan):
         """Backward through one block; returns the gradient at its input, or None when nothing

@@ -60,8 +60,8 @@ from .batches import TokenStream, random_windows
 from .budgets import count_params
 from .checkpoint import arrays_digest, check_arrays, load_checkpoint, save_checkpoint
 from .distributed import Communicator
-from .distributed.data_parallel import (check_replicas, local_loss_and_grads, mean_batch_loss, reduce_loss_and_grads,
-                                        world_size)
+from .distributed.data_parallel import (check_replicas, local_loss_and_grads, loss_and_grads_overlapped,
+                                        mean_batch_loss, reduce_loss_and_grads, world_size)
 from .distributed.rank0 import broadcast_arrays, on_rank0
 from .errors import (CheckpointError, NonFiniteLossError, bad_type, bad_value, boolean, nonnegative_int,
                      positive_int, real_in, require)
@@ -407,8 +407,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     step_times, grads, peak, reduced = [], {}, None, None
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        loss, grads = _accumulated_grads(model, task, generator, cfg.accumulation)
-        loss, grads, reduced = reduce_loss_and_grads(comm, loss, grads)  # the one collective of a step
+        loss, grads, reduced = _step_grads(model, task, generator, cfg.accumulation)
         last = f"Last checkpoint: {str(ckpt)!r}." if ckpt is not None and ckpt.exists() else "No checkpoint."
         _finite("loss", loss, step + 1, f"{last} {earlier}")
         grads = method.transform_grads(model, grads, step)
@@ -535,6 +534,17 @@ def _check_replicas(comm, model, opt, method, generator, step):
     if world_size(comm) > 1:
         digest = arrays_digest(_checkpoint_arrays(model, opt, method), {"rng": generator.bit_generator.state})
         check_replicas(comm, digest, f"the replicas after step {step}")
+
+
+def _step_grads(model, task, generator, accumulation):
+    """(global mean loss, {name: global mean gradient}, ReduceReport or None) of one step: one
+    micro-batch's gradients all-reduced while its backward runs (minisft.distributed.overlap; on the
+    GPU), or `accumulation` > 1 micro-batches' summed first and all-reduced once (as DDP's no_sync)."""
+    if accumulation == 1 and world_size(task.comm) > 1:
+        x, y = task.sample(generator)
+        return loss_and_grads_overlapped(model, x, y, task.comm)
+    loss, grads = _accumulated_grads(model, task, generator, accumulation)
+    return reduce_loss_and_grads(task.comm, loss, grads)  # the one collective of a step
 
 
 def _accumulated_grads(model, task, generator, accumulation):

@@ -7,8 +7,11 @@ CuPy; `mpiexec -n N` for NumPy), and every rank times, for each method:
 
 - minisft: the trainer's data-parallel step (minisft.distributed.data_parallel): every rank draws the
   same global batch of N·B rows and keeps its B rows, forward + backward with its share of the loss
-  (grad_scale = 1/N), ONE bucketed all-reduce of the trainable gradients and the loss (NCCL / MPI),
-  AdamW. With N = 1 no collective runs (the single-process trainer).
+  (grad_scale = 1/N), the bucketed all-reduce of the trainable gradients and the loss (NCCL / MPI),
+  AdamW. On GPUs the all-reduce overlaps the backward, each block's gradients reduced on a side
+  stream once final (minisft.distributed.overlap); with MPI it follows the backward. With N = 1 no
+  collective runs (the single-process trainer).
+- minisft-no-overlap (with --no-overlap): the same step with the all-reduce after the whole backward.
 - torch: the PyTorch twin (reference_models.torch_gpt, scaled_dot_product_attention) wrapped in
   DistributedDataParallel (NCCL on GPUs, gloo on CPUs, 25 MB buckets as ours), the same B rows per
   rank, AdamW; with N = 1 the plain module (no DDP), PyTorch's own single-device step.
@@ -72,12 +75,15 @@ def _global_batch(cfg, B, T, N, seed, xp):
     return xp.asarray(x), xp.asarray(y)
 
 
-def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm, phases=None, sync=None):
-    """(step, model, {"bytes", "buckets", "tensors"} all-reduced per step) of minisft's data-parallel step.
+def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm, phases=None, sync=None, overlap=True):
+    """(step, model, {"bytes", "buckets", "tensors"} all-reduced per step) of minisft's data-parallel step,
+    its all-reduce overlapped with the backward where the backend can (`overlap`) or after it.
     With a `phases` list, each step appends {phase: ms} for forward+backward, the all-reduce (which
-    includes waiting for the slowest rank) and AdamW, the device synchronised (`sync`) at each
-    boundary, and the same all-reduce once more after a barrier (the collective's own cost)."""
+    includes waiting for the slowest rank; overlapped: what is left of it after the backward) and
+    AdamW, the compute stream synchronised (`sync`) at each boundary, and the plain all-reduce once
+    more after a barrier (the collective's own cost)."""
     from minisft.distributed import data_parallel as dp
+    from minisft.distributed.overlap import make_reducer
     from minisft.optim import AdamW
 
     _, model = minisft_step_fn(method, cfg, B, T, backend, dtype, seed)
@@ -93,9 +99,13 @@ def minisft_dp_step(method, cfg, B, T, backend, dtype, seed, comm, phases=None, 
                 sync()
                 marks.append(time.perf_counter())
 
-        loss, grads = dp.local_loss_and_grads(model, x, y, comm)
+        reducer = make_reducer(comm) if overlap and comm.world_size > 1 else None
+        loss, grads = dp.local_loss_and_grads(model, x, y, comm, reducer)
         mark()
-        loss, grads, report = dp.reduce_loss_and_grads(comm, loss, grads)
+        if reducer is None:
+            loss, grads, report = dp.reduce_loss_and_grads(comm, loss, grads)
+        else:  # = dp.loss_and_grads_overlapped, split where the backward ends
+            loss, grads, report = reducer.finish(grads, loss)
         mark()
         if report is not None:
             reduced.update(bytes=report.bytes, buckets=report.buckets, tensors=report.tensors)
@@ -191,29 +201,32 @@ def rank_main(a):
     rows = []
     with comm.abort_on_failure():
         for method in a.methods:
-            step, model, reduced = minisft_dp_step(method, cfg, B, T, a.backend, a.dtype, a.seed, comm)
-            sd = model.state_dict()
-            rows_by_layer = ({layer: ads[0].rows_host for layer, ads in model.adapters.items()} if method == "spruft"
-                             else {layer: None for layer in ms.model.linear_layer_names(cfg)})
-            times = _timed(step, a.steps, a.warmup, sync, comm)
-            rows.append(_row("minisft", method, N, times, reduced.get("bytes", 0), B * T))
-            del step, model
-            if a.phases:
-                _free(gpu)
-                phases = []
-                step, model, _ = minisft_dp_step(method, cfg, B, T, a.backend, a.dtype, a.seed, comm, phases, sync)
-                _timed(step, a.steps, a.warmup, sync, comm)
-                rows[-1]["phases_ms_by_rank"] = comm.allgather_object(_phase_medians(phases, a.warmup))
+            for impl, overlap in (("minisft", True), ("minisft-no-overlap", False))[: 1 + a.no_overlap]:
+                step, model, reduced = minisft_dp_step(method, cfg, B, T, a.backend, a.dtype, a.seed, comm,
+                                                       overlap=overlap)
+                sd = model.state_dict()
+                rows_by_layer = ({layer: ads[0].rows_host for layer, ads in model.adapters.items()} if method == "spruft"
+                                 else {layer: None for layer in ms.model.linear_layer_names(cfg)})
+                times = _timed(step, a.steps, a.warmup, sync, comm)
+                rows.append(_row(impl, method, N, times, reduced.get("bytes", 0), B * T))
                 del step, model
-            _free(gpu)
+                if a.phases:
+                    _free(gpu)
+                    phases = []
+                    step, model, _ = minisft_dp_step(method, cfg, B, T, a.backend, a.dtype, a.seed, comm, phases, sync,
+                                                     overlap)
+                    _timed(step, a.steps, a.warmup, sync, comm)
+                    rows[-1]["phases_ms_by_rank"] = comm.allgather_object(_phase_medians(phases, a.warmup))
+                    del step, model
+                _free(gpu)
             tstep, tbytes = torch_ddp_step(method, cfg, B, T, device, a.dtype, a.seed, comm, sd, rows_by_layer)
             times = _timed(tstep, a.steps, a.warmup, sync, comm)
             rows.append(_row("torch-ddp", method, N, times, tbytes, B * T))
             del tstep
             _free(gpu)
             if comm.rank == 0:
-                print(f"N={N} {method}: minisft {rows[-2]['ms_per_step']:.2f} ms, torch-ddp {rows[-1]['ms_per_step']:.2f} ms",
-                      flush=True)
+                print(f"N={N} {method}: " + ", ".join(f"{r['impl']} {r['ms_per_step']:.2f} ms" for r in rows
+                                                      if r["method"] == method), flush=True)
     if N > 1:
         torch.distributed.destroy_process_group()
     if comm.rank == 0:
@@ -249,14 +262,14 @@ def efficiencies(rows):
 
 def table(rows):
     eff = efficiencies(rows)
-    lines = [f"{'method':7s} {'impl':9s} {'N':>2s} {'ms/step':>9s} {'tok/s':>12s} {'efficiency':>10s} {'bytes/step':>12s}"]
+    lines = [f"{'method':7s} {'impl':18s} {'N':>2s} {'ms/step':>9s} {'tok/s':>12s} {'efficiency':>10s} {'bytes/step':>12s}"]
     for r in sorted(rows, key=lambda r: (r["method"], r["impl"], r["world_size"])):
         e = eff.get((r["impl"], r["method"], r["world_size"]))
-        lines.append(f"{r['method']:7s} {r['impl']:9s} {r['world_size']:2d} {r['ms_per_step']:9.2f} {r['tokens_per_s']:12,.0f} "
+        lines.append(f"{r['method']:7s} {r['impl']:18s} {r['world_size']:2d} {r['ms_per_step']:9.2f} {r['tokens_per_s']:12,.0f} "
                      f"{'-' if e is None else f'{100 * e:.1f}%':>10s} {r['allreduce_bytes_per_step']:12,d}")
     for r in rows:
         for rank, phases in enumerate(r.get("phases_ms_by_rank", [])):
-            lines.append(f"  {r['method']} N={r['world_size']} minisft rank {rank} phases (ms): "
+            lines.append(f"  {r['method']} N={r['world_size']} {r['impl']} rank {rank} phases (ms): "
                          + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     return "\n".join(lines)
 
@@ -275,6 +288,8 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--phases", action="store_true",
                     help="also time minisft's forward+backward, all-reduce and AdamW apart (synchronised; extra steps)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="also time minisft's step with the all-reduce after the whole backward (minisft-no-overlap rows)")
     ap.add_argument("--out", default="bench-dp.json")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # set by the driver: this process is a rank
     ap.add_argument("--torch-addr", default="127.0.0.1", help=argparse.SUPPRESS)

@@ -88,8 +88,8 @@ SUMMARY+=("$(printf '%-18s %s' b-compare-check "$(tr '\n' ' ' <"$OUT/b-compare-c
 fi
 
 # (c) minisft vs PyTorch DDP, gpt2 preset, 1/2/4 GPUs
-want c && part c-bench-dp 240 $PY -m reference_models.bench_dp --preset gpt2 --world-size "$BENCH_SIZES" \
-    --methods full spruft lora --steps 6 --warmup 2 --phases --out "$OUT/bench-dp-gpt2.json"
+want c && part c-bench-dp 330 $PY -m reference_models.bench_dp --preset gpt2 --world-size "$BENCH_SIZES" \
+    --methods full spruft lora --steps 6 --warmup 2 --phases --no-overlap --out "$OUT/bench-dp-gpt2.json"
 
 {
     echo "== dp_gpu_check summary ($NGPU GPUs; logs in $OUT)"

@@ -27,7 +27,9 @@ from minisft import cli
 from minisft.backend import rng as make_rng
 from minisft.checkpoint import load_checkpoint
 from minisft.distributed import Communicator, DistributedError
+from minisft.adapters import LoRA
 from minisft.distributed import data_parallel as dp
+from minisft.distributed.overlap import make_reducer
 from minisft.errors import MinisftError
 from tests.data_parallel_worker import PREPARE_CASES, TRAIN_CASES, TRAIN_STEPS, run_spec, tiny_model, tiny_task
 from tests.test_distributed import _env, _mpiexec, gpus  # noqa: F401  (gpus: the fixture)
@@ -123,6 +125,126 @@ def test_ignored_targets_are_refused_when_ranks_share_a_batch():
     dp.local_loss_and_grads(model, x, y)  # one process: the mean over the valid targets, as always
 
 
+# ---------------------------------------------------------- the all-reduce overlapped with the backward
+def test_the_overlapped_step_equals_the_plain_one_bit_for_bit():
+    """loss_and_grads_overlapped on one process is model.loss_and_grads; on a simulated rank (world
+    size 2, collectives that do nothing) it is reduce_loss_and_grads after local_loss_and_grads: the
+    same loss, gradients and report, bit for bit (the CPU backends reduce everything at the end)."""
+    model = tiny_model()
+    model.unfreeze()
+    x, y = tiny_task().sample(make_rng(2))
+    loss, grads = model.loss_and_grads(x, y)
+    o_loss, o_grads, report = dp.loss_and_grads_overlapped(model, x, y, Communicator())
+    assert o_loss == loss and report is None and set(o_grads) == set(grads)
+    for k in grads:
+        np.testing.assert_array_equal(o_grads[k], grads[k], err_msg=k)
+    comm = Communicator(rank=1, world_size=2)
+    p_loss, p_grads, p_report = dp.reduce_loss_and_grads(comm, *dp.local_loss_and_grads(model, x, y, comm))
+    o_loss, o_grads, o_report = dp.loss_and_grads_overlapped(model, x, y, comm)
+    assert o_loss == p_loss and o_report == p_report and set(o_grads) == set(p_grads)
+    for k in p_grads:
+        np.testing.assert_array_equal(o_grads[k], p_grads[k], err_msg=k)
+
+
+def test_a_gradient_reported_twice_or_never_is_refused():
+    grads = {"a": np.zeros(2), "b": np.zeros(3)}
+    for reports in ([["a"]], [["a", "b"], ["b"]]):
+        reducer = make_reducer(Communicator(rank=0, world_size=2))
+        for names in reports:
+            reducer.ready(grads, names)
+        with pytest.raises(DistributedError, match="expected each gradient exactly once"):
+            reducer.finish(grads, 0.0)
+
+
+class _Stream:
+    """A CUDA stream's stand-in: logs what is queued on it, and is CuPy's current stream inside `with`."""
+
+    def __init__(self, name, log, current):
+        self.name, self.log, self.current = name, log, current
+
+    def record(self):
+        self.log.append(("record", self.name, len(self.log)))
+        return len(self.log) - 1  # the event: its place in the log
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event))
+
+    def __enter__(self):
+        self.current.append(self)
+
+    def __exit__(self, *exc):
+        self.current.pop()
+
+
+class _FakeNCCL(Communicator):
+    """Rank 0 of 2 whose "nccl" collectives double the array (the other rank holds the same numbers)
+    and log the stream they were queued on; CuPy's streams and arrays are NumPy and `_Stream`s."""
+
+    backend = "nccl"
+
+    def __init__(self):
+        super().__init__(rank=0, world_size=2)
+        self.log, self.current = [], []
+        compute, side = _Stream("compute", self.log, self.current), _Stream("side", self.log, self.current)
+        self.current.append(compute)
+        self.side_stream = lambda: side
+        cuda = type("cuda", (), {"get_current_stream": staticmethod(lambda: self.current[-1])})
+        self.cupy = type("cupy", (), {"cuda": cuda, "asarray": staticmethod(np.asarray), "empty": staticmethod(np.empty)})
+
+    def _allreduce_one(self, a):
+        a *= 2
+        self.log.append(("allreduce", self.current[-1].name, a.size))
+
+    def _wait(self):
+        self.log.append(("host waits", self.current[-1].name, None))
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_the_nccl_reducer_queues_each_block_on_the_side_stream_after_its_backward(kind):
+    """The NCCL reducer's host side with stand-in streams: every gradient reduced once (doubled: the
+    sum over 2 equal ranks), the loss too, the same report bytes as the plain path; each group's
+    collectives queued on the side stream after it waited for an event recorded on the compute
+    stream once the group was reported, at most 1 KB a bucket; finish makes the compute stream wait
+    for the side stream after the last collective, then waits on the host."""
+    model = tiny_model()
+    model.unfreeze()
+    if kind == "lora":
+        model.freeze()
+        for layer in ("h.0.attn.c_attn", "h.1.mlp.c_fc"):
+            model.add_adapter(layer, LoRA(model, layer, r=2, alpha=4))
+    x, y = tiny_task().sample(make_rng(2))
+    comm = _FakeNCCL()
+    local_loss, local = dp.local_loss_and_grads(model, x, y, comm)
+    local = {k: v.copy() for k, v in local.items()}
+    reducer = make_reducer(comm, bucket_bytes=1024)
+    assert type(reducer).__name__ == "StreamReducer"
+    groups = []
+
+    def ready(grads, names):
+        groups.append((list(names), len(comm.log)))
+        reducer.ready(grads, names)
+
+    loss, grads = model.loss_and_grads(*[a[:4] for a in (x, y)], grad_scale=0.5, on_ready=ready)
+    loss, grads, report = reducer.finish(grads, 0.5 * loss)
+    assert loss == 2 * local_loss
+    for k in local:
+        np.testing.assert_array_equal(grads[k], 2 * local[k], err_msg=k)
+    assert report.bytes == 8 * sum(a.size for a in local.values()) + 8 and report.tensors == len(local) + 1
+    log = comm.log
+    collectives = [e for e in log if e[0] == "allreduce"]
+    assert len(collectives) == report.buckets and all(e[1] == "side" and e[2] * 8 <= 1024 for e in collectives)
+    for names, start in groups:
+        if not names:
+            continue
+        record = next(i for i in range(start, len(log)) if log[i][:2] == ("record", "compute"))
+        assert log[record + 1] == ("wait", "side", record), log[start:]
+        first = next(i for i in range(start, len(log)) if log[i][0] == "allreduce")
+        assert record < first
+    last = max(i for i, e in enumerate(log) if e[0] == "allreduce")
+    assert log[last + 1][:2] == ("record", "side") and log[last + 2] == ("wait", "compute", last + 1)
+    assert log[last + 3] == ("host waits", "compute", None) and len(log) == last + 4
+
+
 # ------------------------------------------------------------------------- MPI, two ranks
 def _worker_job(mode):
     """{case: [result of rank 0, result of rank 1]} of one `mpiexec -n 2 ... MODE` job."""
@@ -156,17 +278,23 @@ def test_training_on_two_ranks_equals_one_process(trained, case):
     """TRAIN_STEPS steps (accumulation 2 in some cases): every loss and evaluation, every parameter,
     the method's report and state (GMT's masks and kept counts, MGPP's masks, ...) the same on each of
     2 ranks as in one process; both ranks bit-identical; the work really split (half the activations
-    per rank) and one all-reduce per step of exactly the trainable gradients (float64) + the loss."""
+    per rank) and one all-reduce per step of exactly the trainable gradients (float64) + the loss
+    (the cases without accumulation through the trainer's overlapped path, here reducing at the end)."""
     _check_trained({case: trained.get(case, [])}, [case], "mpi", 2)
 
 
 def _check_trained(results, cases, backend, world):
+    """The results of every case as the training tests require; on NCCL the cases without
+    accumulation reduced their gradients in groups overlapped with the backward (more buckets than
+    the plain path's one: the tiny float64 model's gradients and loss fit one bucket)."""
     _check_results(results, cases, backend, world)
-    for ranks in results.values():
+    for case, ranks in results.items():
+        overlapped = backend == "nccl" and TRAIN_CASES[case][2].get("accumulation", 1) == 1
         for res in ranks:
             d = res["distributed"]
             assert d is not None and d["world_size"] == world and d["backend"] == backend, res
             assert d["allreduce"]["bytes_per_step"] == 8 * res["trainable_elements"] + 8, d
+            assert (d["allreduce"]["buckets"] > 1) == overlapped, (case, d)
             assert res["activation_bytes"]["parallel"] < res["activation_bytes"]["single"], res["activation_bytes"]
     assert TRAIN_STEPS >= 20
 
@@ -430,7 +558,8 @@ def _gpu_prefix(launcher, world):
 def test_prepare_and_training_on_gpus_with_nccl_equal_one_gpu(gpus, world, launcher):
     """Every method's prepare() and TRAIN_STEPS training steps on `world` GPUs (NCCL, float64) equal
     one GPU's: 2 GPUs started by mpirun (NCCL bootstrapped over MPI), 4 by `minisft launch` (TCP
-    rendezvous)."""
+    rendezvous). The cases without gradient accumulation train through the all-reduce overlapped
+    with the backward (minisft.distributed.overlap), those with accumulation 2 through the plain one."""
     if world > gpus:
         pytest.skip(f"{world} GPUs asked, {gpus} visible")
     r = subprocess.run([*_gpu_prefix(launcher, world), sys.executable, str(WORKER), "prepare+train", "cupy"],
@@ -438,6 +567,21 @@ def test_prepare_and_training_on_gpus_with_nccl_equal_one_gpu(gpus, world, launc
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _check_results(_results(r.stdout, "prepare"), PREPARE_CASES, "nccl", world)
     _check_trained(_results(r.stdout, "train"), TRAIN_CASES, "nccl", world)
+
+
+@pytest.mark.gpu
+def test_training_on_two_gpus_under_minisft_launch_equals_one_gpu(gpus):
+    """TRAIN_STEPS steps of every method on 2 GPUs started by `minisft launch` (NCCL, float64) equal one
+    GPU's within 1e-10: the cases without accumulation (full-overlapped, lora, spruft-obd, ...) through
+    the trainer's all-reduce overlapped with the backward on NCCL's side stream
+    (minisft.distributed.overlap; `_check_trained` checks that they did), the others through the plain
+    one after the backward."""
+    if gpus < 2:
+        pytest.skip(f"2 GPUs asked, {gpus} visible")
+    r = subprocess.run([*_gpu_prefix("minisft-launch", 2), sys.executable, str(WORKER), "train", "cupy"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_trained(_results(r.stdout, "train"), TRAIN_CASES, "nccl", 2)
 
 
 @pytest.mark.gpu
@@ -469,20 +613,23 @@ def test_resume_on_one_gpu_after_two_and_on_two_after_one(gpus, tmp_path):
 def test_bench_dp_runs_on_two_cpu_ranks_and_counts_the_reduced_bytes(tmp_path):
     """reference_models.bench_dp end to end on the CPU (mpiexec + gloo): one row per implementation,
     method and world size; at N = 2 minisft all-reduces exactly the LoRA factors (r·(d_in + d_out)
-    floats per linear layer) plus its 8-byte loss, DDP the same factors."""
+    floats per linear layer) plus its 8-byte loss, with and without the overlap (--no-overlap), DDP the
+    same factors."""
     _mpiexec()
     out = tmp_path / "bench-dp.json"
     cmd = [sys.executable, "-m", "reference_models.bench_dp", "--backend", "numpy", "--preset", "tiny",
-           "--world-size", "1,2", "--steps", "2", "--warmup", "1", "--methods", "lora", "--out", str(out)]
+           "--world-size", "1,2", "--steps", "2", "--warmup", "1", "--methods", "lora", "--no-overlap", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {(row["impl"], row["world_size"]): row for row in result["rows"]}
-    assert set(rows) == {(impl, n) for impl in ("minisft", "torch-ddp") for n in (1, 2)}
+    impls = ("minisft", "minisft-no-overlap", "torch-ddp")
+    assert set(rows) == {(impl, n) for impl in impls for n in (1, 2)}
     C, L, r_ = 64, 2, 8  # the tiny preset, LoRA r=8
     lora_floats = L * r_ * sum(d_in + d_out for d_out, d_in in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C)))
-    assert rows[("minisft", 2)]["allreduce_bytes_per_step"] == 4 * lora_floats + 8
+    for impl in ("minisft", "minisft-no-overlap"):
+        assert rows[(impl, 2)]["allreduce_bytes_per_step"] == 4 * lora_floats + 8
+        assert rows[(impl, 1)]["allreduce_bytes_per_step"] == 0
     assert rows[("torch-ddp", 2)]["allreduce_bytes_per_step"] == 4 * lora_floats
-    assert rows[("minisft", 1)]["allreduce_bytes_per_step"] == 0
-    assert set(result["scaling_efficiency"]) == {f"{i} lora N={n}" for i in ("minisft", "torch-ddp") for n in (1, 2)}
+    assert set(result["scaling_efficiency"]) == {f"{i} lora N={n}" for i in impls for n in (1, 2)}

@@ -194,6 +194,74 @@ def test_gpt2_initialisation_statistics():
     assert list(sd) == list(param_shapes(cfg))
 
 
+# ------------------------------------------------------------------ gradients reported when final
+def _with_trainables(kind):
+    """A 3-block float64 model training `kind`: every base tensor, LoRA or SPruFT's row deltas on every
+    linear layer, a LoRA shared by blocks 0 and 2 (LoRA-drop's), or one tensor of the top block and
+    ln_f (the backward stops above block 2)."""
+    cfg = GPTConfig(vocab_size=23, block_size=8, n_layer=3, n_head=2, n_embd=8)
+    model = GPT(cfg, backend="numpy", dtype="float64", seed=3)
+    rng = np.random.default_rng(4)
+    if kind != "full":
+        model.freeze()
+    if kind == "top-only":
+        model.unfreeze(["h.2.mlp.c_fc.weight", "ln_f.bias"])
+    for layer in linear_layer_names(cfg) if kind in ("lora", "rows", "shared-lora") else ():
+        if kind == "rows":
+            model.add_adapter(layer, ms.adapters.RowDelta(model, layer, rng.choice(8, size=3, replace=False)))
+        elif not (kind == "shared-lora" and layer.endswith("mlp.c_fc")):
+            model.add_adapter(layer, ms.adapters.LoRA(model, layer, r=2, alpha=4))
+    if kind == "shared-lora":
+        ms.adapters.SharedLoRA(model, "c_fc", "h.0.mlp.c_fc", r=2).attach(model, ["h.0.mlp.c_fc", "h.2.mlp.c_fc"])
+    for a in model.adapter_params().values():
+        a[...] = 0.3 * rng.standard_normal(a.shape)  # non-zero: every gradient path runs
+    return model
+
+
+def _block_of(name):
+    """The block a name belongs to (h.{i}.*), -1 for one outside the blocks (ln_f, wte, shared.*)."""
+    return int(name.split(".")[1]) if name.startswith("h.") else -1
+
+
+@pytest.mark.parametrize("kind", ["full", "lora", "rows", "shared-lora", "top-only"])
+def test_on_ready_reports_every_gradient_once_when_final_block_by_block(kind):
+    """on_ready (the data-parallel overlap's hook) reports every gradient exactly once: after each
+    block's backward its own tensors, top block first, the rest (ln_f, wpe, wte: the head's and the
+    embedding's contributions) in one last call; a LoRA shared by blocks 0 and 2 once block 0 is done.
+    Each array reported holds its final value from then on (copies taken in the callback equal the
+    returned gradients exactly), and the loss and gradients equal those of a call without on_ready
+    bit for bit."""
+    model = _with_trainables(kind)
+    idx, tgt = batch(model.config, 5)
+    calls = []
+
+    def on_ready(grads, names):
+        calls.append({n: grads[n].copy() for n in names})
+        assert list(names) == sorted(names)
+
+    loss, grads = model.loss_and_grads(idx, tgt, on_ready=on_ready)
+    plain_loss, plain = model.loss_and_grads(idx, tgt)
+    assert loss == plain_loss and set(grads) == set(plain)
+    for k in plain:
+        np.testing.assert_array_equal(grads[k], plain[k], err_msg=k)
+    reported = [n for call in calls for n in call]
+    assert sorted(reported) == sorted(grads) and len(reported) == len(set(reported)), reported
+    for call in calls:
+        for n, at_report in call.items():
+            np.testing.assert_array_equal(at_report, grads[n], err_msg=f"{n} changed after it was reported")
+    blocks = range(model.config.n_layer - 1, -1, -1) if kind != "top-only" else [2]
+    assert len(calls) == len(blocks) + 1
+    shared = {n for n in grads if n.startswith("shared.")}
+    for i, call in zip(blocks, calls):
+        assert {n for n in call if n not in shared} == {n for n in grads if _block_of(n) == i}, (i, sorted(call))
+        assert shared.isdisjoint(call) or i == 0
+    assert {n for n in calls[-1]} == {n for n in grads if _block_of(n) == -1} - shared
+    if kind == "full":
+        assert {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"} == set(calls[-1])
+    if kind == "shared-lora":
+        assert shared == {"shared.c_fc.lora_A", "shared.c_fc.lora_B"} and shared <= set(calls[-2])
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,arg", [
     (dict(n_embd=10, n_head=3), "n_embd"), (dict(n_layer=0), "n_layer"), (dict(vocab_size=-1), "vocab_size"),

@@ -14,8 +14,9 @@ srun, torchrun-style RANK/WORLD_SIZE, or nothing) and returns a Communicator
 
 On top of the collectives: `minisft.distributed.data_parallel` (exact data parallelism: each rank its
 rows of the global batch, weighted inside the backward; one bucketed all-reduce per step; the
-trainer, the methods and the CLI use it through `Task.comm`) and `minisft.distributed.rank0` (rank 0
-reads a file, every rank gets its content).
+trainer, the methods and the CLI use it through `Task.comm`), `minisft.distributed.overlap` (that
+all-reduce overlapped with the backward on NCCL's side stream) and `minisft.distributed.rank0`
+(rank 0 reads a file, every rank gets its content).
 
 Start several processes with `mpirun -n N python -m ...`, `mpiexec -n N`, `srun`, torchrun, or
 `minisft launch --nproc N -- <command>` (minisft.launch). A rank that fails aborts the job; a rank

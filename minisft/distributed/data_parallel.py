@@ -15,6 +15,8 @@ calibration probes, per-sample gradients) is the single process's share too.
 
     local_loss_and_grads(model, x, y, comm)   (w_r·L_r, w_r ∇L_r): this rank's share, not reduced
     reduce_loss_and_grads(comm, loss, grads)  their sums over the ranks: one bucketed all-reduce
+    loss_and_grads_overlapped(model, x, y, comm)  both, the all-reduce overlapped with the backward
+                                              on GPUs (minisft.distributed.overlap) -> (L, ∇L, report)
     loss_and_grads(model, x, y, comm)         both: drop-in for model.loss_and_grads (global L, ∇L)
     loss(model, x, y, comm)                   forward only: the global L (one 8-byte all-reduce)
     rank_batches(batches, comm)               whole batches per rank (batch i on rank i mod N), for sums
@@ -35,6 +37,7 @@ import numpy as np
 from ..errors import bad_value, positive_int
 from .buckets import DEFAULT_BUCKET_BYTES
 from .communicator import DistributedError
+from .overlap import make_reducer, reduce_all
 
 
 def world_size(comm):
@@ -70,13 +73,16 @@ def _share(x, y, comm):
     return x[lo:hi], (None if y is None else y[lo:hi]), (hi - lo) / B
 
 
-def local_loss_and_grads(model, x, y, comm=None):
+def local_loss_and_grads(model, x, y, comm=None, reducer=None):
     """(w_r · L_r, {name: w_r ∇L_r}) on this rank's rows of the global batch (x, y) (B, T); not
-    reduced. Sums over the ranks give the single process's (L, ∇L) (module docstring)."""
+    reduced. Sums over the ranks give the single process's (L, ∇L) (module docstring). reducer: a
+    minisft.distributed.overlap reducer told of each gradient once it is final (`on_ready`), whose
+    `finish` then gives the sums; None: nobody is told."""
     if world_size(comm) == 1:
         return model.loss_and_grads(x, y)
     xs, ys, w = _share(x, y, comm)
-    loss, grads = model.loss_and_grads(xs, ys, grad_scale=w)
+    on_ready = None if reducer is None else reducer.ready
+    loss, grads = model.loss_and_grads(xs, ys, grad_scale=w, on_ready=on_ready)
     return w * loss, grads
 
 
@@ -85,9 +91,18 @@ def reduce_loss_and_grads(comm, loss, grads, bucket_bytes=DEFAULT_BUCKET_BYTES):
     (in place, names in sorted order) and the float64 loss. comm=None: the inputs and None."""
     if world_size(comm) == 1:
         return loss, grads, None
-    total = comm.xp.asarray([loss], dtype=np.float64)
-    report = comm.allreduce_sum_bucketed([grads[k] for k in sorted(grads)] + [total], bucket_bytes)
-    return float(total[0]), grads, report
+    return reduce_all(comm, loss, grads, bucket_bytes)
+
+
+def loss_and_grads_overlapped(model, x, y, comm=None, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    """reduce_loss_and_grads(comm, *local_loss_and_grads(model, x, y, comm)), the same sums, with the
+    gradients' all-reduce overlapped with the backward where the backend can (NCCL: each block's
+    gradients reduced on a side stream while the blocks below run; minisft.distributed.overlap)."""
+    if world_size(comm) == 1:
+        return (*model.loss_and_grads(x, y), None)
+    reducer = make_reducer(comm, bucket_bytes)
+    loss, grads = local_loss_and_grads(model, x, y, comm, reducer)
+    return reducer.finish(grads, loss)
 
 
 def loss_and_grads(model, x, y, comm=None):

@@ -8,10 +8,11 @@ off unless the environment already says otherwise: NCCL_NVLS_ENABLE=0 is set bef
 
 Collectives are queued on CuPy's current stream (all-reduce and broadcast in place, the bucket copies
 of `allreduce_sum_bucketed` on the same stream, so one bucket buffer serves every bucket) and each
-public call ends by waiting for that stream, under the watchdog. The wait polls an event recorded
-after the collective, sleeping WAIT_POLL_SECONDS between polls, rather than calling
-cudaStreamSynchronize: a thread blocked in a CUDA call may keep Python's GIL, and the watchdog, a
-Python thread, needs it to fire.
+public call ends by waiting for that stream, under the watchdog (the gradient all-reduces overlapped
+with the backward, minisft.distributed.overlap, run on the communicator's `side_stream` instead).
+The wait polls an event recorded after the collective, sleeping WAIT_POLL_SECONDS between polls,
+rather than calling cudaStreamSynchronize: a thread blocked in a CUDA call may keep Python's GIL,
+and the watchdog, a Python thread, needs it to fire.
 
 Failure handling (what is guaranteed), for a job of more than one rank: a collective, or NCCL's
 start-up, still running `timeout` seconds after it began makes the watchdog print which rank gave up
@@ -59,6 +60,7 @@ class NCCLCommunicator(Communicator):
             ("float16", "NCCL_FLOAT16"), ("float32", "NCCL_FLOAT32"), ("float64", "NCCL_FLOAT64"),
             ("int32", "NCCL_INT32"), ("int64", "NCCL_INT64"), ("uint8", "NCCL_UINT8"))}
         self.MPI, self.nccl_comm = None, None
+        self._side_stream = None  # side_stream(), made on first use
         rank, size, local_rank = placement.rank, placement.world_size, placement.local_rank or 0
         if bootstrap == "mpi":
             from .mpi import mpi_world
@@ -84,6 +86,14 @@ class NCCLCommunicator(Communicator):
 
     def _stream(self):
         return self.cupy.cuda.get_current_stream().ptr
+
+    def side_stream(self):
+        """The CUDA stream that gradient all-reduces overlapped with the backward run on
+        (minisft.distributed.overlap), made on first use; non-blocking: it never waits implicitly for
+        the legacy default stream, only for the events it is told to."""
+        if self._side_stream is None:
+            self._side_stream = self.cupy.cuda.Stream(non_blocking=True)
+        return self._side_stream
 
     def _type(self, a):
         return self.types[np.dtype(a.dtype)]
@@ -138,6 +148,7 @@ class NCCLCommunicator(Communicator):
         os._exit(code)
 
     def close(self):
+        self._side_stream = None
         if self.nccl_comm is not None:
             self.nccl_comm.destroy()
             self.nccl_comm = None

@@ -34,7 +34,7 @@ class GMT(Method):
 
     def _reset(self):
         self.masks = {}  # name -> (shape) bool, True = kept, of the last step
-        self._kept = {}  # name -> kept entries summed over the steps (a device scalar)
+        self._kept = {}  # name -> kept entries summed over the steps (a device scalar on the loop path, else an int)
         self._pending = {}  # names -> (len(names),) device counts of the one-launch path, not yet in _kept
         self._sizes = {}  # name -> entries of the tensor
         self._steps = 0

@@ -293,7 +293,8 @@ def test_transfer_of_a_subset_by_group_name_across_model_sizes():
     realised target losses. Checked: the transferred set trains exactly its groups on the larger
     model, both subsets lower the target loss, the numbers are well defined, and what README
     "Results" reports: the chosen sets overlap little (Jaccard at most 1/3) and the transferred set
-    reaches a lower target loss than the directly chosen one in every seed."""
+    does not reach a lower target loss than the directly chosen one in every seed (no transfer
+    advantage; the README quotes the printed losses)."""
 
     small, large = CFG, GPTConfig(vocab_size=40, block_size=8, n_layer=3, n_head=2, n_embd=32)
     target = synthetic_task((1, 3), B=8, seed=1)
@@ -331,7 +332,7 @@ def test_transfer_of_a_subset_by_group_name_across_model_sizes():
                      f"PPI Spearman {rho:.2f} captured influence {captured:.2f} target loss direct "
                      f"{losses['direct']:.4f} transferred {losses['transferred']:.4f}")
     print("\n" + "\n".join(lines))
-    assert max(jaccards) <= 1 / 3 and all(wins), f"README's transfer sentence no longer holds: {lines}"
+    assert max(jaccards) <= 1 / 3 and not all(wins), f"README's transfer sentence no longer holds: {lines}"
 
 
 # ----------------------------------------------------------------------------------- front

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import minisft.experiment as ex
+import minisft.train as train_module
 import minisft.train as train_mod
 from minisft.batches import TokenStream, validation_batches
 from minisft.budgets import count_params
@@ -91,15 +92,19 @@ def test_resume_is_bit_identical(tmp_path, method):
     assert not (tmp_path / "b" / "checkpoint.safetensors").exists()  # a finished run keeps its model, not a checkpoint
 
 
-@pytest.mark.parametrize("first,then", [(2, 5), (4, 0), (4, None), (None, 3)])
-def test_resume_works_whatever_checkpoint_every_the_first_run_used(tmp_path, first, then):
+@pytest.mark.parametrize("first,then,saved", [(2, 5, 6), (4, 0, 4), (4, None, 4), (None, 3, 1)])
+def test_resume_works_whatever_checkpoint_every_the_first_run_used(tmp_path, monkeypatch, first, then, saved):
     """The checkpoint cadence is not part of what a resumed run must match: a run killed after
-    step 7 resumes from its last checkpoint under any other cadence, bit for bit."""
+    step 7 resumes from its last checkpoint under any other cadence, bit for bit. The killed run's
+    last checkpoint is the one its cadence puts last before step 7: every 2 -> 6, every 4 -> 4; the
+    default (None) writes its first at step max(1, 9 // 20) = 1 and, with the write-time rule made
+    never due (CHECKPOINT_COST = 0), no other."""
+    monkeypatch.setattr(train_module, "CHECKPOINT_COST", 0.0)
     full_model, full = run(tmp_path / "a", 9, ckpt_every=first)
     with pytest.raises(Killed):
         run(tmp_path / "b", 9, ckpt_every=first, method=killed_after(LoRAMethod(r=2, alpha=4), 7))
     saved_step = load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")[1]["step"]
-    assert 1 <= saved_step <= 7
+    assert saved_step == saved, f"last checkpoint at step {saved_step}, expected {saved} (checkpoint_every={first})"
     model, resumed = run(tmp_path / "b", 9, ckpt_every=then, resume=True)
     assert [h["loss"] for h in resumed["history"]["train"]] == [h["loss"] for h in full["history"]["train"]]
     for k, v in full_model.trainable_params().items():

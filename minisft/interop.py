@@ -26,7 +26,6 @@ layers the LoRA-drop report lists as shared) -> write_peft_lora with scaling alp
 """
 
 import re
-from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open

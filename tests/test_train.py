@@ -8,7 +8,6 @@ import importlib.util
 import io
 import json
 import re
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from minisft.fileio import RunLock
 from minisft.methods import REGISTRY, LoRAMethod, SPruFT, make_method, option_specs
 from minisft.methods.spruft import rows_matching_lora, spruft_trainable
 from minisft.model import GPT
-from minisft.report import format_table, methods_table, plot_compare
+from minisft.report import methods_table, plot_compare
 from minisft.train import Task, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]

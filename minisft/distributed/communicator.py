@@ -55,6 +55,10 @@ class ReduceReport:
     bytes: int
     buckets: int
 
+    def __add__(self, other):
+        return ReduceReport(self.tensors + other.tensors, self.elements + other.elements, self.bytes + other.bytes,
+                            self.buckets + other.buckets)
+
 
 class Communicator:
     """The interface (module docstring) and the backend-independent parts; "single" is this class."""
@@ -65,7 +69,7 @@ class Communicator:
         self.rank, self.world_size, self.local_rank, self.xp = rank, world_size, local_rank, xp
         self._watchdog = watchdog
         self._previous_hook = None  # sys.excepthook before `_abort_on_uncaught`, restored by close()
-        self._buffers = {}  # (dtype, elements) -> bucket buffer, reused step after step
+        self._buffers = {}  # dtype -> bucket buffer, reused step after step (_queue_buckets)
         self.totals = {"collectives": 0, "bytes": 0}  # bucketed all-reduces since construction
 
     def __repr__(self):
@@ -88,20 +92,13 @@ class Communicator:
         `bucket_bytes` (minisft.distributed.buckets), one collective per bucket, copied back in place.
         Returns the ReduceReport (per rank: tensors, elements and bytes reduced, buckets)."""
         items = self._items(arrays, "arrays")
-        buckets = plan_buckets([a.size for a in items], [a.dtype for a in items], bucket_bytes)
-        report = ReduceReport(len(items), sum(int(a.size) for a in items), sum(int(a.nbytes) for a in items), len(buckets))
         if self.world_size > 1:
-            flats = [a.reshape(-1) for a in items]  # views: C-contiguous checked by _items
-            largest = {}  # dtype -> elements of its largest bucket: one buffer per dtype serves them all
-            for b in buckets:
-                largest[b.dtype] = max(largest.get(b.dtype, 0), b.size)
             with self._watch("allreduce_sum_bucketed"):
-                for bucket in buckets:
-                    buffer = self._buffer(bucket.dtype, largest[bucket.dtype])
-                    pack(bucket, flats, buffer)
-                    self._allreduce_one(buffer[: bucket.size])
-                    unpack(bucket, buffer, flats)
+                report = self._queue_buckets(items, bucket_bytes, self._buffers)
                 self._wait()
+        else:
+            buckets = plan_buckets([a.size for a in items], [a.dtype for a in items], bucket_bytes)
+            report = _report(items, buckets)
         self.totals["collectives"] += report.buckets
         self.totals["bytes"] += report.bytes
         return report
@@ -230,12 +227,23 @@ class Communicator:
     def _watch(self, op):
         return self._watchdog.watch(op) if self._watchdog is not None else nullcontext()
 
-    def _buffer(self, dtype, size):
-        key = (np.dtype(dtype), size)
-        if key not in self._buffers:
-            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != key[0]}  # one buffer per dtype
-            self._buffers[key] = self.xp.empty(size, dtype=dtype)
-        return self._buffers[key]
+    def _queue_buckets(self, items, bucket_bytes, buffers):
+        """Queue the bucketed all-reduce of the checked arrays `items` on the current stream, without
+        waiting: each bucket packed into buffers[dtype], reduced by one collective and unpacked in
+        place (one buffer per dtype serves every bucket; one smaller than this call's largest bucket
+        of its dtype is replaced, and on a GPU its memory returns to the pool of the stream it was
+        made on, reused only after the work queued there). Returns the ReduceReport."""
+        buckets = plan_buckets([a.size for a in items], [a.dtype for a in items], bucket_bytes)
+        for b in buckets:
+            if b.dtype not in buffers or buffers[b.dtype].size < b.size:
+                buffers[b.dtype] = self.xp.empty(max(c.size for c in buckets if c.dtype == b.dtype), dtype=b.dtype)
+        flats = [a.reshape(-1) for a in items]  # views: C-contiguous checked by _items
+        for bucket in buckets:
+            buffer = buffers[bucket.dtype]
+            pack(bucket, flats, buffer)
+            self._allreduce_one(buffer[: bucket.size])
+            unpack(bucket, buffer, flats)
+        return _report(items, buckets)
 
     def _check_root(self, root):
         if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < self.world_size:
@@ -264,6 +272,11 @@ class Communicator:
         items = self._items(arrays, what)
         names = sorted(arrays) if isinstance(arrays, dict) else list(range(len(items)))
         return [[str(n), list(a.shape), a.dtype.name] for n, a in zip(names, items)]
+
+
+def _report(items, buckets):
+    """The ReduceReport of reducing `items` in `buckets`."""
+    return ReduceReport(len(items), sum(int(a.size) for a in items), sum(int(a.nbytes) for a in items), len(buckets))
 
 
 def _encode(obj):

@@ -32,12 +32,13 @@ memory pool cannot hand their memory to a compute-stream allocation while a redu
 it. The bucket buffers are allocated inside `with side_stream:` (CuPy's pool keeps them in that
 stream's arena) and are reused from group to group: everything on the side stream runs in the
 order it was queued, so one buffer per dtype serves every group, as it serves every bucket in
-`Communicator.allreduce_sum_bucketed`; one outgrown is kept until `finish`.
+`Communicator.allreduce_sum_bucketed` (`Communicator._queue_buckets` serves both); a buffer
+replaced by a larger one returns to the side stream's pool, reused only after the work queued there.
 """
 
 import numpy as np
 
-from .buckets import DEFAULT_BUCKET_BYTES, pack, plan_buckets, unpack
+from .buckets import DEFAULT_BUCKET_BYTES
 from .communicator import DistributedError, ReduceReport
 
 
@@ -92,7 +93,6 @@ class StreamReducer:
         self.cupy, self.stream = comm.cupy, comm.side_stream()
         self.reported = []
         self.buffers = {}  # dtype -> bucket buffer on the side stream, reused by every group
-        self.outgrown = []  # buffers replaced by larger ones: kept until finish (queued work may use them)
         self.report = ReduceReport(0, 0, 0, 0)
 
     def ready(self, grads, names):
@@ -117,28 +117,9 @@ class StreamReducer:
         return float(total[0]), grads, self.report
 
     def _queue(self, items):
-        """Pack, all-reduce and unpack `items` bucket by bucket on the side stream, which first waits
-        for the compute stream's work queued so far."""
-        buckets = plan_buckets([a.size for a in items], [a.dtype for a in items], self.bucket_bytes)
+        """Pack, all-reduce and unpack `items` bucket by bucket on the side stream (the communicator's
+        `_queue_buckets`, buffers made inside `with self.stream`), which first waits for the compute
+        stream's work queued so far."""
         self.stream.wait_event(self.cupy.cuda.get_current_stream().record())
-        flats = [a.reshape(-1) for a in items]  # views: C-contiguous checked by _items
         with self.comm._watch("allreduce_sum_bucketed (queued during the backward)"), self.stream:
-            for bucket in buckets:
-                buffer = self._buffer(bucket.dtype, bucket.size)
-                pack(bucket, flats, buffer)
-                self.comm._allreduce_one(buffer[: bucket.size])
-                unpack(bucket, buffer, flats)
-        r = self.report
-        r.tensors += len(items)
-        r.elements += sum(int(a.size) for a in items)
-        r.bytes += sum(int(a.nbytes) for a in items)
-        r.buckets += len(buckets)
-
-    def _buffer(self, dtype, size):
-        """A side-stream buffer of at least `size` elements of `dtype` (call inside `with self.stream`)."""
-        buffer = self.buffers.get(dtype)
-        if buffer is None or buffer.size < size:
-            if buffer is not None:
-                self.outgrown.append(buffer)
-            buffer = self.buffers[dtype] = self.cupy.empty(size, dtype=dtype)
-        return buffer
+            self.report += self.comm._queue_buckets(items, self.bucket_bytes, self.buffers)

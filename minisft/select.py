@@ -257,6 +257,23 @@ def zero_where_dropped(g, keep):
     xp.multiply(bits, keep, out=bits)
 
 
+def zero_where_dropped_all(grads, masks):
+    """zero_where_dropped(g, keep) for every pair (grads[t], masks[t]), and the kept entries of each:
+    a (len(grads),) uint64 array of grads' backend. On CuPy with the fused kernels on (one float
+    dtype, every array C-contiguous) all in one launch (kernels.zero_dropped_count_kept: two
+    launches per tensor, 148 tensors for gpt2, cost GMT 8.8 ms of host time a TF32 step); else
+    tensor by tensor."""
+    if not grads:
+        return np.zeros(0, dtype=np.uint64)
+    xp = array_module(grads[0])
+    if (kernels.enabled(grads[0]) and len({g.dtype for g in grads}) == 1
+            and all(g.flags.c_contiguous and k.flags.c_contiguous for g, k in zip(grads, masks))):
+        return kernels.zero_dropped_count_kept(grads, masks)
+    for g, keep in zip(grads, masks):
+        zero_where_dropped(g, keep)
+    return xp.stack([xp.count_nonzero(keep) for keep in masks]).astype(np.uint64)
+
+
 def smallest_k_keep_mask(x, k):
     """(x.shape) bool, True = kept: False at the k smallest |x|, ties dropped by lower flat index first.
 

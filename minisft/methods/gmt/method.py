@@ -5,10 +5,9 @@ import time
 
 import numpy as np
 
-from ... import kernels
-from ...backend import synchronize
+from ...backend import synchronize, to_numpy
 from ...errors import boolean, real_in, require
-from ...select import zero_where_dropped
+from ...select import zero_where_dropped_all
 from ..base import Method
 from .masks import global_gradient_masks, gradient_masks
 
@@ -34,8 +33,8 @@ class GMT(Method):
 
     def _reset(self):
         self.masks = {}  # name -> (shape) bool, True = kept, of the last step
-        self._kept = {}  # name -> kept entries summed over the steps (a device scalar on the loop path, else an int)
-        self._pending = {}  # names -> (len(names),) device counts of the one-launch path, not yet in _kept
+        self._kept = {}  # name -> kept entries summed over the steps folded so far (an int)
+        self._pending = {}  # names -> (len(names),) kept counts on the device, summed since the last fold
         self._sizes = {}  # name -> entries of the tensor
         self._steps = 0
         self._seconds = []
@@ -59,18 +58,11 @@ class GMT(Method):
         t0 = time.perf_counter()
         ordered = {name: grads[name] for name in model.trainable_params() if name in grads}
         self.masks = self.keep_masks(ordered)
-        xp = model.xp
-        names = list(self.masks)
-        if names and _one_launch(grads, self.masks):  # the loop below in one kernel, for every tensor
-            kept = kernels.zero_dropped_count_kept([grads[n] for n in names], [self.masks[n] for n in names])
-            key = tuple(names)
-            self._pending[key] = kept if key not in self._pending else self._pending[key] + kept
-        else:
-            for name, keep in self.masks.items():
-                zero_where_dropped(grads[name], keep)
-                self._kept[name] = self._kept.get(name, 0) + xp.count_nonzero(keep)
+        names = tuple(self.masks)
+        kept = zero_where_dropped_all([grads[n] for n in names], [self.masks[n] for n in names])
+        self._pending[names] = kept if names not in self._pending else self._pending[names] + kept
         self._steps += 1
-        synchronize(xp)
+        synchronize(model.xp)
         self._seconds.append(time.perf_counter() - t0)
         return grads
 
@@ -78,9 +70,9 @@ class GMT(Method):
         return self.masks if self.freeze_masked else {}
 
     def _fold_pending(self):
-        """Add the one-launch path's device count vectors into `_kept` (one transfer each)."""
+        """Add the device count vectors into `_kept` (one transfer each): no host read in the step."""
         for names, counts in self._pending.items():
-            for name, n in zip(names, counts.get().tolist()):
+            for name, n in zip(names, to_numpy(counts).tolist()):
                 self._kept[name] = self._kept.get(name, 0) + int(n)
         self._pending = {}
 
@@ -100,7 +92,7 @@ class GMT(Method):
         if not self._steps:
             return {"steps": 0}
         self._fold_pending()
-        kept = {name: int(v) for name, v in self._kept.items()}
+        kept = self._kept
         entries = self._steps * sum(self._sizes[name] for name in kept)
         return {
             "steps": self._steps,
@@ -109,10 +101,3 @@ class GMT(Method):
             "mask_ms_per_step": 1000 * float(np.median(self._seconds)) if self._seconds else None,
         }
 
-
-def _one_launch(grads, masks):
-    """True when GMT's masking can run as kernels.zero_dropped_count_kept: CuPy with the fused kernels
-    on, one float dtype, every gradient and mask C-contiguous."""
-    gs = [grads[n] for n in masks]
-    return (kernels.enabled(gs[0]) and len({g.dtype for g in gs}) == 1
-            and all(g.flags.c_contiguous and k.flags.c_contiguous for g, k in zip(gs, masks.values())))

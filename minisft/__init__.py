@@ -8,22 +8,26 @@ on a GPT-2-style transformer with hand-written backward passes (NumPy on the CPU
 Algorithm primitives: ms.importance, ms.knapsack, ms.gmt, ms.mgpp, ms.loradrop (array in, array
 out); methods the trainer drives: ms.methods (SPruFT, AdaPEFT, LoRADrop, GMT, MGPP, FullFineTune,
 LoRAMethod); adapters: ms.adapters; HF GPT-2 conversion: ms.interop.
+
+Importing minisft changes nothing outside it: it registers the GPU fast paths with minisft's own
+dispatch (minisft.core.fastpath) and sets no environment variable or thread pool.
 """
 
-from .rank_threads import share_cores
-
-share_cores()  # before NumPy loads its BLAS: ranks sharing a host share its cores (minisft.rank_threads)
-
-from . import (adapters, backend, batches, checkpoint, corpus, errors, fileio, interop, kernels, memory, methods, nn, optim,
-               tokenizer, train)
-from .config import GPTConfig
+from . import gpu  # noqa: F401  (registers the fast paths)
+from . import methods, nn
+from .core import backend, errors, fileio
+from .core.config import GPTConfig
+from .core.version import __version__
+from .data import batches, corpus, tokenizer
 from .methods import gmt, loradrop, mgpp
 from .methods.adapeft import curvature, groups, knapsack
 from .methods.spruft import calibration, importance, structure
-from .model import GPT
-from .version import __version__
+from .model import adapters, interop, memory
+from .model.gpt import GPT
+from .training import checkpoint, optim, train
+
 __all__ = [
     "GPT", "GPTConfig", "adapters", "backend", "batches", "calibration", "checkpoint", "corpus", "curvature", "errors",
-    "fileio", "gmt", "groups", "importance", "interop", "kernels", "knapsack", "loradrop", "memory", "methods", "mgpp",
+    "fileio", "gmt", "groups", "importance", "interop", "knapsack", "loradrop", "memory", "methods", "mgpp",
     "nn", "optim", "structure", "tokenizer", "train",
 ]

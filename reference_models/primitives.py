@@ -4,7 +4,7 @@ schedule and the authors' count: reference_models/mgpp.py), written independentl
 with torch's own tools as the parity oracle:
 torch.kthvalue for the mask threshold, torch.logsumexp for the prior and autograd for its gradient,
 torch.sort + cumsum for the layer selection. `zero_gmt_dropped_` is GMT's masking in the fast form
-the benchmark times (reference_models.bench), tested equal to minisft's masks.
+the benchmark times (reference_models.bench.step), tested equal to minisft's masks.
 
 Conventions shared with minisft (they are the specification, not shared code): masks are True where
 kept; the k smallest |x| are dropped with ties dropped at the lower flat index first (and, across

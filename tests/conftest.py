@@ -36,7 +36,7 @@ except ImportError:
 
 
 def _cupy_or_none():
-    from minisft.backend import gpu_available
+    from minisft.core.backend import gpu_available
 
     if not gpu_available():
         return None

@@ -29,17 +29,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from minisft.backend import rng as make_rng  # noqa: E402
-from minisft.backend import to_numpy  # noqa: E402
-from minisft.batches import TokenStream, validation_batches  # noqa: E402
-from minisft.checkpoint import arrays_digest  # noqa: E402
-from minisft.config import GPTConfig  # noqa: E402
-from minisft.distributed import DistributedError, from_environment  # noqa: E402
-from minisft.distributed.data_parallel import check_replicas  # noqa: E402
-from minisft.errors import MinisftError  # noqa: E402
-from minisft.methods import make_method  # noqa: E402
-from minisft.model import GPT  # noqa: E402
-from minisft.train import Task, TrainConfig, train  # noqa: E402
+from minisft.core.backend import rng as make_rng
+from minisft.core.backend import to_numpy
+from minisft.data.batches import TokenStream, validation_batches
+from minisft.training.checkpoint import arrays_digest
+from minisft.core.config import GPTConfig
+from minisft.distributed import DistributedError, from_environment
+from minisft.distributed.data_parallel import check_replicas
+from minisft.core.errors import MinisftError
+from minisft.methods import make_method
+from minisft.model.gpt import GPT
+from minisft.training.train import Task, TrainConfig, train
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 BATCH = 8
@@ -267,7 +267,7 @@ def run_spec(comm, spec):
                     os.kill(os.getpid(), signal.SIGKILL)
             return replace(src, dst)
 
-        os.replace = dying_replace  # the atomic write's commit (minisft.fileio.atomic_write_bytes)
+        os.replace = dying_replace  # the atomic write's commit (minisft.core.fileio.atomic_write_bytes)
     try:
         xp = np if backend == "numpy" else __import__("cupy")
         result = train(model, method, tiny_task(comm, xp), cfg, workdir=spec["workdir"],
@@ -289,8 +289,8 @@ def report(comm, mode, result):
 
 def cli(argv):
     """`minisft ARGV` with the test suite's micro preset registered (tests/test_train.py's MICRO)."""
-    from minisft import cli as command
-    from minisft import experiment
+    from minisft.app import cli as command
+    from minisft.app import experiment
     from tests.test_train import MICRO
 
     experiment.PRESETS["micro"] = MICRO

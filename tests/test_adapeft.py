@@ -1,4 +1,4 @@
-"""AdaPEFT (minisft.methods.adapeft: method, groups; minisft.adapeft_front): group partitions and
+"""AdaPEFT (minisft.methods.adapeft: method, groups; minisft.app.adapeft_front): group partitions and
 their exact sizes, the selection against a brute-force knapsack, the reset to the base and what
 trains afterwards, the probe's optimizer (moments advanced once per step), the report's front and
 greedy chain, transfer by group name across model sizes, the front command and bad input.
@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-import minisft.experiment as ex
-from minisft.adapeft_front import adapeft_front
-from minisft.batches import TokenStream, validation_batches
-from minisft.budgets import count_params, lora_trainable
-from minisft.config import GPTConfig
-from minisft.errors import NonFiniteLossError
+import minisft.app.experiment as ex
+from minisft.app.adapeft_front import adapeft_front
+from minisft.data.batches import TokenStream, validation_batches
+from minisft.model.budgets import count_params, lora_trainable
+from minisft.core.config import GPTConfig
+from minisft.core.errors import NonFiniteLossError
 from minisft.methods.adapeft import knapsack
 from minisft.methods.adapeft.groups import apply_groups_by_name, build_groups, dense_only
 from minisft.methods.adapeft.method import AdaPEFT, GroupSubset, probe
 from minisft.methods.base import FullFineTune
-from minisft.model import GPT, param_shapes
-from minisft.optim import AdamW, SGD
-from minisft.train import Task, TrainConfig, train
+from minisft.model.gpt import GPT, param_shapes
+from minisft.training.optim import AdamW, SGD
+from minisft.training.train import Task, TrainConfig, train
 
 CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
 

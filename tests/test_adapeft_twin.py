@@ -29,11 +29,11 @@ import math
 import numpy as np
 import pytest
 
-from minisft.config import GPTConfig
+from minisft.core.config import GPTConfig
 from minisft.methods.adapeft.groups import build_groups
 from minisft.methods.adapeft.method import AdaPEFT
-from minisft.model import GPT
-from minisft.train import Task, TrainConfig, train
+from minisft.model.gpt import GPT
+from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import assert_trained_like
 from tests.test_adapeft import synthetic_task
 

@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minisft.adapters import ColumnDelta, Dense, ElementMask, LoRA, RowDelta, SharedLoRA, merge_adapters, unmerge_adapters
-from minisft.backend import to_numpy
-from minisft.config import GPTConfig
-from minisft.memory import memory_report
-from minisft.model import GPT, linear_layer_names
-from minisft.optim import SGD, AdamW
+from minisft.model.adapters import (ColumnDelta, Dense, ElementMask, LoRA, RowDelta, SharedLoRA, merge_adapters,
+    unmerge_adapters)
+from minisft.core.backend import to_numpy
+from minisft.core.config import GPTConfig
+from minisft.model.memory import memory_report
+from minisft.model.gpt import GPT, linear_layer_names
+from minisft.training.optim import SGD, AdamW
 from tests.gradcheck import assert_directional, max_rel_diff
 
 KINDS = ["dense", "element_mask", "rows", "cols", "lora", "shared_lora"]

@@ -1,20 +1,16 @@
-"""Backend choice (minisft.backend): backend="auto" falls back to NumPy only when CuPy is not
+"""Backend choice (minisft.core.backend): backend="auto" falls back to NumPy only when CuPy is not
 installed or no GPU is visible; a CuPy whose CUDA is broken is a clear error, never a silent CPU
-run. CuPy is faked through sys.modules, so these run on any machine. Also: MINISFT_FUSED is read
-once, at import (minisft.kernels.FUSED)."""
+run. CuPy is faked through sys.modules, so these run on any machine."""
 
-import os
-import subprocess
 import sys
 import types
 
 import pytest
 
-from minisft import kernels
-from minisft.backend import CUDA_ERROR_NO_DEVICE, gpu_available, resolve_backend
-from minisft.config import GPTConfig
-from minisft.errors import BackendError
-from minisft.model import GPT
+from minisft.core.backend import CUDA_ERROR_NO_DEVICE, gpu_available, resolve_backend
+from minisft.core.config import GPTConfig
+from minisft.core.errors import BackendError
+from minisft.model.gpt import GPT
 
 
 class FakeCUDARuntimeError(RuntimeError):
@@ -77,19 +73,3 @@ def test_a_visible_gpu_is_chosen(monkeypatch):
     assert resolve_backend("auto") == "cupy" and resolve_backend("cupy") == "cupy" and gpu_available()
 
 
-def test_minisft_fused_is_read_once_at_import(monkeypatch):
-    """kernels.FUSED is MINISFT_FUSED != "0" as the environment was at import; kernels.enabled reads
-    the constant, so changing the environment later changes nothing."""
-    code = "import minisft.kernels as k; print(k.FUSED)"
-    for flag, expected in (("0", "False"), (None, "True")):
-        env = {k: v for k, v in os.environ.items() if k != "MINISFT_FUSED"}
-        if flag is not None:
-            env["MINISFT_FUSED"] = flag
-        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert run.stdout.strip() == expected, (flag, run.stdout, run.stderr)
-    cupy_array = type("ndarray", (), {"__module__": "cupy._core.core"})()  # enabled() looks at the type only
-    for on in (True, False):
-        monkeypatch.setattr(kernels, "FUSED", on)
-        monkeypatch.setenv("MINISFT_FUSED", "1" if not on else "0")  # after import: no effect
-        assert kernels.enabled(cupy_array) is on
-        assert not kernels.enabled([0.0])  # never on host objects

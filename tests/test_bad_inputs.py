@@ -31,9 +31,13 @@ import numpy as np
 import pytest
 
 import minisft as ms
-import minisft.experiment as ex
-from minisft import batches, checkpoint, cli, config, corpus, experiment, fileio, interop, tokenizer, train
-from minisft.errors import LockedError, MinisftError
+import minisft.app.experiment as ex
+from minisft.data import batches, corpus, tokenizer
+from minisft.training import checkpoint, train
+from minisft.app import cli, experiment
+from minisft.core import config, fileio
+from minisft.model import interop
+from minisft.core.errors import LockedError, MinisftError
 from minisft.methods import REGISTRY, option_specs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +220,7 @@ def test_cli_bad_value_is_one_clear_line_before_any_work(command, opt, value, tm
 
 def set_values(annotation):
     """Bad --set values for an option of this type annotation (invalid for every option of it)."""
-    from minisft.methods.__init__ import _members  # the union's alternatives
+    from minisft.methods.__init__ import _members
 
     members = set(_members(annotation))
     names = {getattr(t, "__name__", str(t)) for t in members}
@@ -268,7 +272,7 @@ def test_a_traceback_never_reaches_the_terminal(tmp_path, bad_data):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for args in (["finetune", "--method", "lora", "--set", "r=abc"], ["compare", "--only", "bogus"],
                  ["pretrain", "--preset", "tiny", "--data", str(bad_data["binary"])]):
-        out = subprocess.run([sys.executable, "-m", "minisft.cli", *args, "--workdir", str(tmp_path / "w")],
+        out = subprocess.run([sys.executable, "-m", "minisft", *args, "--workdir", str(tmp_path / "w")],
                              capture_output=True, text=True, env=env, timeout=120)
         CASES["cli"] += 1
         last = out.stderr.strip().splitlines()[-1]
@@ -719,7 +723,7 @@ def test_a_training_process_killed_inside_a_checkpoint_write_resumes_bit_for_bit
 
 HOLD_LOCK = """
     import sys, time
-    from minisft.fileio import RunLock
+    from minisft.core.fileio import RunLock
     with RunLock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(120)
@@ -779,7 +783,7 @@ def test_from_state_dict_copies_the_callers_arrays():
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`minisft methods | head -1`: stdout is a pipe whose reader is gone (made so before the command
     runs, so the failure is certain); no traceback on stderr, not even at interpreter exit."""
-    script = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); from minisft.cli import main; "
+    script = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); from minisft.app.cli import main; "
               "sys.exit(main(['methods']))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -1,15 +1,15 @@
-"""compare's rows (minisft.experiment.compare_runs) follow each method's authors as
+"""compare's rows (minisft.app.experiment.compare_runs) follow each method's authors as
 proofs/decisions.md and the README say, and keep the tokens per optimizer step equal across rows;
 finetune applies a row's training overrides to that run only."""
 
 import numpy as np
 import pytest
 
-from minisft import experiment as ex
+from minisft.app import experiment as ex
 from minisft.methods import make_method
 from minisft.methods.mgpp import MGPP, MagnitudePruning
 from minisft.methods.spruft import SPruFT
-from minisft.train import Task, TrainConfig
+from minisft.training.train import Task, TrainConfig
 
 
 def rows(preset):
@@ -68,7 +68,7 @@ def test_gmt_on_n_micro_batches_of_b_over_n_is_gmt_on_one_batch_of_b():
     draws the same windows either way, so the masks and the run equal one batch of B up to
     rounding (float64: 1e-10 after 6 steps). N > 1 matters when memory limits the micro-batch."""
     from minisft.methods.gmt import GMT
-    from minisft.train import train
+    from minisft.training.train import train
     from tests.gradcheck import assert_trained_like
     from tests.test_gmt_method import host, synthetic_task, tiny
 

@@ -10,21 +10,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from minisft.backend import to_numpy
-from minisft.config import GPTConfig
-from minisft.methods.adapeft.curvature import (
-    GEN_MULTIPLIERS,
-    gen_losses,
-    group_influence,
-    hvp,
-    hvp_step,
-    quadratic_fit,
-    shifted,
-    step_direction,
-)
+from minisft.core.backend import to_numpy
+from minisft.core.config import GPTConfig
+from minisft.methods.adapeft.curvature import (GEN_MULTIPLIERS, gen_losses, group_influence, hvp, hvp_step,
+    quadratic_fit, shifted, step_direction)
 from minisft.methods.adapeft.groups import build_groups
-from minisft.model import GPT
-from minisft.optim import AdamW
+from minisft.model.gpt import GPT
+from minisft.training.optim import AdamW
 from tests.gradcheck import max_rel_diff
 
 U = np.finfo(np.float64).eps / 2

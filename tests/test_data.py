@@ -1,4 +1,4 @@
-"""Corpora, the byte-level BPE tokenizer and batching (minisft/corpus.py, tokenizer.py, batches.py).
+"""Corpora, the byte-level BPE tokenizer and batching (minisft/data/corpus.py, tokenizer.py, batches.py).
 
 Oracles: the split and cap rules recomputed from their definitions (SHA-256 of the key), the
 standard library re-listed with pathlib, pair counts of the byte-level pieces for the first BPE
@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-import minisft.tokenizer as tokenizer_mod
-from minisft import corpus as corpus_mod
-from minisft.backend import to_numpy
-from minisft.batches import TokenStream, corpus_streams, random_windows, validation_batches
-from minisft.corpus import Corpus, load_corpus
-from minisft.tokenizer import EOT, BPETokenizer, build_tokenizer
+import minisft.data.tokenizer as tokenizer_mod
+from minisft.data import corpus as corpus_mod
+from minisft.core.backend import to_numpy
+from minisft.data.batches import TokenStream, corpus_streams, random_windows, validation_batches
+from minisft.data.corpus import Corpus, load_corpus
+from minisft.data.tokenizer import EOT, BPETokenizer, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CHARS = 200_000
@@ -348,7 +348,7 @@ def test_second_build_loads_the_cache(tok, small, monkeypatch):
 
 def test_training_is_deterministic_across_processes_and_threads(tok, tmp_path):
     script = (
-        "import sys; from minisft.corpus import load_corpus; from minisft.tokenizer import build_tokenizer; "
+        "import sys; from minisft.data.corpus import load_corpus; from minisft.data.tokenizer import build_tokenizer; "
         f"corpora = [load_corpus(kind, max_chars={SMALL_CHARS}) for kind in ('code', 'docs')]; "
         f"print(build_tokenizer(corpora, vocab_size={SMALL_VOCAB}, cache_dir=sys.argv[1]).path)"
     )

@@ -22,15 +22,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import minisft.experiment as ex
-from minisft import cli
-from minisft.backend import rng as make_rng
-from minisft.checkpoint import load_checkpoint
+import minisft.app.experiment as ex
+from minisft.app import cli
+from minisft.core.backend import rng as make_rng
+from minisft.training.checkpoint import load_checkpoint
 from minisft.distributed import Communicator, DistributedError
-from minisft.adapters import LoRA
+from minisft.model.adapters import LoRA
 from minisft.distributed import data_parallel as dp
 from minisft.distributed.overlap import make_reducer
-from minisft.errors import MinisftError
+from minisft.core.errors import MinisftError
 from tests.data_parallel_worker import PREPARE_CASES, TRAIN_CASES, TRAIN_STEPS, run_spec, tiny_model, tiny_task
 from tests.test_distributed import _env, _mpiexec, gpus  # noqa: F401  (gpus: the fixture)
 from tests.test_train import MICRO
@@ -457,7 +457,7 @@ def test_finetune_on_two_ranks_through_the_cli_equals_one_process(micro, tmp_pat
 
 def test_numpy_ranks_under_minisft_launch_are_refused_pointing_at_mpirun(micro, tmp_path):
     rc, out, err = _cli_job(["finetune", "--preset", "micro", "--method", "lora", "--backend", "numpy", "--workdir",
-                             str(tmp_path)], prefix=[sys.executable, "-m", "minisft.cli", "launch", "--nproc", "2", "--"])
+                             str(tmp_path)], prefix=[sys.executable, "-m", "minisft", "launch", "--nproc", "2", "--"])
     assert rc == 2, out + err
     assert "expected CuPy arrays (NCCL), or NumPy arrays under an MPI launcher (mpirun -n N" in err, err
 
@@ -472,17 +472,17 @@ def test_commands_without_data_parallel_work_are_refused_on_several_ranks(micro,
 def test_compare_gpus_starts_the_ranks_without_the_option(micro, tmp_path, monkeypatch, capsys):
     """--gpus N re-runs the same command line, minus --gpus, as N ranks of `minisft launch`; without
     CuPy and a GPU it is a clear error before any work."""
-    import minisft.backend
-    import minisft.launch
+    import minisft.core.backend
+    import minisft.distributed.launch
 
     args = ["compare", "--preset", "micro", "--workdir", str(tmp_path), "--gpus", "4", "--only", "lora", "--quiet"]
     assert cli.main([*args, "--backend", "numpy"]) == 2
     assert "minisft: error: --gpus: 4: expected a machine with GPUs and CuPy" in capsys.readouterr().err
     started = []
-    monkeypatch.setattr(minisft.backend, "resolve_backend", lambda name="auto": "cupy")
-    monkeypatch.setattr(minisft.launch, "launch", lambda command, nproc: started.append((command, nproc)) or 0)
+    monkeypatch.setattr(minisft.core.backend, "resolve_backend", lambda name="auto": "cupy")
+    monkeypatch.setattr(minisft.distributed.launch, "launch", lambda command, nproc: started.append((command, nproc)) or 0)
     assert cli.main([*args, "--backend", "cupy"]) == 0
-    assert started == [([sys.executable, "-m", "minisft.cli", "compare", "--preset", "micro", "--workdir", str(tmp_path),
+    assert started == [([sys.executable, "-m", "minisft", "compare", "--preset", "micro", "--workdir", str(tmp_path),
                          "--only", "lora", "--quiet", "--backend", "cupy"], 4)]
 
 
@@ -549,7 +549,7 @@ def _check_results(results, cases, backend, world):
 
 def _gpu_prefix(launcher, world):
     if launcher == "minisft-launch":
-        return [sys.executable, "-m", "minisft.launch", "--nproc", str(world), "--"]
+        return [sys.executable, "-m", "minisft.distributed.launch", "--nproc", str(world), "--"]
     return [_mpiexec(), "-n", str(world)]
 
 
@@ -611,13 +611,13 @@ def test_resume_on_one_gpu_after_two_and_on_two_after_one(gpus, tmp_path):
 # ----------------------------------------------------------------------------- the benchmark
 @pytest.mark.slow
 def test_bench_dp_runs_on_two_cpu_ranks_and_counts_the_reduced_bytes(tmp_path):
-    """reference_models.bench_dp end to end on the CPU (mpiexec + gloo): one row per implementation,
+    """reference_models.bench.data_parallel end to end on the CPU (mpiexec + gloo): one row per implementation,
     method and world size; at N = 2 minisft all-reduces exactly the LoRA factors (r·(d_in + d_out)
     floats per linear layer) plus its 8-byte loss, with and without the overlap (--no-overlap), DDP the
     same factors."""
     _mpiexec()
     out = tmp_path / "bench-dp.json"
-    cmd = [sys.executable, "-m", "reference_models.bench_dp", "--backend", "numpy", "--preset", "tiny",
+    cmd = [sys.executable, "-m", "reference_models.bench.data_parallel", "--backend", "numpy", "--preset", "tiny",
            "--world-size", "1,2", "--steps", "2", "--warmup", "1", "--methods", "lora", "--no-overlap", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env=_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))

@@ -1,4 +1,4 @@
-"""minisft.distributed and minisft.launch: bucket plans, the launch environment, the rendezvous, the
+"""minisft.distributed and minisft.distributed.launch: bucket plans, the launch environment, the rendezvous, the
 launcher, and the MPI backend under `mpiexec -n 2` (collectives against serial sums, failures that end
 the job instead of hanging). The NCCL checks are GPU tests for a machine with 2+ GPUs.
 
@@ -23,24 +23,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from minisft import launch as launcher
-from minisft.distributed import (
-    DEFAULT_BUCKET_BYTES,
-    TIMEOUT_EXIT_CODE,
-    Communicator,
-    DistributedError,
-    Placement,
-    choose_backend,
-    from_environment,
-    plan_buckets,
-    read_placement,
-    resolve_timeout,
-)
+from minisft.distributed import launch as launcher
+from minisft.distributed import (DEFAULT_BUCKET_BYTES, TIMEOUT_EXIT_CODE, Communicator, DistributedError, Placement,
+    choose_backend, from_environment, plan_buckets, read_placement, resolve_timeout)
 from minisft.distributed.buckets import pack, unpack
 from minisft.distributed.rendezvous import rendezvous
 from minisft.distributed.watchdog import Watchdog
-from minisft.errors import MinisftError
-from minisft.rank_threads import THREAD_VARIABLES, share_cores
+from minisft.core.errors import MinisftError
+from minisft.distributed.rank_threads import THREAD_VARIABLES, rank_share, thread_environment
 from tests.distributed_worker import digest, rank_tensors
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -133,11 +123,12 @@ def test_pack_then_unpack_moves_each_bucket_through_its_buffer(specs, bucket_byt
        bucket_bytes=st.integers(1, 200), seed=st.integers(0, 2**31))
 @example(specs=[(40, "float32"), (3, "float32"), (40, "float32")], bucket_bytes=200, seed=0)  # pieces across chunks
 def test_pack_then_unpack_on_the_gpu_moves_each_bucket_in_one_launch(specs, bucket_bytes, seed):
-    """As the NumPy test, on CuPy arrays with the fused kernels on: every bucket of several segments
+    """As the NumPy test, on CuPy arrays with the fast paths on: every bucket of several segments
     goes through kernels.copy_many (one launch for the pack, one for the unpack), with 16-element
     chunks so segments span several blocks; 1-, 2-, 4- and 8-byte items."""
-    from minisft import kernels
-    from minisft.backend import gpu_available
+    from minisft.core import fastpath
+    from minisft.core.backend import gpu_available
+    from minisft.gpu import kernels
 
     if not gpu_available():
         pytest.skip("needs CuPy and a GPU")
@@ -146,7 +137,7 @@ def test_pack_then_unpack_on_the_gpu_moves_each_bucket_in_one_launch(specs, buck
     calls = []
     real = kernels.copy_many
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kernels, "FUSED", True)
+        mp.setattr(fastpath, "ENABLED", True)
         mp.setattr(kernels, "CHUNK", 16)
         mp.setattr(kernels, "copy_many", lambda *a: calls.append(len(a[2])) or real(*a))
         kernels._chunks.cache_clear()
@@ -398,7 +389,7 @@ def test_launch_stops_the_other_ranks_and_returns_the_failing_code(tmp_path):
 
 
 def test_launch_cli_splits_at_double_dash_and_reports_a_killed_rank():
-    cmd = [sys.executable, "-m", "minisft.launch", "--nproc", "2", "--", sys.executable, "-c",
+    cmd = [sys.executable, "-m", "minisft.distributed.launch", "--nproc", "2", "--", sys.executable, "-c",
            "import os, signal; os.environ['RANK'] == '0' and os.kill(os.getpid(), signal.SIGKILL)"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 128 + 9, r.stderr
@@ -550,7 +541,7 @@ def test_mpi_a_hung_rank_makes_the_other_exit_within_the_timeout():
 
 # ------------------------------------------------------------------------------- NCCL (GPU)
 def _gpu_count():
-    from minisft.backend import gpu_available
+    from minisft.core.backend import gpu_available
 
     if not gpu_available():
         return 0
@@ -570,13 +561,13 @@ def gpus():
 def _launch(nproc, *worker_args, timeout=300, env=None):
     """`minisft launch` of the worker; past `timeout` the launcher and its ranks (its session) are
     killed and the test fails with what they printed (no orphaned rank keeps a GPU busy)."""
-    cmd = [sys.executable, "-m", "minisft.launch", "--nproc", str(nproc), "--", sys.executable, str(WORKER), *worker_args]
+    cmd = [sys.executable, "-m", "minisft.distributed.launch", "--nproc", str(nproc), "--", sys.executable, str(WORKER), *worker_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env=env or _env(), start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for pid in [*_children(proc.pid), proc.pid]:  # each rank leads its own session (minisft.launch)
+        for pid in [*_children(proc.pid), proc.pid]:  # each rank leads its own session (minisft.distributed.launch)
             try:
                 os.killpg(pid, 9)
             except ProcessLookupError:
@@ -627,15 +618,16 @@ def test_nccl_a_hung_rank_makes_the_other_abort_within_the_timeout(gpus):
 
 # ------------------------------------------------------------------ CPU threads of co-located ranks
 @pytest.mark.parametrize("variables, cores, expected", [
-    ({"LOCAL_WORLD_SIZE": "2"}, 2, "1"),                   # minisft launch / torchrun
-    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 16, "4"),        # Open MPI
-    ({"MPI_LOCALNRANKS": "3"}, 16, "5"),                   # MPICH's Hydra: 16 // 3
-    ({"MPI_LOCALNRANKS": "8"}, 2, "1"),                    # more ranks than cores: one thread each, not 0
+    ({"LOCAL_WORLD_SIZE": "2"}, 2, 1),                   # minisft launch / torchrun
+    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 16, 4),        # Open MPI
+    ({"MPI_LOCALNRANKS": "3"}, 16, 5),                   # MPICH's Hydra: 16 // 3
+    ({"MPI_LOCALNRANKS": "8"}, 2, 1),                    # more ranks than cores: one thread each, not 0
 ])
 def test_ranks_sharing_a_host_get_their_share_of_the_cores(variables, cores, expected):
-    env = dict(variables)
-    assert share_cores(env, cores=cores) == int(expected)
-    assert {k: env[k] for k in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, expected)
+    assert rank_share(variables, cores=cores) == expected
+    env = thread_environment(variables, cores=cores)
+    assert {k: env[k] for k in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, str(expected))
+    assert variables == {k: v for k, v in env.items() if k not in THREAD_VARIABLES}  # the input is not changed
 
 
 @pytest.mark.parametrize("variables", [
@@ -645,23 +637,46 @@ def test_ranks_sharing_a_host_get_their_share_of_the_cores(variables, cores, exp
     {"LOCAL_WORLD_SIZE": "two"},                           # not a count: nothing guessed
 ])
 def test_thread_variables_are_left_alone_unless_ranks_share_a_host_and_none_is_set(variables):
-    env = dict(variables)
-    assert share_cores(env, cores=16) is None
-    assert env == variables
+    assert rank_share(variables, cores=16) is None
+    assert thread_environment(variables, cores=16) == variables
 
 
-def test_mpiexec_ranks_importing_minisft_split_the_cores(tmp_path):
-    """Under `mpiexec -n 2` (MPICH's Hydra sets MPI_LOCALNRANKS), importing minisft before NumPy sets
-    each rank's BLAS threads to half the cores; a user's OPENBLAS_NUM_THREADS is kept. (Each rank
-    writes its own file: the ranks' stdout lines can interleave.)"""
-    code = ("import os, sys, minisft; open(os.path.join(sys.argv[1], os.environ['PMI_RANK']), 'w').write("
-            "f\"{os.environ.get('OPENBLAS_NUM_THREADS')} {os.environ.get('OMP_NUM_THREADS')}\")")
+def test_minisft_launch_gives_each_rank_its_share_of_the_cores():
+    envs = launcher.rank_environments(2, master_port=29500, base={"PATH": "/bin"})
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    assert [{k: e[k] for k in THREAD_VARIABLES} for e in envs] == [dict.fromkeys(THREAD_VARIABLES, share)] * 2
+    kept = launcher.rank_environments(2, master_port=29500, base={"OMP_NUM_THREADS": "3"})
+    assert all(e["OMP_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in e for e in kept)
+
+
+def test_mpiexec_ranks_limit_their_blas_threads_when_the_command_starts_not_when_minisft_is_imported(tmp_path):
+    """Under `mpiexec -n 2` (MPICH's Hydra sets MPI_LOCALNRANKS): importing minisft sets no thread
+    variable and leaves NumPy's BLAS pool alone; share_cores, which the `minisft` command calls first,
+    limits the pool to half the cores; a user's OPENBLAS_NUM_THREADS is kept. (Each rank writes its own
+    file: the ranks' stdout lines can interleave.)"""
+    code = ("import os, sys, threadpoolctl, minisft; from minisft.distributed.rank_threads import share_cores; "
+            "before = [os.environ.get(v) for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS')]; "
+            "pool = threadpoolctl.threadpool_info()[0]['num_threads']; n = share_cores(); "
+            "after = threadpoolctl.threadpool_info()[0]['num_threads']; "
+            "open(os.path.join(sys.argv[1], os.environ['PMI_RANK']), 'w').write(f'{before} {pool} {n} {after}')")
     env = {k: v for k, v in _env().items() if k not in THREAD_VARIABLES}
-    share = str(max(1, os.cpu_count() // 2))
-    for extra, expected in (({}, f"{share} {share}"), ({"OPENBLAS_NUM_THREADS": "3"}, "3 None")):
+    cores = os.cpu_count()
+    share = max(1, cores // 2)
+    for extra, expected in (({}, f"[None, None] {cores} {share} {share}"),
+                            ({"OPENBLAS_NUM_THREADS": "1"}, "[None, '1'] 1 None 1")):
         out = tmp_path / str(len(extra))
         out.mkdir()
         r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", code, str(out)], capture_output=True,
                            text=True, timeout=120, cwd=ROOT, env=dict(env, **extra))
         assert r.returncode == 0, r.stdout + r.stderr[-2000:]
         assert {f.name: f.read_text() for f in out.iterdir()} == {"0": expected, "1": expected}, extra
+
+
+def test_the_minisft_command_shares_the_cores_before_it_runs(monkeypatch):
+    from minisft.app import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "share_cores", lambda: calls.append("share"))
+    monkeypatch.setattr(cli, "_command", lambda *a: calls.append("run") or 0)
+    assert cli.main(["methods"]) == 0
+    assert calls == ["share", "run"]

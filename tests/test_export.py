@@ -1,4 +1,4 @@
-"""`minisft export RUN --hf OUT | --peft OUT` (minisft.export): a finished run folder, as `minisft
+"""`minisft export RUN --hf OUT | --peft OUT` (minisft.app.export): a finished run folder, as `minisft
 finetune` writes it, loads in transformers (merged model) and in PEFT (adapter on the run's own base
 model) with the logits minisft computes for the same weights, in float64 (≤ 1e-10)."""
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-import minisft.experiment as ex
-from minisft.checkpoint import load_checkpoint
-from minisft.cli import main
-from minisft.model import GPT
+import minisft.app.experiment as ex
+from minisft.training.checkpoint import load_checkpoint
+from minisft.app.cli import main
+from minisft.model.gpt import GPT
 from tests.gradcheck import max_rel_diff
 from tests.test_train import MICRO
 

@@ -1,5 +1,5 @@
 """Atomic writes, strict JSON, checksummed files, stale temporary files, names, regular-file reads,
-run locks and writable-directory checks (minisft/fileio.py)."""
+run locks and writable-directory checks (minisft/core/fileio.py)."""
 
 import json
 import math
@@ -12,22 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minisft import fileio
-from minisft.errors import CorruptFileError, LockedError
-from minisft.fileio import (
-    RunLock,
-    atomic_write_bytes,
-    atomic_write_checked,
-    atomic_write_json,
-    atomic_write_text,
-    check_name,
-    default_cache_dir,
-    ensure_writable_dir,
-    read_checked,
-    read_json,
-    read_regular_file,
-    remove_stale_temps,
-)
+from minisft.core import fileio
+from minisft.core.errors import CorruptFileError, LockedError
+from minisft.core.fileio import (RunLock, atomic_write_bytes, atomic_write_checked, atomic_write_json,
+    atomic_write_text, check_name, default_cache_dir, ensure_writable_dir, read_checked, read_json, read_regular_file,
+    remove_stale_temps)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),

@@ -1,4 +1,4 @@
-"""GMT gradient masks (minisft.methods.gmt.masks) and the shared smallest-k selection (minisft.select).
+"""GMT gradient masks (minisft.methods.gmt.masks) and the shared smallest-k selection (minisft.methods.select).
 
 Oracle: a stable argsort of |g| over the tensors concatenated in order, whose first k entries are
 dropped, with k = floor(r * n) computed by `decimal` (the documented decimal reading of r).
@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import minisft.testing as mt
-from minisft.backend import to_numpy
+from minisft.core.backend import to_numpy
 from minisft.methods.gmt.masks import global_gradient_masks, gradient_mask, gradient_masks
-from minisft.select import RADIX_BITS
+from minisft.methods.select import RADIX_BITS
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -147,15 +147,15 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
 
 
 # every way select.py can run, on every backend: (BATCH_BELOW, TIES_BY_COUNT) as each backend sets them,
-# with CuPy's fused selection kernels off; "kernels": CuPy's radix-select kernels (minisft.kernels) on
+# with the fast paths off; "kernels": the fast path, CuPy's radix-select kernels (minisft.gpu.select), on
 WAYS = {"numpy-way": (0, False), "cupy-way": (1 << 20, True), "sort-positions": (1 << 40, False),
         "partition-count": (0, True), "kernels": None}
 
 
 def _use_way(monkeypatch, way):
-    import minisft.kernels as kernels
-    import minisft.select as select
-    monkeypatch.setattr(kernels, "FUSED", way == "kernels")
+    import minisft.core.fastpath as fastpath
+    import minisft.methods.select as select
+    monkeypatch.setattr(fastpath, "ENABLED", way == "kernels")
     if way == "kernels":
         return
     batch_below, ties_by_count = WAYS[way]
@@ -256,7 +256,7 @@ def test_parity_with_torch_reference(xp, g, r):
 def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, transpose):
     """zero_where_dropped(g, keep) is g[~keep] = +0.0: kept entries keep their exact bits (NaN,
     ±inf, -0.0 included), dropped ones become +0.0; also on a non-contiguous view."""
-    from minisft.select import zero_where_dropped
+    from minisft.methods.select import zero_where_dropped
 
     keep = np.random.default_rng(seed).random(g.shape) < 0.5
     if transpose:
@@ -324,6 +324,6 @@ def test_float32_magnitudes_widen_exactly_from_their_bits(bits):
     and infinities included (NaN patterns skipped: NaN has no rank)."""
     x = np.array(bits, dtype=np.uint32).view(np.float32)
     x = x[~np.isnan(x)]
-    from minisft.select import float32_magnitude_as_float64
+    from minisft.methods.select import float32_magnitude_as_float64
 
     np.testing.assert_array_equal(float32_magnitude_as_float64(x), np.abs(x).astype(np.float64))

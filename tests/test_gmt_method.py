@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from minisft.backend import to_numpy
-from minisft.batches import TokenStream, validation_batches
-from minisft.config import GPTConfig
+from minisft.core.backend import to_numpy
+from minisft.data.batches import TokenStream, validation_batches
+from minisft.core.config import GPTConfig
 from minisft.methods.base import FullFineTune
 from minisft.methods.gmt.method import GMT
-from minisft.model import GPT, param_shapes
-from minisft.optim import AdamW
-from minisft.train import Task, TrainConfig, train
+from minisft.model.gpt import GPT, param_shapes
+from minisft.training.optim import AdamW
+from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import assert_trained_like, max_rel_diff
 
 CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)

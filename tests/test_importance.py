@@ -15,28 +15,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import minisft.testing as mt
-from minisft.backend import to_numpy
-from minisft.errors import NonFiniteLossError
+from minisft.core.backend import to_numpy
+from minisft.core.errors import NonFiniteLossError
 from minisft.methods.spruft.budget import rows_for_ratio
-from minisft.methods.spruft.importance import (
-    TaylorAccumulator,
-    col_magnitude,
-    col_obd,
-    col_taylor,
-    col_wanda,
-    global_threshold_rows,
-    normalize_by_layer_mean,
-    per_sample_sq_grad_sum,
-    quantile_mean,
-    random_scores,
-    row_magnitude,
-    row_obd,
-    row_taylor,
-    row_taylor_streaming,
-    row_wanda,
-    top_rows,
-    zeroth_order_gradient,
-)
+from minisft.methods.spruft.importance import (TaylorAccumulator, col_magnitude, col_obd, col_taylor, col_wanda,
+    global_threshold_rows, normalize_by_layer_mean, per_sample_sq_grad_sum, quantile_mean, random_scores,
+    row_magnitude, row_obd, row_taylor, row_taylor_streaming, row_wanda, top_rows, zeroth_order_gradient)
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -1,4 +1,4 @@
-"""Round trips with the tools users already have (minisft.interop): LoRA and LoRA-drop results as
+"""Round trips with the tools users already have (minisft.model.interop): LoRA and LoRA-drop results as
 PEFT adapter folders that peft.PeftModel.from_pretrained loads onto HF GPT-2, fine-tuned models
 (adapters merged) as HF GPT-2 folders that GPT2LMHeadModel.from_pretrained loads, `minisft finetune
 --init DIR` from a folder written by save_pretrained, and a clear error for every bad folder.
@@ -14,12 +14,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import minisft as ms
-import minisft.experiment as ex
-from minisft.adapters import merge_adapters
-from minisft.cli import main
-from minisft.config import GPTConfig
+import minisft.app.experiment as ex
+from minisft.model.adapters import merge_adapters
+from minisft.app.cli import main
+from minisft.core.config import GPTConfig
 from minisft.methods import make_method
-from minisft.train import TrainConfig, train
+from minisft.training.train import TrainConfig, train
 from tests.gradcheck import max_rel_diff
 from tests.test_train import MICRO, synthetic_task
 
@@ -200,7 +200,7 @@ def test_save_hf_gpt2_validates_its_input(tmp_path):
 
 # ----------------------------------------------------------------------- finetune --init DIR
 def hf_loss(hf, batches):
-    """Mean over batches of HF's mean cross-entropy (what minisft.train.evaluate computes)."""
+    """Mean over batches of HF's mean cross-entropy (what minisft.training.train.evaluate computes)."""
     with torch.no_grad():
         return float(np.mean([torch.nn.functional.cross_entropy(
             hf(input_ids=torch.tensor(x)).logits.reshape(-1, hf.config.vocab_size), torch.tensor(y).reshape(-1)).item()
@@ -247,8 +247,8 @@ def test_cli_finetune_init(micro, capsys):
 
 def test_init_uses_the_folders_tokenizer(micro):
     """A tokenizer.json in the folder is used as it is (here: a BPE of 280 entries for the model's 300)."""
-    from minisft.corpus import load_corpus
-    from minisft.tokenizer import build_tokenizer
+    from minisft.data.corpus import load_corpus
+    from minisft.data.tokenizer import build_tokenizer
 
     _, folder, work = micro
     data = ex.build_data(MICRO, work)

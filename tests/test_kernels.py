@@ -1,51 +1,40 @@
-"""Every fused CuPy kernel against the plain xp body it replaces (GPU only; skipped without one).
-The plain body is run with kernels.FUSED off (what MINISFT_FUSED=0 sets at import); both run on the
-GPU on the same fresh random inputs."""
-
-import contextlib
+"""Every fast path (minisft.gpu) against the reference xp body it stands in for (GPU only; skipped
+without one). The reference runs with the fast paths off (minisft.core.fastpath.ENABLED, what
+MINISFT_FUSED=0 sets at import); both run on the GPU on the same fresh random inputs."""
 
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from minisft import kernels
-from minisft.backend import gpu_available, to_numpy
+from minisft.core import fastpath
+from minisft.gpu import kernels
+from minisft.core.backend import gpu_available, to_numpy
 from minisft.nn import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
-                        gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
-from minisft.optim import AdamW
+    gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
+from minisft.training.optim import AdamW
 from tests.gradcheck import assert_directional, max_rel_diff
+from tests.helpers import fast_paths, spy_fast_paths
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
 
 
-@contextlib.contextmanager
 def fused(flag):
-    """kernels.FUSED = (flag != "0") inside the block (for hypothesis tests, where monkeypatch cannot
-    be used), as MINISFT_FUSED=flag at import would set it."""
-    old = kernels.FUSED
-    kernels.FUSED = flag != "0"
-    try:
-        yield
-    finally:
-        kernels.FUSED = old
+    return fast_paths(flag != "0")
 
 
 def both(monkeypatch, fn):
-    """(fused result, plain result) of fn() on the GPU. The fused run must really dispatch to a
-    kernel (kernels.enabled said yes at least once) and the plain run never: else the test would
-    compare the plain body with itself."""
-    answers = []
-    enabled = kernels.enabled
-    monkeypatch.setattr(kernels, "enabled", lambda x: answers.append(enabled(x)) or answers[-1])
-    monkeypatch.setattr(kernels, "FUSED", True)
+    """(fast result, reference result) of fn() on the GPU. The fast run must really run a fast path
+    and the reference run none: else the test would compare the reference with itself."""
+    calls = spy_fast_paths(monkeypatch)
+    monkeypatch.setattr(fastpath, "ENABLED", True)
     fused = fn()
-    assert any(answers), "no fused kernel ran with FUSED on: the comparison would be plain against plain"
-    answers.clear()
-    monkeypatch.setattr(kernels, "FUSED", False)
+    assert calls, "no fast path ran: the comparison would be reference against reference"
+    calls.clear()
+    monkeypatch.setattr(fastpath, "ENABLED", False)
     plain = fn()
-    assert answers and not any(answers), "the plain run did not ask kernels.enabled, or a kernel ran with FUSED off"
+    assert not calls, f"fast paths ran with the fast paths off: {sorted(set(calls))}"
     return fused, plain
 
 
@@ -76,7 +65,7 @@ def _attention_case(shape, dtype, seed):
 @example(B=1, T=129, H=2, hd=64)     # a last tile with one row
 @example(B=8, T=1024, H=2, hd=64)    # the gpt2 preset's T and head dim
 def test_flash_attention(dtype, B, T, H, hd):
-    """minisft.flash_attention (tiled, online softmax, P recomputed) against the plain xp body."""
+    """minisft.gpu.flash_attention (tiled, online softmax, P recomputed) against the plain xp body."""
     if dtype == "float64" and hd == 128:
         hd = 64  # f64 tiles of hd 128 exceed an H100's shared memory per block; the plain path takes those
     run = _attention_case((B, T, H, hd), dtype, seed=T * 7 + hd)
@@ -210,7 +199,7 @@ def _tf32_case(shape, seed, exact_operands):
 def _run_tf32(qkv, dy, H, poison):
     """TF32 forward and backward into outputs filled with `poison` first: (y, L, dqkv)."""
     import cupy as cp
-    from minisft import flash_attention as fa
+    from minisft.gpu import flash_attention as fa
     B, T, C3 = qkv.shape
     y = cp.full((B, T, C3 // 3), poison, dtype=cp.float32)
     lse = cp.full((B, H, T), poison, dtype=cp.float32)
@@ -270,7 +259,7 @@ def test_cupy_tf32_switch(monkeypatch):
     a value that is not an integer is an error naming CUPY_TF32. (No float32 CuPy matmul runs while
     CUPY_TF32 is set here: CuPy fixes its own GEMMs' mode at the first one.)"""
     import cupy as cp
-    from minisft import flash_attention as fa
+    from minisft.gpu import flash_attention as fa
     qkv, dy = _tf32_case((1, 130, 2, 64), seed=7, exact_operands=False)
     y_tf32, _ = fa.flash_attention(qkv, 2, tf32=True)
     y_fp32, _ = fa.flash_attention(qkv, 2, tf32=False)
@@ -503,9 +492,9 @@ def test_gather_scatter_columns_kernels(dtype, N, C, r):
 def _adapter_model(kind, dtype, seed=0):
     """A small GPT on the GPU (C = 48, 3 layers) with `kind` adapters on every linear layer, random
     non-zero adapter parameters, the base frozen except wpe (so every adapter passes dx on)."""
-    from minisft.adapters import ColumnDelta, LoRA, RowDelta, SharedLoRA
-    from minisft.config import GPTConfig
-    from minisft.model import GPT, linear_layer_names
+    from minisft.model.adapters import ColumnDelta, LoRA, RowDelta, SharedLoRA
+    from minisft.core.config import GPTConfig
+    from minisft.model.gpt import GPT, linear_layer_names
     cfg = GPTConfig(vocab_size=67, block_size=40, n_layer=3, n_head=3, n_embd=48)
     model = GPT(cfg, backend="cupy", dtype=dtype, seed=seed)
     model.freeze()
@@ -537,23 +526,22 @@ def test_fused_adapters_equal_plain_bodies(monkeypatch, dtype, kind):
     plain xp bodies: loss, every adapter gradient and the wpe gradient below them (which carries every
     adapter's dx) of one whole-model step, on the same GPU model. Only the adapters switch: the other
     layers run their fused kernels in both runs, so any difference is the adapters' own."""
-    import types
-    from minisft.adapters import lora, rows
+    from minisft.model.adapters import ColumnDelta, LoRA, RowDelta
     model, idx, tgt = _adapter_model(kind, dtype)
     gemms = []
     real_gemm = kernels.gemm
     monkeypatch.setattr(kernels, "gemm", lambda *a, **k: gemms.append(1) or real_gemm(*a, **k))
-    plain_kernels = types.SimpleNamespace(**{k: getattr(kernels, k) for k in dir(kernels) if not k.startswith("__")})
-    plain_kernels.enabled = lambda x: False
+    points = [f for cls in (LoRA, RowDelta, ColumnDelta) for f in (cls._forward, cls._backward)]
+    registered = [f.fast for f in points]
 
-    def run(adapter_kernels):
-        for module in (rows, lora):
-            monkeypatch.setattr(module, "kernels", adapter_kernels)
+    def run(adapters_fast):
+        for f, fast in zip(points, registered):
+            monkeypatch.setattr(f, "fast", fast if adapters_fast else None)
         gemms.clear()
         loss, grads = model.loss_and_grads(idx, tgt)
         return (loss, {k: g.copy() for k, g in grads.items()}), len(gemms)
 
-    ((lf, gf), n_fused), ((lp, gp), n_plain) = run(kernels), run(plain_kernels)
+    ((lf, gf), n_fused), ((lp, gp), n_plain) = run(True), run(False)
     n_adapters = sum(len(ads) for ads in model.adapters.values())
     assert n_fused >= 3 * n_adapters and n_plain == 0, f"kernels.gemm calls: fused run {n_fused}, plain run {n_plain}"
     assert set(gf) == set(gp) == set(model.adapter_params()) | {"wpe.weight"}
@@ -562,7 +550,7 @@ def test_fused_adapters_equal_plain_bodies(monkeypatch, dtype, kind):
         close(gf[name], gp[name], dtype, f"{kind} {name}")
 
 
-# ---- the segmented radix select (minisft.select on CuPy) ----
+# ---- the segmented radix select (minisft.methods.select on CuPy) ----
 def _oracle_keep(arrays_np, k):
     """Drop the first k entries of a stable argsort of |x| over the concatenation (tests/test_gmt_mask.py)."""
     flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
@@ -586,12 +574,12 @@ def _select_case(rng, n_tensors, max_size, dtype, tied):
 def _select_both_scopes(monkeypatch, arrays_np, r):
     """gradient_masks and global_gradient_masks on the GPU through the kernels (asserted) against the oracle."""
     import cupy as cp
-    from minisft import select
+    from minisft.methods import select
     from minisft.methods.gmt.masks import global_gradient_masks, gradient_masks
     calls = []
     real = kernels.smallest_k_keep_masks
     monkeypatch.setattr(kernels, "smallest_k_keep_masks", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(kernels, "FUSED", True)
+    monkeypatch.setattr(fastpath, "ENABLED", True)
     gs = [cp.asarray(a) for a in arrays_np]
     for a, m in zip(arrays_np, gradient_masks(gs, r)):
         np.testing.assert_array_equal(to_numpy(m), _oracle_keep([a], select.ratio_count(r, a.size, "floor"))[0])
@@ -715,13 +703,13 @@ def test_embedding_backward_on_the_gpu_uses_the_ordered_kernel(monkeypatch):
     rng = np.random.default_rng(3)
     idx, wte, wpe = rng.integers(0, 7, (3, 16)), rng.standard_normal((7, 8)), rng.standard_normal((16, 8))
     dx = rng.standard_normal((3, 16, 8))
-    calls = []
-    real = kernels.scatter_add_rows
-    monkeypatch.setattr(kernels, "scatter_add_rows", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(kernels, "FUSED", True)
+    from minisft.nn import embedding
+
+    calls = spy_fast_paths(monkeypatch, [embedding.scatter_add_rows])
+    monkeypatch.setattr(fastpath, "ENABLED", True)
     g_gpu = embedding_backward(cp.asarray(dx), embedding_forward(cp.asarray(idx), cp.asarray(wte), cp.asarray(wpe))[1])
     g_cpu = embedding_backward(dx, embedding_forward(idx, wte, wpe)[1])
-    assert calls == [1]
+    assert len(calls) == 1
     assert np.array_equal(g_gpu["wte"].get().view("u8"), g_cpu["wte"].view("u8"))
 
 
@@ -736,7 +724,7 @@ def test_zero_dropped_count_kept_equals_the_per_tensor_loop(seed, sizes, dtype, 
     the other entries kept as they were) and the same kept counts."""
     import cupy as cp
 
-    from minisft.select import zero_where_dropped
+    from minisft.methods.select import zero_where_dropped
 
     rng = np.random.default_rng(seed)
     grads = [rng.choice(np.array([-0.0, 0.0, 1.5, -2.0]), n) + rng.standard_normal(n) * (rng.random(n) < 0.5) for n in sizes]
@@ -762,14 +750,14 @@ def test_gmt_transform_grads_in_one_launch_equals_the_loop(monkeypatch):
     once a step) gives the plain loop's gradients bit for bit and the same kept fractions over 3 steps."""
     import cupy as cp
 
-    from minisft.config import GPTConfig
+    from minisft.core.config import GPTConfig
     from minisft.methods import GMT
-    from minisft.model import GPT
+    from minisft.model.gpt import GPT
+
+    from minisft.methods import select
 
     rng = np.random.default_rng(5)
-    calls = []
-    real = kernels.zero_dropped_count_kept
-    monkeypatch.setattr(kernels, "zero_dropped_count_kept", lambda *a: calls.append(1) or real(*a))
+    calls = spy_fast_paths(monkeypatch, [select.zero_where_dropped_all])
 
     def run():
         model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16), backend="cupy", dtype="float32", seed=1)
@@ -783,7 +771,7 @@ def test_gmt_transform_grads_in_one_launch_equals_the_loop(monkeypatch):
         return out, gmt.report()["kept_fraction"]
 
     (g_fused, kept_fused), (g_plain, kept_plain) = both(monkeypatch, run)
-    assert len(calls) == 3, "the one-launch masking did not run at every fused step"
+    assert calls.count("zero_where_dropped_all") == 3, "the one-launch masking did not run at every fused step"
     assert kept_fused == kept_plain
     for a, b in zip(g_fused, g_plain):
         for k in a:

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import minisft.testing as mt
-from minisft.backend import to_numpy
+from minisft.core.backend import to_numpy
 from minisft.methods.adapeft import knapsack
 
 

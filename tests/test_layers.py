@@ -1,15 +1,17 @@
 """minisft's import graph, read from the source with `ast` (nothing is imported, so a lazy import
-inside a function counts as much as one at the top). Four rules:
+inside a function counts as much as one at the top). Five rules:
 
 (a) nothing in minisft imports torch or reference_models (also not through importlib or runpy);
 (b) no import cycle between minisft's modules, nor between its units (LAYERS);
 (c) imports point down: a unit imports only units of its own or a lower layer of LAYERS;
 (d) no method package (minisft/methods/<paper>/) imports another: what two methods share lives in a
-    shared module (select, budgets, errors, adapters, ...).
+    shared module (methods.select, model.budgets, core.errors, model.adapters, ...);
+(e) the fast path is reached only through minisft.core.fastpath: nothing but the package root
+    imports minisft.gpu (which registers itself there).
 
-A unit is a top-level module or package of minisft (nn, adapters and bench count as one unit each),
-methods.base, methods (the registry in methods/__init__.py), one unit per paper package, and the
-package root (minisft/__init__.py, the public API). Every unit must be declared in LAYERS: a new
+A unit is a top-level folder of minisft (core, nn, data, distributed, model, training, gpu, testing,
+app), except under methods/: methods.base, methods.select, one unit per paper package and methods
+(the registry in methods/__init__.py); and the package root (minisft/__init__.py, the public API). Every unit must be declared in LAYERS: a new
 module gets a place in the architecture on purpose. The last test plants one violation of each
 rule in a copy of the tree and checks that it is reported.
 """
@@ -22,26 +24,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# low to high; the trainer drives any Method through its protocol alone, so it sits below them
+# low to high, one entry per folder (methods: per package); the trainer drives any Method through its
+# protocol alone, so it sits below them; the fast path (gpu) sits above everything it stands in for
 LAYERS = [
-    ("errors", "version", "rank_threads"),
-    ("backend", "config", "fileio", "progress"),
-    ("kernels", "flash_attention", "memory"),
-    ("distributed",),  # its buckets move through kernels.copy_many on the GPU
-    ("nn",),
-    ("model", "checkpoint", "interop", "corpus", "tokenizer", "batches", "testing"),
-    ("adapters",),
-    ("optim",),
-    ("select", "budgets"),
-    ("train",),
-    ("methods.base",),
+    ("core",),
+    ("nn", "data", "distributed"),
+    ("model",),
+    ("training",),
+    ("methods.base", "methods.select"),
     ("methods.spruft", "methods.adapeft", "methods.loradrop", "methods.gmt", "methods.mgpp"),
     ("methods",),
-    ("experiment", "vectors", "export"),
-    ("adapeft_front", "report", "bench", "launch"),
-    ("cli",),
-    ("minisft",),
+    ("gpu",),
+    ("testing",),
+    ("app",),
+    ("minisft", "__main__"),
 ]
+PAPERS = LAYERS[5]
 FORBIDDEN = ("torch", "reference_models")
 DYNAMIC_IMPORTS = ("import_module", "__import__", "run_module")
 
@@ -140,8 +138,10 @@ def violations(root):
             unit_edges.setdefault(here, set()).add(there)
             if there in layer and layer[there] > layer[here]:
                 found.append(f"(c) {where}: {here} (layer {layer[here]}) imports {name} ({there}, layer {layer[there]})")
-            if here.startswith("methods.") and there.startswith("methods.") and "methods.base" not in (here, there):
+            if here in PAPERS and there in PAPERS:
                 found.append(f"(d) {where}: method package {here} imports method package {there}")
+            if there == "gpu" and here != "minisft":
+                found.append(f"(e) {where}: {here} imports the fast path {name}; register it with minisft.core.fastpath")
     for kind, edges in (("modules", module_edges), ("units", unit_edges)):
         cycle = find_cycle(edges)
         if cycle:
@@ -160,14 +160,18 @@ def test_every_unit_is_declared_once():
 
 
 PLANTS = [
-    ("minisft/train.py", "from .methods.base import Method\n", "(c) minisft/train.py"),
-    ("minisft/select.py", "from .methods import REGISTRY\n", "(c) minisft/select.py"),
+    ("minisft/training/train.py", "from ..methods.base import Method\n", "(c) minisft/training/train.py"),
+    ("minisft/methods/select.py", "from ..methods import REGISTRY\n", "(c) minisft/methods/select.py"),
+    ("minisft/nn/gelu.py", "from ..model.gpt import GPT\n", "(c) minisft/nn/gelu.py"),
     ("minisft/methods/gmt/method.py", "from ..mgpp.schedule import magnitude_masks\n",
      "(d) minisft/methods/gmt/method.py"),
+    ("minisft/nn/gelu.py", "from ..gpu import kernels\n", "(e) minisft/nn/gelu.py"),
+    ("minisft/app/cli.py", "from ..gpu import kernels\n", "(e) minisft/app/cli.py"),
     ("minisft/methods/base.py", "import torch\n", "(a) minisft/methods/base.py"),
-    ("minisft/cli.py", "def bench():\n    from reference_models.bench import main\n", "(a) minisft/cli.py"),
-    ("minisft/cli.py", "import importlib\nimportlib.import_module('reference_models.bench')\n", "(a) minisft/cli.py"),
-    ("minisft/corpus.py", "from .tokenizer import build_tokenizer\n", "(b) import cycle between modules"),
+    ("minisft/app/cli.py", "def bench():\n    from reference_models.bench.step import main\n", "(a) minisft/app/cli.py"),
+    ("minisft/app/cli.py", "import importlib\nimportlib.import_module('reference_models.bench.step')\n",
+     "(a) minisft/app/cli.py"),
+    ("minisft/data/corpus.py", "from .tokenizer import build_tokenizer\n", "(b) import cycle between modules"),
     ("minisft/fresh.py", "", "undeclared unit 'fresh'"),
 ]
 

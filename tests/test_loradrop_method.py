@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from minisft.adapters import LoRA
-from minisft.backend import to_numpy
-from minisft.batches import TokenStream, validation_batches
-from minisft.budgets import count_params
-from minisft.config import GPTConfig
+from minisft.model.adapters import LoRA
+from minisft.core.backend import to_numpy
+from minisft.data.batches import TokenStream, validation_batches
+from minisft.model.budgets import count_params
+from minisft.core.config import GPTConfig
 from minisft.methods.base import LoRAMethod
 from minisft.methods.loradrop.method import LoRADrop, keep_and_share, layer_importance, layer_scores
-from minisft.model import GPT, LINEAR_SUFFIXES, linear_layer_names
-from minisft.train import Task, TrainConfig, train
+from minisft.model.gpt import GPT, LINEAR_SUFFIXES, linear_layer_names
+from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import assert_directional, max_rel_diff
 
 def tiny(seed=0, L=2, C=8, H=2, V=29, T=6, backend="numpy"):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import minisft.testing as mt
-from minisft.backend import to_numpy
+from minisft.core.backend import to_numpy
 from minisft.methods.loradrop.selection import layer_output_sq_norm, normalize_importance, select_layers
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

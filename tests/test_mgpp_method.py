@@ -18,14 +18,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from minisft.backend import to_numpy
-from minisft.checkpoint import load_checkpoint
+from minisft.core.backend import to_numpy
+from minisft.training.checkpoint import load_checkpoint
 from minisft.methods import make_method
 from minisft.methods.base import FullFineTune
 from minisft.methods.mgpp import MGPP, MagnitudePruning
 from minisft.methods.mgpp.prior import neg_log_prior, neg_log_prior_grad
-from minisft.model import linear_layer_names
-from minisft.train import TrainConfig, train
+from minisft.model.gpt import linear_layer_names
+from minisft.training.train import TrainConfig, train
 from tests.gradcheck import assert_directional, assert_trained_like
 from tests.test_gmt_method import CFG, host, synthetic_task, tiny
 
@@ -357,7 +357,7 @@ def test_the_kept_golden_mgpp_case_replays_in_the_authors_twin(twin):
     weight decay, pruning at 1, 2, 3) replayed from its start state and batches by the twin written
     from the authors' code: the final tensors within the case's tolerances, the same masks."""
     import minisft.testing as mt
-    from minisft.config import GPTConfig
+    from minisft.core.config import GPTConfig
 
     ref, TorchGPT = twin
     case = mt.load_case(Path(__file__).parent / "data" / "vectors", "train_mgpp")
@@ -446,7 +446,7 @@ def test_old_sigma_options_get_an_error_that_says_what_changed(old):
         MGPP(**{old: 1e-4})
     with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}"):
         make_method("mgpp", **{old: 1e-4})
-    from minisft.cli import typed_options
+    from minisft.app.cli import typed_options
 
     with pytest.raises(ValueError, match=f"--set {old}.*var{old[-1]} \\(renamed.*VARIANCE"):
         typed_options("mgpp", [f"{old}=1e-4"])

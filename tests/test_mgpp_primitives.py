@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from minisft.backend import to_numpy
+from minisft.core.backend import to_numpy
 from minisft.methods.mgpp.prior import DEFAULT_LAMBDA, DEFAULT_VAR0, DEFAULT_VAR1, neg_log_prior, neg_log_prior_grad
 from minisft.methods.mgpp.schedule import annealed_lambda, cubic_sparsity, magnitude_masks, pruning_steps
 

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 import minisft as ms
 import minisft.testing as mt
-from minisft.backend import gpu_available, to_numpy
-from minisft.config import GPTConfig
-from minisft.model import GPT, linear_layer_names, param_shapes
+from minisft.core.backend import gpu_available, to_numpy
+from minisft.core.config import GPTConfig
+from minisft.model.gpt import GPT, linear_layer_names, param_shapes
 from tests.gradcheck import assert_directional, max_rel_diff, rms_or_one
 
 configs = mt.gpt_configs()  # head_dim >= 3: why, in its docstring

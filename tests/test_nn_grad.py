@@ -8,21 +8,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import minisft.testing as mt
-from minisft.backend import gpu_available, to_numpy
-from minisft.nn import (
-    attention_backward,
-    attention_forward,
-    cross_entropy_backward,
-    cross_entropy_forward,
-    embedding_backward,
-    embedding_forward,
-    gelu_backward,
-    gelu_forward,
-    layernorm_backward,
-    layernorm_forward,
-    linear_backward,
-    linear_forward,
-)
+from minisft.core.backend import gpu_available, to_numpy
+from minisft.nn import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
+    embedding_backward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
+    linear_backward, linear_forward)
 from tests.gradcheck import assert_directional, max_rel_diff
 
 seeds = mt.seeds()

@@ -1,4 +1,4 @@
-"""minisft.optim against PyTorch's own tools: `clip_grad_norm` against torch.nn.utils.clip_grad_norm_
+"""minisft.training.optim against PyTorch's own tools: `clip_grad_norm` against torch.nn.utils.clip_grad_norm_
 (gradients drawn by hypothesis, max_norm below, at and above their norm) and `lr_at` for every
 schedule against torch.optim.lr_scheduler (LinearLR warmup then CosineAnnealingLR through
 SequentialLR; StepLR; a constant) at every step of the run. AdamW itself is checked against
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from minisft.optim import clip_grad_norm, lr_at
+from minisft.training.optim import clip_grad_norm, lr_at
 from tests.gradcheck import max_rel_diff
 
 torch = pytest.importorskip("torch")

@@ -50,7 +50,8 @@ def test_design_public_api_block_runs():
 
 
 PAPERS = ["spruft", "adapeft", "loradrop", "gmt", "mgpp"]
-SHARED = ["select", "budgets", "batches", "adapters", "experiment", "train"]
+SHARED = {"select": "minisft.methods.select", "budgets": "minisft.model.budgets", "batches": "minisft.data.batches",
+          "adapters": "minisft.model.adapters", "experiment": "minisft.app.experiment", "train": "minisft.training.train"}
 
 
 @pytest.mark.parametrize("paper", PAPERS)
@@ -68,7 +69,7 @@ def test_each_paper_package_docstring_is_a_map_to_code_that_exists(paper):
         if module in here:
             obj = importlib.import_module(f"minisft.methods.{paper}.{module}")
         elif module in SHARED:
-            obj = importlib.import_module(f"minisft.{module}")
+            obj = importlib.import_module(SHARED[module])
         else:
             continue
         for name in path.split("."):

@@ -14,25 +14,19 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from minisft.adapters import ColumnDelta, RowDelta, adapter_delta_weights
-from minisft.backend import to_numpy
-from minisft.batches import TokenStream, validation_batches
-from minisft.budgets import count_params, lora_trainable
-from minisft.config import GPTConfig
-from minisft.errors import CheckpointError
+from minisft.model.adapters import ColumnDelta, RowDelta, adapter_delta_weights
+from minisft.core.backend import to_numpy
+from minisft.data.batches import TokenStream, validation_batches
+from minisft.model.budgets import count_params, lora_trainable
+from minisft.core.config import GPTConfig
+from minisft.core.errors import CheckpointError
 from minisft.methods.base import LoRAMethod
 from minisft.methods.spruft.budget import rows_matching_lora, spruft_trainable
-from minisft.methods.spruft.calibration import (
-    GradientProbe,
-    SquaredGradientProbe,
-    StreamingTaylorProbe,
-    calibration_batches,
-    run_calibration,
-    zeroth_order_weight_gradients,
-)
+from minisft.methods.spruft.calibration import (GradientProbe, SquaredGradientProbe, StreamingTaylorProbe,
+    calibration_batches, run_calibration, zeroth_order_weight_gradients)
 from minisft.methods.spruft.method import SPruFT
-from minisft.model import GPT, linear_layer_names
-from minisft.train import Task, TrainConfig, train
+from minisft.model.gpt import GPT, linear_layer_names
+from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import max_rel_diff
 
 CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)

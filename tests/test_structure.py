@@ -13,16 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minisft.backend import to_numpy
+from minisft.core.backend import to_numpy
 from minisft.methods.spruft.importance import col_taylor, row_taylor, top_rows
-from minisft.methods.spruft.structure import (
-    COLS,
-    ROWS,
-    attention_head_groups,
-    group_adapter_indices,
-    group_scores,
-    mlp_neuron_groups,
-)
+from minisft.methods.spruft.structure import (COLS, ROWS, attention_head_groups, group_adapter_indices, group_scores,
+    mlp_neuron_groups)
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

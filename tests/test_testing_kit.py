@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 
 import minisft.testing as mt
-from minisft.cli import main
+from minisft.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

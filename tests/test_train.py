@@ -15,21 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import minisft.experiment as ex
-import minisft.train as train_module
-import minisft.train as train_mod
-from minisft.batches import TokenStream, validation_batches
-from minisft.budgets import count_params
-from minisft.checkpoint import load_checkpoint, save_checkpoint
-from minisft.cli import main, parse_options, typed_options
-from minisft.config import GPTConfig
-from minisft.errors import CheckpointError, LockedError, NonFiniteLossError
-from minisft.fileio import RunLock
+import minisft.app.experiment as ex
+import minisft.training.train as train_module
+import minisft.training.train as train_mod
+from minisft.data.batches import TokenStream, validation_batches
+from minisft.model.budgets import count_params
+from minisft.training.checkpoint import load_checkpoint, save_checkpoint
+from minisft.app.cli import main, parse_options, typed_options
+from minisft.core.config import GPTConfig
+from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError
+from minisft.core.fileio import RunLock
 from minisft.methods import REGISTRY, LoRAMethod, SPruFT, make_method, option_specs
 from minisft.methods.spruft import rows_matching_lora, spruft_trainable
-from minisft.model import GPT
-from minisft.report import methods_table, plot_compare
-from minisft.train import Task, TrainConfig, train
+from minisft.model.gpt import GPT
+from minisft.app.report import methods_table, plot_compare
+from minisft.training.train import Task, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -627,20 +627,20 @@ def test_bench_outside_a_checkout_says_where_the_benchmark_is(monkeypatch, tmp_p
     monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "reference_models").is_dir()])
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "python -m reference_models.bench" in err and "checkout" in err
+    assert err.count("\n") == 1 and "python -m reference_models.bench.step" in err and "checkout" in err
 
 
 def test_bench_runs_the_checkouts_benchmark_in_a_child_process(monkeypatch, capfd):
     monkeypatch.chdir(REPO)
     assert main(["bench", "--help"]) == 0
     assert "usage: minisft bench" in capfd.readouterr().out
-    assert "reference_models.bench" not in sys.modules  # it ran in the child, not in this process
+    assert "reference_models.bench.step" not in sys.modules  # it ran in the child, not in this process
 
 
 def test_bench_writes_its_json_into_the_workdir(monkeypatch, tmp_path):
     """Without --out, the benchmark's JSON goes to WORKDIR/bench.json (default ./minisft-work), not
     the current directory."""
-    import minisft.cli as cli
+    import minisft.app.cli as cli
 
     calls = []
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())

@@ -1,5 +1,5 @@
 """The trainer's order of operations, end to end: gradient → method.transform_grads → global-norm
-clipping → optimizer step at the schedule's learning rate (minisft.train's docstring; GMT and MGPP
+clipping → optimizer step at the schedule's learning rate (minisft.training.train's docstring; GMT and MGPP
 depend on it: proofs/gmt_mgpp_methods.md). Oracle: the PyTorch GMT twin
 (reference_models/gmt_mgpp.py `train_gmt`: autograd, torch.kthvalue masks, the mask applied, then
 torch.nn.utils.clip_grad_norm_, then torch.optim.AdamW under a torch lr scheduler).
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from minisft.methods.gmt.method import GMT
-from minisft.train import TrainConfig, train
+from minisft.training.train import TrainConfig, train
 from tests.gradcheck import assert_trained_like
 from tests.test_gmt_method import CFG, host, synthetic_task, tiny
 

@@ -1,4 +1,4 @@
-"""The golden-vector suite (minisft.vectors, `minisft vectors --out DIR`): byte-identical runs, the
+"""The golden-vector suite (minisft.testing.vectors, `minisft vectors --out DIR`): byte-identical runs, the
 kept copy in tests/data/vectors/, a manifest that documents every tensor, and the vectors checked by
 implementations other than the code that wrote them (PyTorch functions, the PyTorch twin, HF
 GPT2LMHeadModel, and each method's training steps replayed in PyTorch)."""
@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 import minisft as ms
 import minisft.testing as mt
-from minisft.cli import main
+from minisft.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 KEPT = REPO / "tests" / "data" / "vectors"
@@ -37,7 +37,7 @@ def digests(folder):
 def test_two_runs_write_identical_bytes(suite, tmp_path):
     """A second run in another process (other hash seed, other thread count) writes the same bytes."""
     env = dict(os.environ, PYTHONHASHSEED="123", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-c", f"from minisft.cli import main; main(['vectors', '--out', {str(tmp_path)!r}])"],
+    subprocess.run([sys.executable, "-c", f"from minisft.app.cli import main; main(['vectors', '--out', {str(tmp_path)!r}])"],
                    check=True, env=env, cwd=REPO, capture_output=True)
     first, second = digests(suite), digests(tmp_path)
     assert first == second, f"files differ between two runs: {sorted(k for k in first if first[k] != second.get(k))}"
@@ -90,7 +90,7 @@ def test_the_kept_copy_is_small():
 
 
 def test_every_tensor_is_documented(suite):
-    from minisft.vectors import mgpp
+    from minisft.testing.vectors import mgpp
 
     manifest = mt.read_manifest(suite)
     assert manifest["minisft_version"] == ms.__version__
@@ -141,7 +141,7 @@ def test_training_cases_set_every_option_and_move(suite):
 
 
 def test_explicit_options_are_required():
-    from minisft.vectors.fixtures import explicit_method
+    from minisft.testing.vectors.fixtures import explicit_method
 
     with pytest.raises(ValueError, match=r"gmt options of a vectors case=\['freeze_masked', 'scope'\]"):
         explicit_method("gmt", drop_ratio=0.5)
@@ -238,7 +238,7 @@ def replay_in_torch(case):
     s, opts = case.settings, case.settings["options"]
     start = case.inputs("start/")
     cfg = ms.GPTConfig(**s["config"])
-    base_names = set(ms.model.param_shapes(cfg))
+    base_names = set(ms.model.gpt.param_shapes(cfg))
     twin = TorchGPT.from_minisft({k: v for k, v in start.items() if k in base_names}, cfg, dtype=torch.float64)
     for p in twin.parameters():
         p.requires_grad_(False)

@@ -19,7 +19,7 @@ all-reduce overlapped with the backward on NCCL's side stream) and `minisft.dist
 (rank 0 reads a file, every rank gets its content).
 
 Start several processes with `mpirun -n N python -m ...`, `mpiexec -n N`, `srun`, torchrun, or
-`minisft launch --nproc N -- <command>` (minisft.launch). A rank that fails aborts the job; a rank
+`minisft launch --nproc N -- <command>` (minisft.distributed.launch). A rank that fails aborts the job; a rank
 whose collective waits longer than `timeout` seconds (default 300, $MINISFT_DIST_TIMEOUT) aborts it
 too (minisft.distributed.watchdog): a lost peer never hangs the others.
 """

@@ -26,8 +26,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import kernels
-from ..errors import bad_value, positive_int
+from ..core.errors import bad_value, positive_int
+from ..core.fastpath import has_fast_path
 
 DEFAULT_BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket_cap_mb
 
@@ -87,38 +87,15 @@ def _plan(sizes, dtypes, bucket_bytes):
     return tuple(buckets)
 
 
+@has_fast_path
 def pack(bucket, flats, buffer):
     """Copy the bucket's segments of `flats` (1-D views of the tensors) into buffer[:bucket.size]."""
-    if _fused(bucket, buffer):
-        _copy_segments(bucket, flats, buffer, into_buffer=True)
-        return
     for s in bucket.segments:
         buffer[s.offset : s.offset + s.size] = flats[s.tensor][s.start : s.start + s.size]
 
 
+@has_fast_path
 def unpack(bucket, buffer, flats):
     """Copy buffer[:bucket.size] back into the bucket's segments of `flats` (in place)."""
-    if _fused(bucket, buffer):
-        _copy_segments(bucket, flats, buffer, into_buffer=False)
-        return
     for s in bucket.segments:
         flats[s.tensor][s.start : s.start + s.size] = buffer[s.offset : s.offset + s.size]
-
-
-def _fused(bucket, buffer):
-    """On CuPy (fused kernels on) a bucket of several segments moves in one launch (kernels.copy_many):
-    one slice-copy launch per segment would cost ~10 ms of host time per step for a LoRA model's
-    ~100 gradients, with the GPU idle (the backward ends by reading the loss, a synchronisation)."""
-    return len(bucket.segments) > 1 and kernels.enabled(buffer)
-
-
-def _copy_segments(bucket, flats, buffer, into_buffer):
-    """Every segment of the bucket between its tensor and the buffer, in one kernels.copy_many launch."""
-    item = bucket.dtype.itemsize
-    at_tensor = [flats[s.tensor].data.ptr + s.start * item for s in bucket.segments]
-    at_buffer = [buffer.data.ptr + s.offset * item for s in bucket.segments]
-    sizes = [s.size for s in bucket.segments]
-    if into_buffer:
-        kernels.copy_many(at_tensor, at_buffer, sizes, item)
-    else:
-        kernels.copy_many(at_buffer, at_tensor, sizes, item)

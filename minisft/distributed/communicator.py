@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import MinisftError, bad_type, bad_value, require
+from ..core.errors import MinisftError, bad_type, bad_value, require
 from .buckets import DEFAULT_BUCKET_BYTES, pack, plan_buckets, unpack
 from .watchdog import TIMEOUT_EXIT_CODE
 

@@ -34,7 +34,7 @@ valid tokens across ranks: a caller with padded targets must do that itself).
 
 import numpy as np
 
-from ..errors import bad_value, positive_int
+from ..core.errors import bad_value, positive_int
 from .buckets import DEFAULT_BUCKET_BYTES
 from .communicator import DistributedError
 from .overlap import make_reducer, reduce_all

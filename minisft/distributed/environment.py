@@ -30,7 +30,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ..errors import bad_value
+from ..core.errors import bad_value
 from .communicator import DistributedError
 from .watchdog import DEFAULT_TIMEOUT
 

@@ -15,9 +15,9 @@ With comm=None (or a world of one) both are plain calls.
 
 import numpy as np
 
-from .. import errors
-from ..backend import to_numpy
-from ..errors import MinisftError, bad_type
+from ..core import errors
+from ..core.backend import to_numpy
+from ..core.errors import MinisftError, bad_type
 
 
 def _lead(comm):

@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from ..errors import bad_value
+from ..core.errors import bad_value
 
 DEFAULT_TIMEOUT = 300.0  # seconds; MINISFT_DIST_TIMEOUT overrides (environment.resolve_timeout)
 TIMEOUT_EXIT_CODE = 124  # the exit code of a rank whose collective timed out (as coreutils' timeout)

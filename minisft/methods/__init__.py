@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-from ..errors import bad_type, bad_value
+from ..core.errors import bad_type, bad_value
 from .adapeft import AdaPEFT, GroupSubset
 from .base import FullFineTune, LoRAMethod, Method
 from .gmt import GMT

@@ -1,6 +1,6 @@
 """The method protocol the trainer drives, and the two baselines every comparison includes.
 
-A method decides *what* trains; the trainer (minisft.train) does the rest. Hooks, in call order:
+A method decides *what* trains; the trainer (minisft.training.train) does the rest. Hooks, in call order:
     check_config(config)               options that depend on the model's shape, checked against a
                                        GPTConfig before any data is read (a rank above a layer's width)
     prepare(model, task, rng)          select and wrap (may run probe steps on task's batches)
@@ -21,10 +21,10 @@ constructor checks every value (a clear error naming the option, the value and t
 
 import math
 
-from ..adapters import LoRA
-from ..budgets import check_targets, lora_trainable, target_layers
-from ..errors import boolean, positive_int, real_in
-from ..model import LINEAR_SUFFIXES
+from ..model.adapters import LoRA
+from ..model.budgets import check_targets, lora_trainable, target_layers
+from ..core.errors import boolean, positive_int, real_in
+from ..model.gpt import LINEAR_SUFFIXES
 
 
 class Method:

@@ -12,16 +12,16 @@ The plain body keeps the scores key-major, Sᵀ (B, H, key, query): the softmax'
 run over an axis that is not the contiguous one, so on NumPy each is one vectorised pass across
 rows instead of a short reduction per row; the matrix products read Sᵀ and Pᵀ transposed for free.
 
-On CuPy arrays (unless kernels.FUSED is off: MINISFT_FUSED=0) the same function is computed in tiles by
-minisft.flash_attention, which never stores S or P; the body below is its oracle
+On the GPU the fast path (minisft.gpu.layers) computes the same function in tiles
+(minisft.gpu.flash_attention), never storing S or P; the body below is its oracle
 (tests/test_kernels.py::test_flash_attention).
 """
 
 import math
 from dataclasses import dataclass
 
-from .. import flash_attention, kernels
-from ..backend import array_module
+from ..core.backend import array_module
+from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
 
 
@@ -31,16 +31,6 @@ class AttentionCache:
     k: object  # (B, H, T, hd)  needed for dq
     v: object  # (B, H, T, hd)  needed for dP
     pt: object  # (B, H, T, T)  softmax probabilities, key-major: pt[..., j, i] = P_ij; for dv and dS
-    need: frozenset
-
-
-@dataclass
-class TiledAttentionCache:
-    """What minisft.flash_attention's backward reads: P is recomputed from L."""
-    qkv: object  # (B, T, 3C)  q, k, v
-    y: object    # (B, T, C)   output, for δ = rowsum(dy ∘ y)
-    lse: object  # (B, H, T)   log-sum-exp of each query row's scaled scores
-    n_head: int
     need: frozenset
 
 
@@ -64,14 +54,12 @@ def future_keys(T, xp):
     return xp.arange(T)[:, None] > xp.arange(T)
 
 
+@has_fast_path
 def attention_forward(qkv, n_head, need=("x",)):
     """Scaled dot-product attention with a causal mask, heads split from the fused qkv."""
     need = need_set(need, ("x",), "attention")
     xp = array_module(qkv)
     keep = "x" in need
-    if kernels.enabled(qkv) and flash_attention.supported(qkv.shape[-1] // (3 * n_head), qkv.dtype):
-        y, lse = flash_attention.flash_attention(qkv, n_head)
-        return y, TiledAttentionCache(*((qkv, y, lse) if keep else (None,) * 3), n_head=n_head, need=need)
     q, k, v = _split_heads(qkv, n_head)
     st = k @ q.transpose(0, 1, 3, 2)  # Sᵀ (B, H, key, query)
     st *= 1.0 / math.sqrt(q.shape[-1])  # in place: st is fresh from the matmul
@@ -86,13 +74,12 @@ def attention_forward(qkv, n_head, need=("x",)):
     return y.reshape(B, T, H * hd), cache
 
 
+@has_fast_path
 def attention_backward(dy, cache, need=None):
     """Gradient with respect to the fused qkv input."""
     need = backward_need(need, cache.need, "attention")
     if "x" not in need:
         return {}
-    if isinstance(cache, TiledAttentionCache):
-        return {"x": flash_attention.flash_attention_backward(dy, cache.qkv, cache.y, cache.lse, cache.n_head)}
     xp = array_module(dy)
     q, k, v, pt = cache.q, cache.k, cache.v, cache.pt
     B, H, T, hd = q.shape

@@ -8,9 +8,9 @@ Derivation: proofs/cross_entropy.md (tests/test_nn_grad.py::test_cross_entropy_f
 
 from dataclasses import dataclass
 
-from .. import kernels
-from ..backend import array_module
-from ..errors import bad_value
+from ..core.backend import array_module
+from ..core.errors import bad_value
+from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
 
 IGNORE_INDEX = -100
@@ -43,23 +43,28 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",
     if n_valid == 0:
         raise bad_value("targets", f"all {y.size} equal to ignore_index={ignore_index}",
                         "at least one target that is not ignored")
-    if kernels.enabled(z):  # one fused pass (minisft.kernels.cross_entropy_rows)
-        probs, row_loss = kernels.cross_entropy_rows(z, y, ignore_index, out=z if overwrite else None)
-        loss = xp.sum(row_loss) / n_valid
-        y = xp.where(valid, y, 0)
-    else:
-        y = xp.where(valid, y, 0)
-        z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]  # read before z may be overwritten
-        zmax = xp.max(z, axis=-1, keepdims=True)
-        e = xp.subtract(z, zmax, out=z if overwrite else None)
-        xp.exp(e, out=e)
-        sumexp = xp.sum(e, axis=-1, keepdims=True)
-        lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
-        loss = xp.sum(xp.where(valid, lse - z_target, 0.0)) / n_valid
-        probs = e
-        probs /= sumexp
+    probs, row_loss = cross_entropy_rows(z, y, ignore_index, out=z if overwrite else None)
+    loss = xp.sum(row_loss) / n_valid
     probs = probs if "x" in need else None
-    return loss, CrossEntropyCache(probs, y, valid, n_valid, logits.shape, need)
+    return loss, CrossEntropyCache(probs, xp.where(valid, y, 0), valid, n_valid, logits.shape, need)
+
+
+@has_fast_path
+def cross_entropy_rows(z, y, ignore_index, out=None):
+    """(softmax(z) (N, V), per-row loss (N,)) of logits z (N, V) and int targets y (N,): the loss of
+    row n is logsumexp(z[n]) − z[n, y[n]], 0 where y[n] == ignore_index; the probabilities are
+    written into `out` when given (it may be z itself)."""
+    xp = array_module(z)
+    valid = y != ignore_index
+    y = xp.where(valid, y, 0)
+    z_target = xp.take_along_axis(z, y[:, None], axis=-1)[:, 0]  # read before z may be overwritten
+    zmax = xp.max(z, axis=-1, keepdims=True)
+    e = xp.subtract(z, zmax, out=out)
+    xp.exp(e, out=e)
+    sumexp = xp.sum(e, axis=-1, keepdims=True)
+    lse = (zmax + xp.log(sumexp))[:, 0]  # (N,)
+    e /= sumexp
+    return e, xp.where(valid, lse - z_target, 0.0)
 
 
 def cross_entropy_backward(dloss, cache, need=None, overwrite=False):
@@ -69,13 +74,18 @@ def cross_entropy_backward(dloss, cache, need=None, overwrite=False):
     need = backward_need(need, cache.need, "cross_entropy")
     if "x" not in need:
         return {}
-    xp = array_module(cache.probs)
     scale = float(dloss) / cache.n_valid
-    if kernels.enabled(cache.probs):
-        dz = kernels.cross_entropy_backward(cache.probs, cache.targets, cache.valid, scale,
-                                            out=cache.probs if overwrite else None)
-    else:
-        dz = cache.probs if overwrite else cache.probs.copy()
-        dz[xp.arange(dz.shape[0]), cache.targets] -= 1.0
-        dz *= xp.asarray(scale, dtype=dz.dtype) * cache.valid[:, None]
+    dz = cross_entropy_input_grad(cache.probs, cache.targets, cache.valid, scale,
+                                  out=cache.probs if overwrite else None)
     return {"x": dz.reshape(cache.shape)}
+
+
+@has_fast_path
+def cross_entropy_input_grad(probs, y, valid, scale, out=None):
+    """dz = scale · (probs − onehot(y)) on valid rows, 0 on the others: probs (N, V), y (N,) int,
+    valid (N,) bool; into `out` when given (it may be probs itself)."""
+    xp = array_module(probs)
+    dz = probs.copy() if out is None else out
+    dz[xp.arange(dz.shape[0]), y] -= 1.0
+    dz *= xp.asarray(scale, dtype=dz.dtype) * valid[:, None]
+    return dz

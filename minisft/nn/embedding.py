@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import kernels
-from ..backend import array_module
+from ..core.backend import array_module
+from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
 
 ALL = ("wte", "wpe")
@@ -23,6 +23,7 @@ class EmbeddingCache:
     need: frozenset
 
 
+@has_fast_path
 def scatter_add_rows(target, rows, values):
     """target[rows[n]] += values[n] for every n, repeated rows accumulating (not overwriting).
 
@@ -30,13 +31,10 @@ def scatter_add_rows(target, rows, values):
     (each row's column indices sorted), whose product sums each target row's values in order of n,
     from zero. On a zero target (the embedding's dwte) that is bit for bit what `np.add.at` gives
     (tests/test_nn_grad.py::test_scatter_add_rows_equals_add_at), about 9 times faster at the small
-    preset. CuPy: kernels.scatter_add_rows sums in the same order (deterministic, NumPy's bits); with
-    the fused kernels off, cupy.add.at, whose atomic adds sum repeated rows in an order, and so to
-    last bits, that may vary from run to run.
+    preset. CuPy: cupy.add.at, whose atomic adds sum repeated rows in an order, and so to last bits,
+    that may vary from run to run; the fast path (minisft.gpu) sums in NumPy's order instead.
     """
     xp = array_module(target)
-    if kernels.enabled(target):
-        return kernels.scatter_add_rows(target, rows, values)
     if xp is not np:
         xp.add.at(target, rows, values)
         return target

@@ -8,8 +8,8 @@ Derivation: proofs/gelu.md (tests/test_nn_grad.py::test_gelu_fd, ::test_gelu_tor
 import math
 from dataclasses import dataclass
 
-from .. import kernels
-from ..backend import array_module
+from ..core.backend import array_module
+from ..core.fastpath import has_fast_path
 from .blocks import row_blocks
 from .need import backward_need, need_set
 
@@ -26,16 +26,18 @@ class GeluCache:
 def gelu_forward(x, need=("x",)):
     """y = 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))."""
     need = need_set(need, ("x",), "gelu")
+    return gelu(x), GeluCache(x=x if "x" in need else None, need=need)
+
+
+@has_fast_path
+def gelu(x):
+    """GELU of every entry of x, a new array of x's shape."""
     xp = array_module(x)
-    if kernels.enabled(x):
-        y = kernels.gelu(x)
-    else:
-        x1 = x.reshape(-1)
-        y = xp.empty_like(x1)
-        for b in row_blocks(x1.size, 1, xp):
-            _gelu(x1[b], y[b])
-        y = y.reshape(x.shape)
-    return y, GeluCache(x=x if "x" in need else None, need=need)
+    x1 = x.reshape(-1)
+    y = xp.empty_like(x1)
+    for b in row_blocks(x1.size, 1, xp):
+        _gelu(x1[b], y[b])
+    return y.reshape(x.shape)
 
 
 def _gelu(x, y):
@@ -55,17 +57,18 @@ def _gelu(x, y):
 def gelu_backward(dy, cache, need=None):
     """dy/dx = ½(1 + tanh u) + ½ x (1 − tanh² u) · √(2/π)(1 + 3·0.044715 x²)."""
     need = backward_need(need, cache.need, "gelu")
-    if "x" not in need:
-        return {}
+    return {"x": gelu_input_grad(dy, cache.x)} if "x" in need else {}
+
+
+@has_fast_path
+def gelu_input_grad(dy, x):
+    """dy · dGELU/dx at x, a new array of x's shape."""
     xp = array_module(dy)
-    x = cache.x
-    if kernels.enabled(dy):
-        return {"x": kernels.gelu_backward(dy, x)}
     x1, dy1 = x.reshape(-1), dy.reshape(-1)
     g = xp.empty_like(x1)
     for b in row_blocks(x1.size, 1, xp):
         _gelu_grad(dy1[b], x1[b], g[b])
-    return {"x": g.reshape(dy.shape)}
+    return g.reshape(dy.shape)
 
 
 def _gelu_grad(dy, x, g):

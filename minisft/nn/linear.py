@@ -6,9 +6,8 @@ Derivation: proofs/linear.md (tests/test_nn_grad.py::test_linear_fd, ::test_line
 
 from dataclasses import dataclass
 
-from .. import kernels
-from ..backend import array_module
 from .need import backward_need, need_set
+from .sums import column_sums
 
 ALL = ("x", "weight", "bias")
 
@@ -42,7 +41,6 @@ def linear_forward(x, weight, bias=None, need=None):
 def linear_backward(dy, cache, need=None):
     """Gradients of `y = x @ W.T + b` for the inputs named in `need`."""
     need = backward_need(need, cache.need, "linear")
-    xp = array_module(dy)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, d_out)
     grads = {}
     if "x" in need:
@@ -50,6 +48,5 @@ def linear_backward(dy, cache, need=None):
     if "weight" in need:
         grads["weight"] = dy2.T @ cache.x2  # y = x W^T  =>  dW = dy^T x
     if "bias" in need:
-        # y = ... + b  =>  db = sum_n dy_n  (NumPy: a matrix-vector product, one read of dy)
-        grads["bias"] = kernels.column_sums(dy2) if kernels.enabled(dy2) else xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
+        grads["bias"] = column_sums(dy2)  # y = ... + b  =>  db = Σ_n dy_n
     return grads

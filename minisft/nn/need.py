@@ -1,6 +1,6 @@
 """The `need` protocol shared by every layer: which gradients backward will compute."""
 
-from ..errors import bad_value
+from ..core.errors import bad_value
 
 
 def need_set(need, allowed, layer):

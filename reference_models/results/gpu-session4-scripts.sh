@@ -19,8 +19,8 @@ P1=$!
 P2=$!
 # (3) planted bug: copy_many copies one element too few; the GPU pack test must fail
 ( rm -rf /tmp/planted && mkdir /tmp/planted && cp -r minisft tests reference_models setup.cfg /tmp/planted/ && cd /tmp/planted \
-  && sed -i 's/for (long long i = start + threadIdx.x; i < end; i += blockDim.x) dst\[i\] = src\[i\];/for (long long i = start + threadIdx.x; i < end - 1; i += blockDim.x) dst[i] = src[i];/' minisft/kernels.py \
-  && grep -c "i < end - 1; i += blockDim.x) dst" minisft/kernels.py && CUDA_VISIBLE_DEVICES=2 PYTHONPATH=/tmp/planted timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider \
+  && sed -i 's/for (long long i = start + threadIdx.x; i < end; i += blockDim.x) dst\[i\] = src\[i\];/for (long long i = start + threadIdx.x; i < end - 1; i += blockDim.x) dst[i] = src[i];/' minisft/gpu/kernels.py \
+  && grep -c "i < end - 1; i += blockDim.x) dst" minisft/gpu/kernels.py && CUDA_VISIBLE_DEVICES=2 PYTHONPATH=/tmp/planted timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider \
      tests/test_distributed.py -k on_the_gpu -x 2>&1 | tail -5; \
   cd $OLDPWD && CUDA_VISIBLE_DEVICES=2 timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py -k on_the_gpu 2>&1 | tail -3 ) > $L/planted-copy-many.log 2>&1 &
 P3=$!
@@ -79,9 +79,9 @@ stamp() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $OUT/summary3.txt; }
 stamp start
 ( CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py tests/test_gmt_method.py tests/test_gmt_mask.py tests/test_nn_grad.py tests/test_model.py 2>&1 | tail -4
   rm -rf /tmp/planted && mkdir /tmp/planted && cp -r minisft tests reference_models setup.cfg /tmp/planted/ && cd /tmp/planted \
-  && sed -i 's/for (long long i = j; i < end; ++i) acc += values/for (long long i = end - 1; i >= j; --i) acc += values/' minisft/kernels.py \
-  && sed -i 's/        if (keep\[i\]) ++n;/        if (!keep[i]) ++n;/' minisft/kernels.py \
-  && grep -c "i >= j; --i) acc\|if (!keep\[i\]) ++n" minisft/kernels.py && echo "planted (both must fail):" && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/planted timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py -k "scatter_add_rows_kernel or zero_dropped_count_kept" 2>&1 | tail -3 ) > $L/kernels.log 2>&1 &
+  && sed -i 's/for (long long i = j; i < end; ++i) acc += values/for (long long i = end - 1; i >= j; --i) acc += values/' minisft/gpu/kernels.py \
+  && sed -i 's/        if (keep\[i\]) ++n;/        if (!keep[i]) ++n;/' minisft/gpu/kernels.py \
+  && grep -c "i >= j; --i) acc\|if (!keep\[i\]) ++n" minisft/gpu/kernels.py && echo "planted (both must fail):" && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/planted timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py -k "scatter_add_rows_kernel or zero_dropped_count_kept" 2>&1 | tail -3 ) > $L/kernels.log 2>&1 &
 P1=$!
 timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_distributed.py > $L/dist-gpu.log 2>&1 &
 P2=$!

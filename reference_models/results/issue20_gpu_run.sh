@@ -57,12 +57,12 @@ PY
     (cd $d && timeout 20 python3 -m pytest -m gpu -q -x -p no:cacheprovider "$4" > /tmp/plant-$1.log 2>&1)
     rc=$?; echo "plant $1: rc=$rc ($([ $rc -ne 0 ] && echo caught || echo MISSED)) $(grep -E '^(FAILED|ERROR)' /tmp/plant-$1.log | head -1 | cut -c1-150)"
   }
-  plant tie-rank minisft/kernels.py "out[i] = !(key < target || (tie && r1 <= need));|||out[i] = !(key < target || (tie && r1 < need));" \
+  plant tie-rank minisft/gpu/kernels.py "out[i] = !(key < target || (tie && r1 <= need));|||out[i] = !(key < target || (tie && r1 < need));" \
     "tests/test_kernels.py::test_select_kernels_equal_oracle[True-float32-64]" &
-  plant bias minisft/kernels.py "        if (has_b) v += b[j];|||" "tests/test_kernels.py::test_gather_scatter_columns_kernels" &
-  plant adam-scal minisft/kernels.py "T step = scal[2 * t], sbc2 = scal[2 * t + 1];|||T step = scal[2 * t + 1], sbc2 = scal[2 * t];" \
+  plant bias minisft/gpu/kernels.py "        if (has_b) v += b[j];|||" "tests/test_kernels.py::test_gather_scatter_columns_kernels" &
+  plant adam-scal minisft/gpu/kernels.py "T step = scal[2 * t], sbc2 = scal[2 * t + 1];|||T step = scal[2 * t + 1], sbc2 = scal[2 * t];" \
     "tests/test_kernels.py::test_adamw_many_tensors_one_launch" &
-  plant lora-alpha minisft/adapters/lora.py "d_B = kernels.gemm(dy2, cache_b.x2, trans_a=True, alpha=s)|||d_B = kernels.gemm(dy2, cache_b.x2, trans_a=True)" \
+  plant lora-alpha minisft/model/adapters/lora.py "d_B = kernels.gemm(dy2, cache_b.x2, trans_a=True, alpha=s)|||d_B = kernels.gemm(dy2, cache_b.x2, trans_a=True)" \
     "tests/test_kernels.py::test_fused_adapters_equal_plain_bodies[lora-float32]" &
   wait
 fi > $OUT/plants.log 2>&1; cat $OUT/plants.log

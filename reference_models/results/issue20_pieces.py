@@ -25,10 +25,10 @@ def main():
     a = ap.parse_args()
     import cupy as cp
 
-    from minisft import kernels
-    from minisft.model import param_shapes
-    from minisft.select import zero_where_dropped
-    from minisft.config import GPTConfig
+    from minisft.gpu import kernels
+    from minisft.model.gpt import param_shapes
+    from minisft.methods.select import zero_where_dropped
+    from minisft.core.config import GPTConfig
     from minisft.methods.gmt.masks import gradient_masks
 
     rng = cp.random.default_rng(0)

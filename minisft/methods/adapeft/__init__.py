@@ -25,7 +25,7 @@ Choose which parameter groups to train by their predicted loss decrease, within 
                                                      method.AdaPEFT.prepare; method.GroupSubset trains
                                                      a named subset (transfer by name)
 
-`minisft adapeft-front` (minisft/adapeft_front.py) writes and plots the whole front.
+`minisft adapeft-front` (minisft/app/adapeft_front.py) writes and plots the whole front.
 Derivations: proofs/adapeft.md (influence, HVP steps, GeN's fit), proofs/knapsack.md (the exact
 knapsack and front; knapsack.py's docstring defines "exact": the value f(S), the tie rule, costs).
 

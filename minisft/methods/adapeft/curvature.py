@@ -19,9 +19,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ...backend import array_module
-from ...errors import bad_type, require
-from ...optim import AdamW
+from ...core.backend import array_module
+from ...core.errors import bad_type, require
+from ...training.optim import AdamW
 
 ESTIMATORS = ("exact", "gen")
 DIRECTIONS = ("adam", "sgd")
@@ -34,7 +34,7 @@ HVP_LENGTH = {2: 0.1, 4: 0.02}  # order of the difference scheme -> ℓ / RMS(θ
 def step_direction(kind, grads, params=None, optimizer=None):
     """The step direction d ({name: array}, shapes of grads) with θ ← θ − lr·d.
 
-    "sgd": d = g (plain SGD). "adam": the step of `optimizer` (a minisft.optim.AdamW) for `grads` at
+    "sgd": d = g (plain SGD). "adam": the step of `optimizer` (a minisft.training.optim.AdamW) for `grads` at
     `params` ({name: array}, for the weight decay term), divided by its lr — read from its state
     without changing it (step counts and moments untouched).
     """
@@ -42,7 +42,7 @@ def step_direction(kind, grads, params=None, optimizer=None):
     if kind == "sgd":
         return dict(grads)
     if not isinstance(optimizer, AdamW):
-        raise bad_type("optimizer", optimizer, "a minisft.optim.AdamW for direction 'adam'")
+        raise bad_type("optimizer", optimizer, "a minisft.training.optim.AdamW for direction 'adam'")
     b1, b2 = optimizer.b1, optimizer.b2
     out = {}
     for name, g in grads.items():

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...adapters import LoRA
-from ...backend import rng as make_rng
-from ...budgets import lora_param_count
-from ...errors import bad_type, bad_value, positive_int, require
-from ...model import LINEAR_SUFFIXES, linear_layer_names, param_shapes
+from ...model.adapters import LoRA
+from ...core.backend import rng as make_rng
+from ...model.budgets import lora_param_count
+from ...core.errors import bad_type, bad_value, positive_int, require
+from ...model.gpt import LINEAR_SUFFIXES, linear_layer_names, param_shapes
 
 PARTITIONS = ("modules", "tensors")
 LORA_PREFIX = "lora:"

@@ -50,8 +50,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from ...backend import to_numpy
-from ...errors import require
+from ...core.backend import to_numpy
+from ...core.errors import require
 
 METHODS = ("auto", "dp", "branch_and_bound")
 DP_MAX_CELLS = 2**29  # items × capacities of the largest DP: 64 MiB of decision bits, seconds

@@ -11,11 +11,11 @@ import math
 
 import numpy as np
 
-from ...budgets import count_params, lora_trainable
-from ...model import param_shapes
+from ...model.budgets import count_params, lora_trainable
+from ...model.gpt import param_shapes
 from ...distributed import data_parallel as dp
-from ...errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
-from ...optim import SGD, AdamW
+from ...core.errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
+from ...training.optim import SGD, AdamW
 from ..base import Method
 from . import knapsack
 from .curvature import DIRECTIONS, ESTIMATORS, group_influence, step_direction

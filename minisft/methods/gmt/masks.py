@@ -5,11 +5,11 @@
     gradient_masks(Gs, r)        the same for several tensors, validated together
     global_gradient_masks(Gs, r) one ranking over all tensors: exactly floor(r * N_total) dropped
 
-The ranking is minisft.select's exact smallest-k selection. Derivations: proofs/gmt_mask.md.
+The ranking is minisft.methods.select's exact smallest-k selection. Derivations: proofs/gmt_mask.md.
 """
 
-from ...errors import real_in
-from ...select import ratio_count, smallest_k_keep_mask_each, smallest_k_keep_masks, tensor_list
+from ...core.errors import real_in
+from ..select import ratio_count, smallest_k_keep_mask_each, smallest_k_keep_masks, tensor_list
 
 
 def _drop_ratio(drop_ratio):

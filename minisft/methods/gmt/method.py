@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 
-from ...backend import synchronize, to_numpy
-from ...errors import boolean, real_in, require
-from ...select import zero_where_dropped_all
+from ...core.backend import synchronize, to_numpy
+from ...core.errors import boolean, real_in, require
+from ..select import zero_where_dropped_all
 from ..base import Method
 from .masks import global_gradient_masks, gradient_masks
 

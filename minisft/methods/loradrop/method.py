@@ -10,15 +10,15 @@ Derivations: proofs/loradrop_method.md.
 
 import numpy as np
 
-from ...adapters import LoRA, SharedLoRA
-from ...backend import array_module, to_numpy
-from ...batches import disjoint_windows, windows_at
-from ...budgets import check_targets, lora_param_count, lora_trainable, target_layers
+from ...model.adapters import LoRA, SharedLoRA
+from ...core.backend import array_module, to_numpy
+from ...data.batches import disjoint_windows, windows_at
+from ...model.budgets import check_targets, lora_param_count, lora_trainable, target_layers
 from ...distributed.data_parallel import comm_of, loss_and_grads, mean_batch_loss
-from ...errors import bad_type, bad_value, boolean, positive_int, real_in, require
-from ...model import LINEAR_SUFFIXES
-from ...optim import make_optimizer
-from ...select import ratio_count
+from ...core.errors import bad_type, bad_value, boolean, positive_int, real_in, require
+from ...model.gpt import LINEAR_SUFFIXES
+from ...training.optim import make_optimizer
+from ..select import ratio_count
 from ..base import Method
 from .selection import layer_output_sq_norm, normalize_importance, select_layers
 

@@ -14,9 +14,9 @@ from itertools import accumulate
 
 import numpy as np
 
-from ...backend import array_module, to_numpy
-from ...errors import bad_type, real_in, require
-from ...select import decimal_fraction
+from ...core.backend import array_module, to_numpy
+from ...core.errors import bad_type, real_in, require
+from ..select import decimal_fraction
 
 
 def _checked_importance(importance):

@@ -39,7 +39,7 @@ from .method import MGPP
 from .prior import DEFAULT_LAMBDA, DEFAULT_VAR0, DEFAULT_VAR1, MIN_VAR, check_prior, neg_log_prior, neg_log_prior_grad
 from .pruning import MODES, MagnitudePruning
 from .schedule import (COUNT_RULES, DEFAULT_PRUNE_END_FRACTION, DEFAULT_PRUNE_EVERY_FRACTION, SCOPES, annealed_lambda,
-                       cubic_sparsity, magnitude_masks, pruning_steps)
+    cubic_sparsity, magnitude_masks, pruning_steps)
 
 __all__ = ["CONFIGS", "COUNT_RULES", "DEFAULT_LAMBDA", "DEFAULT_PRUNE_END_FRACTION", "DEFAULT_PRUNE_EVERY_FRACTION",
            "DEFAULT_VAR0", "DEFAULT_VAR1", "MGPP", "MIN_VAR", "MODES", "MagnitudePruning", "SCOPES", "annealed_lambda",

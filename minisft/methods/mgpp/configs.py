@@ -10,7 +10,7 @@ Both: t_f = 90% of the steps and Δt = 1% of the steps (BayesianPruner), set by 
 defaults. An option passed explicitly overrides its config value.
 """
 
-from ...errors import require
+from ...core.errors import require
 
 CONFIGS = {
     "default": {"lam": 1e-3, "var0": 1e-10, "var1": 0.05, "initial_sparsity": 0.3, "t_start": 0.1},

@@ -2,8 +2,8 @@
 prior's gradient (map: minisft/methods/mgpp/__init__.py; decisions: proofs/decisions.md §MGPP;
 derivations: proofs/gmt_mgpp_methods.md)."""
 
-from ...batches import disjoint_windows
-from ...errors import positive_int, real_in
+from ...data.batches import disjoint_windows
+from ...core.errors import positive_int, real_in
 from .configs import config_value
 from .prior import check_prior, neg_log_prior_grad, refuse_renamed
 from .pruning import MagnitudePruning

@@ -17,8 +17,8 @@ hot path). The results are finite whenever the true value is representable (thet
 
 import math
 
-from ...backend import array_module
-from ...errors import real_in, require
+from ...core.backend import array_module
+from ...core.errors import real_in, require
 
 DEFAULT_LAMBDA = 1e-3
 DEFAULT_VAR0 = 1e-10

@@ -5,21 +5,13 @@ proofs/gmt_mgpp_methods.md)."""
 
 import numpy as np
 
-from ...errors import bad_value, positive_int, real_in, require
-from ...model import linear_layer_names
-from ...select import ratio_count, zero_where_dropped
+from ...core.errors import bad_value, positive_int, real_in, require
+from ...model.gpt import linear_layer_names
+from ..select import ratio_count, zero_where_dropped
 from ..base import Method
 from .configs import CONFIGS, config_value
-from .schedule import (
-    COUNT_RULES,
-    DEFAULT_PRUNE_END_FRACTION,
-    DEFAULT_PRUNE_EVERY_FRACTION,
-    SCOPES,
-    authors_count,
-    cubic_sparsity,
-    magnitude_masks,
-    pruning_steps,
-)
+from .schedule import (COUNT_RULES, DEFAULT_PRUNE_END_FRACTION, DEFAULT_PRUNE_EVERY_FRACTION, SCOPES, authors_count,
+    cubic_sparsity, magnitude_masks, pruning_steps)
 
 MODES = ("regrow", "monotone")
 

@@ -17,10 +17,10 @@ proofs/decisions.md §MGPP).
 Derivations: proofs/mgpp_prior.md.
 """
 
-from ...backend import array_module
-from ...errors import bad_value, nonnegative_int, positive_int, real_in, require
-from ...select import (below_kth_smallest_keep_masks, ratio_count, smallest_k_keep_mask, smallest_k_keep_masks,
-                       tensor_list)
+from ...core.backend import array_module
+from ...core.errors import bad_value, nonnegative_int, positive_int, real_in, require
+from ..select import (below_kth_smallest_keep_masks, ratio_count, smallest_k_keep_mask, smallest_k_keep_masks,
+    tensor_list)
 
 DEFAULT_PRUNE_END_FRACTION = 0.9  # t_f as a fraction of the training steps (BayesianPruner)
 DEFAULT_PRUNE_EVERY_FRACTION = 0.01  # Δt as a fraction of the training steps (BayesianPruner)

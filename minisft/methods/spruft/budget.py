@@ -4,10 +4,10 @@ and the budget that matches LoRA's (map: minisft/methods/spruft/__init__.py)."""
 import math
 from fractions import Fraction
 
-from ...budgets import lora_trainable, target_shapes
-from ...errors import bad_value, boolean, positive_int, real_in, require
-from ...model import LINEAR_SUFFIXES
-from ...select import decimal_fraction, ratio_count
+from ...model.budgets import lora_trainable, target_shapes
+from ...core.errors import bad_value, boolean, positive_int, real_in, require
+from ...model.gpt import LINEAR_SUFFIXES
+from ..select import decimal_fraction, ratio_count
 
 DEFAULT_RATIO = 0.05
 

@@ -15,7 +15,7 @@ differentiates). Over calibration batches b = 1..K a probe accumulates
 and `zeroth_order_weight_gradients` estimates G from forward passes only:
 Ĝ = Σ_b SPSA_b(W), each term `importance.zeroth_order_gradient` on batch b's loss.
 
-A probe is a zero-parameter adapter (the adapter contract of `minisft.adapters.base`): its forward
+A probe is a zero-parameter adapter (the adapter contract of `minisft.model.adapters.base`): its forward
 keeps a reference to the layer input X (no copy), its backward sees dY and adds the batch's
 statistic into its buffers; it adds nothing to Y and nothing to dX. Attaching it makes the
 gradient planner route dY to that layer, so a fully frozen model computes exactly the statistics
@@ -26,10 +26,10 @@ multivariable score never forms a d_out×d_in array; tests/test_spruft.py checks
 
 from dataclasses import is_dataclass, replace
 
-from ...adapters.base import Adapter
+from ...model.adapters.base import Adapter
 from ...distributed.data_parallel import loss as global_loss
 from ...distributed.data_parallel import rank_batches, reduce_loss_and_grads, world_size
-from ...errors import bad_type, bad_value, positive_int, require
+from ...core.errors import bad_type, bad_value, positive_int, require
 from .importance import TaylorAccumulator, per_sample_sq_grad_sum, zeroth_order_gradient
 
 
@@ -168,11 +168,11 @@ def calibration_batches(task, rng, n, batch_size=None):
     task's) sequences each, drawn from a copy of the task with that batch size."""
     n = positive_int("calib_batches", n)
     if not callable(getattr(task, "sample", None)):
-        raise bad_type("task", task, "a task with sample(rng) -> (x, y) (minisft.train.Task)")
+        raise bad_type("task", task, "a task with sample(rng) -> (x, y) (minisft.training.train.Task)")
     if batch_size is not None:
         batch_size = positive_int("calib_batch_size", batch_size)
         if not is_dataclass(task):
-            raise bad_type("task", task, "a dataclass task (minisft.train.Task) when calib_batch_size is set")
+            raise bad_type("task", task, "a dataclass task (minisft.training.train.Task) when calib_batch_size is set")
         task = replace(task, batch_size=batch_size)
     return [task.sample(rng) for _ in range(n)]
 

@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 
-from ...backend import array_module, rng as make_rng, to_device, to_numpy
-from ...errors import NonFiniteLossError, bad_type, bad_value, boolean, positive_int, real_in, require
+from ...core.backend import array_module, rng as make_rng, to_device, to_numpy
+from ...core.errors import NonFiniteLossError, bad_type, bad_value, boolean, positive_int, real_in, require
 
 MAGNITUDE_P = (1, 2)
 

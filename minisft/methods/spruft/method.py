@@ -6,39 +6,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...adapters import ColumnDelta, RowDelta
-from ...adapters.rows import INITS
-from ...backend import to_numpy
-from ...budgets import check_targets, target_layers, target_shapes
+from ...model.adapters import ColumnDelta, RowDelta
+from ...model.adapters.rows import INITS
+from ...core.backend import to_numpy
+from ...model.budgets import check_targets, target_layers, target_shapes
 from ...distributed.data_parallel import comm_of
-from ...errors import CheckpointError, bad_value, boolean, positive_int, real_in, require
-from ...model import LINEAR_SUFFIXES, param_shapes
-from ...select import ratio_count
+from ...core.errors import CheckpointError, bad_value, boolean, positive_int, real_in, require
+from ...model.gpt import LINEAR_SUFFIXES, param_shapes
+from ..select import ratio_count
 from ..base import Method
 from .budget import check_budget, unit_count
-from .calibration import (
-    ActivationNormProbe,
-    GradientProbe,
-    SquaredGradientProbe,
-    StreamingTaylorProbe,
-    calibration_batches,
-    run_calibration,
-    zeroth_order_weight_gradients,
-)
-from .importance import (
-    MAGNITUDE_P,
-    col_magnitude,
-    col_obd,
-    col_taylor,
-    col_wanda,
-    global_threshold_rows,
-    random_scores,
-    row_magnitude,
-    row_obd,
-    row_taylor,
-    row_wanda,
-    top_rows,
-)
+from .calibration import (ActivationNormProbe, GradientProbe, SquaredGradientProbe, StreamingTaylorProbe,
+    calibration_batches, run_calibration, zeroth_order_weight_gradients)
+from .importance import (MAGNITUDE_P, col_magnitude, col_obd, col_taylor, col_wanda, global_threshold_rows,
+    random_scores, row_magnitude, row_obd, row_taylor, row_wanda, top_rows)
 from .structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
 
 IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order", "wanda", "random")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...backend import array_module, to_numpy
-from ...errors import bad_type, bad_value, positive_int, require
+from ...core.backend import array_module, to_numpy
+from ...core.errors import bad_type, bad_value, positive_int, require
 
 ROWS, COLS = 0, 1
 

@@ -1,0 +1,7 @@
+"""`python -m minisft ...`: the `minisft` command."""
+
+import sys
+
+from .app.cli import main
+
+sys.exit(main())

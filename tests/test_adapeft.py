@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import spearmanr
 
 import minisft.app.experiment as ex
-from minisft.app.adapeft_front import adapeft_front
+from minisft.app.adapeft_front import adapeft_front, front_name
 from minisft.data.batches import TokenStream, validation_batches
 from minisft.model.budgets import count_params, lora_trainable
 from minisft.core.config import GPTConfig
@@ -347,7 +347,7 @@ def test_adapeft_front_writes_json_and_plot(tmp_path):
     data = ex.build_data(MICRO, tmp_path)
     out, folder, png, why = adapeft_front(MICRO, tmp_path, data, backend="numpy", train_front=True, probe_steps=2,
                                           every=1)
-    saved = json.loads((folder / "adapeft-front.json").read_text())
+    saved = json.loads((folder / f"{front_name(probe_steps=2, every=1, train_front=True)}.json").read_text())
     assert saved["report"]["budget"]["capacity"] == 2 * (4 + 2 + 5 + 5) * 16  # LoRA r=2 on the one block
     assert saved["options"]["probe_lr"] == MICRO.peft_lr
     assert len(saved["trained"]) == len(saved["report"]["front"]) - 1

@@ -169,22 +169,24 @@ def test_remove_stale_temps_deletes_only_dead_writers_temporaries(tmp_path):
     assert remove_stale_temps(tmp_path / "missing") == []
 
 
-@given(text=st.text(max_size=300))
-def test_checked_text_round_trips(tmp_path_factory, text):
+@given(text=st.text(max_size=300), key=st.text(max_size=30))
+def test_checked_text_round_trips(tmp_path_factory, text, key):
     path = tmp_path_factory.mktemp("c") / "t.json"
-    atomic_write_checked(path, text)
-    assert read_checked(path) == text
+    atomic_write_checked(path, text, key)
+    assert read_checked(path, key) == text
 
 
 def test_checked_text_detects_any_change(tmp_path):
     path = tmp_path / "t.json"
-    atomic_write_checked(path, "the tokenizer")
+    atomic_write_checked(path, "the tokenizer", "key-1")
     good = path.read_bytes()
     i = good.index(b"the tokenizer")
-    for bad in (good[:i] + b"T" + good[i + 1:], good[: len(good) // 2], b"{}", b'{"text": "x"}', b"\xff"):
+    j = good.index(b"key-1")
+    for bad in (good[:i] + b"T" + good[i + 1:], good[:j] + b"K" + good[j + 1:], good[: len(good) // 2], b"{}",
+                b'{"text": "x"}', b"\xff"):
         path.write_bytes(bad)
         with pytest.raises(CorruptFileError, match="t.json"):
-            read_checked(path)
+            read_checked(path, "key-1")
 
 
 @pytest.mark.parametrize("name", ["lora-r8", "a", "spruft-ratio0.05", "x_y+z", "A" * 100])

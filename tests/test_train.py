@@ -163,17 +163,15 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
               workdir=tmp_path, resume=True, progress=False)
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_earlier_result(tmp_path):
+def test_non_finite_loss_stops_naming_the_step_and_writes_no_result(tmp_path):
     class Explode(LoRAMethod):
         def after_step(self, model, step):
             if step == 4:
                 model.params["ln_f.weight"][...] = np.nan
 
-    run(tmp_path, 9)
-    earlier = (tmp_path / "result.json").read_bytes()
-    with pytest.raises(NonFiniteLossError, match=r"loss=nan at step 6: .*earlier result .*result\.json.* untouched"):
+    with pytest.raises(NonFiniteLossError, match=r"loss=nan at step 6: .*checkpoint.*--resume.* No result was written"):
         run(tmp_path, 9, method=Explode(r=2, alpha=4))
-    assert (tmp_path / "result.json").read_bytes() == earlier
+    assert not (tmp_path / "result.json").exists() and not (tmp_path / "model").exists()
     arrays, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert meta["step"] == 3 and all(np.all(np.isfinite(a)) for a in arrays.values())
     for line in (tmp_path / "log.jsonl").read_text().splitlines():
@@ -467,7 +465,8 @@ def test_compare_with_seeds_keeps_every_seed_and_prints_mean_and_sd(micro_workdi
     assert main(args + ["--markdown"]) == 0
     out = capsys.readouterr().out
     folder = micro_workdir / "runs" / "micro-docs-seed1"
-    compared = json.loads((folder / "compare.json").read_text())
+    compared = json.loads((folder / "compare-seeds2.json").read_text())  # a table of 2 seeds has its own file
+    assert not (folder / "compare.json").exists()
     assert compared["seeds"] == [1, 2] and [r["label"] for r in compared["rows"]] == ["lora-r2", "gmt-d0.5"]
     for row in compared["rows"]:
         finals = [run["final"]["target"] for run in row["runs"]]
@@ -481,7 +480,7 @@ def test_compare_with_seeds_keeps_every_seed_and_prints_mean_and_sd(micro_workdi
                      r"minisft \S+, commit \S+\)", out)
     lora = next(line for line in lines if line.startswith("| lora-r2 |"))
     assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \|", lora), lora
-    png = folder / "compare.png"
+    png = folder / "compare-seeds2.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 

@@ -8,7 +8,9 @@ plotted to adapeft-front.png (influence against trainable parameters), both in t
 directory runs/<experiment>/ (minisft.app.experiment). With `train_front`, every
 non-empty front point is fine-tuned for the preset's steps (runs/<experiment>/adapeft-front-<i>/) and its
 realised validation loss is recorded — the test of whether predicted influence ranks subsets the
-way training does.
+way training does. Fronts of other options never share a file: the file names (and the trained
+points' labels) add every option that is not the default (`front_name`), e.g.
+adapeft-front-tensors-gen-sgd-b100000.json.
 
 Default budget: the LoRA baseline's trainable count (rank preset.lora_r on all four linear layers
 of every block), so the front's chosen point is comparable with the compare table's LoRA row.
@@ -19,9 +21,30 @@ from dataclasses import asdict
 from ..core.backend import rng as make_rng
 from ..model.budgets import lora_trainable
 from .experiment import experiment_dir, finetune, make_task, method_lr, pretrained
-from ..core.fileio import RunLock, atomic_write_json, ensure_writable_dir
+from ..core.errors import bad_value
+from ..core.fileio import RunLock, atomic_write_json, check_output_file, ensure_writable_dir
 from ..methods.adapeft import AdaPEFT, GroupSubset
 from .report import save_png
+
+
+DEFAULTS = {"budget": None, "groups": "modules", "estimator": "exact", "direction": "adam", "probe_steps": 8,
+            "every": 4, "train_front": False}
+SHORT = {"budget": "b", "probe_steps": "p", "every": "e"}  # values of the other options name themselves
+
+
+def front_name(**options):
+    """The stem of the front's files for `options` (keywords of DEFAULTS): "adapeft-front", then
+    one part per option that differs from its default (module docstring)."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise bad_value("options", unknown, f"options among {sorted(DEFAULTS)}")
+    parts = []
+    for key, default in DEFAULTS.items():
+        value = options.get(key, default)
+        if value == default:
+            continue
+        parts.append("trained" if key == "train_front" else f"{SHORT.get(key, '')}{value}")
+    return "-".join(["adapeft-front", *parts])
 
 
 def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0, train_front=False,
@@ -37,13 +60,17 @@ def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0
     these options would.
     """
     folder = ensure_writable_dir(experiment_dir(workdir, preset, data, seed, lr, dtype), "workdir")
+    name = front_name(budget=budget, groups=groups, estimator=estimator, direction=direction, probe_steps=probe_steps,
+                      every=every, train_front=train_front)
     with RunLock(folder, "experiment directory"):
-        out, png, why = _front(preset, workdir, folder, data, backend, dtype, seed, train_front, budget, groups,
+        for suffix in (".json", ".png"):
+            check_output_file(folder / f"{name}{suffix}", "workdir")
+        out, png, why = _front(preset, workdir, folder, name, data, backend, dtype, seed, train_front, budget, groups,
                                estimator, direction, probe_steps, every, progress, lr)
     return out, folder, png, why
 
 
-def _front(preset, workdir, folder, data, backend, dtype, seed, train_front, budget, groups, estimator, direction,
+def _front(preset, workdir, folder, name, data, backend, dtype, seed, train_front, budget, groups, estimator, direction,
            probe_steps, every, progress, lr):
     model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
     task = make_task(data.target[0], data.target[1], data.code[1], preset)
@@ -59,13 +86,14 @@ def _front(preset, workdir, folder, data, backend, dtype, seed, train_front, bud
         out["trained"] = []
         for i, point in enumerate(out["report"]["front"][1:], start=1):  # the empty set trains nothing
             subset = GroupSubset(point["groups"], groups, preset.lora_r, preset.lora_r)
-            # runs/<experiment>/adapeft-front-<i>/seed<seed>, at probe_lr (a subset's method_lr is AdaPEFT's)
-            _, r = finetune(preset, workdir, data, subset, f"adapeft-front-{i:03d}", backend, dtype, seed,
-                            progress=progress, lr=lr)
+            # runs/<experiment>/<name>-<i>/seed<seed>, at probe_lr (a subset's method_lr is AdaPEFT's); a
+            # finished point of the same settings is reused (the trainer's resume)
+            _, r = finetune(preset, workdir, data, subset, f"{name}-{i:03d}", backend, dtype, seed,
+                            resume=True, progress=progress, lr=lr)
             out["trained"].append({"params": point["params"], "influence": point["influence"],
                                    "groups": point["groups"], "base": r["base"], "final": r["final"]})
-    atomic_write_json(folder / "adapeft-front.json", out)
-    png, why = plot_front(out, folder / "adapeft-front.png")
+    atomic_write_json(folder / f"{name}.json", out)
+    png, why = plot_front(out, folder / f"{name}.png")
     return out, png, why
 
 

@@ -133,10 +133,12 @@ def name_text(text):
 
 def encoding_text(text):
     try:
-        return codecs.lookup(text).name
+        name = codecs.lookup(text).name
+        b"".decode(name)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13 is no text encoding
     except LookupError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a text encoding Python knows, such as utf-8 "
-                                         "or latin-1") from None
+                                         "or latin-1 (not a bytes-to-bytes codec such as zlib or base64)") from None
+    return name
 
 
 def budget_value(text):
@@ -193,8 +195,11 @@ def parser():
                     help="a method option, typed by the method (`minisft methods`): e.g. r=4, alpha=8.0, "
                          "use_rslora=true, targets=attn.c_attn,mlp.c_fc, ratio=none")
     ft.add_argument("--label", type=name_text, help="run name, a plain name (default: the method's name)")
-    ft.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint "
-                    "(a finished run is reported and left unchanged)")
+    rerun = ft.add_mutually_exclusive_group()
+    rerun.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint "
+                       "(a finished run is reported and left unchanged)")
+    rerun.add_argument("--overwrite", action="store_true", help="delete an earlier run in the run's folder and start "
+                       "afresh (without --resume or --overwrite, an earlier run there is an error)")
     ft.add_argument("--checkpoint-every", type=nonnegative_int, metavar="N",
                     help="write a checkpoint every N steps; 0: none (default: whenever it costs at most 1%% "
                          "of the training time since the last one)")
@@ -211,6 +216,8 @@ def parser():
                       help="fine-tune every row with seeds SEED..SEED+K-1 on one base model (pretrained with SEED); "
                            "the table shows mean ± sd")
     cmp_.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's results table)")
+    cmp_.add_argument("--overwrite", action="store_true", help="train the rows again (by default a finished row of the "
+                      "same settings is reused and an unfinished one resumed)")
     cmp_.add_argument("--gpus", type=positive_int, metavar="N", help="run the rows in parallel, one process per GPU "
                       "(started here by `minisft launch`); the same compare.json as one process")
     af = sub.add_parser("adapeft-front", formatter_class=_Help,
@@ -343,25 +350,34 @@ def typed_options(method, pairs):
 
 # ----------------------------------------------------------------------------------- validation
 @contextlib.contextmanager
-def option(name, value=None):
+def option(name, value=None, about=None):
     """Report a MinisftError raised inside as a CliError about the command-line option `name` and
-    `value` (None: the value the error names)."""
+    `value` (None: the value the error names). `about`: the API argument names that stand for the
+    option; an error about another argument (a cached file in the workdir, say) passes unchanged."""
     try:
         yield
     except CliError:
         raise
     except MinisftError as e:
+        if about is not None and e.arg not in about:
+            raise
         raise CliError(name, e.value if value is None else value, e.expected or str(e)) from None
 
 
 def check_workdir(path):
     """The workdir is a folder or can be one (nothing is created here)."""
-    p = Path(path)
-    if p.exists():
-        if not p.is_dir():
-            raise CliError("--workdir", path, "a folder (this is a file)")
-        return
-    parent = next((q for q in p.absolute().parents if q.exists()), None)
+    from ..core.fileio import as_path
+
+    with option("--workdir", path):
+        p = as_path("workdir", path)
+    try:
+        if p.exists():
+            if not p.is_dir():
+                raise CliError("--workdir", path, "a folder (this is a file)")
+            return
+        parent = next((q for q in p.absolute().parents if q.exists()), None)
+    except OSError as e:
+        raise CliError("--workdir", path, f"a folder path ({e.strerror})") from None
     if parent is not None and not parent.is_dir():
         raise CliError("--workdir", path, f"a folder path ({parent} is a file)")
 
@@ -377,12 +393,15 @@ def check_data(paths):
             raise CliError("--data", path, "a regular file or a folder (this is a FIFO, a device or a socket)")
 
 
-def _method_errors(method, build):
-    """Run `build`, naming a failing option as `--set OPTION` (the method's errors name the option)."""
+def _method_errors(method, build, given=None):
+    """Run `build`, naming a failing option as `--set OPTION` (the method's errors name the option),
+    or as --steps for `total_steps`, which the run's steps fill unless `given` (the --set options) has it."""
     try:
         return build()
     except MinisftError as e:
         arg = str(e.arg or "").split("[")[0].split(".")[0]
+        if arg == "total_steps" and "total_steps" not in (given or {}):
+            raise CliError("--steps", e.value, f"a run long enough for {method}'s schedule: {e.expected}") from None
         shown = f"--set {arg}" if arg else f"--method {method}"
         raise CliError(shown, e.value, e.expected or str(e)) from None
 
@@ -401,7 +420,10 @@ def validate(args):
         if args.method not in REGISTRY:
             raise CliError("--method", args.method, f"one of {', '.join(sorted(REGISTRY))}")
         options = typed_options(args.method, args.set)
-        method = _method_errors(args.method, lambda: ex.build_method(args.method, options, preset))
+        method = _method_errors(args.method, lambda: ex.build_method(args.method, options, preset), options)
+        if getattr(method, "total_steps", None) is not None and method.total_steps > preset.finetune_steps:
+            raise CliError("--set total_steps", method.total_steps, f"at most the run's --steps "
+                           f"({preset.finetune_steps}): the schedule is a fraction of total_steps")
         _method_errors(args.method, lambda: method.check_config(preset.model))
         with option("--label", args.label or args.method):
             plan["label"] = name_text(args.label or args.method)
@@ -463,6 +485,17 @@ def main(argv=None):
     except BrokenPipeError:  # `minisft methods | head`: the reader left; no traceback (Python's documented recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # every file is written atomically: what is on disk is whole, the last checkpoint too
+        print("minisft: interrupted; every file written is complete (finetune: --resume continues from the last "
+              "checkpoint; compare: run it again, finished rows are kept)", file=sys.stderr)
+        return 130
+    except OSError as e:  # what the checks before the work cannot foresee (a disk filling up, a file vanishing)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"minisft: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("minisft: error: out of memory (a smaller --preset, or fewer --seeds at once)", file=sys.stderr)
+        return 1
 
 
 def bench(argv):
@@ -503,10 +536,13 @@ def export(args):
     from .export import export_hf, export_peft
     from ..core.fileio import ensure_writable_dir
 
+    from .export import check_out_folder
+
     flag, out, write = ("--hf", args.hf, export_hf) if args.hf is not None else ("--peft", args.peft, export_peft)
     with option(flag, out):
-        ensure_writable_dir(out, flag)
-    with option("RUN", args.run):
+        check_out_folder(out)
+        ensure_writable_dir(Path(out).parent, flag)
+    with option("RUN"):
         folder = write(args.run, out)
     print(f"{'HF GPT-2 folder' if flag == '--hf' else 'PEFT adapter (base model in base/)'}: {folder}")
     return 0
@@ -595,12 +631,15 @@ def _command(args, plan, comm):
         return export(args)
     from . import experiment as ex
     from .report import format_table, plot_compare
+    from ..core.fileio import ensure_writable_dir
 
     preset = plan["preset"]
     lead = comm.rank == 0
     progress = False if args.quiet or not lead else None
     workdir = Path(args.workdir)
-    with option("--data"):
+    with option("--workdir", args.workdir):
+        ensure_writable_dir(workdir, "workdir")
+    with option("--data", about=("source", "data", "paths", "encoding")):
         data = ex.build_data(preset, workdir, args.data, args.encoding, progress)
     if args.command == "pretrain":
         model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress, comm)
@@ -612,13 +651,15 @@ def _command(args, plan, comm):
               + ("" if result else " (loaded from cache)"))
         return 0
     if args.command == "adapeft-front":
-        from .adapeft_front import adapeft_front
+        from .adapeft_front import adapeft_front, front_name
 
         budget = args.budget
         result, folder, png, why = adapeft_front(preset, workdir, data, args.backend, args.dtype, args.seed,
                                                  args.train_front, budget, args.groups, args.estimator, args.direction,
                                                  args.probe_steps, args.every, progress, lr=args.lr)
-        print(f"front of {len(result['report']['front'])} points written to {folder / 'adapeft-front.json'}"
+        name = front_name(budget=args.budget, groups=args.groups, estimator=args.estimator, direction=args.direction,
+                          probe_steps=args.probe_steps, every=args.every, train_front=args.train_front)
+        print(f"front of {len(result['report']['front'])} points written to {folder / (name + '.json')}"
               + (f", plot: {png}" if png else f" ({why})"))
         return 0
     if args.command == "finetune":
@@ -626,7 +667,7 @@ def _command(args, plan, comm):
         try:
             _, r = ex.finetune(preset, workdir, data, plan["method"], label, args.backend, args.dtype, args.seed,
                                resume=args.resume, progress=progress, checkpoint_every=args.checkpoint_every,
-                               lr=args.lr, init=args.init, comm=comm)
+                               lr=args.lr, init=args.init, comm=comm, overwrite=args.overwrite)
         except MinisftError as e:
             if e.arg != "resume":
                 raise
@@ -638,7 +679,7 @@ def _command(args, plan, comm):
         print(f"\nrun: {folder} (model: {folder / 'model'})")
         return 0
     out, timings, folder = ex.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
-                                      args.seeds, args.lr, comm)
+                                      args.seeds, args.lr, comm, overwrite=args.overwrite)
     if not lead:
         return 0
     ms = {row["label"]: ex.ms_per_step(timings, row["label"]) for row in out["rows"]}
@@ -647,7 +688,8 @@ def _command(args, plan, comm):
         seeds = out["seeds"]
         print(f"\n(`minisft compare --preset {preset.name} --seeds {len(seeds)} --markdown`: seeds {seeds[0]}..{seeds[-1]}, "
               f"{out['backend']} {out['dtype']}, minisft {out['minisft_version']}, commit {out['git_commit'] or 'unknown'})")
-    png, why = plot_compare(out, folder / "compare.png")
-    print(f"\nresults: {folder / 'compare.json'}" + (f", plot: {png}" if png else f" ({why})"))
+    result_name, _, plot_name = ex.compare_files(args.seeds)
+    png, why = plot_compare(out, folder / plot_name)
+    print(f"\nresults: {folder / result_name}" + (f", plot: {png}" if png else f" ({why})"))
     return 0
 

@@ -17,8 +17,15 @@ Layout of a workdir:
                                     -steps<n>, -lr<x>, -float64 when not the defaults; <data> is "docs"
                                     or "data-" + 10 hex digits of the target corpus's fingerprint
         <label>/seed<s>/            one fine-tuning run (minisft.training.train: log, checkpoint, model/, result)
-        compare.json, compare-timings.json, compare.png, adapeft-front.json/.png
-So runs of different presets, data or settings never overwrite each other.
+        compare.json, compare-timings.json, compare.png    the comparison of one seed; with K seeds
+                                    compare-seeds<K>.json, ... (compare_files)
+        adapeft-front<options>.json/.png    the front; <options> names the options that are not the
+                                    defaults (minisft.app.adapeft_front.front_name)
+So runs of different presets, data or settings never share a path; a rerun in the same path
+resumes, is refused, or replaces the earlier run only when told to (`overwrite`; the trainer's
+reruns). Cached files hold the key they were made for (the tokenizer its cache key, the base model
+its pretraining key), checked when they are loaded: a file of another key under the name is an
+error, a damaged one is rebuilt.
 
 `finetune(..., init=DIR)` (`minisft finetune --init DIR`) starts from a local HF GPT-2 folder
 instead of the pretrained base (`init_model`): its config and weights (minisft.model.interop.load_hf_gpt2,
@@ -35,6 +42,7 @@ weights), so the spread measures the methods' own randomness (selection, initial
 and it costs one pretraining instead of K.
 """
 
+import json
 import math
 import os
 import re
@@ -51,16 +59,16 @@ from ..core.config import GPTConfig
 from ..data.corpus import load_corpus
 from ..distributed.data_parallel import world_size
 from ..distributed.rank0 import broadcast_arrays, on_rank0
-from ..core.errors import CheckpointError, MinisftError, bad_type, bad_value, nonnegative_int, positive_int, real_in
-from ..core.fileio import (RunLock, as_path, atomic_write_json, check_name, ensure_writable_dir, read_json,
-    read_regular_file, remove_stale_temps, sha256_hex)
+from ..core.errors import ForeignFileError, MinisftError, bad_type, bad_value, nonnegative_int, positive_int, real_in
+from ..core.fileio import (RunLock, as_path, atomic_write_json, bad_path, check_name, check_output_file, ensure_writable_dir,
+    read_json, read_regular_file, remove_stale_temps, sha256_hex)
 from ..model.interop import HF_CONFIG, HF_WEIGHTS, load_hf_gpt2
 from ..methods import FullFineTune, make_method, method_options
 from ..methods.spruft import rows_matching_lora
 from ..model.gpt import GPT
 from ..core.progress import note, phase
 from ..data.tokenizer import N_BYTES, BPETokenizer, build_tokenizer
-from ..training.train import Task, TrainConfig, evaluate, train
+from ..training.train import Task, TrainConfig, check_run_dir, evaluate, train
 from ..core.version import __version__, git_commit
 
 PRETRAIN_RECIPE = "minisft-pretrain-v1"
@@ -220,15 +228,21 @@ def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, p
     loaded = {}
 
     def load_cached():
-        if not path.exists():
+        check_output_file(path, "workdir")  # a directory or a FIFO there: an error now, not after pretraining
+        if not os.path.lexists(path):
             return False
         try:
-            loaded["arrays"], _ = load_checkpoint(path)
-            loaded["model"] = GPT.from_state_dict(loaded["arrays"], data.config, backend=backend, dtype=dtype)
-            return True
-        except (CheckpointError, MinisftError) as e:
+            loaded["arrays"], meta = load_checkpoint(path)
+        except MinisftError as e:
             note(f"the cached base model is damaged ({e}); pretraining it again")
             return False
+        if meta.get("key") != key:
+            raise ForeignFileError(f"workdir: {str(path)!r}: expected the base model of key {key[:20]} (its file name); "
+                                   f"it holds the one of key {str(meta.get('key'))[:20]} (another seed, preset, data "
+                                   "or tokenizer, put there by hand?): move it away and run again", "workdir",
+                                   str(path), f"the base model of key {key[:20]}")
+        loaded["model"] = GPT.from_state_dict(loaded["arrays"], data.config, backend=backend, dtype=dtype)
+        return True
 
     if on_rank0(comm, load_cached):
         arrays = broadcast_arrays(comm, loaded.get("arrays"))
@@ -332,35 +346,39 @@ def provenance(preset, data, base_seed):
 
 def finetune(preset, workdir, data, method, label, backend="auto", dtype="float32", seed=0, resume=False,
              progress=None, checkpoint_every=None, lr=None, base_seed=None, init=None, train_overrides=None,
-             comm=None, base=None):
+             comm=None, base=None, overwrite=False):
     """Fine-tune a fresh copy of the pretrained base (pretrained with `base_seed`, default `seed`),
     or of the HF GPT-2 folder `init`, on the target domain with `method`, in run_dir(...); returns
     (model, result). `train_overrides` (a compare row's 4th element, apply_train_overrides): the
     row's own training settings, recorded in the result. comm: data parallel over its ranks
     (minisft.training.train); base: the pretrained base's state dict when the caller holds it already (a
-    sweep)."""
+    sweep). resume / overwrite: what to do with an earlier run in the run directory (the trainer's
+    reruns), checked before the base model is loaded or pretrained."""
     base_seed = seed if base_seed is None else base_seed
     overrides = dict(train_overrides or {})
     cfg, _ = apply_train_overrides(finetune_config(preset, method, seed, lr, checkpoint_every), None, overrides)
+    key = None if init is None else init_key(init)
+    folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype, key)
+    on_rank0(comm, lambda: check_run_dir(folder, resume, overwrite))  # before any work
     if init is None:
-        key, started_from = None, {"pretrained": str(pretrained_file(preset, data, dtype, base_seed))}
+        started_from = {"pretrained": str(pretrained_file(preset, data, dtype, base_seed))}
         if base is not None:
             model = GPT.from_state_dict(base, data.config, backend=backend, dtype=dtype)
         else:
             model, _ = pretrained(preset, workdir, data, backend, dtype, base_seed, progress, comm)
     else:
-        key, started_from = init_key(init), {"init": str(Path(init).resolve())}
+        started_from = {"init": str(Path(init).resolve())}
         model, data = init_model(init, workdir, data, backend, dtype)
         block = min(preset.model.block_size, model.config.block_size)
         preset = replace(preset, model=replace(preset.model, block_size=block))
-    folder = run_dir(workdir, preset, data, label, seed, base_seed, lr, dtype, key)
     _, task = apply_train_overrides(cfg, make_task(data.target[0], data.target[1], data.code[1], preset, comm),
                                     overrides)
     base_eval = {"target": evaluate(model, task.val_target, comm), "source": evaluate(model, task.val_source, comm)}
     phase(f"fine-tuning {label} (seed {seed}): {cfg.steps} steps in {folder}", progress if _lead(comm) else False)
     result = train(model, method, task, cfg, workdir=folder, resume=resume, progress=progress,
-                   label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key, "base": started_from},
-                   record={"label": label, "base": base_eval, "train_overrides": overrides})
+                   label=f"{label}[seed {seed}]", provenance={**provenance(preset, data, base_seed), "init": key, "base": started_from,
+                                                               "backend": model.backend},
+                   record={"label": label, "base": base_eval, "train_overrides": overrides}, overwrite=overwrite)
     return model, result
 
 
@@ -464,12 +482,26 @@ def summarize(label, results):
             "sparsity": mean_sd([r["sparsity"] for r in results]), "runs": runs}
 
 
+def compare_files(seeds):
+    """The names of compare's result, timings and plot for `seeds` seeds: compare.json,
+    compare-timings.json, compare.png for one, compare-seeds<K>.* for K (tables of other seed counts
+    never share a file)."""
+    stem = "compare" if positive_int("seeds", seeds) == 1 else f"compare-seeds{seeds}"
+    return f"{stem}.json", f"{stem}-timings.json", f"{stem}.png"
+
+
 def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, progress=None, only=None, seeds=1,
-            lr=None, comm=None):
+            lr=None, comm=None, overwrite=False):
     """Run the rows of `compare_runs` (those `only` names; all by default) for seeds seed..seed+K-1
-    on the base pretrained with `seed`, and write compare.json (deterministic on the CPU: timings go
-    to compare-timings.json) into the experiment directory; returns (compare dict, timings, folder).
-    A run of some rows keeps the other rows of an earlier compare.json of the same experiment.
+    on the base pretrained with `seed`, and write compare.json (compare_files; deterministic on the
+    CPU: timings go to compare-timings.json) into the experiment directory; returns (compare dict,
+    timings, folder). A run of some rows keeps the other rows of an earlier compare.json of the same
+    experiment (the same header: preset, data, base, seeds, backend, dtype, lr; another is an error).
+
+    Every row's run directory is resumed: a finished row of the same settings is reused, an
+    unfinished one continues from its checkpoint, one of other settings is an error naming what
+    differs; overwrite=True trains the rows again instead. Every output path is checked before the
+    first row is trained.
 
     comm (a job of N ranks, `minisft compare --gpus N` or mpirun): a sweep, not data parallelism:
     the (row, seed) runs are spread over the ranks (`assign_jobs`, longest first by the timings of an
@@ -479,25 +511,32 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
     seeds = positive_int("seeds", seeds)
     lead = _lead(comm)
     folder = experiment_dir(workdir, preset, data, seed, lr, dtype)
+    result_name, timings_name, _ = compare_files(seeds)
+    path = folder / result_name
+    rows_all = compare_runs(preset)
+    jobs = [(label, name, options, overrides[0] if overrides else None, s)
+            for label, name, options, *overrides in rows_all
+            if not only or name in only or label in only for s in range(seed, seed + seeds)]
     if lead:
         ensure_writable_dir(folder, "workdir")
     with RunLock(folder, "experiment directory") if lead else nullcontext():
         if lead:
             remove_stale_temps(folder)
+            for name in compare_files(seeds):
+                check_output_file(folder / name, "workdir")
+            for label, *_, s in jobs:
+                check_run_dir(run_dir(workdir, preset, data, label, s, seed, lr, dtype), not overwrite, overwrite)
         base_model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress, comm, split=False)
         base = base_model.state_dict()
-        rows_all = compare_runs(preset)
-        jobs = [(label, name, options, overrides[0] if overrides else None, s)
-                for label, name, options, *overrides in rows_all
-                if not only or name in only or label in only for s in range(seed, seed + seeds)]
-        earlier_timings = on_rank0(comm, lambda: _earlier_timings(folder))
+        earlier_timings = on_rank0(comm, lambda: _earlier_timings(folder / timings_name))
         costs = [earlier_timings.get(f"{job[0]}:seed{job[-1]}") for job in jobs]
         mine = assign_jobs(costs, world_size(comm))[0 if comm is None else comm.rank]
         done = []
         for j in mine:
             label, name, options, overrides, s = jobs[j]
             _, r = finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, s,
-                            progress=progress, lr=lr, base_seed=seed, train_overrides=overrides, base=base)
+                            resume=not overwrite, progress=progress, lr=lr, base_seed=seed, train_overrides=overrides,
+                            base=base, overwrite=overwrite)
             timing = {f"{label}:seed{s}": r["ms_per_step"]}
             timing.update({f"{label}:seed{s}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})
             r["report"] = {k: v for k, v in r["report"].items() if not k.endswith("ms_per_step")}
@@ -513,19 +552,18 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
             timings.update(by_job[j][1])
             pools.update(by_job[j][2])
         rows = {label: summarize(label, results) for label, results in rows.items()}
-        path = folder / "compare.json"
-        earlier = on_rank0(comm, lambda: _earlier_rows(path)) if only else {}
-        order = [label for label, *_ in rows_all]
-        merged = {**earlier, **rows}
         out = {"preset": asdict(preset), "domains": data.domains, "provenance": provenance(preset, data, seed),
                "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend, "dtype": dtype, "lr": lr,
                "seeds": list(range(seed, seed + seeds)), "base": first_base(rows),
-               "minisft_version": __version__, "git_commit": git_commit(),
-               "rows": [merged[label] for label in order if label in merged]}
+               "minisft_version": __version__, "git_commit": git_commit()}
+        earlier = on_rank0(comm, lambda: _earlier_rows(path, out)) if only else {}
+        order = [label for label, *_ in rows_all]
+        merged = {**earlier, **rows}
+        out["rows"] = [merged[label] for label in order if label in merged]
         if lead:
             atomic_write_json(path, out)
             timings_all = {**(earlier_timings if only else {}), **timings}
-            atomic_write_json(folder / "compare-timings.json", {"ms_per_step": timings_all, "device_pool_bytes": pools})
+            atomic_write_json(folder / timings_name, {"ms_per_step": timings_all, "device_pool_bytes": pools})
     return out, timings, folder
 
 
@@ -559,17 +597,35 @@ def first_base(rows):
     return next(iter(rows.values()))["runs"][0]["base"]
 
 
-def _earlier_rows(path):
-    """{label: row} of an earlier compare.json in this experiment directory ({} when none is readable)."""
-    try:
-        return {row["label"]: row for row in read_json(path)["rows"]}
-    except (MinisftError, KeyError, TypeError):
+COMPARE_HEADER = ("preset", "domains", "provenance", "vocab_size", "backend", "dtype", "lr", "seeds", "base")
+
+
+def _earlier_rows(path, current):
+    """{label: row} of the earlier compare table at `path` ({} when there is none), after checking it
+    is a table of the same experiment as `current` (COMPARE_HEADER). A table that cannot be read,
+    or of another experiment, is an error: its rows would otherwise be lost or mixed in."""
+    if not os.path.lexists(path):
         return {}
-
-
-def _earlier_timings(folder):
+    rerun = "move it aside, or run every row (without --only)"
     try:
-        return dict(read_json(folder / "compare-timings.json")["ms_per_step"])
+        earlier = read_json(path)
+    except MinisftError as e:
+        raise bad_path("--only", path, f"a readable earlier table whose other rows are kept ({e.expected}); "
+                       f"{rerun}") from None
+    if not (isinstance(earlier, dict) and isinstance(earlier.get("rows"), list)
+            and all(isinstance(row, dict) and isinstance(row.get("label"), str) for row in earlier["rows"])):
+        raise bad_path("--only", path, f"a readable earlier table whose other rows are kept ({rerun})")
+    header = json.loads(json.dumps({k: current[k] for k in COMPARE_HEADER}, default=str))
+    differ = [k for k in COMPARE_HEADER if earlier.get(k) != header[k]]
+    if differ:
+        raise bad_path("--only", path, f"a table of this experiment to add rows to; it differs in {differ} "
+                       f"({rerun})")
+    return {row["label"]: row for row in earlier["rows"]}
+
+
+def _earlier_timings(path):
+    try:
+        return dict(read_json(path)["ms_per_step"])
     except (MinisftError, KeyError, TypeError, ValueError):
         return {}
 

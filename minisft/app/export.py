@@ -11,88 +11,168 @@
 RUN is a run folder `minisft finetune` wrote (WORKDIR/runs/<experiment>/<label>/seed<s>): its
 `model/merged.safetensors` (the merged base state dict), `model/trained.safetensors` (the trainable
 tensors), `model/manifest.json` (method, options, model config, which base the run started from) and
-`result.json` (the method's report: LoRA-drop's shared layers). Every safetensors file is read
-through `checkpoint.load_checkpoint`, which verifies its checksum.
+`result.json` (the run's fingerprint and the method's report: LoRA-drop's shared layers). Every
+safetensors file is read through `checkpoint.load_checkpoint`, which verifies its checksum.
+
+Identity, not only integrity (`run_files`): the manifest used is the checksummed copy inside the
+safetensors files, and model/manifest.json, trained.safetensors and merged.safetensors must carry
+the same one; result.json's fingerprint must be the run the manifest names (its digest) and its
+report the one the manifest's digest names. An edited manifest, another run's model file or an
+edited result is an error naming the file, never a silent export.
 
 The base of a PEFT export is the file the run started from, as its manifest records it: the cached
-pretrained base (WORKDIR/pretrain/<file>, found from the run folder's place in its workdir) or the HF
-folder of `finetune --init`. LoRA-drop's shared LoRA is written as one copy of its factors per layer
-that uses it (PEFT has no shared factors; interop.write_peft_lora).
+pretrained base (WORKDIR/pretrain/<file>, found from the run folder's place in its workdir, RUN
+resolved first) or the HF folder of `finetune --init`; its tensors must have the digest the run
+recorded when it started (a base replaced since, another seed's or an edited --init folder, is an
+error). LoRA-drop's shared LoRA is written as one copy of its factors per layer that uses it (PEFT
+has no shared factors; interop.write_peft_lora).
+
+OUT is written as one folder (`fileio.replaced_folder`): the files go into a temporary folder that
+takes OUT's place in one step, so a killed export leaves the earlier OUT or the new one, never a
+mix. OUT must be new, empty, or an earlier minisft export (it holds EXPORT_MARKER, written with
+the run's identity); a folder holding anything else is refused, never replaced.
 """
 
+import contextlib
 from pathlib import Path
 
+import numpy as np
+
 from ..model.adapters.lora import lora_scaling
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import arrays_digest, checkpoint_meta, load_checkpoint
+from ..training.train import MODEL_FILES, run_identity
 from ..core.config import GPTConfig
-from ..core.errors import bad_value
-from ..core.fileio import as_path, read_json
+from ..core.errors import ForeignFileError, MinisftError, bad_value
+from ..core.fileio import as_path, atomic_write_json, bad_path, owned_folder, read_json, replaced_folder
+from ..core.version import __version__
 from ..model.interop import load_hf_gpt2, save_hf_gpt2, write_peft_lora
 
 LORA_METHODS = ("lora", "loradrop")
+EXPORT_MARKER = "minisft-export.json"
 
 
-def _run_files(run):
-    """(run folder Path, manifest dict) after checking `run` is a finished run folder."""
+def check_out_folder(out_dir, arg="out_dir"):
+    """Check, before any work, that `out_dir` may receive an export (module docstring)."""
+    owned_folder(as_path(arg, out_dir), EXPORT_MARKER, arg)
+
+
+def run_files(run):
+    """(run folder Path resolved, manifest dict, result dict) of a finished run folder, after
+    checking their identity (module docstring)."""
     run = as_path("run", run)
-    manifest_path = run / "model" / "manifest.json"
-    if not manifest_path.is_file():
+    if not (run / "model" / "manifest.json").is_file():
         raise bad_value("run", str(run), "a finished run folder of `minisft finetune` (holding model/manifest.json)")
-    return run, read_json(manifest_path)
+    run = run.resolve()
+    manifest = read_json(run / "model" / "manifest.json")
+    stored = None
+    for name in MODEL_FILES[:2]:
+        path = run / "model" / name
+        embedded = checkpoint_meta(path).get("manifest")
+        if stored is None:
+            stored = embedded
+        if not isinstance(embedded, dict) or embedded != stored:
+            raise ForeignFileError(f"run={str(path)!r}: expected the model file of the same run as "
+                                   f"{MODEL_FILES[0]} (the manifests inside differ: another run's file?)", "run",
+                                   str(path), "the model file of the same run")
+    if not isinstance(manifest, dict) or {k: v for k, v in manifest.items() if k != "files"} != stored:
+        raise ForeignFileError(f"run={str(run / 'model' / 'manifest.json')!r}: expected the manifest that the "
+                               "checksummed model files carry (it was edited)", "run", str(run),
+                               "an unedited model/manifest.json")
+    result = read_json(run / "result.json")
+    if not isinstance(result, dict):
+        raise bad_path("run", run / "result.json", "a JSON object: the run's result")
+    if "run" in stored and not (  # runs of earlier minisft versions carry no identity: integrity only
+            isinstance(result.get("fingerprint"), dict) and run_identity(result["fingerprint"]) == stored["run"]
+            and arrays_digest({}, result.get("report")) == stored.get("report_sha256")):
+        raise ForeignFileError(f"run={str(run / 'result.json')!r}: expected the result of the run the model files "
+                               "name (its fingerprint and report digests; it was edited or is another run's)", "run",
+                               str(run), "the result of this run")
+    return run, stored, result
 
 
 def _config(manifest, run):
     try:
         return GPTConfig(**manifest["model"])
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, MinisftError) as e:
         raise bad_value("run", str(run), f"a model/manifest.json with the model's config ({e})") from None
 
 
 def export_hf(run, out_dir):
     """Write the run's merged model as an HF GPT-2 folder; returns its Path."""
-    run, manifest = _run_files(run)
+    check_out_folder(out_dir)
+    run, manifest, _ = run_files(run)
     arrays, _ = load_checkpoint(run / "model" / "merged.safetensors")
-    return save_hf_gpt2(arrays, _config(manifest, run), out_dir)
+    with _export_folder(out_dir, run, manifest, "hf") as tmp:
+        save_hf_gpt2(arrays, _config(manifest, run), tmp)
+    return as_path("out_dir", out_dir)
 
 
 def _base_state_dict(run, manifest):
-    """The state dict the run started from (module docstring), read and verified."""
+    """The state dict the run started from (module docstring), read and checked against the digest
+    the run recorded."""
     base = manifest.get("base") or {}
     if "init" in base:
-        return load_hf_gpt2(base["init"])[1]
-    if "pretrained" in base:
+        state_dict = load_hf_gpt2(base["init"])[1]
+        where = f"its --init folder {base['init']}"
+    elif "pretrained" in base:
         workdir = run.parents[3] if len(run.parents) > 3 else run  # WORKDIR/runs/<experiment>/<label>/seed<s>
         path = workdir / base["pretrained"]
         if not path.is_file():
             raise bad_value("run", str(run), f"its base model at {path} (the workdir's cached pretrained base, "
                             "which the run started from); it was moved or deleted")
-        return load_checkpoint(path)[0]
-    raise bad_value("run", str(run), "a run whose manifest names its base model (runs of this minisft version)")
+        state_dict = load_checkpoint(path)[0]
+        where = f"its base model {path}"
+    else:
+        raise bad_value("run", str(run), "a run whose manifest names its base model (runs of this minisft version)")
+    dtype = np.dtype(manifest.get("dtype", "float32"))
+    digest = arrays_digest({k: np.asarray(v, dtype=dtype) for k, v in state_dict.items()})
+    if "base_model" in manifest and digest != manifest["base_model"]:
+        raise ForeignFileError(f"run={str(run)!r}: expected {where} as the run started from it (digest "
+                               f"{manifest['base_model'][:12]}); it is another model now (digest {digest[:12]}: "
+                               "replaced or edited since)", "run", str(run), "the base model the run started from")
+    return state_dict
 
 
-def _lora_factors(run, manifest):
+def _lora_factors(run, manifest, result):
     """{layer: (A, B, scaling)} of a LoRA / LoRA-drop run, shared factors repeated per layer."""
     method, options = manifest.get("method"), manifest.get("options") or {}
     if method not in LORA_METHODS:
         raise bad_value("run", f"a {method} run", f"a run of {' or '.join(LORA_METHODS)} (a PEFT LoRA adapter "
                         "holds LoRA factors only; export any run as a whole model with --hf)")
+    if not ("r" in options and "alpha" in options):
+        raise bad_value("run", str(run), "a manifest whose options hold the LoRA rank r and alpha")
     scaling = lora_scaling(options["r"], options["alpha"], options.get("use_rslora", False))
     trained, _ = load_checkpoint(run / "model" / "trained.safetensors")
     factors = {name[: -len(".lora.lora_A")]: (A, trained[name[: -len("A")] + "B"], scaling)
                for name, A in trained.items() if name.endswith(".lora.lora_A")}
-    shared = (read_json(run / "result.json").get("report") or {}).get("shared") or {}
+    shared = (result.get("report") or {}).get("shared") or {}
     for suffix, layers in shared.items():
+        pair = [trained.get(f"shared.{suffix}.lora_{f}") for f in "AB"]
+        if any(f is None for f in pair):
+            raise bad_value("run", str(run), f"the shared LoRA 'shared.{suffix}' that result.json's report names "
+                            "in model/trained.safetensors")
         for layer in layers:
-            factors[layer] = (trained[f"shared.{suffix}.lora_A"], trained[f"shared.{suffix}.lora_B"], scaling)
+            factors[layer] = (*pair, scaling)
     return dict(sorted(factors.items()))
 
 
 def export_peft(run, out_dir):
     """Write a LoRA / LoRA-drop run's adapter as a PEFT folder and its base model in out_dir/base;
     returns the folder's Path."""
-    run, manifest = _run_files(run)
-    factors = _lora_factors(run, manifest)
+    check_out_folder(out_dir)
+    run, manifest, result = run_files(run)
+    factors = _lora_factors(run, manifest, result)
     base = _base_state_dict(run, manifest)
-    out = write_peft_lora(factors, out_dir)
-    save_hf_gpt2(base, _config(manifest, run), Path(out) / "base")
-    return out
+    with _export_folder(out_dir, run, manifest, "peft") as tmp:
+        write_peft_lora(factors, tmp)
+        save_hf_gpt2(base, _config(manifest, run), Path(tmp) / "base")
+    return as_path("out_dir", out_dir)
+
+
+@contextlib.contextmanager
+def _export_folder(out_dir, run, manifest, kind):
+    """replaced_folder for an export of `run`, its marker (EXPORT_MARKER) written first."""
+    with replaced_folder(out_dir, EXPORT_MARKER, "out_dir") as tmp:
+        atomic_write_json(tmp / EXPORT_MARKER, {"format": kind, "run": str(run), "run_identity": manifest.get("run"),
+                                                "method": manifest.get("method"), "minisft_version": __version__})
+        yield tmp

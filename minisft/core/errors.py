@@ -43,6 +43,15 @@ class LockedError(MinisftError):
     """A directory is in use by another running minisft process."""
 
 
+class ForeignFileError(MinisftError):
+    """A stored file is intact but is not the one its place says (another key, run or base model)."""
+
+
+class FileWriteError(MinisftError, OSError):
+    """A file or folder could not be written (a full disk, a directory where a file is expected, no
+    permission): an OSError, and a MinisftError so the command line prints it as one line."""
+
+
 class BackendError(MinisftError):
     """CuPy is installed but CUDA cannot be used (a broken install or driver, not a missing GPU)."""
 

@@ -32,7 +32,9 @@ Choices:
   newline translation), so the text is exactly the file's content: a byte that is not valid in the
   encoding is an error naming the file and the offset (pass `encoding="latin-1"`, or `--encoding`),
   never a silent U+FFFD. A file holding a NUL character is binary (an executable, an image) and is
-  refused. Only regular files are read, each at most `max_file_bytes`
+  refused. A file decoded by another encoding that is also clean UTF-8 text reading otherwise (an
+  ASCII file read as UTF-16) gets a note saying so. Bytes-to-bytes codecs (zlib, base64, hex,
+  rot13) are not text encodings and are refused. Only regular files are read, each at most `max_file_bytes`
   (`fileio.read_regular_file`: FIFOs and devices are refused without blocking). Hidden files and
   folders (names starting with ".") and `__pycache__` are skipped when walking a folder; a file
   reached twice (say, named and inside a named folder) counts once; empty files contribute nothing.
@@ -50,6 +52,7 @@ from pathlib import Path
 
 from ..core.errors import bad_type, bad_value, positive_int, ratio_in
 from ..core.fileio import MAX_FILE_BYTES, bad_path, read_regular_file
+from ..core.progress import note
 
 DEFAULT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 SPLITS = ("train", "val")
@@ -112,7 +115,22 @@ def _read_text(path, encoding="utf-8", max_bytes=MAX_FILE_BYTES):
     nul = text.find("\x00")
     if nul >= 0:
         raise bad_path("source", path, f"a text file (character {nul} is NUL: a binary file?)")
+    if encoding != "utf-8" and _reads_otherwise_as_utf8(data, text):
+        note(f"{path}: decoded as {encoding}, but it is also clean UTF-8 text, which reads otherwise; if it is "
+             "UTF-8, run without --encoding")
     return text
+
+
+def _reads_otherwise_as_utf8(data, text):
+    """Whether the bytes `data`, decoded into `text` by another encoding, are also UTF-8 text
+    without NUL characters that differs from `text` (say, an ASCII file read as UTF-16: CJK
+    ideographs). A file really in UTF-16 or UTF-32 holds NUL bytes, and one in Latin-1 with accents
+    is not valid UTF-8, so neither is flagged."""
+    try:
+        utf8 = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return "\x00" not in utf8 and utf8 != text
 
 
 def _take(texts, max_chars):
@@ -221,8 +239,10 @@ def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFI
         raise bad_type("encoding", encoding, 'a codec name such as "utf-8" or "latin-1"')
     try:
         encoding = codecs.lookup(encoding).name
+        b"".decode(encoding)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13 is no text encoding
     except LookupError:
-        raise bad_value("encoding", encoding, 'a codec name Python knows, such as "utf-8" or "latin-1"') from None
+        raise bad_value("encoding", encoding, 'a text encoding Python knows, such as "utf-8" or "latin-1" (not a '
+                        'bytes-to-bytes codec such as zlib or base64)') from None
     max_file_bytes = positive_int("max_file_bytes", max_file_bytes)
     if source == "code":
         entries, origin = _stdlib_code_entries()

@@ -31,16 +31,22 @@ Choices:
   continuing-subword prefixes, which this recipe does not use.) tests/test_data.py checks it by
   training in a second process with one thread and comparing the JSON byte for byte.
 - Ids are returned as int32 NumPy arrays (token streams are long; batches widen to int64).
-- Bounded training: one piece of the pre-tokenizer is a run of letters, digits or punctuation, and
-  the BPE trainer's work on a piece grows faster than its length (each merge rescans it), so one
-  5 MB "word" would train for hours. The trainer therefore sees every document cut after each
-  MAX_RUN consecutive non-whitespace characters (`training_pieces`): no piece is longer than
-  MAX_RUN, and training time is linear in the text. MAX_RUN = 128 cuts one run of the default
-  corpora (none under 128 characters); encoding is not cut (it is linear already).
+- Bounded training: one piece of the pre-tokenizer is a run of letters, digits or punctuation, or a
+  run of whitespace, and the BPE trainer's work on a piece grows faster than its length (each
+  merge rescans it), so one 5 MB "word", or a megabyte of blanks, would train for hours. The
+  trainer therefore sees every document cut after each MAX_RUN consecutive non-whitespace
+  characters and after each MAX_RUN consecutive whitespace characters (`training_pieces`): no
+  piece is longer than MAX_RUN, and training time is linear in the text
+  (tests/test_tokenizer_time.py). MAX_RUN = 128 cuts one run of non-whitespace of the default
+  corpora and no run of whitespace (none is as long); encoding is not cut (it is linear already).
+- Identity: the cached file stores its cache key with the text (`fileio.atomic_write_checked`), so
+  a valid tokenizer of other data copied under this name is refused (ForeignFileError naming the
+  file), not used; a damaged file is trained again, with a message.
 """
 
 import hashlib
 import json
+import os
 import re
 
 import numpy as np
@@ -55,10 +61,10 @@ from ..core.fileio import (atomic_write_checked, atomic_write_text, bad_path, de
 from ..core.progress import note
 
 EOT = "<|endoftext|>"
-RECIPE = "minisft-bytelevel-bpe-v2"  # v2: training pieces bounded by MAX_RUN
+RECIPE = "minisft-bytelevel-bpe-v3"  # v2: training pieces bounded by MAX_RUN; v3: whitespace runs too
 N_BYTES = 256
 MAX_RUN = 128
-_RUN = re.compile(r"\S{%d}" % MAX_RUN)
+_RUN = re.compile(r"\S{%d}|\s{%d}" % (MAX_RUN, MAX_RUN))
 
 
 class BPETokenizer:
@@ -142,8 +148,9 @@ class BPETokenizer:
 
 
 def training_pieces(doc):
-    """`doc` cut after every MAX_RUN consecutive non-whitespace characters (the pieces concatenate
-    to `doc`; no piece holds a longer run), in one linear pass."""
+    """`doc` cut after every MAX_RUN consecutive non-whitespace characters and every MAX_RUN
+    consecutive whitespace characters (the pieces concatenate to `doc`; no piece holds a longer run
+    of either), in one linear pass."""
     if not isinstance(doc, str):
         raise bad_type("doc", doc, "a str (a document)")
     start = 0
@@ -206,12 +213,13 @@ def build_tokenizer(corpora, vocab_size=512, min_frequency=2, cache_dir=None):
     corpora, vocab_size, min_frequency = _check_settings(corpora, vocab_size, min_frequency)
     folder = ensure_writable_dir(default_cache_dir() if cache_dir is None else cache_dir, "cache_dir")
     remove_stale_temps(folder)
-    path = folder / f"bpe-{vocab_size}-{cache_key(corpora, vocab_size, min_frequency)[:24]}.json"
-    if path.exists():
+    key = cache_key(corpora, vocab_size, min_frequency)
+    path = folder / f"bpe-{vocab_size}-{key[:24]}.json"
+    if os.path.lexists(path):
         try:
-            return BPETokenizer.from_str(read_checked(path), path)
+            return BPETokenizer.from_str(read_checked(path, key), path)
         except CorruptFileError as e:
             note(f"the cached tokenizer is damaged ({e}); training it again")
     tok = BPETokenizer(_train([d for c in corpora for d in c.train_docs], vocab_size, min_frequency), path)
-    atomic_write_checked(path, tok.to_str())
+    atomic_write_checked(path, tok.to_str(), key)
     return tok

@@ -89,6 +89,23 @@ def load_checkpoint(path):
     return arrays, meta
 
 
+def checkpoint_meta(path):
+    """The metadata of the checkpoint at `path`, read from its header only: its arrays are neither
+    read nor checked (load_checkpoint does both). CheckpointError when there is no readable header."""
+    path = as_path("checkpoint", path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected an existing checkpoint file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+        meta = json.loads(header[META_KEY])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected a complete minisft safetensors file ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected a JSON object of metadata")
+    return meta
+
+
 def check_arrays(path, what, arrays, expected):
     """Check {name: array} has exactly the names of `expected` {name: (shape, dtype)}, each with that
     shape and dtype; CheckpointError naming the file and the first difference."""

@@ -30,8 +30,18 @@ CPU, `small` preset: 0.8% of a full fine-tuning run's wall time, 0.7% of a LoRA 
 with a SHA-256 of its content (`checkpoint.py`); on resume every tensor's name, shape and dtype and
 every metadata field are checked, and a checkpoint of another run (another base model, data,
 method, option or configuration: everything but `checkpoint_every`) is refused, naming the fields
-that differ. A fresh run in a directory with an earlier result leaves that result in place until
-it finishes; a run that stops on a non-finite value never writes one.
+that differ. A run that stops on a non-finite value writes no result.
+
+Reruns (`check_run_dir`, run before any work, by the trainer and by its callers before theirs): a
+run directory holding an earlier run (a result, a checkpoint, a log or a model) is never reused
+silently. `resume=True` continues it from its checkpoint, or returns a finished run's result after
+checking that its model files are present and are its own; `overwrite=True` deletes it and starts
+afresh, with a note; without either the trainer refuses, naming both, and deletes nothing. Every
+file of the directory is checked first (a directory, a FIFO or a device where a file goes, a name
+too long: an error before step 1). On resume the log is written again from the checkpoint's
+history, so it holds exactly the steps the run has done, whatever happened to it (deleted,
+truncated, edited). The model files carry the run's identity (a digest of its fingerprint) and the
+base model's digest in their manifest, so `minisft export` can tell they belong together.
 
 Data parallel (`Task.comm`, a minisft.distributed Communicator of N > 1 ranks): every rank draws the
 same global batch from the same Generator and computes its rows' share (minisft.distributed.
@@ -47,6 +57,8 @@ first step and at the end the ranks check that their states are bit-identical.
 
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,15 +70,15 @@ from ..core.backend import rng as make_rng
 from ..core.backend import to_numpy
 from ..data.batches import TokenStream, random_windows
 from ..model.budgets import count_params
-from .checkpoint import arrays_digest, check_arrays, load_checkpoint, save_checkpoint
+from .checkpoint import arrays_digest, check_arrays, checkpoint_meta, load_checkpoint, save_checkpoint
 from ..distributed import Communicator
 from ..distributed.data_parallel import (check_replicas, local_loss_and_grads, loss_and_grads_overlapped,
     mean_batch_loss, reduce_loss_and_grads, world_size)
 from ..distributed.rank0 import broadcast_arrays, on_rank0
-from ..core.errors import (CheckpointError, NonFiniteLossError, bad_type, bad_value, boolean, nonnegative_int,
-    positive_int, real_in, require)
-from ..core.fileio import (RunLock, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json,
-    remove_stale_temps)
+from ..core.errors import (CheckpointError, MinisftError, NonFiniteLossError, bad_type, bad_value, boolean,
+    nonnegative_int, positive_int, real_in, require)
+from ..core.fileio import (RunLock, append_line, as_path, atomic_write_json, atomic_write_text, check_output_file,
+    ensure_writable_dir, owned_folder, read_json, remove_stale_temps, replaced_folder)
 from ..model.memory import memory_report
 from ..model.gpt import GPT, linear_layer_names
 from .optim import clip_grad_norm, lr_at, make_optimizer
@@ -214,8 +226,8 @@ def _short(value, limit=40):
 def _refuse_other_run(what, path, saved, current):
     diff = _fingerprint_differences(saved, current)
     if diff:
-        expected = (f"{what} of the same run, but it differs: {'; '.join(diff)} (start afresh without resume, "
-                    "or under another label)")
+        expected = (f"{what} of the same run, but it differs: {'; '.join(diff)} (--overwrite (overwrite=True) "
+                    "replaces it, or choose another --label)")
         raise CheckpointError(f"resume={str(path)!r}: expected {expected}", "resume", str(path), expected)
 
 
@@ -325,12 +337,15 @@ def _finite(what, value, step, where):
 
 
 def train(model, method, task, cfg, workdir=None, resume=False, progress=None, label="train", provenance=None,
-          record=None):
+          record=None, overwrite=False):
     """Fine-tune `model` with `method` on `task`; returns a JSON-ready result dict.
 
     workdir: the run directory (module docstring), or None to keep nothing on disk.
     resume: continue the run in `workdir` from its last checkpoint; a finished run (its result.json
-        of this very configuration) is returned as it is, with a note, and nothing is changed.
+        of this very configuration, with its model files) is returned as it is, with a note, and
+        nothing is changed.
+    overwrite: delete an earlier run in `workdir` and start afresh. Without resume or overwrite, a
+        `workdir` holding an earlier run is an error (module docstring: reruns).
     provenance: JSON-ready facts the caller knows and the trainer cannot (preset, data and tokenizer
         fingerprints): written into the manifest and the result, and part of what a resumed
         checkpoint must match.
@@ -347,19 +362,82 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
         raise bad_type("cfg", cfg, "a minisft.training.train.TrainConfig")
     require(task.batch_size >= world_size(task.comm), "batch_size", task.batch_size,
             f"at least one row per rank: a global batch of >= {world_size(task.comm)} rows")
-    resume = boolean("resume", resume)
-    require(not resume or workdir is not None, "resume", resume, "a workdir to resume from")
+    resume, overwrite = boolean("resume", resume), boolean("overwrite", overwrite)
+    require(not (resume and overwrite), "overwrite", overwrite, "False with resume=True (continue, or replace: one)")
+    require(not (resume or overwrite) or workdir is not None, "resume" if resume else "overwrite", True,
+            "a workdir to resume or overwrite")
+    _check_schedule_length(method, cfg)
     mode_of(progress)
     provenance, record = _json_ready("provenance", provenance), _json_ready("record", record)
     if workdir is None:
-        return _train(model, method, task, cfg, None, False, progress, label, provenance, record)
+        return _train(model, method, task, cfg, None, False, False, progress, label, provenance, record)
     if not _lead(task.comm):  # rank 0 owns the run directory
-        return _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record)
+        return _train(model, method, task, cfg, workdir, resume, overwrite, progress, label, provenance, record)
     workdir = ensure_writable_dir(workdir, "workdir")
     with RunLock(workdir):
         for folder in (workdir, workdir / "model"):
             remove_stale_temps(folder)
-        return _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record)
+        check_run_dir(workdir, resume, overwrite)
+        return _train(model, method, task, cfg, workdir, resume, overwrite, progress, label, provenance, record)
+
+
+RUN_FILES = ("result.json", "checkpoint.safetensors", "log.jsonl")  # with model/: an earlier run's traces
+MODEL_FILES = ("trained.safetensors", "merged.safetensors", "manifest.json")
+
+
+def check_run_dir(workdir, resume=False, overwrite=False):
+    """Before any work (module docstring, reruns): every file a run writes in `workdir` can be
+    written there, and an earlier run in it is either to be resumed, to be overwritten, or an error
+    naming both options. Returns a description of the earlier run ("" when there is none)."""
+    workdir = as_path("workdir", workdir)
+    resume, overwrite = boolean("resume", resume), boolean("overwrite", overwrite)
+    for name in (*RUN_FILES, ".lock"):
+        check_output_file(workdir / name, "workdir")
+    owned_folder(workdir / "model", "manifest.json", "workdir")
+    for name in MODEL_FILES:
+        check_output_file(workdir / "model" / name, "workdir")
+    earlier = earlier_run(workdir)
+    if earlier and not (resume or overwrite):
+        expected = (f"a new run directory; it holds {earlier}: continue it with --resume (resume=True), replace it "
+                    "with --overwrite (overwrite=True), or choose another --label")
+        raise MinisftError(f"workdir={str(workdir)!r}: expected {expected}", "rerun", str(workdir), expected)
+    return earlier
+
+
+def earlier_run(workdir):
+    """What an earlier run left in `workdir`, in words ("" when nothing): a finished run, an
+    unfinished one with its checkpoint's step, a log without a checkpoint, or a model only."""
+    workdir = as_path("workdir", workdir)
+    if os.path.lexists(workdir / "result.json"):
+        return "a finished run (result.json)"
+    if os.path.lexists(workdir / "checkpoint.safetensors"):
+        step = checkpoint_step(workdir / "checkpoint.safetensors")
+        return f"an unfinished run (its checkpoint{'' if step is None else f' at step {step}'})"
+    log = workdir / "log.jsonl"
+    if os.path.lexists(log) and (not log.is_file() or log.stat().st_size > 0):
+        return "an unfinished run without a checkpoint (log.jsonl)"
+    if os.path.lexists(workdir / "model") and any((workdir / "model").iterdir()):
+        return "the model of an earlier run (model/)"
+    return ""
+
+
+def checkpoint_step(path):
+    """The step of the checkpoint at `path` (None when its header cannot be read)."""
+    try:
+        step = checkpoint_meta(path).get("step")
+    except MinisftError:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _check_schedule_length(method, cfg):
+    """A method that schedules by the run's length (MGPP, magnitude pruning: `total_steps`) must
+    not be told a longer run than it gets: its schedule would end after the run (never pruning,
+    when it starts after the run's last step)."""
+    total = getattr(method, "total_steps", None)
+    if total is not None and total > cfg.steps:
+        raise bad_value("total_steps", total, f"at most the run's steps={cfg.steps} (the method's schedule is a "
+                        "fraction of total_steps: with more, it would not finish within the run)")
 
 
 def _lead(comm):
@@ -367,27 +445,32 @@ def _lead(comm):
     return world_size(comm) == 1 or comm.rank == 0
 
 
-def _train(model, method, task, cfg, workdir, resume, progress, label, provenance, record):
+def _train(model, method, task, cfg, workdir, resume, overwrite, progress, label, provenance, record):
     comm, lead = task.comm, _lead(task.comm)
     progress = progress if lead else False  # rank 0 reports
     base_digest = arrays_digest(model.state_dict())
-    generator = make_rng(cfg.seed)
-    method.prepare(model, task, generator)
-    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
     fingerprint = _fingerprint(model, method, cfg, base_digest, task.digest(), provenance)
+    if world_size(comm) > 1:  # before the first collective whose sizes depend on the settings
+        check_replicas(comm, arrays_digest({}, fingerprint), "the run's settings (model, method, options, "
+                       "configuration, data)")
+    generator = make_rng(cfg.seed)
     history = {"train": [], "eval": []}
     start = 0
     ckpt = log_path = result_path = None
     if workdir is not None:
         workdir = Path(workdir)
         ckpt, log_path, result_path = workdir / "checkpoint.safetensors", workdir / "log.jsonl", workdir / "result.json"
+    if overwrite and lead:
+        _delete_earlier_run(workdir, label)
     if resume:
-        finished = on_rank0(comm, lambda: read_json(result_path) if result_path.exists() else None)
+        finished = on_rank0(comm, lambda: _finished_result(workdir, fingerprint))
         if finished is not None:
-            _refuse_other_run("a finished result", result_path, finished.get("fingerprint"), fingerprint)
             if lead:
                 note(f"{label}: the run in {str(workdir)!r} is finished ({cfg.steps} steps); nothing to do")
             return finished
+    method.prepare(model, task, generator)
+    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
+    if resume:
         if on_rank0(comm, ckpt.exists):
             meta = _restore(model, opt, method, ckpt, fingerprint, cfg, comm)
             start, history = meta["step"], meta["history"]
@@ -397,11 +480,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     if not lead:
         ckpt = log_path = result_path = None  # rank 0 writes
     if log_path is not None:
-        if not start:
-            ckpt.unlink(missing_ok=True)  # a fresh run: the checkpoint of an earlier run is superseded
-        _reset_log(log_path, start)
-    earlier = (f"The earlier result {str(result_path)!r} is untouched." if result_path is not None and result_path.exists()
-               else "No result was written.")
+        atomic_write_text(log_path, "".join(_log_line(rec, history["eval"]) + "\n" for rec in history["train"]))
     bar = Progress(cfg.steps, label, progress, start)
     clock = _CheckpointClock(cfg.checkpoint_every, cfg.steps)
     tokens_per_step = cfg.accumulation * task.batch_size * task.block_size
@@ -409,11 +488,12 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         loss, grads, reduced = _step_grads(model, task, generator, cfg.accumulation)
-        last = f"Last checkpoint: {str(ckpt)!r}." if ckpt is not None and ckpt.exists() else "No checkpoint."
-        _finite("loss", loss, step + 1, f"{last} {earlier}")
+        last = (f"Last checkpoint: {str(ckpt)!r} (--resume continues from it)." if ckpt is not None and ckpt.exists()
+                else "No checkpoint.")
+        _finite("loss", loss, step + 1, f"{last} No result was written.")
         grads = method.transform_grads(model, grads, step)
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
-        _finite("gradient norm", grad_norm, step + 1, f"{last} {earlier}")
+        _finite("gradient norm", grad_norm, step + 1, f"{last} No result was written.")
         grads = method.transform_grads_after_clip(model, grads, step)
         lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every)
         opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr)
@@ -428,12 +508,10 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
             ev = {"step": step + 1, "target": evaluate(model, task.val_target, comm),
                   "source": evaluate(model, task.val_source, comm)}
             for split in ("target", "source"):
-                _finite(f"{split} validation loss", ev[split], step + 1, f"{last} {earlier}")
+                _finite(f"{split} validation loss", ev[split], step + 1, f"{last} No result was written.")
             history["eval"].append(ev)
-            rec = dict(rec, eval=ev)
         if log_path is not None:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec, allow_nan=False) + "\n")
+            append_line(log_path, _log_line(rec, history["eval"]))
         bar.update(step + 1, loss, (step + 1 - start) * tokens_per_step)
         if ckpt is not None and clock.due(step + 1, step_times[-1]):
             t1 = time.perf_counter()
@@ -465,10 +543,72 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     if result_path is not None:
         save_model(workdir / "model", model, {"method": method.name, "options": method.options(),
                                               "model": model.config.to_dict(), "dtype": model.dtype.name,
-                                              "train": asdict(cfg), **result["provenance"]})
+                                              "train": asdict(cfg), **result["provenance"],
+                                              "run": run_identity(fingerprint), "base_model": base_digest,
+                                              "report_sha256": arrays_digest({}, result["report"])})
         atomic_write_json(result_path, result)  # the commit point: from here on the run is finished
         ckpt.unlink(missing_ok=True)
     return result
+
+
+def run_identity(fingerprint):
+    """The digest of a run's fingerprint that its model files carry (module docstring)."""
+    return arrays_digest({}, fingerprint)
+
+
+def _log_line(rec, evals):
+    """The log.jsonl line of training record `rec`, with the evaluation of its step when there is one."""
+    line = {"step": rec["step"], "loss": rec["loss"], "lr": rec["lr"], "grad_norm": rec["grad_norm"]}
+    ev = next((e for e in reversed(evals) if e["step"] == rec["step"]), None)
+    if ev is not None:
+        line["eval"] = {"step": ev["step"], "target": ev["target"], "source": ev["source"]}
+    return json.dumps(line, allow_nan=False)
+
+
+def _delete_earlier_run(workdir, label):
+    """overwrite=True: remove what an earlier run left (check_run_dir has checked every path)."""
+    earlier = earlier_run(workdir)
+    if not earlier:
+        return
+    note(f"{label}: replacing {earlier} in {str(workdir)!r} (overwrite)")
+    for name in RUN_FILES:
+        (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(workdir / "model", ignore_errors=True)
+
+
+def _finished_result(workdir, fingerprint):
+    """The result of the finished run in `workdir` (None when unfinished), after checking it is this
+    run's (its fingerprint) and that its model files are there and carry its identity."""
+    path = workdir / "result.json"
+    if not os.path.lexists(path):
+        return None
+    finished = read_json(path)
+    if not isinstance(finished, dict):
+        raise CheckpointError(f"resume={str(path)!r}: expected a result of this run (a JSON object); it is "
+                              f"{type(finished).__name__}: --overwrite trains the run again", "resume", str(path),
+                              "a result of this run")
+    _refuse_other_run("a finished result", path, finished.get("fingerprint"), fingerprint)
+    for name in MODEL_FILES:
+        model_file = workdir / "model" / name
+        problem = None if model_file.is_file() else "missing"
+        if problem is None and name.endswith(".safetensors"):
+            problem = _model_file_problem(model_file, run_identity(fingerprint))
+        if problem:
+            expected = (f"a finished run with its model files, but model/{name} is {problem}: --overwrite trains "
+                        "the run again")
+            raise CheckpointError(f"resume={str(workdir)!r}: expected {expected}", "resume", str(workdir), expected)
+    return finished
+
+
+def _model_file_problem(path, identity):
+    """Why the model file `path` is not the finished run's (None when it is): read from its header."""
+    try:
+        manifest = checkpoint_meta(path).get("manifest")
+    except MinisftError:
+        return "damaged (not a complete minisft safetensors file)"
+    if not isinstance(manifest, dict) or manifest.get("run", identity) != identity:
+        return "another run's"
+    return None
 
 
 def _provenance(provenance, cfg):
@@ -502,31 +642,18 @@ def merged_state_dict(model):
 
 def save_model(folder, model, manifest):
     """Write folder/trained.safetensors (every trainable tensor), folder/merged.safetensors (the
-    merged base state dict) and folder/manifest.json; returns the folder."""
+    merged base state dict) and folder/manifest.json, as one folder (`fileio.replaced_folder`: a kill
+    leaves the old folder or the new one); returns the folder."""
     _check_model(model)
     manifest = _json_ready("manifest", manifest)
-    folder = ensure_writable_dir(folder, "folder")
-    save_checkpoint(folder / "trained.safetensors", model.trainable_params(), {"manifest": manifest})
-    save_checkpoint(folder / "merged.safetensors", merged_state_dict(model), {"manifest": manifest})
-    atomic_write_json(folder / "manifest.json", {**manifest, "files": {
-        "trained.safetensors": "every trainable tensor (adapter parameters and trained base tensors), minisft names",
-        "merged.safetensors": "the base model with the adapters merged: GPT.from_state_dict(arrays, config) loads it"}})
+    folder = as_path("folder", folder)
+    with replaced_folder(folder, "manifest.json", "folder") as tmp:
+        save_checkpoint(tmp / "trained.safetensors", model.trainable_params(), {"manifest": manifest})
+        save_checkpoint(tmp / "merged.safetensors", merged_state_dict(model), {"manifest": manifest})
+        atomic_write_json(tmp / "manifest.json", {**manifest, "files": {
+            "trained.safetensors": "every trainable tensor (adapter parameters and trained base tensors), minisft names",
+            "merged.safetensors": "the base model with the adapters merged: GPT.from_state_dict(arrays, config) loads it"}})
     return folder
-
-
-def _reset_log(path, keep_through_step):
-    """Keep only the log records of steps <= keep_through_step (0: start a fresh log), atomically.
-    A kill inside an append can leave a torn last line: it is dropped."""
-    kept = []
-    if keep_through_step and path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record["step"] <= keep_through_step:
-                kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _check_replicas(comm, model, opt, method, generator, step):

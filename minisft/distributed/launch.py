@@ -14,7 +14,9 @@ If a process exits with a non-zero code, the launcher says so on stderr, sends S
 (to their whole process groups, so a shell wrapper's children go too), SIGKILL after `grace`
 seconds, and returns that first failing code (128 + n for a process killed by signal n, as a shell
 reports it). Ctrl-C or SIGTERM to the launcher stops every process the same way (exit 130 / 143).
-It returns 0 when every process exits 0.
+It returns 0 when every process exits 0. If the launcher itself dies without stopping them (SIGKILL,
+a crash), the ranks end too: each runs under a guard (minisft.distributed.rank_guard) that watches
+a pipe only the launcher holds open and ends the rank's process group when it closes.
 
 NumPy (MPI) jobs are started by mpirun/mpiexec instead: this launcher sets no MPI variables.
 """
@@ -22,6 +24,7 @@ NumPy (MPI) jobs are started by mpirun/mpiexec instead: this launcher sets no MP
 import argparse
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +36,7 @@ from ..core.errors import MinisftError, bad_value, positive_int, real_in
 from .rank_threads import thread_environment
 
 POLL_SECONDS = 0.05
+GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rank_guard.py")
 
 
 def free_port(host="127.0.0.1"):
@@ -82,15 +86,19 @@ def launch(command, nproc, nnodes=1, node_rank=0, master_addr="127.0.0.1", maste
     if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
         raise bad_value("command", command, "a non-empty list of strings (the program and its arguments)")
     grace = real_in("grace", grace, 0.0, math.inf, low_open=False, high_open=True)
+    if shutil.which(command[0]) is None:
+        raise bad_value("command", command, "a program that can be started (not found, or not executable)")
     envs = rank_environments(nproc, nnodes, node_rank, master_addr, master_port)
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr.buffer
     lock, procs, pumps = threading.Lock(), [], []
+    watch, alive = os.pipe()  # the guards read `watch`; only this process holds `alive` (module docstring)
     try:
         for env in envs:
             try:
-                p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                p = subprocess.Popen([sys.executable, GUARD, str(watch), "--", *command], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, pass_fds=(watch,))
             except OSError as e:
                 raise bad_value("command", command, f"a program that can be started ({e.strerror})") from None
             procs.append(p)
@@ -99,13 +107,16 @@ def launch(command, nproc, nnodes=1, node_rank=0, master_addr="127.0.0.1", maste
                 t = threading.Thread(target=_pump, args=(stream, sink, prefix, lock), daemon=True)
                 t.start()
                 pumps.append(t)
+        os.close(watch)
+        watch = None
         code = _wait(procs, envs, err, lock)
     except KeyboardInterrupt:
         code = 130
-    except BaseException:
+    finally:
         _stop(procs, grace)
-        raise
-    _stop(procs, grace)
+        for fd in (watch, alive):
+            if fd is not None:
+                os.close(fd)
     for t in pumps:
         t.join(timeout=grace)
     return code

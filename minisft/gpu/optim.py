@@ -36,17 +36,15 @@ def _one_launch(opt, name, p, g, dtype):
     return ok
 
 
-def _step_takes(opt, params, grads, masks=None, lr=None):
+def _step_takes(opt, params, grads, masks, lr):
     todo = _todo(params, grads)
     return bool(todo) and on_device(todo[0][1]) and all(_one_launch(opt, name, p, g, todo[0][1].dtype)
                                                          for name, p, g in todo)
 
 
-def adamw_step_one_launch(opt, params, grads, masks=None, lr=None):
-    """AdamW.step with every tensor's update in one kernels.adamw_many launch."""
+def adamw_step_one_launch(opt, params, grads, masks, lr):
+    """AdamW._apply with every tensor's update in one kernels.adamw_many launch."""
     todo = _todo(params, grads)
-    lr = opt.lr if lr is None else lr
-    masks = masks or {}
     xp = array_module(todo[0][1])
     states, bc1s, bc2s = [], [], []
     for name, p, _ in todo:
@@ -70,5 +68,5 @@ def adamw_update_fused(opt, st, p, g, lr, mask):
                   1 - opt.b1 ** st["step"], 1 - opt.b2 ** st["step"], mask)
 
 
-register(AdamW.step, adamw_step_one_launch, _step_takes)
+register(AdamW._apply, adamw_step_one_launch, _step_takes)
 register(AdamW._update, adamw_update_fused, lambda opt, st, p, g, lr, mask: on_device(p))

@@ -23,7 +23,7 @@ import math
 
 from ..model.adapters import LoRA
 from ..model.budgets import check_targets, lora_trainable, target_layers
-from ..core.errors import boolean, positive_int, real_in
+from ..core.errors import bad_value, boolean, positive_int, real_in
 from ..model.gpt import LINEAR_SUFFIXES
 
 
@@ -104,7 +104,11 @@ class LoRAMethod(Method):
         lora_trainable(config, self.r, self.targets)
 
     def prepare(self, model, task, rng):
+        layers = target_layers(model, self.targets)
+        if any(model.adapters.get(layer) for layer in layers):
+            raise bad_value("model", "a model whose target layers have adapters already",
+                            "a model without adapters on the target layers (prepare each model once)")
         model.freeze()
-        for layer in target_layers(model, self.targets):
+        for layer in layers:
             model.add_adapter(layer, LoRA(model, layer, r=self.r, alpha=self.alpha,
                                           use_rslora=self.use_rslora, generator=rng))

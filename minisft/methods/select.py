@@ -42,12 +42,13 @@ Derivations: proofs/gmt_mask.md.
 
 import functools
 import math
+import numbers
 from fractions import Fraction
 
 import numpy as np
 
 from ..core.backend import array_module
-from ..core.errors import bad_type, bad_value, require
+from ..core.errors import bad_type, bad_value, real_in, require
 from ..core.fastpath import has_fast_path
 
 RADIX_BITS = 16
@@ -66,8 +67,8 @@ def _backend(xp):
 
 
 def decimal_fraction(value):
-    """The exact rational value of the shortest decimal that round-trips to float `value`."""
-    return Fraction(repr(float(value)))
+    """The exact rational value of the shortest decimal that round-trips to float `value` (finite)."""
+    return Fraction(repr(real_in("value", value, -math.inf, math.inf, True, True)))
 
 
 @functools.lru_cache(maxsize=1024)  # GMT asks for every tensor at every step
@@ -245,6 +246,8 @@ def zero_where_dropped(g, keep):
         if not bool(keep):
             g[...] = 0
         return
+    if getattr(keep, "dtype", None) != bool or keep.shape != g.shape:
+        raise bad_value("keep", getattr(keep, "shape", keep), f"a bool array of g's shape {g.shape}")
     bits = g.view(xp.dtype(f"uint{8 * g.dtype.itemsize}"))
     xp.multiply(bits, keep, out=bits)
 
@@ -267,6 +270,8 @@ def smallest_k_keep_mask(x, k):
 
     `x` is a validated float array (see `tensor_list`), 0 <= k <= x.size.
     """
+    require(isinstance(k, numbers.Integral) and not isinstance(k, bool) and 0 <= k <= x.size, "k", k,
+            f"an integer in [0, {x.size}] (x's size)")
     xp = array_module(x)
     if k == 0:
         return xp.ones(x.shape, dtype=bool)

@@ -21,6 +21,7 @@ parameter shared by several adapters (SharedLoRA) are summed.
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -95,6 +96,21 @@ def _check_tokens(arg, a, cfg, allow_ignore):
         raise bad_value(arg, f"ids {bad}", f"token ids in [0, {cfg.vocab_size}){extra}")
 
 
+def _check_fits_in_memory(config, dtype):
+    """Refuse, before allocating, a config whose parameters (initialised in float64 on the host, then
+    cast) exceed this machine's memory: a MemoryError after gigabytes, or the OOM killer, otherwise."""
+    C = config.n_embd
+    n = (config.vocab_size + config.block_size) * C + config.n_layer * (12 * C * C + 13 * C) + 2 * C
+    need = n * (8 + np.dtype(dtype).itemsize)
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > have:
+        raise bad_value("config", config, f"a model that fits in this machine's memory: its {n:,} parameters need "
+                        f"{need / 2**30:.1f} GiB to initialise, the machine has {have / 2**30:.1f} GiB")
+
+
 class GPT:
     """GPT-2-style language model. See the module docstring for the gradient and adapter contract."""
 
@@ -105,6 +121,8 @@ class GPT:
         self.backend = resolve_backend(backend)
         self.xp = xp_for(self.backend)
         self.dtype = resolve_dtype(dtype)
+        if params is None:
+            _check_fits_in_memory(config, self.dtype)
         host = init_params(config, rng(seed)) if params is None else params
         self.params = {k: self.xp.asarray(np.asarray(v), dtype=self.dtype) for k, v in host.items()}
         self.trainable = set(self.params)
@@ -130,10 +148,14 @@ class GPT:
             raise bad_value("state_dict keys", f"missing {missing[:5]}, unexpected {unexpected[:5]}",
                             "exactly the parameter names of the config (HF GPT-2 names)")
         params = {}
+        limit = float(np.finfo(resolve_dtype(dtype)).max)
         for k, shape in expected.items():
             a = numeric_array(f"state_dict[{k!r}]", state_dict[k])
             if a.shape != shape:
                 raise bad_value(f"state_dict[{k!r}].shape", a.shape, f"{shape} for this config")
+            if a.size and float(np.abs(a).max()) > limit:  # it would become inf in `dtype`
+                raise bad_value(f"state_dict[{k!r}]", f"an entry of magnitude {float(np.abs(a).max()):.3g}",
+                                f"values representable in {resolve_dtype(dtype).name} (at most {limit:.3g})")
             params[k] = np.array(a, copy=True)
         return cls(config, backend=backend, dtype=dtype, params=params)
 
@@ -308,6 +330,8 @@ class GPT:
         change the dict or replace its arrays (it may read them, or have them reduced in place on
         another stream). Without on_ready nothing else changes."""
         grad_scale = real_in("grad_scale", grad_scale, 0.0, math.inf, low_open=True, high_open=True)
+        if on_ready is not None and not callable(on_ready):
+            raise bad_type("on_ready", on_ready, "None or a callable on_ready(grads, names)")
         idx, targets = self._check_inputs(idx, targets)
         plan = self._plan(True)
         P, cfg = self.params, self.config

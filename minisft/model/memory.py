@@ -9,6 +9,8 @@ backward, measured at its peak: the end of the forward pass).
 
 import dataclasses
 
+from ..core.errors import bad_type
+
 CATEGORIES = ("frozen", "trainable", "grads", "optimizer", "activations")
 
 
@@ -68,6 +70,8 @@ def memory_report(model, grads=None, optimizer=None):
     grads: the gradient arrays of the last step; optimizer: its state; activations: what the last
     `loss_and_grads` forward pass cached for backward.
     """
+    if not callable(getattr(model, "trainable_params", None)):
+        raise bad_type("model", model, "a minisft.GPT")
     trainable = model.trainable_params()
     frozen = {k: v for k, v in model.params.items() if k not in model.trainable}
     report = {

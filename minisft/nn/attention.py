@@ -18,9 +18,11 @@ On the GPU the fast path (minisft.gpu.layers) computes the same function in tile
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from ..core.backend import array_module
+from ..core.errors import bad_value
 from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
 
@@ -58,6 +60,11 @@ def future_keys(T, xp):
 def attention_forward(qkv, n_head, need=("x",)):
     """Scaled dot-product attention with a causal mask, heads split from the fused qkv."""
     need = need_set(need, ("x",), "attention")
+    shape = tuple(getattr(qkv, "shape", ()))
+    if isinstance(n_head, bool) or not isinstance(n_head, numbers.Integral) or n_head < 1 or len(shape) != 3 \
+            or shape[-1] % (3 * n_head):
+        raise bad_value("n_head", n_head, f"a positive integer n_head with qkv (B, T, 3 C), C a multiple of "
+                        f"n_head (qkv is {shape})")
     xp = array_module(qkv)
     keep = "x" in need
     q, k, v = _split_heads(qkv, n_head)

@@ -9,9 +9,10 @@ Derivation: proofs/cross_entropy.md (tests/test_nn_grad.py::test_cross_entropy_f
 from dataclasses import dataclass
 
 from ..core.backend import array_module
-from ..core.errors import bad_value
+from ..core.errors import bad_type, bad_value
 from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
+from .tokens import check_token_ids
 
 IGNORE_INDEX = -100
 
@@ -34,6 +35,9 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, need=("x",
     that owns the logits and reads them no more (GPT.loss_and_grads): at GPT-2's vocabulary the
     logits are the largest activation, and this keeps one copy instead of two."""
     need = need_set(need, ("x",), "cross_entropy")
+    if not (hasattr(logits, "dtype") and logits.dtype.kind == "f" and logits.ndim >= 1):
+        raise bad_type("logits", logits, "a floating-point array (..., V)")
+    check_token_ids("targets", targets, logits.shape[-1], logits.shape[:-1], ignore_index)
     xp = array_module(logits)
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N, V)

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.backend import array_module
+from ..core.errors import bad_value
 from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
+from .tokens import check_token_ids
 
 ALL = ("wte", "wpe")
 
@@ -47,8 +49,13 @@ def scatter_add_rows(target, rows, values):
 
 
 def embedding_forward(idx, wte, wpe, need=ALL):
-    """x = wte[idx] + wpe[:T]."""
+    """x = wte[idx] + wpe[:T]; idx (B, T) token ids in [0, V) with T at most wpe's rows."""
     need = need_set(need, ALL, "embedding")
+    if not (getattr(wte, "ndim", 0) == 2 and getattr(wpe, "ndim", 0) == 2 and wte.shape[1] == wpe.shape[1]):
+        raise bad_value("wte, wpe", (getattr(wte, "shape", wte), getattr(wpe, "shape", wpe)), "(V, C) and (block_size, C)")
+    if getattr(idx, "ndim", 0) != 2 or idx.shape[1] > wpe.shape[0]:
+        raise bad_value("idx.shape", getattr(idx, "shape", idx), f"(B, T) with T <= {wpe.shape[0]} (wpe's rows)")
+    check_token_ids("idx", idx, wte.shape[0])
     T = idx.shape[1]
     x = wte[idx] + wpe[:T]
     return x, EmbeddingCache(

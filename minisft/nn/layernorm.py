@@ -7,6 +7,7 @@ Derivation: proofs/layernorm.md (tests/test_nn_grad.py::test_layernorm_fd, ::tes
 from dataclasses import dataclass
 
 from ..core.backend import array_module
+from ..core.errors import bad_value
 from ..core.fastpath import has_fast_path
 from .need import backward_need, need_set
 from .sums import column_sums
@@ -26,6 +27,10 @@ class LayerNormCache:
 def layernorm_forward(x, weight, bias, eps=EPS, need=ALL):
     """Normalise each vector x[..., :] to zero mean and unit variance, then scale and shift."""
     need = need_set(need, ALL, "layernorm")
+    C = getattr(x, "shape", (None,))[-1:]
+    if not C or tuple(getattr(weight, "shape", ())) != C or tuple(getattr(bias, "shape", ())) != C:
+        raise bad_value("x, weight, bias shapes", (getattr(x, "shape", x), getattr(weight, "shape", weight),
+                        getattr(bias, "shape", bias)), "x (..., C), weight (C,), bias (C,)")
     y, xhat, rstd = layernorm(x, weight, bias, eps, keep_xhat="x" in need or "weight" in need, keep_rstd="x" in need)
     return y, LayerNormCache(xhat=xhat, rstd=rstd, weight=weight if "x" in need else None, need=need)
 

@@ -6,6 +6,7 @@ Derivation: proofs/linear.md (tests/test_nn_grad.py::test_linear_fd, ::test_line
 
 from dataclasses import dataclass
 
+from ..core.errors import bad_value
 from .need import backward_need, need_set
 from .sums import column_sums
 
@@ -24,6 +25,10 @@ def linear_forward(x, weight, bias=None, need=None):
     """y = x @ W.T + b. `need` defaults to every input present (x, weight, and bias if given)."""
     allowed = ALL if bias is not None else ("x", "weight")
     need = need_set(allowed if need is None else need, allowed, "linear")
+    if getattr(weight, "ndim", 0) != 2 or getattr(x, "ndim", 0) < 1 or x.shape[-1] != weight.shape[1] or (
+            bias is not None and tuple(getattr(bias, "shape", ())) != weight.shape[:1]):
+        raise bad_value("x, weight, bias shapes", (getattr(x, "shape", x), getattr(weight, "shape", weight),
+                        getattr(bias, "shape", bias)), "x (..., d_in), weight (d_out, d_in), bias None or (d_out,)")
     d_out, d_in = weight.shape
     x2 = x.reshape(-1, d_in)  # (N, d_in), N = prod(leading dims)
     y = x2 @ weight.T  # (N, d_out)

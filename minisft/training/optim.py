@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..core.backend import array_module
-from ..core.errors import bad_value, ratio_in
+from ..core.errors import bad_type, bad_value, boolean, nonnegative_int, ratio_in, real_in, str_keyed_dict
 from ..core.fastpath import has_fast_path
 
 
@@ -36,14 +36,20 @@ def _masked_assign(old, new, mask):
 
 class Optimizer:
     def __init__(self, lr):
-        self.lr = float(lr)
-        if not self.lr > 0:
-            raise bad_value("lr", lr, "a positive learning rate")
+        self.lr = real_in("lr", lr, 0.0, math.inf, low_open=True, high_open=True)
         self.state = {}
 
-    def step(self, params, grads, masks=None, lr=None):
-        lr = self.lr if lr is None else lr
-        masks = masks or {}
+    def step(self, params, grads, masks=None, lr=None, check_finite=True):
+        """Update `params` in place by `grads` (module docstring). Every argument is checked first:
+        gradient names among the parameters', equal shapes, floating dtypes, masks of bools, a
+        positive finite `lr`, and (check_finite) finite gradients: a NaN would spread into the
+        parameters. The trainer, which checks the gradients' norm itself, passes check_finite=False."""
+        lr = self.lr if lr is None else real_in("lr", lr, 0.0, math.inf, low_open=True, high_open=True)
+        masks = {} if masks is None else masks
+        _check_step(params, grads, masks, boolean("check_finite", check_finite))
+        self._apply(params, grads, masks, lr)
+
+    def _apply(self, params, grads, masks, lr):
         for name, p in params.items():
             g = grads.get(name)
             if g is not None:
@@ -62,13 +68,42 @@ class Optimizer:
             self.state.setdefault(name, {})[k] = int(v) if k == "step" else v
 
 
+def _check_step(params, grads, masks, check_finite):
+    """Optimizer.step's arguments (its docstring)."""
+    for arg, d in (("params", params), ("grads", grads), ("masks", masks)):
+        str_keyed_dict(arg, d)
+    for arg, d in (("grads", grads), ("masks", masks)):
+        unknown = sorted(set(d) - set(params))
+        if unknown:
+            raise bad_value(arg, unknown[:3], f"names among the parameters' ({sorted(params)[:3]}...)")
+    finite = []
+    for name, g in grads.items():
+        if g is None:
+            continue
+        p = params[name]
+        for arg, a in ((f"params[{name!r}]", p), (f"grads[{name!r}]", g)):
+            if not (hasattr(a, "dtype") and a.dtype.kind == "f"):
+                raise bad_type(arg, a, "a floating-point array (NumPy or CuPy)")
+        if g.shape != p.shape:
+            raise bad_value(f"grads[{name!r}].shape", g.shape, f"the parameter's shape {p.shape}")
+        mask = masks.get(name)
+        if mask is not None and not (getattr(mask, "dtype", None) == bool and mask.shape == p.shape):
+            raise bad_value(f"masks[{name!r}]", getattr(mask, "shape", mask), f"a bool array of shape {p.shape}")
+        if check_finite:
+            finite.append(array_module(g).isfinite(g).all())
+    if finite and not bool(array_module(finite[0]).stack(finite).all()):  # one host sync for every tensor
+        bad = next(name for name, g in grads.items() if g is not None and not bool(array_module(g).isfinite(g).all()))
+        raise bad_value(f"grads[{bad!r}]", "an array with NaN or infinite entries", "finite gradients (a NaN "
+                        "would spread into the parameters)")
+
+
 class SGD(Optimizer):
     """θ ← θ − lr·b,  b ← μ b + g (+ λθ in g when weight_decay > 0), as torch.optim.SGD."""
 
     def __init__(self, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(lr)
         self.momentum = ratio_in("momentum", momentum, 0.0, 1.0, low_open=False, high_open=True)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = real_in("weight_decay", weight_decay, 0.0, math.inf, low_open=False, high_open=True)
 
     def _update(self, st, p, g, lr, mask):
         xp = array_module(p)
@@ -87,15 +122,18 @@ class SGD(Optimizer):
 class AdamW(Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise bad_type("betas", betas, "a pair (beta1, beta2)")
         self.b1 = ratio_in("betas[0]", betas[0], 0.0, 1.0, low_open=False, high_open=True)
         self.b2 = ratio_in("betas[1]", betas[1], 0.0, 1.0, low_open=False, high_open=True)
-        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.eps = real_in("eps", eps, 0.0, math.inf, low_open=True, high_open=True)  # 0: 0/0 for a zero gradient
+        self.weight_decay = real_in("weight_decay", weight_decay, 0.0, math.inf, low_open=False, high_open=True)
 
     @has_fast_path
-    def step(self, params, grads, masks=None, lr=None):
-        """Optimizer.step: every tensor's update by _update (on the GPU the fast path updates all
+    def _apply(self, params, grads, masks, lr):
+        """Optimizer._apply: every tensor's update by _update (on the GPU the fast path updates all
         tensors in one launch, minisft.gpu.optim)."""
-        super().step(params, grads, masks, lr)
+        super()._apply(params, grads, masks, lr)
 
     @staticmethod
     def _moments(st, p):
@@ -147,6 +185,8 @@ def lr_at(step, base_lr, schedule="constant", total_steps=None, warmup=0, gamma=
     """Learning rate at `step` (0-based):
     constant;  cosine — linear warmup over `warmup` steps, then cosine from base_lr to 0 at
     total_steps;  step — base_lr · gamma^⌊step / step_every⌋ (SPruFT's ×0.85 per epoch)."""
+    nonnegative_int("step", step)
+    real_in("base_lr", base_lr, 0.0, math.inf, low_open=True, high_open=True)
     if schedule == "constant":
         return base_lr
     if schedule == "cosine":
@@ -165,6 +205,9 @@ def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm
     before clipping. As torch.nn.utils.clip_grad_norm_: the factor is max_norm / (norm + 1e-6),
     clamped at 1, so a norm less than 1e-6 below max_norm is still scaled (by less than 1e-6)."""
+    if max_norm is not None:
+        real_in("max_norm", max_norm, 0.0, math.inf, low_open=True, high_open=True)  # -1 would flip the signs
+    str_keyed_dict("grads", grads)
     if not grads:
         return 0.0
     xp = array_module(next(iter(grads.values())))

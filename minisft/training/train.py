@@ -496,7 +496,7 @@ def _train(model, method, task, cfg, workdir, resume, overwrite, progress, label
         _finite("gradient norm", grad_norm, step + 1, f"{last} No result was written.")
         grads = method.transform_grads_after_clip(model, grads, step)
         lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every)
-        opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr)
+        opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr, check_finite=False)
         method.after_step(model, step)
         step_times.append(time.perf_counter() - t0)
         if peak is None:

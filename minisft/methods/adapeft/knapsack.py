@@ -41,6 +41,8 @@ Choices where "exact" needed a definition (derivations: proofs/knapsack.md):
   about 0.1 s), slow when values track weights spread over many decades (small items then
   stay interchangeable within the bound's gap). The front can hold up to 2^n points: thousands for
   200 groups with uncorrelated values, millions for 30 groups with values proportional to sizes.
+  Both are bounded, so a hard instance is an error naming its size, never a hang or a MemoryError:
+  one branch-and-bound search visits at most MAX_NODES nodes, a front holds at most MAX_FRONT points.
 """
 
 import itertools
@@ -57,6 +59,8 @@ METHODS = ("auto", "dp", "branch_and_bound")
 DP_MAX_CELLS = 2**29  # items × capacities of the largest DP: 64 MiB of decision bits, seconds
 DP_MAX_CAPACITY = 2**22  # capacity units (weights / gcd) of one DP row: 32 MiB of float64
 MAX_TOTAL_WEIGHT = 2**53  # weight sums stay exact in int64 and float64
+MAX_NODES = 2_000_000  # nodes of one branch-and-bound search: about ten seconds
+MAX_FRONT = 2**21  # points of a Pareto front: 2^21 masks of 200 items are 50 MiB
 _UNIT_ROUNDOFF = 2.0**-53
 
 
@@ -236,7 +240,12 @@ def _search(values, weights, order, k, capacity, slack, target=None):
     best = sorted(greedy)
     best_f = _value(values, best)
     stack = [(0, capacity, 0.0, None)]  # (next position, capacity left, value taken, taken items)
+    nodes = 0
     while stack and (target is None or best_f < target):
+        nodes += 1
+        require(nodes <= MAX_NODES, "values", f"{len(items)} items whose values track their weights",
+                f"an instance branch-and-bound solves within MAX_NODES = {MAX_NODES:,} nodes (the DP takes "
+                "capacities up to DP_MAX_CAPACITY / gcd of the weights: fewer or coarser groups, or a smaller budget)")
         pos, r, p, taken = stack.pop()
         bound = p + dantzig(pos, r) + slack
         if bound <= best_f or (target is not None and bound < target):
@@ -338,6 +347,8 @@ def pareto_front(values, weights):
     front = (np.zeros(1, np.int64), np.zeros(1), np.zeros((1, (n + 7) // 8), np.uint8))
     for k in range(n):  # one vectorised merge per item
         front = _merge_item(front, k, int(w[k]), v[k])
+        require(len(front[0]) <= MAX_FRONT, "values", f"{n} items (a front of {len(front[0]):,} points after "
+                f"{k + 1})", f"an instance whose Pareto front has at most MAX_FRONT = {MAX_FRONT:,} points")
     W, V, bits = front
     masks = np.unpackbits(bits, axis=1, count=n, bitorder="little").astype(bool)
     return [(int(a), float(b), m) for a, b, m in zip(W.tolist(), V.tolist(), masks)]

@@ -107,6 +107,10 @@ def keep_and_share(layers, scores, threshold, selection="joint"):
     {layer: g_i}. -> (kept layer names in model order, {suffix: dropped layers of that type}) with
     an entry only for types that drop a layer, suffixes in LINEAR_SUFFIXES order."""
     require(selection in SELECTIONS, "selection", selection, f"one of {SELECTIONS}")
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(n, str) for n in layers):
+        raise bad_type("layers", layers, "a list of layer names")
+    if not isinstance(scores, dict) or set(layers) - set(scores):
+        raise bad_type("scores", scores, f"a dict {{layer: g_i}} with every one of the layers {list(layers)[:3]}...")
     pools = [layers] if selection == "joint" else [[n for n in layers if _suffix(n) == s] for s in LINEAR_SUFFIXES]
     kept = set()
     for pool in (p for p in pools if p):

@@ -36,7 +36,11 @@ def normalize_importance(importance):
     """I = g / sum(g). importance: (n_layers,) -> (n_layers,) float64 on the input's backend."""
     xp = array_module(importance)
     g = _checked_importance(importance)
-    return xp.asarray(g / g.sum())
+    total = g.sum()
+    if not np.isfinite(total):  # finite entries whose sum overflows: scale first (exact: by a power of 2)
+        g = np.ldexp(g, -int(np.frexp(g.max())[1]))
+        total = g.sum()
+    return xp.asarray(g / total)
 
 
 def select_layers(importance, threshold=0.9):

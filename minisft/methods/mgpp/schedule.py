@@ -65,6 +65,11 @@ def annealed_lambda(step, lam, lam_final, t_start, t_end):
     """λ at `step` (PTMGP pruners/MWA.py `MWA.annealing_scheduler` with alpha_i = 1): `lam` up to
     t_start, lam_final + (lam - lam_final) * (1 - (step - t_start) / (t_end - t_start)) between,
     `lam_final` from t_end on. lam_final=None: `lam` at every step (BayesianPruner's constant prior)."""
+    for arg, value in (("step", step), ("t_start", t_start), ("t_end", t_end)):
+        nonnegative_int(arg, value)
+    lam = real_in("lam", lam, 0.0, 1.0, low_open=True, high_open=True)
+    if lam_final is not None:
+        lam_final = real_in("lam_final", lam_final, 0.0, 1.0, low_open=True, high_open=True)
     if lam_final is None or step <= t_start:
         return lam
     if step >= t_end:

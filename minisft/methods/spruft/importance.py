@@ -64,6 +64,21 @@ def _finite(arg, a):
         raise bad_value(arg, "an array with NaN or infinite entries", "finite values (NaN and infinities have no rank)")
 
 
+def _scores(args, s):
+    """The scores `s` after checking none overflowed: finite inputs can still give an infinite
+    score (|W| ~ 1e200 squared), which would rank as the largest."""
+    xp = array_module(s)
+    if not bool(xp.isfinite(s).all()):
+        raise bad_value(args, "inputs whose scores overflow to infinity", "values whose scores are finite numbers")
+    return s
+
+
+def _nonnegative(arg, a):
+    """Raise if `a` (finite) holds a negative entry: a squared gradient or a norm cannot be negative."""
+    if not bool(array_module(a).all(a >= 0)):
+        raise bad_value(arg, "an array with negative entries", "non-negative values (squares and norms)")
+
+
 def _count_in(arg, value, n):
     """`value` as an int after checking 1 <= value <= n."""
     value = positive_int(arg, value)
@@ -86,7 +101,7 @@ def row_magnitude(W, p=2):
     if isinstance(p, bool) or p not in MAGNITUDE_P:
         raise bad_value("p", p, f"one of {MAGNITUDE_P}")
     xp = array_module(W)
-    return xp.sum(W * W if p == 2 else xp.abs(W), axis=1)
+    return _scores("W", xp.sum(W * W if p == 2 else xp.abs(W), axis=1))
 
 
 def row_taylor(W, G, multivariable=False):
@@ -99,8 +114,8 @@ def row_taylor(W, G, multivariable=False):
     _like("G", G, "W", W)
     xp = array_module(W)
     if boolean("multivariable", multivariable):
-        return xp.abs(xp.einsum("ij,ij->i", W, G))
-    return xp.sum(xp.abs(W * G), axis=1)
+        return _scores("W, G", xp.abs(xp.einsum("ij,ij->i", W, G)))
+    return _scores("W, G", xp.sum(xp.abs(W * G), axis=1))
 
 
 def row_taylor_streaming(dY, Y_nobias):
@@ -161,8 +176,9 @@ def row_wanda(W, act_norm):
     require(act_norm.shape[0] == W.shape[1], "act_norm.shape", tuple(act_norm.shape), f"({W.shape[1]},), W's d_in")
     require(array_module(act_norm) is array_module(W), "act_norm", type(act_norm).__module__,
             "an array on the backend of W")
+    _nonnegative("act_norm", act_norm)
     xp = array_module(W)
-    return xp.abs(W) @ act_norm
+    return _scores("W, act_norm", xp.abs(W) @ act_norm)
 
 
 def random_scores(n, rng):
@@ -179,8 +195,9 @@ def row_obd(W, F):
     _matrix("W", W)
     _matrix("F", F)
     _like("F", F, "W", W)
+    _nonnegative("F", F)
     xp = array_module(W)
-    return xp.einsum("ij,ij->i", W * W, F)
+    return _scores("W, F", xp.einsum("ij,ij->i", W * W, F))
 
 
 def per_sample_sq_grad_sum(dY, X, chunk=None):

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ...core.backend import rng as make_rng
-from ...core.errors import bad_value, positive_int
+from ...core.errors import bad_value, positive_int, real_in
 from ...core.fastpath import has_fast_path
 from ...nn import linear_forward
 from .base import Adapter, kaiming_uniform, linear_grads
@@ -30,6 +30,8 @@ class LoRA(Adapter):
     kind = "lora"
 
     def __init__(self, model, layer, r=8, alpha=8, use_rslora=False, generator=0, shared=None):
+        if not isinstance(layer, str) or layer + ".weight" not in getattr(model, "params", {}):
+            raise bad_value("layer", layer, "a linear layer of the model, such as 'h.0.attn.c_attn'")
         W = model.params[layer + ".weight"]
         super().__init__(layer, *W.shape, model.xp, model.dtype)
         if shared is not None:
@@ -38,6 +40,7 @@ class LoRA(Adapter):
             self.params = {self.name_A: self.A, self.name_B: self.B}
             return
         r = positive_int("r", r)
+        alpha = real_in("alpha", alpha, 0.0, math.inf, low_open=True, high_open=True)
         if r > min(self.d_out, self.d_in):
             raise bad_value("r", r, f"at most min(d_out, d_in) = {min(self.d_out, self.d_in)} for {layer}")
         self.scaling = lora_scaling(r, alpha, use_rslora)

@@ -237,7 +237,7 @@ def run_spec(comm, spec):
     "kill_after": [rank, k] (that rank SIGKILLs itself after step k), "raise_after": [rank, k] (that
     rank raises), "kill_in_checkpoint_write": n (rank 0 SIGKILLs itself inside the rename of its n-th
     checkpoint), "lr": another learning rate, "perturb_rank": r (one weight entry of rank r 1e-6 off
-    before training: the replicas differ). Returns {"error": message or None, "losses", "steps"}."""
+    after the first update: the replicas differ). Returns {"error": message or None, "losses", "steps"}."""
     method_name, options, overrides = TRAIN_CASES[spec["case"]]
     backend = spec.get("backend", "numpy")
     model, method = tiny_model(backend), make_method(method_name, **options)
@@ -247,6 +247,8 @@ def run_spec(comm, spec):
 
     def planted(model_, step):
         after_step(model_, step)
+        if step == 0 and spec.get("perturb_rank") == comm.rank:  # a replica that differs in one weight entry
+            model_.params["h.0.mlp.c_fc.weight"][0, 0] += 1e-6
         if spec.get("stop_after") == step + 1:
             raise Stopped
         if spec.get("kill_after") == [comm.rank, step + 1]:
@@ -255,8 +257,6 @@ def run_spec(comm, spec):
             raise RuntimeError(f"planted failure on rank {comm.rank} after step {step + 1}")
 
     method.after_step = planted
-    if spec.get("perturb_rank") == comm.rank:  # a replica that differs in one entry of one weight
-        model.params["h.0.mlp.c_fc.weight"][0, 0] += 1e-6
     if spec.get("kill_in_checkpoint_write") and comm.rank == 0:
         replace, writes = os.replace, []
 

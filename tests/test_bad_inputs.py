@@ -98,7 +98,7 @@ BAD_VALUES = {
     "--workdir": ["", FILE, UNDER_FILE, "a\x00b"],
     "--data": ["", "\x00", "empty folder", "missing", "binary", "latin-1", "few words", "fifo", "/dev/zero link",
                "huge", "folder holding a fifo"],
-    "--encoding": ["bogus-codec", ""],
+    "--encoding": ["bogus-codec", "", "zlib_codec", "rot13", "hex", "base64"],  # the last four: bytes-to-bytes
     "--steps": ["0", "-1", "abc", "1.5", "nan", "inf", "", HUGE_INT],
     "--lr": ["0", "-1", "nan", "inf", "-inf", "abc", "", "1e400"],
     "--quiet": None,
@@ -106,6 +106,7 @@ BAD_VALUES = {
     "--set": ["r", "=4", "bogus=1", "r=1=2", " =1"],
     "--label": ["../x", "/abs", "", ".", "..", "a/b", ".hidden", "x" * 101, "a b"],
     "--resume": None,
+    "--overwrite": None,
     "--checkpoint-every": ["-1", "abc", "1.5", "", "nan", HUGE_INT],
     "--only": ["bogus", "", "lora-r99", "full/.."],
     "--seeds": ["0", "-1", "abc", "", "1.5", HUGE_INT],
@@ -355,7 +356,10 @@ API = {
                          {"vocab_size": NEG_POS_INT, "block_size": NEG_POS_INT, "n_layer": NEG_POS_INT,
                           "n_head": NEG_POS_INT + [Bad(3, "n_embd")], "n_embd": NEG_POS_INT}),
     "model.GPT": (ms.GPT, lambda t: {"config": _model().config, "backend": "numpy"},
-                  {"config": [None, {"vocab_size": 4}, "cfg"], "backend": ["torch", 3, ""],
+                  {"config": [None, {"vocab_size": 4}, "cfg",  # P25, P26: refused before allocating
+                              ms.GPTConfig(vocab_size=10**12, block_size=8, n_layer=1, n_head=2, n_embd=8),
+                              ms.GPTConfig(vocab_size=40, block_size=8, n_layer=10**6, n_head=2, n_embd=64)],
+                   "backend": ["torch", 3, ""],
                    "dtype": ["float16", "int8", 3], "seed": [-1, "0", 1.5, None]}),
     "model.GPT.from_state_dict": (ms.GPT.from_state_dict,
                                   lambda t: {"state_dict": SD(), "config": _model().config, "backend": "numpy"},
@@ -363,8 +367,12 @@ API = {
                                                   {**SD(), "wte.weight": "x"}, {**SD(), "wte.weight": None},
                                                   {**SD(), "wte.weight": np.full((40, 8), NAN)},
                                                   {**SD(), "wpe.weight": np.full((8, 8), -INF)},
-                                                  {**SD(), "extra": np.zeros(2)}, {**SD(), 3: np.zeros(2)}],
+                                                  {**SD(), "extra": np.zeros(2)}, {**SD(), 3: np.zeros(2)},
+                                                  {**SD(), "wte.weight": np.full((40, 8), 1e39)}],  # P29: inf in float32
                                    "config": [None, "cfg", HF_CONFIG]}),
+    "model.GPT.loss_and_grads": (lambda **k: _model().loss_and_grads(**k),
+                                 lambda t: {"idx": np.zeros((1, 2), int), "targets": np.zeros((1, 2), int)},
+                                 {"on_ready": ["x", 3]}),  # P18
     "interop.from_hf_gpt2": (interop.from_hf_gpt2, lambda t: {"hf_state_dict": interop.to_hf_gpt2(SD())},
                              {"hf_state_dict": [None, [], "sd", {"wte.weight": np.zeros(3)}, {3: np.zeros(2)},
                                                 {"transformer.wte.weight": "text"},
@@ -475,17 +483,36 @@ API = {
     "train.weight_sparsity": (train.weight_sparsity, lambda t: {"model": _model()}, {"model": [None, "m"]}),
     "train.merged_state_dict": (train.merged_state_dict, lambda t: {"model": _model()}, {"model": [None, "m"]}),
     "train.save_model": (train.save_model, lambda t: {"folder": t / "m", "model": _model(), "manifest": {}},
-                         {"folder": ["", UNDER_FILE], "model": [None], "manifest": [{"x": NAN}, "m"]}),
+                         {"folder": ["", UNDER_FILE, "/proc"], "model": [None], "manifest": [{"x": NAN}, "m"]}),
+    "train.check_run_dir": (train.check_run_dir, lambda t: {"workdir": t / "run"},
+                            {"workdir": ["", None, FILE, "x" * 300], "resume": ["yes", 1], "overwrite": [None, 1]}),
+    "train.earlier_run": (train.earlier_run, lambda t: {"workdir": t / "run"}, {"workdir": ["", None, 3]}),
+    "train.run_identity": (train.run_identity, lambda t: {"fingerprint": {"a": 1}},
+                           {"fingerprint": [Bad({"x": NAN}, "meta"), Bad({"x": object()}, "meta")]}),
+    "checkpoint.checkpoint_meta": (checkpoint.checkpoint_meta,
+                                   lambda t: {"path": _saved(t, checkpoint.save_checkpoint, "c", {}, {"step": 1})},
+                                   {"path": [Bad(v, "checkpoint") for v in ("", None, FILE, UNDER_FILE, "/dev/zero")]}),
+    "experiment.compare_files": (ex.compare_files, lambda t: {"seeds": 2}, {"seeds": NEG_POS_INT}),
     "fileio.atomic_write_bytes": (fileio.atomic_write_bytes, lambda t: {"path": t / "b", "data": b"x"},
                                   {"path": ["", UNDER_FILE, None], "data": [None, 3.5, "text"]}),
     "fileio.atomic_write_text": (fileio.atomic_write_text, lambda t: {"path": t / "t", "text": "x"},
                                  {"path": [UNDER_FILE], "text": ["\ud800", None], "encoding": ["bogus"]}),
     "fileio.atomic_write_json": (fileio.atomic_write_json, lambda t: {"path": t / "j", "obj": {}},
                                  {"path": [UNDER_FILE], "obj": [{"x": NAN}, {"x": INF}, {"x": object()}, {1j: 2}]}),
-    "fileio.atomic_write_checked": (fileio.atomic_write_checked, lambda t: {"path": t / "c", "text": "x"},
-                                    {"path": [UNDER_FILE], "text": [None, 3, "\ud800"]}),
-    "fileio.read_checked": (fileio.read_checked, lambda t: {"path": _saved(t, fileio.atomic_write_checked, "c", "x")},
-                            {"path": ["", UNDER_FILE, FILE, "/dev/null"]}),
+    "fileio.atomic_write_checked": (fileio.atomic_write_checked, lambda t: {"path": t / "c", "text": "x", "key": "k"},
+                                    {"path": [UNDER_FILE], "text": [None, 3, "\ud800"], "key": [None, 3]}),
+    "fileio.read_checked": (fileio.read_checked,
+                            lambda t: {"path": _saved(t, fileio.atomic_write_checked, "c", "x", "k"), "key": "k"},
+                            {"path": ["", UNDER_FILE, FILE, "/dev/null"], "key": [None, 3, Bad("other", "path")]}),
+    "fileio.append_line": (fileio.append_line, lambda t: {"path": t / "log", "line": "x"},
+                           {"path": ["", UNDER_FILE, "/dev/null", "/tmp", "x" * 300], "line": [None, 3]}),
+    "fileio.check_output_file": (fileio.check_output_file, lambda t: {"path": t / "out"},
+                                 {"path": ["", None, "/tmp", "/dev/null", "x" * 300, "/" + "d/" * 2100]}),
+    "fileio.replaced_folder": (lambda **k: fileio.replaced_folder(**k).__enter__(),
+                               lambda t: {"path": t / "out", "marker": "m.json"},
+                               {"path": ["", UNDER_FILE, FILE, "/proc"], "marker": [None, 3, "", "a/b"]}),
+    "fileio.owned_folder": (fileio.owned_folder, lambda t: {"path": t / "new", "marker": "m.json"},
+                            {"path": ["", None, FILE, "/proc"], "marker": [None, 3]}),
     "fileio.read_json": (fileio.read_json, lambda t: {"path": _saved(t, fileio.atomic_write_json, "j", {})},
                          {"path": ["", UNDER_FILE, FILE, None]}),
     "fileio.ensure_writable_dir": (fileio.ensure_writable_dir, lambda t: {"path": t / "d"},
@@ -652,7 +679,7 @@ def _child(script, *args):
 
 KILL_IN_WRITE = """
     import os, sys, time
-    from minisft import fileio
+    from minisft.core import fileio
     real = fileio.os.fsync
     def hang(fd):
         print("inside the write", flush=True)
@@ -674,8 +701,9 @@ def test_sigkill_inside_an_atomic_write_keeps_the_old_file_and_the_next_run_clea
     assert fileio.read_json(target) == {"version": 1}
     (tmp,) = [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert str(child.pid) in tmp.name
-    model = _model()
-    train.train(model, ms.methods.FullFineTune(), _task(), train.TrainConfig(steps=1), workdir=run_dir, progress=False)
+    with pytest.raises(MinisftError, match="--overwrite"):  # result.json: an earlier run, refused, temporaries cleaned
+        train.train(_model(), ms.methods.FullFineTune(), _task(), train.TrainConfig(steps=1), workdir=run_dir,
+                    progress=False)
     assert not tmp.exists() and not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -502,7 +502,7 @@ def test_assign_jobs_is_longest_first_within_4_3_of_the_best_assignment(costs, n
 
 
 def test_the_trainer_stops_replicas_that_differ(tmp_path):
-    """One weight entry of rank 1 1e-6 off before training (full fine-tuning: the weight trains):
+    """One weight entry of rank 1 1e-6 off after the first update (full fine-tuning: the weight trains):
     after the first step both ranks raise the same error naming rank 1, and no result is written."""
     rc, _, out, ranks = _mpi_run({"case": "full", "workdir": str(tmp_path / "run"), "perturb_rank": 1})
     assert rc == 0 and set(ranks) == {0, 1}, out[-3000:]

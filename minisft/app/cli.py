@@ -134,7 +134,9 @@ def name_text(text):
 def encoding_text(text):
     try:
         name = codecs.lookup(text).name
-        b"".decode(name)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13 is no text encoding
+        b"\0\0\0\0".decode(name)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13: LookupError
+    except UnicodeError:
+        pass  # a text encoding (these bytes need not be valid in it)
     except LookupError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a text encoding Python knows, such as utf-8 "
                                          "or latin-1 (not a bytes-to-bytes codec such as zlib or base64)") from None

@@ -154,6 +154,8 @@ def append_line(path, line):
     """Append `line` (a str without a newline) and a newline to the regular file `path`, creating
     it; a FIFO, a device or a directory there is refused, never written to or waited on."""
     path = as_path("path", path)
+    if not isinstance(line, str):
+        raise bad_type("line", line, "a str (one line, without its newline)")
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o666)
@@ -287,7 +289,7 @@ def replaced_folder(path, marker, arg="path"):
     folder is removed and `path` is untouched."""
     path = as_path(arg, path)
     owned_folder(path, marker, arg)
-    parent = ensure_writable_dir(path.parent if str(path.parent) else Path("."), arg)
+    parent = ensure_writable_dir(path.parent, arg)
     tmp = _temporary_name(parent / path.name)
     try:
         os.mkdir(tmp)
@@ -308,6 +310,9 @@ def replaced_folder(path, marker, arg="path"):
 def owned_folder(path, marker, arg="path"):
     """Check `path` is absent, an empty folder, or a folder holding `marker` (replaced_folder's
     rule): a folder with other files is the user's, not a writer's to replace."""
+    path = as_path(arg, path)
+    if not isinstance(marker, str) or not NAME.match(marker):
+        raise bad_type("marker", marker, "the plain name of the file the writer puts into the folder")
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

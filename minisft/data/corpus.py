@@ -239,7 +239,9 @@ def load_corpus(source, max_chars=None, val_fraction=0.1, suffixes=DEFAULT_SUFFI
         raise bad_type("encoding", encoding, 'a codec name such as "utf-8" or "latin-1"')
     try:
         encoding = codecs.lookup(encoding).name
-        b"".decode(encoding)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13 is no text encoding
+        b"\0\0\0\0".decode(encoding)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13: LookupError
+    except UnicodeError:
+        pass  # a text encoding (these bytes need not be valid in it)
     except LookupError:
         raise bad_value("encoding", encoding, 'a text encoding Python knows, such as "utf-8" or "latin-1" (not a '
                         'bytes-to-bytes codec such as zlib or base64)') from None

@@ -411,7 +411,7 @@ def earlier_run(workdir):
     if os.path.lexists(workdir / "result.json"):
         return "a finished run (result.json)"
     if os.path.lexists(workdir / "checkpoint.safetensors"):
-        step = checkpoint_step(workdir / "checkpoint.safetensors")
+        step = _checkpoint_step(workdir / "checkpoint.safetensors")
         return f"an unfinished run (its checkpoint{'' if step is None else f' at step {step}'})"
     log = workdir / "log.jsonl"
     if os.path.lexists(log) and (not log.is_file() or log.stat().st_size > 0):
@@ -421,7 +421,7 @@ def earlier_run(workdir):
     return ""
 
 
-def checkpoint_step(path):
+def _checkpoint_step(path):
     """The step of the checkpoint at `path` (None when its header cannot be read)."""
     try:
         step = checkpoint_meta(path).get("step")

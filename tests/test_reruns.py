@@ -103,6 +103,22 @@ def _overwritten(folder):
     return model, result
 
 
+def test_overwrite_removes_every_trace_of_the_earlier_run_before_its_own_first_checkpoint(tmp_path, uninterrupted):
+    """An earlier run of other settings (lr 0.02) killed after its checkpoint; --overwrite with this
+    run's settings killed before its own first checkpoint: nothing of the earlier run is left to be
+    resumed (its checkpoint would be refused as another run's), so --resume starts afresh and gives
+    the uninterrupted run."""
+    with pytest.raises(Killed):
+        run(tmp_path, STEPS, ckpt_every=3, lr=2e-2, method=killed_after(LoRAMethod(r=2, alpha=4), 7))
+    model = small_model()
+    cfg = train_module.TrainConfig(steps=STEPS, lr=1e-2, eval_every=4, checkpoint_every=3, seed=5, accumulation=2)
+    with pytest.raises(Killed):
+        train_module.train(model, killed_after(LoRAMethod(r=2, alpha=4), 2), synthetic_task(), cfg, workdir=tmp_path,
+                           overwrite=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == ["log.jsonl"]
+    _same_run(*run(tmp_path, STEPS, ckpt_every=3, resume=True), uninterrupted)
+
+
 def _append(line):
     def damage(folder):
         with open(folder / "log.jsonl", "a") as f:

@@ -59,7 +59,7 @@ from ..core.config import GPTConfig
 from ..data.corpus import load_corpus
 from ..distributed.data_parallel import world_size
 from ..distributed.rank0 import broadcast_arrays, on_rank0
-from ..core.errors import ForeignFileError, MinisftError, bad_type, bad_value, nonnegative_int, positive_int, real_in
+from ..core.errors import MinisftError, foreign_file, bad_type, bad_value, nonnegative_int, positive_int, real_in
 from ..core.fileio import (RunLock, as_path, atomic_write_json, bad_path, check_name, check_output_file, ensure_writable_dir,
     read_json, read_regular_file, remove_stale_temps, sha256_hex)
 from ..model.interop import HF_CONFIG, HF_WEIGHTS, load_hf_gpt2
@@ -237,10 +237,9 @@ def pretrained(preset, workdir, data, backend="auto", dtype="float32", seed=0, p
             note(f"the cached base model is damaged ({e}); pretraining it again")
             return False
         if meta.get("key") != key:
-            raise ForeignFileError(f"workdir: {str(path)!r}: expected the base model of key {key[:20]} (its file name); "
-                                   f"it holds the one of key {str(meta.get('key'))[:20]} (another seed, preset, data "
-                                   "or tokenizer, put there by hand?): move it away and run again", "workdir",
-                                   str(path), f"the base model of key {key[:20]}")
+            raise foreign_file("workdir", path, f"the base model of key {key[:20]} (its file name); it holds the one "
+                               f"of key {str(meta.get('key'))[:20]} (another seed, preset, data or tokenizer, put "
+                               "there by hand?): move it away and run again")
         loaded["model"] = GPT.from_state_dict(loaded["arrays"], data.config, backend=backend, dtype=dtype)
         return True
 
@@ -528,6 +527,10 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
                 check_run_dir(run_dir(workdir, preset, data, label, s, seed, lr, dtype), not overwrite, overwrite)
         base_model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress, comm, split=False)
         base = base_model.state_dict()
+        out = {"preset": asdict(preset), "domains": data.domains, "provenance": provenance(preset, data, seed),
+               "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend, "dtype": dtype, "lr": lr,
+               "seeds": list(range(seed, seed + seeds))}
+        earlier, earlier_base = on_rank0(comm, lambda: _earlier_rows(path, out)) if only else ({}, None)  # checked now
         earlier_timings = on_rank0(comm, lambda: _earlier_timings(folder / timings_name))
         costs = [earlier_timings.get(f"{job[0]}:seed{job[-1]}") for job in jobs]
         mine = assign_jobs(costs, world_size(comm))[0 if comm is None else comm.rank]
@@ -552,11 +555,10 @@ def compare(preset, workdir, data, backend="auto", dtype="float32", seed=0, prog
             timings.update(by_job[j][1])
             pools.update(by_job[j][2])
         rows = {label: summarize(label, results) for label, results in rows.items()}
-        out = {"preset": asdict(preset), "domains": data.domains, "provenance": provenance(preset, data, seed),
-               "vocab_size": data.tokenizer.vocab_size, "backend": base_model.backend, "dtype": dtype, "lr": lr,
-               "seeds": list(range(seed, seed + seeds)), "base": first_base(rows),
-               "minisft_version": __version__, "git_commit": git_commit()}
-        earlier = on_rank0(comm, lambda: _earlier_rows(path, out)) if only else {}
+        out.update({"base": first_base(rows), "minisft_version": __version__, "git_commit": git_commit()})
+        if earlier and earlier_base != out["base"]:
+            raise bad_path("--only", path, "a table of this experiment to add rows to; its base model's losses "
+                           "differ from this one's (move it aside, or run every row (without --only))")
         order = [label for label, *_ in rows_all]
         merged = {**earlier, **rows}
         out["rows"] = [merged[label] for label in order if label in merged]
@@ -597,15 +599,16 @@ def first_base(rows):
     return next(iter(rows.values()))["runs"][0]["base"]
 
 
-COMPARE_HEADER = ("preset", "domains", "provenance", "vocab_size", "backend", "dtype", "lr", "seeds", "base")
+COMPARE_HEADER = ("preset", "domains", "provenance", "vocab_size", "backend", "dtype", "lr", "seeds")
 
 
 def _earlier_rows(path, current):
-    """{label: row} of the earlier compare table at `path` ({} when there is none), after checking it
-    is a table of the same experiment as `current` (COMPARE_HEADER). A table that cannot be read,
-    or of another experiment, is an error: its rows would otherwise be lost or mixed in."""
+    """({label: row}, base losses) of the earlier compare table at `path` ({} when there is none), after checking it
+    is a table of the same experiment as `current` (COMPARE_HEADER; its base model's losses are
+    compared once the rows have them). A table that cannot be read, or of another experiment, is an
+    error: its rows would otherwise be lost or mixed in."""
     if not os.path.lexists(path):
-        return {}
+        return {}, None
     rerun = "move it aside, or run every row (without --only)"
     try:
         earlier = read_json(path)
@@ -620,7 +623,7 @@ def _earlier_rows(path, current):
     if differ:
         raise bad_path("--only", path, f"a table of this experiment to add rows to; it differs in {differ} "
                        f"({rerun})")
-    return {row["label"]: row for row in earlier["rows"]}
+    return {row["label"]: row for row in earlier["rows"]}, earlier.get("base")
 
 
 def _earlier_timings(path):

@@ -42,7 +42,7 @@ from ..model.adapters.lora import lora_scaling
 from ..training.checkpoint import arrays_digest, checkpoint_meta, load_checkpoint
 from ..training.train import MODEL_FILES, run_identity
 from ..core.config import GPTConfig
-from ..core.errors import ForeignFileError, MinisftError, bad_value
+from ..core.errors import MinisftError, bad_value, foreign_file
 from ..core.fileio import as_path, atomic_write_json, bad_path, owned_folder, read_json, replaced_folder
 from ..core.version import __version__
 from ..model.interop import load_hf_gpt2, save_hf_gpt2, write_peft_lora
@@ -71,22 +71,19 @@ def run_files(run):
         if stored is None:
             stored = embedded
         if not isinstance(embedded, dict) or embedded != stored:
-            raise ForeignFileError(f"run={str(path)!r}: expected the model file of the same run as "
-                                   f"{MODEL_FILES[0]} (the manifests inside differ: another run's file?)", "run",
-                                   str(path), "the model file of the same run")
+            raise foreign_file("run", path, f"the model file of the same run as {MODEL_FILES[0]} (the manifests "
+                               "inside differ: another run's file?)")
     if not isinstance(manifest, dict) or {k: v for k, v in manifest.items() if k != "files"} != stored:
-        raise ForeignFileError(f"run={str(run / 'model' / 'manifest.json')!r}: expected the manifest that the "
-                               "checksummed model files carry (it was edited)", "run", str(run),
-                               "an unedited model/manifest.json")
+        raise foreign_file("run", run / "model" / "manifest.json", "an unedited model/manifest.json: the manifest "
+                           "the checksummed model files carry (it was edited)")
     result = read_json(run / "result.json")
     if not isinstance(result, dict):
         raise bad_path("run", run / "result.json", "a JSON object: the run's result")
     if "run" in stored and not (  # runs of earlier minisft versions carry no identity: integrity only
             isinstance(result.get("fingerprint"), dict) and run_identity(result["fingerprint"]) == stored["run"]
             and arrays_digest({}, result.get("report")) == stored.get("report_sha256")):
-        raise ForeignFileError(f"run={str(run / 'result.json')!r}: expected the result of the run the model files "
-                               "name (its fingerprint and report digests; it was edited or is another run's)", "run",
-                               str(run), "the result of this run")
+        raise foreign_file("run", run / "result.json", "the result of the run the model files name (its "
+                           "fingerprint and report digests; it was edited or is another run's)")
     return run, stored, result
 
 
@@ -127,9 +124,8 @@ def _base_state_dict(run, manifest):
     dtype = np.dtype(manifest.get("dtype", "float32"))
     digest = arrays_digest({k: np.asarray(v, dtype=dtype) for k, v in state_dict.items()})
     if "base_model" in manifest and digest != manifest["base_model"]:
-        raise ForeignFileError(f"run={str(run)!r}: expected {where} as the run started from it (digest "
-                               f"{manifest['base_model'][:12]}); it is another model now (digest {digest[:12]}: "
-                               "replaced or edited since)", "run", str(run), "the base model the run started from")
+        raise foreign_file("run", run, f"{where} as the run started from it (digest {manifest['base_model'][:12]}); "
+                           f"it is another model now (digest {digest[:12]}: replaced or edited since)")
     return state_dict
 
 

@@ -47,6 +47,11 @@ class ForeignFileError(MinisftError):
     """A stored file is intact but is not the one its place says (another key, run or base model)."""
 
 
+def foreign_file(arg, path, expected):
+    """A ForeignFileError naming `arg`, the file `path` and what was `expected` there."""
+    return ForeignFileError(f"{arg}={str(path)!r}: expected {expected}", arg, str(path), expected)
+
+
 class FileWriteError(MinisftError, OSError):
     """A file or folder could not be written (a full disk, a directory where a file is expected, no
     permission): an OSError, and a MinisftError so the command line prints it as one line."""

@@ -59,8 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import (CorruptFileError, FileWriteError, ForeignFileError, LockedError, MinisftError, bad_type,
-    bad_value, positive_int)
+from .errors import (CorruptFileError, FileWriteError, LockedError, MinisftError, bad_type, bad_value, foreign_file,
+    positive_int)
 
 
 TMP_SUFFIX = ".tmp"
@@ -427,9 +427,8 @@ def read_checked(path, key):
         raise CorruptFileError(f"path={str(path)!r}: expected a file whose content matches its stored SHA-256 "
                                "(it was damaged or edited)")
     if stored["key"] != key:
-        raise ForeignFileError(f"path={str(path)!r}: expected the file made for key {key[:24]}, its name's key; it "
-                               f"holds the one made for key {stored['key'][:24]} (it was put there by hand?): move "
-                               "it away and run again", "path", str(path), f"the file made for key {key[:24]}")
+        raise foreign_file("path", path, f"the file made for key {key[:24]}, its name's key; it holds the one made "
+                           f"for key {stored['key'][:24]} (it was put there by hand?): move it away and run again")
     return stored["text"]
 
 

@@ -290,6 +290,7 @@ def replaced_folder(path, marker, arg="path"):
     path = as_path(arg, path)
     owned_folder(path, marker, arg)
     parent = ensure_writable_dir(path.parent, arg)
+    remove_stale_temps(parent, path.name)  # what a killed write of this folder left
     tmp = _temporary_name(parent / path.name)
     try:
         os.mkdir(tmp)
@@ -364,11 +365,14 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temps(folder):
-    """Delete the temporary files of atomic writes whose process no longer runs (a kill inside a
-    write leaves one); returns the names removed. A missing folder has none."""
+def remove_stale_temps(folder, name=None):
+    """Delete the temporary files (and replaced_folder's folders) of writes whose process no longer
+    runs (a kill inside a write leaves one), of every name or of `name` only; returns the names
+    removed. A missing folder has none."""
     removed = []
     folder = as_path("folder", folder)
+    if name is not None and not isinstance(name, str):
+        raise bad_type("name", name, "None or a file name")
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
@@ -377,6 +381,8 @@ def remove_stale_temps(folder):
         raise bad_path("folder", folder, f"a folder ({e.strerror})") from None
     for entry in entries:
         m = _TMP_NAME.match(entry.name)
+        if name is not None and not entry.name.startswith(f".{name[: NAME_MAX - 32]}."):
+            continue
         if m and not _pid_alive(int(m.group(1))):
             if entry.is_dir(follow_symlinks=False):  # a folder of replaced_folder
                 shutil.rmtree(entry.path, ignore_errors=True)

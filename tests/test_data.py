@@ -383,17 +383,20 @@ def test_damaged_cache_is_retrained_with_a_message(small, tmp_path, capsys):
         assert "damaged" in err and tok.path.name in err and "training it again" in err
 
 
-@given(runs=st.lists(st.tuples(st.integers(0, 400), st.sampled_from(["a", "7", "=", "é"]), st.sampled_from([" ", "\n", "\t\t", ""])),
-                     max_size=6))
+@given(runs=st.lists(st.tuples(st.integers(0, 400), st.sampled_from(["a", "7", "=", "é", " ", "\n", "\t"]),
+                               st.sampled_from([" ", "\n", "\t\t", "", "x"])), max_size=6))
 @example(runs=[(tokenizer_mod.MAX_RUN, "a", ""), (1, "b", "")])
 @example(runs=[(5_000, "x", "")])
+@example(runs=[(5_000, " ", "")])
+@example(runs=[(tokenizer_mod.MAX_RUN, " ", ""), (1, "\n", "")])
 def test_training_pieces_partition_the_text_with_bounded_runs(runs):
-    """BPE training sees every document cut so that no piece holds more than MAX_RUN non-whitespace
-    characters in a row (the bound that keeps training linear), and the pieces are the document."""
+    """BPE training sees every document cut so that no piece holds more than MAX_RUN non-whitespace,
+    or whitespace, characters in a row (the bound that keeps training linear), and the pieces are
+    the document."""
     doc = "".join(ch * n + sep for n, ch, sep in runs)
     pieces = list(tokenizer_mod.training_pieces(doc))
     assert "".join(pieces) == doc
-    longest = max((len(r) for p in pieces for r in re.findall(r"\S+", p)), default=0)
+    longest = max((len(r) for p in pieces for r in re.findall(r"\S+|\s+", p)), default=0)
     assert longest <= tokenizer_mod.MAX_RUN
 
 

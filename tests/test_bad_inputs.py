@@ -33,7 +33,8 @@ import pytest
 import minisft as ms
 import minisft.app.experiment as ex
 from minisft.data import batches, corpus, tokenizer
-from minisft.training import checkpoint, train
+from minisft.training import checkpoint, optim, train
+from minisft.methods import select as select_module
 from minisft.app import cli, experiment
 from minisft.core import config, fileio
 from minisft.model import interop
@@ -603,6 +604,71 @@ API = {
                                                None, np.array([])],
                                 "threshold": [0, -0.1, 1.5, NAN, INF, "0.5", None]}),
 }
+# the lower-level public functions of the adversarial review of 2026-12-07 (its ids in comments): the
+# checks the pipeline's functions have
+G3 = {"a": np.array([3.0, 4.0])}
+API.update({
+    "optim.AdamW": (optim.AdamW, lambda t: {},  # O02 eps=0: a zero gradient gave NaN parameters; O03, O19
+                    {"lr": NEG_POS_REAL, "eps": [0.0, -1e-8, NAN, INF, "1e-8"], "weight_decay": [-1.0, NAN, INF],
+                     "betas": [(0.9,), 0.9, (0.9, 1.0), (NAN, 0.9)]}),
+    "optim.SGD": (optim.SGD, lambda t: {"lr": 0.1},  # O18
+                  {"lr": NEG_POS_REAL, "momentum": [1.0, -0.1, NAN], "weight_decay": [-1.0, NAN, INF]}),
+    "optim.Optimizer.step": (lambda **k: optim.AdamW().step(**k),  # O04 O05 O07 O08 O09
+                             lambda t: {"params": {"a": np.ones(3)}, "grads": {"a": np.ones(3)}},
+                             {"grads": [Bad({"b": np.ones(3)}, "grads"), Bad({"a": np.ones(4)}, "grads"),
+                                        Bad({"a": np.array([NAN, 1.0, 1.0])}, "grads"), Bad({"a": np.ones(3, int)}, "grads"),
+                                        None],
+                              "params": [Bad({"a": np.ones(3, int)}, "params"), None],
+                              "masks": [Bad({"a": np.ones(3)}, "masks"), Bad({"b": np.ones(3, bool)}, "masks")],
+                              "lr": [-1.0, 0, NAN, INF, "1"], "check_finite": [None, "yes"]}),
+    "optim.clip_grad_norm": (optim.clip_grad_norm, lambda t: {"grads": dict(G3), "max_norm": 1.0},  # O11: -1 flipped
+                             {"max_norm": [-1.0, 0.0, NAN, INF, "1"], "grads": [None, [3.0]]}),  # signs; O11c
+    "optim.lr_at": (optim.lr_at, lambda t: {"step": 0, "base_lr": 1e-3},  # O13
+                    {"step": [-1, 1.5, None], "base_lr": [0, -1.0, NAN]}),
+    "nn.embedding_forward": (ms.nn.embedding_forward,  # N11, N12: -1 read the last row
+                             lambda t: {"idx": np.array([[0, 1]]), "wte": np.ones((5, 3)), "wpe": np.ones((4, 3))},
+                             {"idx": [np.array([[-1]]), np.array([[9]]), np.array([[0.5]]), np.zeros(2, int),
+                                      np.zeros((1, 5), int)], "wte": [Bad(np.ones(5), "wte")]}),
+    "nn.cross_entropy_forward": (ms.nn.cross_entropy_forward,  # N08, N09: -3 read as class 2
+                                 lambda t: {"logits": np.zeros((1, 2, 5)), "targets": np.array([[0, 1]])},
+                                 {"targets": [np.array([[-3, 1]]), np.array([[7, 1]]), np.array([[0]]),
+                                              np.array([[0.0, 1.0]])], "logits": [np.zeros((1, 2, 5), int), None]}),
+    "nn.linear_forward": (ms.nn.linear_forward, lambda t: {"x": np.ones((2, 3)), "weight": np.ones((5, 3))},  # N01
+                          {"x": [Bad(np.ones((2, 3, 4)), "x")], "weight": [Bad(np.ones(3), "weight")],
+                           "bias": [Bad(np.ones(4), "bias")]}),
+    "nn.layernorm_forward": (ms.nn.layernorm_forward,  # N05
+                             lambda t: {"x": np.ones((2, 4)), "weight": np.ones(4), "bias": np.zeros(4)},
+                             {"weight": [Bad(np.ones(3), "weight")], "bias": [Bad(np.zeros(5), "bias")]}),
+    "nn.attention_forward": (ms.nn.attention_forward, lambda t: {"qkv": np.ones((1, 3, 12)), "n_head": 2},  # N06, N07
+                             {"n_head": [5, 0, -1, 1.5, True, None]}),
+    "importance.row_obd": (ms.importance.row_obd, lambda t: {"W": np.ones((4, 3)), "F": np.ones((4, 3))},  # IM01
+                           {"F": [-np.ones((4, 3))], "W": [Bad(np.full((4, 3), 1e200), "W")]}),
+    "importance.row_wanda": (ms.importance.row_wanda, lambda t: {"W": np.ones((2, 3)), "act_norm": np.ones(3)},  # IM04
+                             {"act_norm": [np.array([-5.0, 1.0, 1.0])]}),
+    "mgpp.annealed_lambda": (ms.mgpp.annealed_lambda,  # M07 NaN lam, M09 a string step
+                             lambda t: {"step": 5, "lam": 0.5, "lam_final": 0.1, "t_start": 0, "t_end": 10},
+                             {"step": ["x", -1, None], "lam": [NAN, 0, 1.5], "lam_final": [NAN, -1.0],
+                              "t_start": [-1, 1.5], "t_end": [None]}),
+    "loradrop.keep_and_share": (ms.loradrop.keep_and_share,  # LD05, LD06
+                                lambda t: {"layers": ["h.0.attn.c_attn", "h.1.attn.c_attn"],
+                                           "scores": {"h.0.attn.c_attn": 1.0, "h.1.attn.c_attn": 2.0}, "threshold": 0.9},
+                                {"scores": [np.array([1.0, 2.0]), {"h.0.attn.c_attn": 1.0}],
+                                 "threshold": [NAN, 0, 1.5], "layers": [None, "h.0.attn.c_attn"]}),
+    "select.smallest_k_keep_mask": (select_module.smallest_k_keep_mask, lambda t: {"x": np.arange(4.0), "k": 1},
+                                    {"k": [-1, 10, 1.5, True]}),  # SE01 (-1 gave a mask), SE02, SE03
+    "select.decimal_fraction": (select_module.decimal_fraction, lambda t: {"value": 0.5},
+                                {"value": [NAN, INF, "0.5", None]}),  # SE05
+    "select.zero_where_dropped": (select_module.zero_where_dropped, lambda t: {"g": np.ones(3), "keep": np.ones(3, bool)},
+                                  {"keep": [np.ones(4, bool), np.array([1, 0, 2])]}),  # SE06, SE07
+    "adapters.LoRA": (ms.adapters.LoRA, lambda t: {"model": _model(), "layer": "h.0.attn.c_attn", "r": 2},
+                      {"layer": ["h.9.attn.c_attn", None, "wte"], "alpha": [NAN, 0, INF]}),  # AD02, AD03
+    "methods.LoRAMethod.prepare": (lambda **k: ms.methods.LoRAMethod(r=2, alpha=4).prepare(k["model"], None, 0),
+                                   lambda t: {"model": _model()},
+                                   {"model": [Bad(_lora_model(), "model")]}),  # AD06: prepared twice
+    "memory.memory_report": (ms.memory.memory_report, lambda t: {"model": _model()}, {"model": [None, "m"]}),  # AD20
+})
+
+
 # public names of the walked modules that take no input to check, with the reason
 NO_INPUT = {
     "fileio.default_cache_dir": "takes no argument (reads the environment)",
@@ -787,6 +853,82 @@ def test_a_second_run_on_a_directory_in_use_is_a_clear_error_and_a_dead_holder_f
         holder.wait(timeout=30)
     CASES["cli"] += 1
     assert rc == 2 and f"in use by another minisft process (pid {holder.pid})" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# the review's cases fixed by a value or a bound, not an error
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scores,expected", [([1e308] * 3, [1 / 3] * 3), ([1e308, 1e308, 0.0], [0.5, 0.5, 0.0]),
+                                             ([1.0, 3.0], [0.25, 0.75])])
+def test_normalized_importance_of_huge_finite_scores_is_their_share(scores, expected):
+    """LD01: scores whose sum overflows were normalised to zeros; their shares (exact rationals,
+    fractions.Fraction) to the last bit."""
+    from fractions import Fraction
+
+    got = ms.loradrop.normalize_importance(np.array(scores))
+    exact = [Fraction(v) / sum(map(Fraction, scores)) for v in scores]
+    assert all(abs(Fraction(float(g)) - e) <= Fraction(1, 2**53) for g, e in zip(got, exact)), got
+    assert np.allclose(got, expected, rtol=0, atol=2**-53)
+
+
+def test_knapsack_searches_and_fronts_are_bounded_by_clear_errors(monkeypatch):
+    """KN02 (a subset-sum instance: branch-and-bound ran for minutes) and KN03 (2^n front points: a
+    MemoryError): each stops at its bound with an error naming the instance, here with the bounds
+    lowered so the test takes milliseconds; ordinary instances stay exact (tests/test_knapsack.py)."""
+    monkeypatch.setattr(ms.knapsack, "MAX_NODES", 1_000)
+    monkeypatch.setattr(ms.knapsack, "MAX_FRONT", 1_024)
+    w = np.random.default_rng(1).integers(10**9, 2 * 10**9, 16)  # the review's instance had 45 items
+    with pytest.raises(MinisftError, match="values=.*16 items.*MAX_NODES = 1,000"):
+        ms.knapsack.solve(w.astype(float), w, int(w.sum() // 2))
+    with pytest.raises(MinisftError, match="values=.*12 items.*MAX_FRONT = 1,024"):
+        ms.knapsack.pareto_front(2.0 ** np.arange(12), 2 ** np.arange(12))
+    assert len(ms.knapsack.pareto_front(2.0 ** np.arange(10), 2 ** np.arange(10))) == 1_024  # at the bound
+
+
+def test_ranks_of_other_settings_are_stopped_before_the_first_collective():
+    """MPI10b: ranks started with other methods reached the all-reduce with other sizes (an MPICH
+    dump); every rank now compares a digest of its run's fingerprint first (one all-gather) and
+    raises naming the rank that differs, before the method prepares anything."""
+    from minisft.distributed import Communicator, DistributedError
+
+    class OtherRank(Communicator):  # rank 1 reports another fingerprint
+        def _allgather_bytes(self, data):
+            return [data, b'"0000"']
+
+    ids = batches.TokenStream((np.arange(800) % 40).astype(np.int32), "s", 40)
+    val = batches.validation_batches(ids, 2, 8, 1)
+    task = train.Task(ids, val, val, 2, 8, comm=OtherRank(rank=0, world_size=2))
+    method = ms.methods.LoRAMethod(r=2, alpha=4)
+    method.prepare = lambda *a: pytest.fail("the method prepared before the ranks were compared")
+    with pytest.raises(DistributedError, match="the run's settings.*rank 1 differs from rank 0"):
+        train.train(_model(), method, task, train.TrainConfig(steps=2), progress=False)
+
+
+def test_a_file_that_reads_otherwise_as_utf8_gets_a_note(tmp_path, capsys):
+    """D009: an ASCII file decoded as UTF-16 (CJK ideographs) gets a note; a Latin-1 file with
+    accents (not UTF-8) and a UTF-16 file (NUL bytes) do not."""
+    cases = {"ascii.txt": (b"The quick brown fox jumps over the lazy dog.\n" * 200, "utf-16", True),
+             "latin.txt": ("caf\xe9 cr\xe8me \n".encode("latin-1") * 300, "latin-1", False),
+             "wide.txt": ("real UTF-16 text\n" * 200).encode("utf-16"), }
+    cases["wide.txt"] = (cases["wide.txt"], "utf-16", False)
+    for name, (data, encoding, noted) in cases.items():
+        (tmp_path / name).write_bytes(data[: len(data) // 2 * 2])
+        capsys.readouterr()
+        corpus.load_corpus(tmp_path / name, encoding=encoding)
+        err = capsys.readouterr().err
+        assert ("clean UTF-8 text" in err) == noted, (name, err)
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["--method", "mgpp", "--steps", "1"], "--steps"),  # Q01: total_steps was filled from --steps
+    (["--method", "mgpp", "--steps", "10", "--set", "total_steps=1000"], "--set total_steps"),  # Q07
+    (["--method", "magprune", "--set", "total_steps=99"], "--set total_steps"),
+])
+def test_a_schedule_that_does_not_fit_the_run_names_the_option_that_set_it(argv, option, tmp_path, capsys, no_work):
+    no_work()
+    rc, err = run_cli(["finetune", "--preset", "micro", "--workdir", str(tmp_path / "w"), *argv], capsys)
+    assert_clear_error(rc, err, option)
+    assert err.strip().splitlines()[-1].startswith(f"minisft: error: {option}:"), err
 
 
 def test_count_of_cases(capsys):

@@ -19,6 +19,7 @@ from ...core.backend import rng as make_rng
 from ...core.errors import bad_value, positive_int, real_in
 from ...core.fastpath import has_fast_path
 from ...nn import linear_forward
+from ..gpt import linear_layer_names
 from .base import Adapter, kaiming_uniform, linear_grads
 
 
@@ -30,8 +31,10 @@ class LoRA(Adapter):
     kind = "lora"
 
     def __init__(self, model, layer, r=8, alpha=8, use_rslora=False, generator=0, shared=None):
-        if not isinstance(layer, str) or layer + ".weight" not in getattr(model, "params", {}):
-            raise bad_value("layer", layer, "a linear layer of the model, such as 'h.0.attn.c_attn'")
+        linear = (linear_layer_names(model.config) if hasattr(model, "config")  # a GPT; else a bare stand-in
+                  else [name[: -len(".weight")] for name in model.params])
+        if layer not in linear:
+            raise bad_value("layer", layer, f"a linear layer of the model, such as {linear[:2]}")
         W = model.params[layer + ".weight"]
         super().__init__(layer, *W.shape, model.xp, model.dtype)
         if shared is not None:

@@ -279,3 +279,11 @@ def test_a_full_disk_during_an_export_leaves_the_earlier_export_whole(work, caps
         rc, _, err = run_cli(["export", work / RUN, "--peft", out], capsys)
         assert_one_line_error(rc, err, "No space left on device")
     assert tree(out) == before and not [p for p in work.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_writing_the_golden_vectors_is_one_line(tmp_path, capsys, monkeypatch):
+    """S04: the disk fills after two case files of `minisft vectors`: one line naming --out (was a
+    traceback)."""
+    _disk_full_writing(monkeypatch, ".safetensors", after=2)
+    rc, _, err = run_cli(["vectors", "--out", tmp_path / "vec"], capsys)
+    assert_one_line_error(rc, err, "--out", "No space left on device")

@@ -239,3 +239,14 @@ def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
 def test_ensure_writable_dir_refuses_empty_and_non_paths(bad):
     with pytest.raises(ValueError, match="workdir"):
         ensure_writable_dir(bad, "workdir")
+
+
+def test_read_json_refuses_special_files_without_blocking(tmp_path):
+    """Every JSON file minisft reads (results, tables, configs, caches) goes through
+    read_regular_file: a FIFO without a writer or /dev/zero is an error naming the path, not a
+    read that blocks or never ends."""
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    for path in (tmp_path / "fifo.json", tmp_path / "zero.json", Path("/dev/null")):
+        with pytest.raises(ValueError, match=re.escape(f"path='{path}'") + ".*regular file"):
+            read_json(path)

@@ -220,8 +220,8 @@ def _interrupt_is_one_line(rc, err):
 
 def test_ctrl_c_during_fine_tuning_is_one_line_and_resume_continues(work, capsys):
     """SIG1: SIGINT once the first checkpoint is written; then --resume equals the uninterrupted run."""
-    argv = ["finetune", *COMMON, "--workdir", work, "--method", "lora", "--steps", "300", "--checkpoint-every", "2"]
-    folder = work / "runs/micro-docs-steps300/lora/seed0"
+    argv = ["finetune", *COMMON, "--workdir", work, "--method", "lora", "--steps", "120", "--checkpoint-every", "2"]
+    folder = work / "runs/micro-docs-steps120/lora/seed0"
 
     def checkpointed(line):  # progress lines come about every 10% of the steps: wait for a checkpoint after one
         while not (folder / "checkpoint.safetensors").exists():

@@ -264,6 +264,39 @@ def test_compare_reuses_finished_rows_keeps_seed_counts_apart_and_overwrite_retr
     assert (folder / "compare.json").read_bytes() == first
 
 
+class Stop(Exception):
+    pass
+
+
+def test_a_killed_compare_resumes_its_unfinished_row(work, capsys, monkeypatch):
+    """A compare stopped inside a row (after step 3 of 4; its checkpoint at step 1 or later): the next
+    compare trains only that row's remaining steps and writes the table an uninterrupted compare
+    writes."""
+    args = ["compare", *COMMON, "--workdir", work, "--steps", "4", "--only", "lora-r2", "--seed", "0"]
+    real, calls = train_module._step_grads, []
+
+    def stop_after_three(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Stop
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "_step_grads", stop_after_three)
+        with pytest.raises(Stop):
+            run_cli(args, capsys)
+    folder = work / "runs/micro-docs-steps4/lora-r2/seed0"
+    step = load_checkpoint(folder / "checkpoint.safetensors")[1]["step"]
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "_step_grads", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+        assert run_cli(args, capsys)[0] == 0
+    assert len(calls) == 4 - step, f"{len(calls)} steps trained after a checkpoint at step {step}"
+    resumed = (work / "runs/micro-docs-steps4/compare.json").read_bytes()
+    assert run_cli(args + ["--overwrite"], capsys)[0] == 0
+    assert (work / "runs/micro-docs-steps4/compare.json").read_bytes() == resumed
+
+
 FRONT_OPTIONS = [{}, {"budget": 100000000000}, {"groups": "tensors"}, {"estimator": "gen"}, {"direction": "sgd"},
                  {"probe_steps": 16}, {"every": 2}, {"train_front": True},
                  {"groups": "tensors", "estimator": "gen", "direction": "sgd", "budget": 0.5}]

@@ -9,9 +9,11 @@ read end of a pipe whose only write end the launcher holds: when the launcher di
 closes that end and FD reads end-of-file, and the guard sends SIGTERM to the whole group (COMMAND
 and anything it started), SIGKILL after GRACE seconds. Otherwise it waits for COMMAND and ends the
 way COMMAND ended: its exit code, or the same signal. SIGTERM and SIGINT sent to the group reach
-COMMAND directly; the guard itself outlives them to report how COMMAND ended.
+COMMAND directly; the guard itself outlives them to report how COMMAND ended. Where Linux's
+PR_SET_PDEATHSIG exists, COMMAND is also killed if the guard itself is killed.
 """
 
+import ctypes
 import os
 import select
 import signal
@@ -21,6 +23,15 @@ import time
 
 GRACE = 5.0
 POLL = 0.2
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_guard():
+    """In COMMAND's process, before it starts: SIGKILL when the guard dies (Linux; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def _end_like(returncode):
@@ -48,7 +59,7 @@ def main(argv):
     for sig in (signal.SIGTERM, signal.SIGINT):  # the group's signal reaches COMMAND; the guard reports its end
         signal.signal(sig, lambda *_: None)
     try:
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, preexec_fn=_die_with_the_guard)
     except OSError as e:
         print(f"minisft launch: cannot start {command[0]!r}: {e.strerror}", file=sys.stderr, flush=True)
         sys.exit(127)

@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 
 import minisft as ms
+import minisft.app.claims as claims
+import minisft.app.compare as cmp
 import minisft.app.experiment as ex
 from minisft.data import batches, corpus, tokenizer
 from minisft.training import checkpoint, train
@@ -102,6 +104,8 @@ BAD_VALUES = {
     "--steps": ["0", "-1", "abc", "1.5", "nan", "inf", "", HUGE_INT],
     "--lr": ["0", "-1", "nan", "inf", "-inf", "abc", "", "1e400"],
     "--quiet": None,
+    "--tf32": None,
+    "--lr-grid": ["full", "peft=", "full=0", "full=-1", "full=nan", "adam=1e-3", "full=1e-3,x", ""],
     "--method": ["nope", "", "../lora", "LORA"],
     "--set": ["r", "=4", "bogus=1", "r=1=2", " =1"],
     "--label": ["../x", "/abs", "", ".", "..", "a/b", ".hidden", "x" * 101, "a b"],
@@ -124,8 +128,8 @@ BAD_VALUES = {
     "--peft": ["", FILE, UNDER_FILE, "a\x00b"],
 }
 BASE_ARGS = {"pretrain": [], "finetune": ["--method", "lora"], "compare": [], "adapeft-front": [], "methods": [],
-             "vectors": [], "bench": [], "launch": [], "export": ["no-such-run"]}
-NO_COMMON = ("vectors", "methods", "bench", "launch", "export")  # subcommands without the common options
+             "vectors": [], "bench": [], "launch": [], "export": ["no-such-run"], "claims": []}
+NO_COMMON = ("vectors", "methods", "bench", "launch", "export", "claims")  # subcommands without the common options
 
 
 def subcommands():
@@ -170,8 +174,9 @@ def no_work(monkeypatch):
     def apply(allow_data=False):
         if not allow_data:
             monkeypatch.setattr(ex, "build_data", forbid("reading data"))
-        for name in ("pretrained", "finetune", "compare"):
+        for name in ("pretrained", "finetune"):
             monkeypatch.setattr(ex, name, forbid(f"experiment.{name}"))
+        monkeypatch.setattr(cmp, "compare", forbid("compare.compare"))
     return apply
 
 
@@ -509,11 +514,11 @@ API = {
     "experiment.get_preset": (ex.get_preset, lambda t: {"name": "tiny"},
                               {"name": [Bad(v, "preset") for v in ("huge", "", None, 3, "../tiny")],
                                "steps": NEG_OPT_POS_INT}),
-    "experiment.check_only": (ex.check_only, lambda t: {"preset": TINY, "only": ["full"]},
+    "compare.check_only": (cmp.check_only, lambda t: {"preset": TINY, "only": ["full"]},
                               {"only": ["full", [], ["bogus"], [""], ["lora-r99"], 3]}),
     "experiment.run_dir": (ex.run_dir, lambda t: {"workdir": t, "preset": TINY, "data": _FakeData(), "label": "x"},
                            {"label": ["", "..", "../x", "/abs", "a/b", None, 3], "seed": NEG_NONNEG_INT}),
-    "experiment.build_method": (ex.build_method, lambda t: {"name": "lora", "options": {}, "preset": TINY},
+    "compare.build_method": (cmp.build_method, lambda t: {"name": "lora", "options": {}, "preset": TINY},
                                 {"name": [Bad(n, "method") for n in ("nope", "", None, 3)],
                                  "options": [Bad({"r": "4"}, "r"), Bad({"r": 4.5}, "r"), Bad({"r": NAN}, "r"),
                                              Bad({"bogus": 1}, "bogus"), Bad({"r": 0}, "r"),
@@ -530,9 +535,14 @@ API = {
                                                         Bad({"grad_clip": -1.0}, "grad_clip"),
                                                         Bad({"batch_size": 0}, "batch_size"),
                                                         Bad({"batch_size": 2.5}, "batch_size")]}),
-    "experiment.assign_jobs": (ex.assign_jobs, lambda t: {"costs": [1.0, None, 2.5], "n": 2},
+    "compare.assign_jobs": (cmp.assign_jobs, lambda t: {"costs": [1.0, None, 2.5], "n": 2},
                                {"costs": [None, 3, [-1.0], [NAN], ["x"], [math.inf]], "n": NEG_POS_INT}),
-    "experiment.mean_sd": (ex.mean_sd, lambda t: {"values": [1.0]}, {"values": [[], None, ["x"], [NAN]]}),
+    "compare.mean_sd": (cmp.mean_sd, lambda t: {"values": [1.0]}, {"values": [[], None, ["x"], [NAN]]}),
+    "compare.lr_grid": (cmp.lr_grid, lambda t: {"preset": TINY, "grid": {"full": [1e-3], "peft": [1e-2]}},
+                        {"grid": [{}, {"full": [1e-3]}, {"full": [], "peft": [1e-2]}, {"full": [0.0], "peft": [1e-2]},
+                                  {"full": [NAN], "peft": [1e-2]}, {"full": "1e-3", "peft": [1e-2]}, [1e-3]]}),
+    "claims.verdict": (claims.verdict, lambda t: {"kind": "better", "measured": {"low": -1.0, "high": -0.5}},
+                       {"kind": ["worse", None, 3]}),
     "experiment.build_data": (ex.build_data, lambda t: {"preset": MICRO, "workdir": t / "w"},
                               {"workdir": ["", UNDER_FILE, 3], "data": [Bad(v, "source") for v in
                                                                       ("", "/dev/zero", UNDER_FILE, [""])] + [3, []],
@@ -593,13 +603,16 @@ def _api_names():
             if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) \
                     and obj.__module__ == mod.__name__:
                 names.add(f"{short}.{name}")
-    for name, obj in vars(experiment).items():
-        if inspect.isfunction(obj) and obj.__module__ == experiment.__name__ and not name.startswith("_") \
-                and name not in ("pretrained", "finetune", "compare", "pretrain_key", "pretrained_file", "pretrain_config",
-                                 "experiment_name", "experiment_dir", "provenance", "summarize", "first_base",
-                                 "ms_per_step", "make_task", "unigram_entropy", "method_lr", "spruft_label",
-                                 "compare_runs"):
-            names.add(f"experiment.{name}")
+    internal = ("pretrained", "finetune", "compare", "pretrain_key", "pretrained_file", "pretrain_config",
+                "experiment_name", "experiment_dir", "provenance", "summarize", "first_base", "ms_per_step", "make_task",
+                "unigram_entropy", "method_lr", "spruft_label", "compare_runs", "is_lead", "corpus_sizes", "compare_dir",
+                "family", "choose_lr", "pruned_masks", "claims_for", "evaluate_claims", "format_claims", "paired",
+                "peak_bytes", "prior_reach")  # called by the pipeline with its own, already checked objects
+    for mod in (experiment, cmp, claims):
+        for name, obj in vars(mod).items():
+            if inspect.isfunction(obj) and obj.__module__ == mod.__name__ and not name.startswith("_") \
+                    and name not in internal:
+                names.add(f"{mod.__name__.split('.')[-1]}.{name}")
     names |= {"model.GPT", "model.GPT.from_state_dict", "methods.make_method", "importance.row_magnitude",
               "importance.row_taylor", "importance.quantile_mean", "importance.top_rows", "knapsack.solve", "knapsack.pareto_front",
               "gmt.gradient_mask", "loradrop.select_layers"}
@@ -748,7 +761,7 @@ def test_a_second_run_on_a_directory_in_use_is_a_clear_error_and_a_dead_holder_f
                 progress=False)
     monkeypatch.setitem(ex.PRESETS, "micro", MICRO)
     work = tmp_path / "w"
-    holder = _child(HOLD_LOCK, work / "runs" / "micro-docs")
+    holder = _child(HOLD_LOCK, work / "runs" / "micro-prose")
     assert holder.stdout.readline().strip() == "locked"
     monkeypatch.setattr(ex, "pretrained", lambda *a, **k: pytest.fail("pretrained a locked experiment"))
     try:

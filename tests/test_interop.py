@@ -229,9 +229,10 @@ def test_finetune_starts_from_an_hf_folder(micro):
     _, init_data = ex.init_model(folder, work, data, backend="numpy", dtype="float64")
     assert init_data.tokenizer.vocab_size <= MICRO.model.vocab_size and init_data.config.block_size == 12
     preset = replace(preset, model=replace(preset.model, block_size=12))  # windows: the model's 12 positions
-    task = ex.make_task(init_data.target[0], init_data.target[1], init_data.code[1], preset)
-    assert abs(r["base"]["target"] - hf_loss(hf, task.val_target)) <= 1e-10 * r["base"]["target"]
-    assert r["final"]["target"] < r["base"]["target"] - 0.1
+    task = ex.make_task(init_data.target, preset, init_data.code)
+    base = r["base"]["val"]["target"]
+    assert abs(base - hf_loss(hf, task.val_target)) <= 1e-10 * base
+    assert r["final"]["target"] < base - 0.1
 
 
 def test_cli_finetune_init(micro, capsys):

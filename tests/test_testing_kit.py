@@ -16,7 +16,7 @@ import minisft.testing as mt
 from minisft.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
+README = (REPO / "docs" / "cross-validation.md").read_text()
 
 
 def readme_block(after):

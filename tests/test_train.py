@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minisft.app.compare as cmp
 import minisft.app.experiment as ex
 import minisft.training.train as train_module
 import minisft.training.train as train_mod
@@ -34,7 +35,7 @@ from minisft.training.train import Task, TrainConfig, train
 REPO = Path(__file__).resolve().parents[1]
 
 MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
-                  max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
+                  max_chars=60_000, batch_size=8, pretrain_steps=400, pretrain_lr=1e-2,
                   finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
 
 
@@ -380,14 +381,14 @@ def test_pretrain_beats_unigram_entropy_and_finetune_helps(micro_workdir):
     data = ex.build_data(MICRO, micro_workdir)
     model, result = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
     h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
-    task = ex.make_task(data.code[0], data.code[1], None, MICRO)
+    task = ex.make_task(data.code, MICRO)
     loss = ex.evaluate(model, task.val_target)
     print(f"micro pretrain: code val loss {loss:.4f} vs unigram entropy {h:.4f}")
     assert loss < h - 0.3
     again, cached = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
     assert cached is None and all(np.array_equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
     _, r = ex.finetune(MICRO, micro_workdir, data, make_method("full"), "full", backend="numpy")
-    assert r["final"]["target"] < r["base"]["target"]
+    assert r["final"]["target"] < r["base"]["val"]["target"] and r["test"]["target"] < r["base"]["test"]["target"]
 
 
 def test_the_cached_base_is_keyed_by_content_and_verified(micro_workdir, tmp_path, monkeypatch, capsys):
@@ -428,7 +429,9 @@ def test_runs_of_other_presets_data_or_settings_never_share_a_directory(micro_wo
             ex.run_dir(micro_workdir, MICRO, data, "full", seed=1),
             ex.run_dir(micro_workdir, MICRO, data, "full", seed=1, base_seed=0)}
     assert len(dirs) == 8
-    assert ex.run_dir(micro_workdir, MICRO, data, "full") == micro_workdir / "runs" / "micro-docs" / "full" / "seed0"
+    assert ex.run_dir(micro_workdir, MICRO, data, "full") == micro_workdir / "runs" / "micro-prose" / "full" / "seed0"
+    assert ex.run_dir(micro_workdir, MICRO, data, "full", lr=1e-3) == (micro_workdir / "runs" / "micro-prose" / "full"
+                                                                        / "lr0.001" / "seed0")
     for label in ("../x", "/abs", "a/b", "", ".."):
         with pytest.raises(ValueError, match="label"):
             ex.run_dir(micro_workdir, MICRO, data, label)
@@ -440,15 +443,15 @@ def test_compare_is_deterministic_records_its_origin_and_cli_works(micro_workdir
     an earlier table; a bad method is an error."""
     args = ["compare", "--preset", "micro", "--backend", "numpy", "--workdir", str(micro_workdir), "--quiet"]
     assert main(args) == 0  # every row
-    folder = micro_workdir / "runs" / "micro-docs"
+    folder = micro_workdir / "runs" / "micro-prose"
     first = (folder / "compare.json").read_bytes()
     out = capsys.readouterr().out
-    assert "lora-r2" in out and "docs val" in out and "code val" in out
+    assert "lora-r2" in out and "prose test" in out and "code test" in out
     compared = json.loads(first)
-    assert [r["label"] for r in compared["rows"]] == [label for label, *_ in ex.compare_runs(MICRO)]
+    assert [r["label"] for r in compared["rows"]] == [label for label, *_ in cmp.compare_runs(MICRO)]
     assert compared["seeds"] == [0] and compared["provenance"]["preset"] == "micro"
-    assert compared["minisft_version"] and "git_commit" in compared and compared["domains"]["target"] == "docs"
-    result = json.loads((folder / "lora-r2" / "seed0" / "result.json").read_text())
+    assert compared["minisft_version"] and "git_commit" in compared and compared["domains"]["target"] == "prose"
+    result = json.loads((folder / "lora-r2" / f"lr{MICRO.peft_lr!r}" / "seed0" / "result.json").read_text())
     prov = result["provenance"]
     assert prov["preset"] == "micro" and prov["seed"] == 0 and prov["data"]["target"] == ex.build_data(
         MICRO, micro_workdir).fingerprints["target"] and "minisft_version" in prov and "git_commit" in prov
@@ -466,21 +469,22 @@ def test_compare_with_seeds_keeps_every_seed_and_prints_mean_and_sd(micro_workdi
             "--seed", "1", "--seeds", "2", "--only", "lora-r2", "gmt-d0.5"]
     assert main(args + ["--markdown"]) == 0
     out = capsys.readouterr().out
-    folder = micro_workdir / "runs" / "micro-docs-seed1"
+    folder = micro_workdir / "runs" / "micro-prose-seed1"
     compared = json.loads((folder / "compare.json").read_text())
     assert compared["seeds"] == [1, 2] and [r["label"] for r in compared["rows"]] == ["lora-r2", "gmt-d0.5"]
     for row in compared["rows"]:
-        finals = [run["final"]["target"] for run in row["runs"]]
-        assert [run["seed"] for run in row["runs"]] == [1, 2] and finals[0] != finals[1]
-        assert row["target"]["mean"] == pytest.approx(np.mean(finals), abs=1e-12)
-        assert row["target"]["sd"] == pytest.approx(np.std(finals, ddof=1), abs=1e-12)
-        assert (folder / row["label"] / "seed2" / "result.json").exists()
+        tests = [run["test"]["target"] for run in row["runs"]]
+        assert [run["seed"] for run in row["runs"]] == [1, 2] and tests[0] != tests[1]
+        assert row["target"]["mean"] == pytest.approx(np.mean(tests), abs=1e-12)
+        assert row["target"]["sd"] == pytest.approx(np.std(tests, ddof=1), abs=1e-12)
+        assert (folder / row["label"] / f"lr{row['lr']['chosen']!r}" / "seed2" / "result.json").exists()
     lines = out.splitlines()
     assert lines[0].startswith("| method | trainable |") and lines[1].startswith("| --- | ---: |")
     assert re.search(r"`minisft compare --preset micro --seeds 2 --markdown`: seeds 1\.\.2, numpy float32, "
                      r"minisft \S+, commit \S+\)", out)
     lora = next(line for line in lines if line.startswith("| lora-r2 |"))
     assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \|", lora), lora
+    assert "| paper | claim |" in out  # the claims follow the table
     png = folder / "compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
@@ -492,15 +496,17 @@ def test_the_plot_is_written_with_every_panel(tmp_path):
     import matplotlib.pyplot as plt
 
     def row(label, trainable, t, s, seeds=2):
-        runs = [{"seed": k, "base": {"target": 5.0, "source": 4.0}, "sparsity": 0.0, "report": {}, "final": None,
+        runs = [{"seed": k, "base": {"val": {"target": 5.0, "source": 4.0}, "test": {"target": 5.0, "source": 4.0}},
+                 "sparsity": 0.0, "report": {}, "final": None,
                  "history": {"eval": [{"step": 5, "target": t + 0.1 * k}, {"step": 10, "target": t + 0.01 * k}]}}
                 for k in range(seeds)]
         return {"label": label, "counts": {"trainable": trainable}, "target": {"mean": t, "sd": 0.01},
                 "source": {"mean": s, "sd": 0.02}, "runs": runs}
 
-    labels = [label for label, *_ in ex.compare_runs(ex.PRESETS["small"])]
+    labels = [label for label, *_ in cmp.compare_runs(ex.PRESETS["small"])]
     compared = {"rows": [row(label, 1000 * (i + 1), 4.0 + 0.01 * i, 4.5) for i, label in enumerate(labels)],
-                "base": {"target": 5.0, "source": 4.0}, "domains": {"target": "notes", "source": "code"},
+                "base": {"val": {"target": 5.0, "source": 4.0}, "test": {"target": 5.0, "source": 4.0}},
+                "domains": {"target": "notes", "source": "code"},
                 "seeds": [0, 1]}
     captured = {}
     real_close = plt.close
@@ -538,7 +544,7 @@ def test_data_columns_are_named_after_the_data_and_errors_name_real_paths(tmp_pa
     assert main(["finetune", "--preset", "micro", "--backend", "numpy", "--workdir", work, "--quiet",
                  "--method", "lora", "--data", str(notes)]) == 0
     out = capsys.readouterr().out
-    assert "notes val" in out and "code val" in out and "docs val" not in out
+    assert "notes test" in out and "code test" in out and "prose test" not in out
     (exp,) = (tmp_path / "w" / "runs").iterdir()
     assert re.fullmatch(r"micro-data-[0-9a-f]{10}", exp.name)
     tiny_file = tmp_path / "tiny.txt"
@@ -560,7 +566,7 @@ def test_cli_bad_data_paths(tmp_path, capsys):
 def test_tiny_preset_end_to_end(tmp_path, capsys):
     """The issue's CI run (slow; its default-run smoke test is the micro compare above):
     `minisft pretrain --preset tiny` beats the unigram entropy by a wide margin, and `minisft
-    compare --preset tiny` runs every method and fine-tuning lowers the docs validation loss below
+    compare --preset tiny` runs every method and fine-tuning lowers the prose test loss below
     the base model's."""
     work = str(tmp_path / "work")
     assert main(["pretrain", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
@@ -570,11 +576,11 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     print(out)
     assert loss < entropy - 0.5
     assert main(["compare", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
-    result = json.loads((tmp_path / "work" / "runs" / "tiny-docs" / "compare.json").read_text())
-    assert {r["method"] for r in result["rows"]} == set(n for _, n, *_ in ex.compare_runs(ex.PRESETS["tiny"]))
+    result = json.loads((tmp_path / "work" / "runs" / "tiny-prose" / "compare.json").read_text())
+    assert {r["method"] for r in result["rows"]} == set(n for _, n, *_ in cmp.compare_runs(ex.PRESETS["tiny"]))
     for r in result["rows"]:
-        assert r["target"]["mean"] < result["base"]["target"], r["label"]
-    assert (tmp_path / "work" / "runs" / "tiny-docs" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out
+        assert r["target"]["mean"] < result["base"]["test"]["target"], r["label"]
+    assert (tmp_path / "work" / "runs" / "tiny-prose" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out
 
 
 # widths with their head counts: n_embd a multiple of n_head, 8..128
@@ -596,11 +602,11 @@ def test_compare_rows_build_and_the_spruft_label_says_the_exact_budget(n_layer, 
         preset = replace(ex.PRESETS["tiny"], model=cfg, lora_r=r)
         if r > n_embd:
             with pytest.raises(ValueError, match=f"r={r}"):
-                ex.compare_runs(preset)
+                cmp.compare_runs(preset)
             continue
-        runs = ex.compare_runs(preset)
+        runs = cmp.compare_runs(preset)
         for label, name, options, *_ in runs:
-            ex.build_method(name, options, preset)
+            cmp.build_method(name, options, preset)
         [(label, options)] = [(label, options) for label, name, options, *_ in runs if name == "spruft"]
         kind, value = re.fullmatch(r"spruft-(rows|ratio)(.+)", label).groups()
         budget = {kind: int(value) if kind == "rows" else float(value)}

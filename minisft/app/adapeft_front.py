@@ -27,8 +27,9 @@ from .report import save_png
 def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0, train_front=False,
                   budget=None, groups="modules", estimator="exact", direction="adam", probe_steps=8,
                   every=4, progress=None, lr=None):
-    """Measure, write and plot the front into the experiment directory (experiment.experiment_dir);
-    returns (result dict, that folder, png path or None, reason or None).
+    """Measure, write and plot the front into the experiment directory (experiment.experiment_dir;
+    with `lr`, its folder adapeft-front-lr<lr>); returns (result dict, that folder, png path or None,
+    reason or None).
 
     budget: None for LoRA's trainable count at rank preset.lora_r on every linear layer, else as
     AdaPEFT's. LoRA groups use rank preset.lora_r (α = r). The probe, and every trained front
@@ -36,7 +37,8 @@ def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0
     and selection uses the seed's generator exactly as `minisft finetune --method adapeft` with
     these options would.
     """
-    folder = ensure_writable_dir(experiment_dir(workdir, preset, data, seed, lr, dtype), "workdir")
+    folder = experiment_dir(workdir, preset, data, seed, dtype)
+    folder = ensure_writable_dir(folder if lr is None else folder / f"adapeft-front-lr{lr!r}", "workdir")
     with RunLock(folder, "experiment directory"):
         out, png, why = _front(preset, workdir, folder, data, backend, dtype, seed, train_front, budget, groups,
                                estimator, direction, probe_steps, every, progress, lr)
@@ -46,7 +48,7 @@ def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0
 def _front(preset, workdir, folder, data, backend, dtype, seed, train_front, budget, groups, estimator, direction,
            probe_steps, every, progress, lr):
     model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
-    task = make_task(data.target[0], data.target[1], data.code[1], preset)
+    task = make_task(data.target, preset, data.code)
     options = {"budget": lora_trainable(model.config, preset.lora_r) if budget is None else budget,
                "groups": groups, "estimator": estimator, "direction": direction, "probe_steps": probe_steps,
                "every": every, "lora_r": preset.lora_r, "lora_alpha": preset.lora_r}
@@ -97,7 +99,7 @@ def plot_front(result, path):
     if trained:
         ax2 = axes[0][1]
         ax2.plot([t["params"] for t in trained], [t["final"]["target"] for t in trained], "o-", label="front points")
-        ax2.axhline(trained[0]["base"]["target"], color="grey", ls=":", label="base model")
+        ax2.axhline(trained[0]["base"]["val"]["target"], color="grey", ls=":", label="base model")
         ax2.set(xscale="log", xlabel="trainable parameters", ylabel="target validation loss",
                 title="realised after fine-tuning")
         ax2.legend(fontsize=7)

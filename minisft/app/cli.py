@@ -139,6 +139,15 @@ def encoding_text(text):
                                          "or latin-1") from None
 
 
+def grid_entry(text):
+    """compare's --lr-grid entry FAMILY=LR,LR,...: (family, rates)."""
+    family, sep, rates = text.partition("=")
+    if family not in ("full", "peft") or not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected full=LR,... or peft=LR,...")
+    values = [positive_float(v) for v in rates.split(",")]
+    return family, values
+
+
 def budget_value(text):
     """adapeft-front's --budget: an integer count or a fraction (AdaPEFT checks the range)."""
     try:
@@ -170,6 +179,8 @@ def _common(p, fine_tuning=True):
         p.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
         p.add_argument("--lr", type=positive_float, help="fine-tuning learning rate (default: the preset's "
                        "finetune_lr for methods that train base tensors, peft_lr for adapter methods)")
+    p.add_argument("--tf32", action="store_true", help="float32 products on TF32 tensor cores (a GPU of compute "
+                   "capability >= 8.0): CuPy's matrix products and minisft's attention tiles (sets CUPY_TF32=1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (notes still print)")
 
 
@@ -213,6 +224,16 @@ def parser():
     cmp_.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's results table)")
     cmp_.add_argument("--gpus", type=positive_int, metavar="N", help="run the rows in parallel, one process per GPU "
                       "(started here by `minisft launch`); the same compare.json as one process")
+    cmp_.add_argument("--lr-grid", nargs="+", type=grid_entry, metavar="FAMILY=LR,LR,...",
+                      help="the learning rates each row chooses from on validation, per family: full (methods "
+                           "that train base tensors) and peft (adapter methods), e.g. full=1e-4,3e-4,1e-3 "
+                           "peft=1e-3,3e-3,1e-2; a family not named keeps the preset's grid (--lr: one rate for all)")
+    cl = sub.add_parser("claims", formatter_class=_Help, help="each paper's headline claim, measured on a comparison",
+                        description="Print each paper's headline claim, the paired measurement on a comparison's "
+                                    "test split and the verdict of the rule in minisft.app.claims, from a "
+                                    "compare.json (or the folder holding it).")
+    cl.add_argument("path", type=path_text, metavar="PATH", help="compare.json, or the folder `minisft compare` printed")
+    cl.add_argument("--markdown", action="store_true", help="print the claims as a Markdown table")
     af = sub.add_parser("adapeft-front", formatter_class=_Help,
                         help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)",
                         description="Measure AdaPEFT's group influences on the base model and write the exact Pareto "
@@ -390,8 +411,10 @@ def _method_errors(method, build):
 def validate(args):
     """Everything that can be checked before data is read: returns what the command needs
     (preset, method objects, training configuration)."""
+    from . import compare as cmp
     from . import experiment as ex
     from ..methods import REGISTRY
+    from ..model.budgets import lora_trainable
 
     check_workdir(args.workdir)
     check_data(args.data)
@@ -401,7 +424,7 @@ def validate(args):
         if args.method not in REGISTRY:
             raise CliError("--method", args.method, f"one of {', '.join(sorted(REGISTRY))}")
         options = typed_options(args.method, args.set)
-        method = _method_errors(args.method, lambda: ex.build_method(args.method, options, preset))
+        method = _method_errors(args.method, lambda: cmp.build_method(args.method, options, preset))
         _method_errors(args.method, lambda: method.check_config(preset.model))
         with option("--label", args.label or args.method):
             plan["label"] = name_text(args.label or args.method)
@@ -415,7 +438,16 @@ def validate(args):
         plan["method"] = method
     elif args.command == "compare":
         with option("--only", args.only):
-            ex.check_only(preset, args.only)
+            cmp.check_only(preset, args.only)
+        if args.lr is not None and args.lr_grid:
+            raise CliError("--lr", args.lr, "either --lr (one rate for every row) or --lr-grid, not both")
+        grid = preset.lr_grid_dict()
+        if args.lr is not None:
+            grid = {family: (args.lr,) for family in grid}
+        for family, rates in args.lr_grid or ():
+            grid[family] = tuple(rates)
+        with option("--lr-grid", args.lr_grid):
+            plan["grid"] = cmp.lr_grid(preset, grid)
         if args.gpus is not None and args.gpus > 1:
             from ..core.backend import resolve_backend
 
@@ -424,15 +456,16 @@ def validate(args):
             if backend != "cupy":
                 raise CliError("--gpus", args.gpus, "a machine with GPUs and CuPy (--backend cupy or auto); CPU "
                                "processes: mpirun -n N minisft compare")
-        for label, name, options, *_ in ex.compare_runs(preset):  # a 4th element: per-row training settings
-            method = ex.build_method(name, options, preset)
+        for label, name, options, *_ in cmp.compare_runs(preset):  # a 4th element: per-row training settings
+            method = cmp.build_method(name, options, preset)
             method.check_config(preset.model)
-            with option("--lr", args.lr):
-                ex.finetune_config(preset, method, args.seed, args.lr)
+            for lr in plan["grid"][cmp.family(method)]:
+                with option("--lr", lr):
+                    ex.finetune_config(preset, method, args.seed, lr)
     elif args.command == "adapeft-front":
         from ..methods import AdaPEFT
 
-        budget = ex.lora_trainable(preset.model, preset.lora_r) if args.budget is None else args.budget
+        budget = lora_trainable(preset.model, preset.lora_r) if args.budget is None else args.budget
         with option("--budget", args.budget):
             method = AdaPEFT(budget=budget, groups=args.groups, estimator=args.estimator, direction=args.direction,
                              probe_steps=args.probe_steps, every=args.every, lora_r=preset.lora_r,
@@ -498,6 +531,21 @@ def bench(argv):
     return subprocess.call([sys.executable, "-m", "reference_models.bench.step", *argv])
 
 
+def claims(args):
+    """`minisft claims PATH`: the claims of a compare.json (minisft.app.claims)."""
+    from ..core.fileio import read_json
+    from .claims import evaluate_claims, format_claims
+
+    path = Path(args.path)
+    with option("PATH", args.path):
+        compared = read_json(path / "compare.json" if path.is_dir() else path)
+    try:
+        print(format_claims(evaluate_claims(compared), markdown=args.markdown))
+    except (KeyError, TypeError) as e:
+        raise CliError("PATH", args.path, f"a compare.json written by `minisft compare` (it lacks {e})") from None
+    return 0
+
+
 def export(args):
     """`minisft export RUN --hf OUT | --peft OUT` (minisft.app.export): the folder is checked first, then the run."""
     from .export import export_hf, export_peft
@@ -553,8 +601,10 @@ def _communicator(args):
 
 
 def _run(args):
-    if args.command in ("methods", "vectors", "export"):
+    if args.command in ("methods", "vectors", "export", "claims"):
         return _command(args, None, None)
+    if args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # read by CuPy at its first float32 product, and by the attention tiles
     plan = validate(args)
     comm = _communicator(args)
     try:
@@ -581,6 +631,8 @@ def _rank0_output(comm):
 
 
 def _command(args, plan, comm):
+    if args.command == "claims":
+        return claims(args)
     if args.command == "methods":
         from .report import methods_table
 
@@ -593,7 +645,9 @@ def _command(args, plan, comm):
             return write_suite_command(args.out)
     if args.command == "export":
         return export(args)
+    from . import compare as cmp
     from . import experiment as ex
+    from .claims import evaluate_claims, format_claims
     from .report import format_table, plot_compare
 
     preset = plan["preset"]
@@ -604,7 +658,7 @@ def _command(args, plan, comm):
         data = ex.build_data(preset, workdir, args.data, args.encoding, progress)
     if args.command == "pretrain":
         model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress, comm)
-        task = ex.make_task(data.code[0], data.code[1], None, preset, comm)
+        task = ex.make_task(data.code, preset, comm=comm)
         h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
         loss = ex.evaluate(model, task.val_target, comm)
         print(f"pretrained {preset.name} base: code validation loss {loss:.4f} nats/token; "
@@ -633,16 +687,17 @@ def _command(args, plan, comm):
             raise CliError("--resume", e.value, e.expected) from None
         folder = ex.run_dir(workdir, preset, data, label, args.seed, lr=args.lr, dtype=args.dtype,
                             init=None if args.init is None else ex.init_key(args.init))
-        row = ex.summarize(label, [r])
+        row = cmp.summarize(label, [r], lr=args.lr)
         print(format_table({"rows": [row], "base": r["base"], "domains": data.domains}, {label: r["ms_per_step"]}))
         print(f"\nrun: {folder} (model: {folder / 'model'})")
         return 0
-    out, timings, folder = ex.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
-                                      args.seeds, args.lr, comm)
+    out, timings, folder = cmp.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
+                                       args.seeds, plan["grid"], comm)
     if not lead:
         return 0
-    ms = {row["label"]: ex.ms_per_step(timings, row["label"]) for row in out["rows"]}
+    ms = {row["label"]: cmp.ms_per_step(timings, row["label"], row["lr"]["chosen"]) for row in out["rows"]}
     print(format_table(out, ms, markdown=args.markdown))
+    print("\n" + format_claims(evaluate_claims(out), markdown=args.markdown))
     if args.markdown:
         seeds = out["seeds"]
         print(f"\n(`minisft compare --preset {preset.name} --seeds {len(seeds)} --markdown`: seeds {seeds[0]}..{seeds[-1]}, "

@@ -78,10 +78,15 @@ SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT_COST = 0.01  # the default policy's bound on checkpoint time / training time (after the first)
 
 
+EVAL_SPLITS = ("val_target", "val_source", "test_target", "test_source")
+
+
 @dataclass
 class Task:
-    """Training stream and fixed evaluation batches. `val_source` measures forgetting. `comm`: the
-    Communicator of a data-parallel run (None: one process); `batch_size` is the GLOBAL batch."""
+    """Training stream and fixed evaluation batches: validation batches (evaluated during training,
+    for choices) and test batches (evaluated once, at the end, for the reported numbers) of the
+    target domain and of the source domain (forgetting). `comm`: the Communicator of a data-parallel
+    run (None: one process); `batch_size` is the GLOBAL batch."""
 
     train_ids: object
     val_target: list
@@ -89,13 +94,15 @@ class Task:
     batch_size: int = 16
     block_size: int = 64
     comm: object = None
+    test_target: list = field(default_factory=list)
+    test_source: list = field(default_factory=list)
 
     def __post_init__(self):
         if not isinstance(self.train_ids, TokenStream):
             self.train_ids = TokenStream(self.train_ids, "train_ids")
-        for split in ("val_target", "val_source"):
+        for split in EVAL_SPLITS:
             if not isinstance(getattr(self, split), (list, tuple)):
-                raise bad_type(split, getattr(self, split), "a list of (x, y) validation batches")
+                raise bad_type(split, getattr(self, split), "a list of (x, y) evaluation batches")
         self.batch_size = positive_int("batch_size", self.batch_size)
         self.block_size = positive_int("block_size", self.block_size)
         if self.comm is not None and not isinstance(self.comm, Communicator):
@@ -107,7 +114,7 @@ class Task:
     def digest(self):
         """SHA-256 (hex) of the training stream and every validation batch: equal digests, equal data."""
         arrays = {"train": self.train_ids.ids}
-        for split in ("val_target", "val_source"):
+        for split in EVAL_SPLITS:
             for i, (x, y) in enumerate(getattr(self, split)):
                 arrays[f"{split}/{i}/x"], arrays[f"{split}/{i}/y"] = x, y
         return arrays_digest({k: to_numpy(v) for k, v in arrays.items()}, {"B": self.batch_size, "T": self.block_size})
@@ -131,6 +138,7 @@ class TrainConfig:
     gamma: float = 0.85
     step_every: int = 1
     grad_clip: float | None = 1.0
+    final_lr_fraction: float = 0.0
     accumulation: int = 1
     eval_every: int = 50
     checkpoint_every: int | None = None
@@ -146,6 +154,7 @@ class TrainConfig:
         real_in("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
         real_in("weight_decay", self.weight_decay, 0.0, math.inf, low_open=False, high_open=True)
         real_in("gamma", self.gamma, 0.0, 1.0, low_open=True, high_open=False)
+        real_in("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0, low_open=False, high_open=False)
         if self.grad_clip is not None:
             real_in("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
@@ -415,7 +424,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
         _finite("gradient norm", grad_norm, step + 1, f"{last} {earlier}")
         grads = method.transform_grads_after_clip(model, grads, step)
-        lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every)
+        lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every, cfg.final_lr_fraction)
         opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr)
         method.after_step(model, step)
         step_times.append(time.perf_counter() - t0)
@@ -442,6 +451,9 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
             clock.written(time.perf_counter() - t1)
     bar.close()
     _check_replicas(comm, model, opt, method, generator, cfg.steps)
+    test = {"target": evaluate(model, task.test_target, comm), "source": evaluate(model, task.test_source, comm)}
+    for split in ("target", "source"):
+        _finite(f"{split} test loss", test[split], cfg.steps, f"The model after step {cfg.steps} is not saved. {earlier}")
     result = {
         "method": method.name,
         "options": method.options(),
@@ -450,6 +462,7 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
         "memory": peak or memory_report(model, grads, opt),
         "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,  # None: no step ran
         "final": history["eval"][-1] if history["eval"] else None,
+        "test": test,
         "history": history,
         "report": method.report(),
         "sparsity": weight_sparsity(model),

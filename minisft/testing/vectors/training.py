@@ -35,7 +35,7 @@ from .spruft import BASE as SPRUFT_OPTIONS
 
 STEPS = 4
 TRAIN = {"steps": STEPS, "optimizer": "adamw", "weight_decay": 0.01, "schedule": "constant", "warmup": 0,
-         "gamma": 0.85, "step_every": 1, "grad_clip": 1.0, "accumulation": 1, "eval_every": STEPS,
+         "gamma": 0.85, "step_every": 1, "grad_clip": 1.0, "final_lr_fraction": 0.0, "accumulation": 1, "eval_every": STEPS,
          "checkpoint_every": 0, "seed": 0}
 BASE_LR, PEFT_LR = 1e-3, 1e-2
 RUNS = {  # method -> (learning rate, every option)

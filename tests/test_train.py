@@ -658,3 +658,29 @@ def test_bench_writes_its_json_into_the_workdir(monkeypatch, tmp_path):
     assert main(["bench", "--workdir", str(tmp_path / "w"), "--steps", "2"]) == 0
     assert calls[-1][3:] == ["--steps", "2", "--out", str(tmp_path / "w" / "bench.json")]
     assert main(["bench", "--out", "x.json"]) == 0 and calls[-1][3:] == ["--out", "x.json"]
+
+
+def test_compare_chooses_each_row_s_rate_on_validation_and_reports_test_losses(micro_workdir, micro, monkeypatch):
+    """With a grid of two rates per family: the first seed runs every rate, the row keeps the one of
+    the lowest final target validation loss, the second seed runs only that one; the row's losses
+    are the test losses of the chosen rate's runs; a second compare trains nothing (every run is
+    read back from its result) and writes the same compare.json."""
+    grid = {"full": (1e-3, 3e-3), "peft": (3e-3, 1e-2)}
+    data = ex.build_data(MICRO, micro_workdir)
+    out, _, folder = cmp.compare(MICRO, micro_workdir, data, "numpy", only=["full", "lora-r2"], seeds=2, grid=grid)
+    for row in out["rows"]:
+        fam = "full" if row["method"] == "full" else "peft"
+        vals = {lr: json.loads((ex.run_dir(micro_workdir, MICRO, data, row["label"], 0, 0, lr) / "result.json")
+                               .read_text())["final"]["target"] for lr in grid[fam]}
+        chosen = min(vals, key=lambda lr: (vals[lr], lr))
+        assert row["lr"] == {"grid": list(grid[fam]), "chosen": chosen, "chosen_on_seed": 0,
+                             "val_target": {repr(lr): v for lr, v in vals.items()}}
+        other = [lr for lr in grid[fam] if lr != chosen][0]
+        assert not ex.run_dir(micro_workdir, MICRO, data, row["label"], 1, 0, other).exists()
+        tests = [json.loads((ex.run_dir(micro_workdir, MICRO, data, row["label"], s, 0, chosen) / "result.json")
+                            .read_text())["test"]["target"] for s in (0, 1)]
+        assert row["target"]["mean"] == pytest.approx(np.mean(tests), abs=1e-12) and row["seeds"] == [0, 1]
+    monkeypatch.setattr(train_module, "make_optimizer", lambda *a, **k: pytest.fail("a finished run was prepared again"))
+    again, _, _ = cmp.compare(MICRO, micro_workdir, data, "numpy", only=["full", "lora-r2"], seeds=2, grid=grid)
+    assert json.dumps(again, sort_keys=True) == json.dumps(out, sort_keys=True)
+    assert folder.name.startswith("compare-grid")  # another grid than the preset's: its own folder

@@ -381,8 +381,8 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
     progress = progress if lead else False  # rank 0 reports
     base_digest = arrays_digest(model.state_dict())
     generator = make_rng(cfg.seed)
-    method.prepare(model, task, generator)
-    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
+    # the fingerprint reads the method's options, which its prepare() leaves as they are: a finished
+    # run is recognised before the method's selection (a probe, a calibration) runs again
     fingerprint = _fingerprint(model, method, cfg, base_digest, task.digest(), provenance)
     history = {"train": [], "eval": []}
     start = 0
@@ -397,6 +397,9 @@ def _train(model, method, task, cfg, workdir, resume, progress, label, provenanc
             if lead:
                 note(f"{label}: the run in {str(workdir)!r} is finished ({cfg.steps} steps); nothing to do")
             return finished
+    method.prepare(model, task, generator)
+    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
+    if resume:
         if on_rank0(comm, ckpt.exists):
             meta = _restore(model, opt, method, ckpt, fingerprint, cfg, comm)
             start, history = meta["step"], meta["history"]

@@ -104,7 +104,7 @@ PRESETS = {
                     max_chars=3_000_000, batch_size=16, pretrain_steps=600, pretrain_lr=2e-3,
                     finetune_steps=150, finetune_lr=1e-3, peft_lr=1e-2, eval_batches=8, lora_r=8),
     "study": Preset("study", GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384),
-                    max_chars=None, batch_size=16, pretrain_steps=2400, pretrain_lr=1e-3,
+                    max_chars=None, batch_size=16, pretrain_steps=1600, pretrain_lr=1e-3,
                     finetune_steps=600, finetune_lr=3e-4, peft_lr=3e-3, eval_batches=16, lora_r=8,
                     lr_grid=(("full", (1e-4, 3e-4, 1e-3)), ("peft", (1e-3, 3e-3, 1e-2))), prune_every=10),
     "gpt2": Preset("gpt2", GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),

@@ -112,8 +112,16 @@ def pruning_schedule(case):
     return t_i, t_f
 
 
-def replay_training(case, rows=None, shared=None):
-    """{step: {key: value}} of the case's training steps by the PyTorch twin (module docstring)."""
+READINGS = ("monotone", "free_after_t_f", "prior_before_clip", "zero_gradient_only")
+
+
+def replay_training(case, rows=None, shared=None, reading=None):
+    """{step: {key: value}} of the case's training steps by the PyTorch twin (module docstring).
+    `reading` swaps in one wrong reading of the case's rule (tests/test_vector_readings.py):
+    "monotone" (pruned weights stay pruned), "free_after_t_f" (no mask after t_f),
+    "prior_before_clip" (MGPP's prior clipped with the loss gradient), "zero_gradient_only"
+    (GMT's freeze_masked as a zeroed gradient only)."""
+    assert reading in (None, *READINGS), reading
     s, o, train = case.settings, case.settings["options"], case.settings["train"]
     method = s["method"]
     twin, params = twins.trainable_twin(case, case.inputs("start/"), rows, shared)
@@ -139,15 +147,19 @@ def replay_training(case, rows=None, shared=None):
             for n, m in zip(s["param_order"], masks):
                 params[n].grad.masked_fill_(~m, 0.0)
                 record[f"keep/{n}"], record[f"grad_masked/{n}"] = m.numpy(), numpy(params[n].grad)
-                if o["freeze_masked"]:
+                if o["freeze_masked"] and reading != "zero_gradient_only":
                     frozen[n] = ~m
-        norm = float(torch.nn.utils.clip_grad_norm_(order, train["grad_clip"]))
-        record["grad_norm"], record["clip_scale"] = norm, min(train["grad_clip"] / (norm + 1e-6), 1.0)
         if method in ("mgpp", "magprune"):
             t_i, t_f = pruning_schedule(case)
-            if method == "mgpp" and t <= t_f:
-                ref_mgpp.apply_prior_grad(params, s["prunable"], o["lam"], o["var0"], o["var1"], o["n_train"])
-                record.update({f"update/{n}": numpy(p.grad) for n, p in params.items()})
+        prior = method == "mgpp" and t <= t_f
+        if prior and reading == "prior_before_clip":
+            ref_mgpp.apply_prior_grad(params, s["prunable"], o["lam"], o["var0"], o["var1"], o["n_train"])
+        norm = float(torch.nn.utils.clip_grad_norm_(order, train["grad_clip"]))
+        record["grad_norm"], record["clip_scale"] = norm, min(train["grad_clip"] / (norm + 1e-6), 1.0)
+        if prior and reading != "prior_before_clip":
+            ref_mgpp.apply_prior_grad(params, s["prunable"], o["lam"], o["var0"], o["var1"], o["n_train"])
+        if method == "mgpp":
+            record.update({f"update/{n}": numpy(p.grad) for n, p in params.items()})
         if frozen:
             _step_leaving_untouched(opt, params, frozen)
         else:
@@ -159,8 +171,8 @@ def replay_training(case, rows=None, shared=None):
                                                             o["every"])
             if action == "sparsity":
                 pruned = ref_mgpp.pruning_masks({n: params[n] for n in s["prunable"]}, sparsity, o["count_rule"],
-                                                o["scope"])
-            if action is not None:
+                                                o["scope"], pruned if reading == "monotone" else None)
+            if action == "sparsity" or (action == "mask" and reading != "free_after_t_f"):
                 with torch.no_grad():
                     for n in s["prunable"]:
                         params[n].masked_fill_(pruned[n], 0.0)

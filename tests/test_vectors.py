@@ -8,14 +8,12 @@ tests/test_vector_trajectories.py; the readings each case discriminates fail it 
 tests/test_vector_readings.py."""
 
 import hashlib
-import itertools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -405,46 +403,6 @@ def test_adapeft_influence_replay(fresh_vectors):
         c.check(got)
 
 
-def brute_force_knapsack(v, w, capacity):
-    """(solve mask, front [(W, f, mask)], greedy [(W, f, mask)]) by enumerating every subset, with
-    f the float64 sum in index order and the stated tie rules; the front's subsets by the merge rule
-    stated in the case (rebuilt here from its statement)."""
-    n = len(v)
-
-    def f(mask):
-        total = 0.0
-        for i in range(n):
-            if mask[i]:
-                total += float(v[i])
-        return total
-
-    subsets = [np.array(bits, dtype=bool) for bits in itertools.product([False, True], repeat=n)]
-    weight = {tuple(m): int(np.dot(m, w)) for m in subsets}
-    feasible = [m for m in subsets if weight[tuple(m)] <= capacity]
-    best = max(f(m) for m in feasible)
-    solve = min((m for m in feasible if f(m) == best), key=lambda m: sum(2**i for i in np.flatnonzero(m)))
-    points = [(0, 0.0, np.zeros(n, dtype=bool))]
-    for k in range(n):
-        with_k = [(W + int(w[k]), fv + float(v[k]), np.where(np.arange(n) == k, True, m)) for W, fv, m in points]
-        merged = sorted([(W, fv, m, 0) for W, fv, m in points] + [(W, fv, m, 1) for W, fv, m in with_k],
-                        key=lambda p: (p[0], -p[1], p[3]))
-        points, top = [], -np.inf
-        for W, fv, m, _ in merged:
-            if fv > top:
-                points.append((W, fv, m))
-                top = fv
-    assert {(W, fv) for W, fv, _ in points} == {  # the front's points: exactly the non-dominated subsets
-        (weight[tuple(m)], f(m)) for m in subsets
-        if not any(weight[tuple(o)] <= weight[tuple(m)] and f(o) >= f(m)
-                   and (weight[tuple(o)], f(o)) != (weight[tuple(m)], f(m)) for o in subsets)}
-    order = sorted(range(n), key=lambda i: (-Fraction(float(v[i])) / int(w[i]), i))
-    greedy = []
-    for j in range(n + 1):
-        m = np.isin(np.arange(n), order[:j])
-        greedy.append((weight[tuple(m)], f(m), m))
-    return solve, points, greedy
-
-
 def test_adapeft_knapsack_replay(fresh_vectors):
     """Brute force over every subset (f in index order, the stated ties), and scipy.optimize.milp
     for the optimal value."""
@@ -453,7 +411,7 @@ def test_adapeft_knapsack_replay(fresh_vectors):
     c = mt.load_case(fresh_vectors, "adapeft_knapsack")
     for name, info in c.settings.items():
         v, w, capacity = c[f"{name}/values"], c[f"{name}/weights"], info["capacity"]
-        solve, front, greedy = brute_force_knapsack(v, w, capacity)
+        solve, front, greedy = twins.brute_force_knapsack(v, w, capacity)
         got = {f"{name}/solve": solve}
         for key, points in (("front", front), ("greedy", greedy)):
             got[f"{name}/{key}_weights"] = np.array([p[0] for p in points], dtype=np.int64)

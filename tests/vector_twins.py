@@ -4,6 +4,7 @@ tests/test_vectors.py and tests/test_vector_trajectories.py. The arithmetic is r
 clip_grad_norm_); minisft only supplies names (GPTConfig, the parameter list).
 """
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -117,3 +118,57 @@ def per_type_selection(layers, g, threshold, selection):
         kept.update(pool[i] for i in exact_prefix([g[n] for n in pool], threshold))
     keep = np.array([n in kept for n in layers])
     return keep, ~keep
+
+
+def brute_force_knapsack(v, w, capacity, reading=None):
+    """(solve mask, front [(W, f, mask)], greedy [(W, f, mask)]) by enumerating every subset, with f
+    the float64 sum in index order and the case's stated tie rules; the front's subsets by the merge
+    rule the case states (rebuilt here from its statement). `reading` swaps in one wrong reading of
+    the rule (tests/test_vector_readings.py): "fewest_items" (solve's and the front's ties),
+    "no_empty_set", "capped_front", "greedy_ties_high_first", "greedy_sum_in_greedy_order"."""
+    n = len(v)
+
+    def f(mask, order=None):
+        total = 0.0
+        for i in (range(n) if order is None else order):
+            if mask[i]:
+                total += float(v[i])
+        return total
+
+    def colex(m):
+        return sum(2**int(i) for i in np.flatnonzero(m))
+
+    subsets = [np.array(bits, dtype=bool) for bits in itertools.product([False, True], repeat=n)]
+    weight = {tuple(m): int(np.dot(m, w)) for m in subsets}
+    feasible = [m for m in subsets if weight[tuple(m)] <= capacity]
+    best = max(f(m) for m in feasible)
+    tie = (lambda m: (int(m.sum()), colex(m))) if reading == "fewest_items" else colex
+    solve = min((m for m in feasible if f(m) == best), key=tie)
+    points = [(0, 0.0, np.zeros(n, dtype=bool))]
+    for k in range(n):
+        with_k = [(W + int(w[k]), fv + float(v[k]), np.where(np.arange(n) == k, True, m)) for W, fv, m in points]
+        merged = sorted([(W, fv, m, 0) for W, fv, m in points] + [(W, fv, m, 1) for W, fv, m in with_k],
+                        key=lambda p: (p[0], -p[1], p[3]))
+        points, top = [], -np.inf
+        for W, fv, m, _ in merged:
+            if fv > top:
+                points.append((W, fv, m))
+                top = fv
+    dominated = {(weight[tuple(m)], f(m)) for m in subsets
+                 if any(weight[tuple(o)] <= weight[tuple(m)] and f(o) >= f(m)
+                        and (weight[tuple(o)], f(o)) != (weight[tuple(m)], f(m)) for o in subsets)}
+    assert {(W, fv) for W, fv, _ in points} == {(weight[tuple(m)], f(m)) for m in subsets} - dominated
+    if reading == "fewest_items":
+        points = [(W, fv, min((m for m in subsets if weight[tuple(m)] == W and f(m) == fv), key=tie))
+                  for W, fv, _ in points]
+    if reading == "no_empty_set":
+        points = points[1:]
+    if reading == "capped_front":
+        points = [p for p in points if p[0] <= capacity]
+    order = sorted(range(n), key=lambda i: (-Fraction(float(v[i])) / int(w[i]),
+                                             -i if reading == "greedy_ties_high_first" else i))
+    greedy = []
+    for j in range(n + 1):
+        m = np.isin(np.arange(n), order[:j])
+        greedy.append((weight[tuple(m)], f(m, order if reading == "greedy_sum_in_greedy_order" else None), m))
+    return solve, points, greedy

@@ -41,6 +41,7 @@ TRAIN = {"steps": STEPS, "optimizer": "adamw", "weight_decay": 0.01, "schedule":
          "gamma": 0.85, "step_every": 1, "grad_clip": 1.0, "accumulation": 1, "eval_every": STEPS,
          "checkpoint_every": 0, "seed": 0}
 BASE_LR, PEFT_LR = 1e-3, 1e-2
+PRUNING_LR = 1e-2  # large enough that weights pruned at one pruning step grow back by the next
 PRUNING = {"final_sparsity": 0.5, "config": "default", "initial_sparsity": None, "t_start": 0.25, "t_end": 0.5,
            "every": 1, "mode": "regrow", "count_rule": "exact", "scope": "global", "total_steps": STEPS}
 # Trainer settings other than TRAIN's: each run's clipping bound lies within its gradient norms, so that
@@ -61,9 +62,9 @@ RUNS = {  # case -> (method, learning rate, every option, trainer settings other
     "gmt_global_frozen": ("gmt", BASE_LR, {"drop_ratio": 0.5, "scope": "global", "freeze_masked": True},
                           {"accumulation": 2, "grad_clip": 0.5}),
     # pruning at steps 1 and 2 (t_f), the mask re-applied at step 3; weights pruned at step 1 regrow at step 2
-    "mgpp": ("mgpp", BASE_LR, {**PRUNING, "initial_sparsity": 0.45, "lam": 1e-3, "var0": 1e-6, "var1": 0.05,
+    "mgpp": ("mgpp", PRUNING_LR, {**PRUNING, "initial_sparsity": 0.45, "lam": 1e-3, "var0": 1e-6, "var1": 0.05,
                                "lam_final": None, "n_train": 64}, {"grad_clip": 0.6}),
-    "magprune": ("magprune", 2 * BASE_LR, {**PRUNING, "initial_sparsity": 0.5}, {"grad_clip": 0.6}),
+    "magprune": ("magprune", 2 * PRUNING_LR, {**PRUNING, "initial_sparsity": 0.5}, {"grad_clip": 0.6}),
 }
 MASKING = ("gmt",)  # methods that mask the gradient before clipping
 PRIOR = ("mgpp",)  # methods that add a term after clipping

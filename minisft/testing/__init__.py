@@ -29,7 +29,7 @@ tensors (token ids, selected rows, masks) must be equal. The manifest gives ever
 its own rtol and atol; atol is a multiple of the tensor's largest |entry|, so an entry that is small
 next to the rest of its tensor is judged by the tensor's scale, as minisft's own parity tests do
 (max |a − b| / max |b|). A case's `discriminates` entries name readings of the rule that the case
-tells apart (each wrong reading fails the case: tests/test_vectors.py implements them).
+tells apart (each wrong reading fails the case: tests/test_vector_readings.py implements them).
 
 Strategies (minisft.testing.strategies; hypothesis is an optional dependency, imported when a
 strategy function is first called): `seeds`, `sides`, `gpt_configs`, `float_arrays`, `tied_floats`,

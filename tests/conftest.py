@@ -60,3 +60,14 @@ def xp(request):
     if cp is None:
         pytest.skip("CuPy with a visible GPU is not available")
     return cp
+
+
+@pytest.fixture(scope="session")
+def fresh_vectors(tmp_path_factory):
+    """A golden-vector suite written now by `minisft vectors --out DIR` (not the kept copy): the
+    oracle tests check it, so a change of a writer shows even when the kept copy was regenerated."""
+    from minisft.app.cli import main
+
+    out = tmp_path_factory.mktemp("vectors")
+    assert main(["vectors", "--out", str(out)]) == 0
+    return out

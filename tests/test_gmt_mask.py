@@ -52,8 +52,8 @@ def test_mask_equals_stable_argsort_oracle(xp, g, r):
 
 
 @fixture_ok
-@given(g=st.one_of(arrays(st.floats(width=32, allow_nan=False), np.float32),
-                   arrays(st.floats(width=16, allow_nan=False), np.float16)), r=RATIOS)
+@given(g=st.one_of(arrays(mt.wide_floats(32), np.float32),
+                   arrays(mt.wide_floats(16), np.float16)), r=RATIOS)
 @example(g=np.array([0.0, -0.0, 1.0, -1.0, np.inf], dtype=np.float32), r=0.6)
 def test_narrow_floats_rank_like_their_float64_values(xp, g, r):
     """Per tensor, float32/float16 are ranked on their own bits (native_magnitude_key): the same masks
@@ -182,7 +182,7 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
 
 @pytest.mark.parametrize("way", list(WAYS))
 @fixture_ok
-@given(gs=st.lists(st.one_of(arrays(), arrays(elements=TIED), arrays(st.floats(width=32, allow_nan=False), np.float32)),
+@given(gs=st.lists(st.one_of(arrays(), arrays(elements=TIED), arrays(mt.wide_floats(32), np.float32)),
                    min_size=0, max_size=4), r=RATIOS)
 @example(gs=[np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.0]), np.array([0.0, 1.0, -1.0])], r=0.5)
 @example(gs=[np.array(0.0), np.array([8.3e-44, 8.3e-44], dtype=np.float32), np.array(0.0)], r=0.5)  # found on

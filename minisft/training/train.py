@@ -18,7 +18,7 @@ error):
     checkpoint.safetensors       the last checkpoint, while the run is unfinished
     model/trained.safetensors    every trainable tensor (adapter parameters, trained base tensors)
     model/merged.safetensors     the base model's state dict with the adapters merged (a plain GPT:
-                                 `GPT.from_state_dict` loads it; HF names)
+                                 `GPT.from_state_dict` loads it; minisft names, (out, in) weights)
     model/manifest.json          what produced it: method and options, configurations, provenance
                                  (preset, data and tokenizer fingerprints from the caller), seed,
                                  minisft version and git commit

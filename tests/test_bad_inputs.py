@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -220,12 +221,12 @@ def test_cli_bad_value_is_one_clear_line_before_any_work(command, opt, value, tm
 
 def set_values(annotation):
     """Bad --set values for an option of this type annotation (invalid for every option of it)."""
-    from minisft.methods.__init__ import _members
+    from minisft.methods.config import members
 
-    members = set(_members(annotation))
-    names = {getattr(t, "__name__", str(t)) for t in members}
+    members = set(members(annotation))
+    names = {"choice" if typing.get_origin(t) is typing.Literal else getattr(t, "__name__", str(t)) for t in members}
     out = {"abc"} if not names & {"str", "dict"} else {""}
-    if "str" in names or "dict" in names:
+    if names & {"str", "dict", "choice"}:
         out |= {"bogus-choice"}
     if "int" in names and "float" not in names:
         out |= {"4.5", "nan", "-1", HUGE_INT}

@@ -33,15 +33,16 @@ def test_rows_follow_the_authors_settings():
     [spruft] = [v for k, v in table.items() if v[0] == "spruft"]
     method = ex.build_method(spruft[0], spruft[1], p)
     assert isinstance(method, SPruFT) and spruft[2] == {}
-    assert (method.calib_batches, method.calib_batch_size, method.init) == (50, 1, "zeros")
+    assert (method.config.calib_batches, method.config.calib_batch_size, method.config.init) == (50, 1, "zeros")
     for s in (50, 80, 90):
         (mn, mo, mx), (pn, po, px) = table[f"mgpp-s{s}"], table[f"magprune-s{s}"]
         assert (mn, pn) == ("mgpp", "magprune") and mo == po and mx == px == {"grad_clip": None}
         m, b = ex.build_method(mn, mo, p), ex.build_method(pn, po, p)
         assert type(m) is MGPP and type(b) is MagnitudePruning
         assert b.options() == {k: v for k, v in m.options().items() if k in b.options()}
-        assert (m.var0, m.var1, m.lam, m.lam_final, m.initial_sparsity, m.t_start, m.t_end, m.every, m.mode,
-                m.count_rule, m.total_steps) == (1e-10, 0.05, 1e-3, None, 0.3, 0.1, 0.9, None, "regrow", "exact", 150)
+        c = m.config
+        assert (c.var0, c.var1, c.lam, c.lam_final, c.initial_sparsity, c.t_start, c.t_end, c.every, c.mode,
+                c.count_rule, c.total_steps) == (1e-10, 0.05, 1e-3, None, 0.3, 0.1, 0.9, None, "regrow", "exact", 150)
 
 
 def test_train_overrides_change_this_run_only_and_name_bad_keys():

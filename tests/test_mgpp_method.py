@@ -266,7 +266,7 @@ def test_prior_is_added_after_clipping_and_only_while_t_le_t_f():
         for name in PRUNABLE:
             added = out[name] - before[name]
             if t <= 8:
-                want = neg_log_prior_grad(w[name], method.lam_at(t), method.var0, method.var1) / n
+                want = neg_log_prior_grad(w[name], method.lam_at(t), method.config.var0, method.config.var1) / n
                 assert np.max(np.abs(added - want)) <= 1e-12 * np.max(np.abs(want)), f"step {t}, {name}"
                 assert np.max(np.abs(want)) > 100 * clip, "the prior would not be visible under clipping"
             else:
@@ -334,18 +334,19 @@ def test_matches_the_authors_twin_over_30_steps(twin, case):
     rng = np.random.default_rng(seed)
     batches = [[task.sample(rng) for _ in range(acc)] for _ in range(steps)]
     n = (len(task.train_ids) // (CFG.block_size + 1)) * CFG.block_size
-    prior = {"lam": method.lam, "var0": method.var0, "var1": method.var1, "lam_final": method.lam_final,
+    c = method.config
+    prior = {"lam": c.lam, "var0": c.var0, "var1": c.var1, "lam_final": c.lam_final,
              "train_size": n} if name == "mgpp" else {}
     want, want_masks = ref.train(torch_model, batches, lr=lr, weight_decay=0.0, final_sparsity=0.8,
                                  initial_sparsity=0.3, t_i=3, t_f=21, every=4, prior=name == "mgpp",
-                                 mode=method.mode, count_rule=method.count_rule, scope=method.scope, grad_clip=clip,
+                                 mode=c.mode, count_rule=c.count_rule, scope=c.scope, grad_clip=clip,
                                  **prior)
     assert sorted(want_masks) == method.pruning_steps() == [3, 7, 11, 15, 19, 21]
     masks_at = {t: masks for t, _, _, masks in log}
     for t, ref_masks in want_masks.items():
         for p, m in ref_masks.items():
             assert np.array_equal(masks_at[t][p], m), f"step {t}, {p}: masks differ from the authors' twin"
-    if method.mode == "regrow":
+    if c.mode == "regrow":
         regrown = regrowth(want_masks)
         assert regrown, "no weight regrew: the regrowth case is not exercised"
         assert regrown == regrowth({t: masks_at[t] for t in want_masks})
@@ -432,24 +433,13 @@ def test_resume_carries_the_masks_and_history(tmp_path):
 # ------------------------------------------------------------------- options, configs, errors
 def test_named_configs_and_explicit_overrides():
     d, g = MGPP(total_steps=100), MGPP(config="gpt2", total_steps=100)
-    assert (d.lam, d.var0, d.var1, d.initial_sparsity, d.t_start, d.t_end) == (1e-3, 1e-10, 0.05, 0.3, 0.1, 0.9)
-    assert (g.lam, g.var0, g.var1, g.initial_sparsity, g.t_start, g.t_end) == (1e-4, 1e-10, 0.01, 0.1, 0.01, 0.9)
+    dc, gc = d.config, g.config
+    assert (dc.lam, dc.var0, dc.var1, dc.initial_sparsity, dc.t_start, dc.t_end) == (1e-3, 1e-10, 0.05, 0.3, 0.1, 0.9)
+    assert (gc.lam, gc.var0, gc.var1, gc.initial_sparsity, gc.t_start, gc.t_end) == (1e-4, 1e-10, 0.01, 0.1, 0.01, 0.9)
     assert (d.t_i, d.t_f, d.delta_t, g.t_i) == (10, 90, 1, 1)
-    assert MGPP(config="gpt2", var1=0.02).var1 == 0.02
-    assert MagnitudePruning(config="gpt2").initial_sparsity == 0.1
+    assert MGPP(config="gpt2", var1=0.02).config.var1 == 0.02
+    assert MagnitudePruning(config="gpt2").config.initial_sparsity == 0.1
     assert d.options()["config"] == "default" and g.options()["var1"] == 0.01
-
-
-@pytest.mark.parametrize("old", ["sigma0", "sigma1"])
-def test_old_sigma_options_get_an_error_that_says_what_changed(old):
-    with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}.*VARIANCE"):
-        MGPP(**{old: 1e-4})
-    with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}"):
-        make_method("mgpp", **{old: 1e-4})
-    from minisft.app.cli import typed_options
-
-    with pytest.raises(ValueError, match=f"--set {old}.*var{old[-1]} \\(renamed.*VARIANCE"):
-        typed_options("mgpp", [f"{old}=1e-4"])
 
 
 @pytest.mark.parametrize("kwargs,arg", [

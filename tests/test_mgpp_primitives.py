@@ -90,13 +90,6 @@ def test_the_variances_are_not_read_as_standard_deviations():
     assert abs(f - 0.5 * math.log(2 * math.pi * 1e-10)) <= 1e-9, f
 
 
-@pytest.mark.parametrize("old", ["sigma0", "sigma1"])
-def test_old_sigma_keywords_get_an_error_that_says_what_changed(old):
-    for fn in (neg_log_prior, neg_log_prior_grad):
-        with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}.*VARIANCE"):
-            fn(np.zeros(3), 1e-3, **{old: 0.01})
-
-
 @pytest.mark.parametrize("scale", ["var0", "var1"])
 def test_gradient_equals_central_finite_differences(xp, scale):
     lam, var0, var1 = DEFAULTS

@@ -294,7 +294,8 @@ def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr
     model, task = base_model(np, seed), make_task(seed, B=3)
     sd = model.state_dict()
     method = SPruFT(ratio=0.25)
-    assert (method.calib_batches, method.calib_batch_size, method.importance, method.init) == (50, 1, "taylor", "zeros")
+    c = method.config
+    assert (c.calib_batches, c.calib_batch_size, c.importance, c.init) == (50, 1, "taylor", "zeros")
     method.prepare(model, task, np.random.default_rng(seed))
     assert method.report()["calibration"]["batches"] == 50
     scores, (rows, _), _, _ = reference_selection(tr, sd, task, seed, "taylor", {}, "rows", "layer", ratio=0.25,

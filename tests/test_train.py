@@ -9,14 +9,13 @@ import io
 import json
 import re
 import sys
-from dataclasses import replace
+from dataclasses import MISSING, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minisft.app.experiment as ex
-import minisft.training.train as train_module
 import minisft.training.train as train_mod
 from minisft.data.batches import TokenStream, validation_batches
 from minisft.model.budgets import count_params
@@ -98,7 +97,7 @@ def test_resume_works_whatever_checkpoint_every_the_first_run_used(tmp_path, mon
     last checkpoint is the one its cadence puts last before step 7: every 2 -> 6, every 4 -> 4; the
     default (None) writes its first at step max(1, 9 // 20) = 1 and, with the write-time rule made
     never due (CHECKPOINT_COST = 0), no other."""
-    monkeypatch.setattr(train_module, "CHECKPOINT_COST", 0.0)
+    monkeypatch.setattr(train_mod, "CHECKPOINT_COST", 0.0)
     full_model, full = run(tmp_path / "a", 9, ckpt_every=first)
     with pytest.raises(Killed):
         run(tmp_path / "b", 9, ckpt_every=first, method=killed_after(LoRAMethod(r=2, alpha=4), 7))
@@ -342,22 +341,17 @@ def test_bad_method_and_options():
         TrainConfig(steps=0)
 
 
-METADATA_PENDING = {}  # method -> why its metadata is still missing (a strict xfail until it lands)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=METADATA_PENDING[n]))
-                                  if n in METADATA_PENDING else n for n in sorted(REGISTRY)])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_method_has_complete_option_metadata_and_the_table_shows_it(name):
-    """Each registered method names its paper, and each option has a type annotation, a default
-    and a one-line meaning; `minisft methods` prints them as a table, not Python dicts. (A strict
-    xfail: once a pending method has its metadata the test passes, which fails the run until the
-    entry leaves METADATA_PENDING.)"""
+    """Each registered method names its paper, and each option of its config has a type
+    annotation, a default and a one-line meaning; `minisft methods` prints them as a table, not
+    Python dicts."""
     table, cls = methods_table(), REGISTRY[name]
     assert cls.paper.strip(), name
     for spec in option_specs(name):
         assert spec.annotation is not None, f"{name}.{spec.name} has no type annotation"
-        assert spec.help.strip(), f"{name}.{spec.name} has no option_help entry"
-    assert set(cls.option_help) == {s.name for s in option_specs(name)}, name
+        assert spec.help.strip(), f"{name}.{spec.name} has no help (minisft.methods.config.option)"
+        assert spec.default is not MISSING, f"{name}.{spec.name} has no default"
     block = table.split(f"\n{name}: ")[1].split("\n\n")[0]
     for spec in option_specs(name):
         assert re.search(rf"^    {spec.name} +\S", block, re.M), (name, spec.name)

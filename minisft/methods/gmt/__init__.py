@@ -26,6 +26,6 @@ synchronisation on CuPy; `report()` gives the median in ms. `masks` holds the la
 """
 
 from .masks import global_gradient_masks, gradient_mask, gradient_masks
-from .method import GMT, SCOPES
+from .method import GMT, SCOPES, GMTConfig
 
-__all__ = ["GMT", "SCOPES", "global_gradient_masks", "gradient_mask", "gradient_masks"]
+__all__ = ["GMT", "GMTConfig", "SCOPES", "global_gradient_masks", "gradient_mask", "gradient_masks"]

@@ -2,16 +2,30 @@
 decisions: proofs/decisions.md §4; derivations: proofs/gmt_mgpp_methods.md)."""
 
 import time
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from ...core.backend import synchronize, to_numpy
-from ...core.errors import boolean, real_in, require
+from ...core.errors import require
+from ..config import MethodConfig, option
 from ..select import zero_where_dropped_all
 from ..base import Method
 from .masks import global_gradient_masks, gradient_masks
 
-SCOPES = ("tensor", "global")
+Scope = Literal["tensor", "global"]
+SCOPES = get_args(Scope)
+
+
+@dataclass(frozen=True)
+class GMTConfig(MethodConfig):
+    drop_ratio: float = option(0.5, "fraction of each gradient's entries dropped (the smallest |g|), in [0, 1)")
+    scope: Scope = option("tensor", "rank entries within each tensor (tensor) or across all tensors (global)")
+    freeze_masked: bool = option(False, "also freeze the dropped entries' Adam moments and weight decay")
+
+    def check(self):
+        require(0 <= self.drop_ratio < 1, "drop_ratio", self.drop_ratio, "a number in [0, 1)")
 
 
 class GMT(Method):
@@ -20,15 +34,11 @@ class GMT(Method):
 
     name = "gmt"
     paper = "Li et al. 2024, arXiv 2406.15330"
-    option_help = {"drop_ratio": "fraction of each gradient's entries dropped (the smallest |g|), in [0, 1)",
-                   "scope": "rank entries within each tensor (tensor) or across all tensors (global)",
-                   "freeze_masked": "also freeze the dropped entries' Adam moments and weight decay"}
+    Config = GMTConfig
     trains_base = True
 
-    def __init__(self, drop_ratio: float = 0.5, scope: str = "tensor", freeze_masked: bool = False):
-        self.drop_ratio = real_in("drop_ratio", drop_ratio, 0.0, 1.0, low_open=False, high_open=True)
-        require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
-        self.scope, self.freeze_masked = scope, boolean("freeze_masked", freeze_masked)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         self._reset()
 
     def _reset(self):
@@ -39,9 +49,6 @@ class GMT(Method):
         self._steps = 0
         self._seconds = []
 
-    def options(self):
-        return {"drop_ratio": self.drop_ratio, "scope": self.scope, "freeze_masked": self.freeze_masked}
-
     def prepare(self, model, task, rng):
         model.unfreeze()
         self._reset()
@@ -49,9 +56,9 @@ class GMT(Method):
 
     def keep_masks(self, grads):
         """{name: (shape) float gradient} -> {name: (shape) bool}, True = kept (scope's ranking)."""
-        if self.scope == "global":
-            return global_gradient_masks(grads, self.drop_ratio)
-        return gradient_masks(grads, self.drop_ratio)
+        if self.config.scope == "global":
+            return global_gradient_masks(grads, self.config.drop_ratio)
+        return gradient_masks(grads, self.config.drop_ratio)
 
     def transform_grads(self, model, grads, step):
         """Zero the dropped entries of every gradient in place; grads: {name: (shape) array}."""
@@ -67,7 +74,7 @@ class GMT(Method):
         return grads
 
     def optimizer_masks(self, model):
-        return self.masks if self.freeze_masked else {}
+        return self.masks if self.config.freeze_masked else {}
 
     def _fold_pending(self):
         """Add the device count vectors into `_kept` (one transfer each): no host read in the step."""

@@ -140,7 +140,6 @@ def test_every_step_masks_exactly_the_oracle_entries(xp, scope, ratio, freeze_ma
     assert rep["steps"] == steps
     for name, k in kept_sum.items():
         assert rep["kept_fraction"][name] == k / (steps * model.params[name].size)
-    assert math.isfinite(rep["mask_ms_per_step"]) and rep["mask_ms_per_step"] >= 0
 
 
 @given(seed=st.integers(0, 2**32 - 1), ratio=st.floats(0.0, 0.99), levels=st.integers(1, 6),

@@ -1,13 +1,12 @@
 """GMT as a fine-tuning method: the `GMT` class the trainer drives (map: minisft/methods/gmt/__init__.py;
 decisions: proofs/decisions.md §4; derivations: proofs/gmt_mgpp_methods.md)."""
 
-import time
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
-from ...core.backend import synchronize, to_numpy
+from ...core.backend import to_numpy
 from ...core.errors import require
 from ..config import MethodConfig, option
 from ..select import zero_where_dropped_all
@@ -47,7 +46,6 @@ class GMT(Method):
         self._pending = {}  # names -> (len(names),) kept counts on the device, summed since the last fold
         self._sizes = {}  # name -> entries of the tensor
         self._steps = 0
-        self._seconds = []
 
     def prepare(self, model, task, rng):
         model.unfreeze()
@@ -61,16 +59,14 @@ class GMT(Method):
         return gradient_masks(grads, self.config.drop_ratio)
 
     def transform_grads(self, model, grads, step):
-        """Zero the dropped entries of every gradient in place; grads: {name: (shape) array}."""
-        t0 = time.perf_counter()
+        """Zero the dropped entries of every gradient in place; grads: {name: (shape) array}. The kept
+        counts stay on the device (folded into ints by `_fold_pending`)."""
         ordered = {name: grads[name] for name in model.trainable_params() if name in grads}
         self.masks = self.keep_masks(ordered)
         names = tuple(self.masks)
         kept = zero_where_dropped_all([grads[n] for n in names], [self.masks[n] for n in names])
         self._pending[names] = kept if names not in self._pending else self._pending[names] + kept
         self._steps += 1
-        synchronize(model.xp)
-        self._seconds.append(time.perf_counter() - t0)
         return grads
 
     def optimizer_masks(self, model):
@@ -95,7 +91,7 @@ class GMT(Method):
         self._pending = {}
 
     def report(self):
-        """Realised kept fraction per tensor and overall (mean over the steps), masking overhead."""
+        """Realised kept fraction per tensor and overall (mean over the steps)."""
         if not self._steps:
             return {"steps": 0}
         self._fold_pending()
@@ -105,6 +101,5 @@ class GMT(Method):
             "steps": self._steps,
             "kept_fraction": {name: n / (self._steps * self._sizes[name]) for name, n in kept.items()},
             "kept_fraction_overall": sum(kept.values()) / entries,
-            "mask_ms_per_step": 1000 * float(np.median(self._seconds)) if self._seconds else None,
         }
 

@@ -31,27 +31,20 @@ from pathlib import Path
 
 from ...core.fileio import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from .. import MANIFEST, SCHEMA_VERSION
-from . import mgpp
 from .adapeft import adapeft_cases
 from .gmt import gmt_cases
 from .gpt2 import gpt2_cases
 from .layers import nn_cases
 from .loradrop import loradrop_cases
+from .mgpp import mgpp_cases
 from .spruft import spruft_cases
 from .training import training_cases
 
 
 def build_cases():
-    """Every case of the suite, in manifest order (CaseWriter list), and {left-out case: why}."""
-    cases = [*nn_cases(), *gpt2_cases(), *spruft_cases(), *adapeft_cases(), *loradrop_cases(), *gmt_cases()]
-    left_out = {}
-    if mgpp.available():
-        cases += mgpp.mgpp_cases()
-    else:
-        why = ("this checkout's MGPP takes standard deviations (sigma0, sigma1), not the variances var0, var1 of "
-               "DESIGN.md's API: regenerate after the MGPP rewrite (issue 16)")
-        left_out = {"mgpp_primitives": why, "train_mgpp": why}
-    return cases + training_cases(), left_out
+    """Every case of the suite, in manifest order (CaseWriter list)."""
+    return [*nn_cases(), *gpt2_cases(), *spruft_cases(), *adapeft_cases(), *loradrop_cases(), *gmt_cases(),
+            *mgpp_cases(), *training_cases()]
 
 
 def _version():
@@ -66,12 +59,12 @@ def write_suite(out_dir):
     """Write every case and manifest.json into `out_dir` (created if needed; files of the same names
     are replaced atomically). Returns the manifest (a dict)."""
     out = ensure_writable_dir(out_dir)
-    cases, left_out = build_cases()
+    cases = build_cases()
     manifest = {"schema_version": SCHEMA_VERSION, "minisft_version": _version(),
                 "generator": "minisft vectors (minisft.testing.vectors.write_suite)", "reader": "minisft.testing.load_case",
                 "tolerance_rule": "|actual - expected| <= atol + rtol * |expected| elementwise; integer and bool "
                                   "tensors exactly equal",
-                "cases": {c.name: c.record() for c in cases}, "left_out": left_out}
+                "cases": {c.name: c.record() for c in cases}}
     for c in cases:
         atomic_write_bytes(out / f"{c.name}.safetensors", c.to_bytes())
     atomic_write_json(Path(out) / MANIFEST, manifest)
@@ -83,6 +76,4 @@ def write_suite_command(out_dir):
     manifest = write_suite(out_dir)
     print(f"{len(manifest['cases'])} cases written to {out_dir} ({MANIFEST} documents every tensor; "
           "minisft.testing.load_case reads them)")
-    for name, why in manifest["left_out"].items():
-        print(f"left out {name}: {why}")
     return 0

@@ -5,8 +5,6 @@ schedule over every step, and the magnitude-pruning masks at each schedule value
 tensor, with ties). The masks of a training run at its pruning steps are in the train_mgpp case.
 """
 
-import inspect
-
 import numpy as np
 
 from ...methods import mgpp
@@ -15,12 +13,6 @@ from .case import CaseWriter
 PRIORS = {"default": (1e-3, 1e-10, 0.05), "gpt2": (1e-4, 1e-10, 0.01), "moderate": (0.3, 1e-4, 1.0)}
 SCHEDULE = {"final": 0.8, "t_start": 2, "t_end": 10, "initial": 0.3}
 STEPS = 13
-
-
-def available():
-    """True when MGPP takes variances var0, var1 (DESIGN.md); the suite leaves the MGPP cases out
-    otherwise, and the manifest says why."""
-    return "var0" in inspect.signature(mgpp.neg_log_prior_grad).parameters
 
 
 def _theta():

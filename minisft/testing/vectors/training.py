@@ -27,7 +27,6 @@ from ...core.errors import bad_value
 from ...model.gpt import LINEAR_SUFFIXES
 from ...training.optim import AdamW
 from ...training.train import TrainConfig, train
-from . import mgpp as mgpp_vectors
 from .case import CaseWriter
 from .fixtures import (CONFIG, ReplayTask, add_batches, add_model_tensors, explicit_method, fixed_batches, layout,
     snapshot, tiny_model)
@@ -47,7 +46,6 @@ RUNS = {  # method -> (learning rate, every option)
     "adapeft": (PEFT_LR, {"budget": 200, "groups": "modules", "estimator": "exact", "direction": "adam",
                           "probe_steps": 2, "every": 1, "lora_r": 2, "lora_alpha": 4, "probe_lr": 1e-2, "eta": None}),
     "gmt": (BASE_LR, {"drop_ratio": 0.5, "scope": "tensor", "freeze_masked": False}),
-    # the option set of the MGPP rewrite (issue 16): used once mgpp.available(), i.e. after it lands
     "mgpp": (BASE_LR, {"final_sparsity": 0.5, "config": "default", "lam": 1e-3, "var0": 1e-6, "var1": 0.05,
                        "lam_final": None, "initial_sparsity": 0.3, "t_start": 0.25, "t_end": 0.75, "every": 1,
                        "mode": "regrow", "count_rule": "exact", "scope": "global", "n_train": 64,
@@ -130,6 +128,5 @@ def _train_case(name, lr, options):
 
 
 def training_cases():
-    """One case per method of RUNS (MGPP only once its API takes variances: mgpp.available())."""
-    return [_train_case(name, lr, options) for name, (lr, options) in RUNS.items()
-            if name != "mgpp" or mgpp_vectors.available()]
+    """One case per method of RUNS."""
+    return [_train_case(name, lr, options) for name, (lr, options) in RUNS.items()]

@@ -5,6 +5,7 @@ tables and plots."""
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import json
 import re
@@ -22,9 +23,9 @@ from minisft.model.budgets import count_params
 from minisft.training.checkpoint import load_checkpoint, save_checkpoint
 from minisft.app.cli import main, parse_options, typed_options
 from minisft.core.config import GPTConfig
-from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError
+from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError, bad_value
 from minisft.core.fileio import RunLock
-from minisft.methods import REGISTRY, LoRAMethod, SPruFT, make_method, option_specs
+from minisft.methods import REGISTRY, LoRAMethod, Method, SPruFT, make_method, option_specs
 from minisft.methods.spruft import rows_matching_lora, spruft_trainable
 from minisft.model.gpt import GPT
 from minisft.app.report import methods_table, plot_compare
@@ -319,6 +320,81 @@ def test_progress_on_a_pipe_is_a_line_per_phase_and_every_tenth(tmp_path):
             assert err.getvalue().count("\r") == 20 and "ETA" in err.getvalue()
         else:
             assert err.getvalue() == ""
+
+
+class DuckFullFineTune:
+    """Full fine-tuning as a plain object (no minisft.methods.Method base): every hook of the protocol
+    written out; `calls` records the hooks called, in order."""
+
+    name = "duck"
+
+    def __init__(self, drop=(), max_width=None):
+        self.calls, self.max_width = [], max_width
+        for hook in drop:
+            setattr(self, hook, None)
+
+    def check_config(self, config):
+        self.calls.append("check_config")
+        if self.max_width is not None and config.n_embd > self.max_width:
+            raise bad_value("max_width", self.max_width, f"at least the model's width {config.n_embd}")
+
+    def prepare(self, model, task, rng):
+        self.calls.append("prepare")
+        model.unfreeze()
+
+    def transform_grads(self, model, grads, step):
+        return grads
+
+    def transform_grads_after_clip(self, model, grads, step):
+        self.calls.append("transform_grads_after_clip")
+        return grads
+
+    def optimizer_masks(self, model):
+        return {}
+
+    def after_step(self, model, step):
+        pass
+
+    def report(self):
+        return {}
+
+    def options(self):
+        return {}
+
+    def state_arrays(self):
+        return {}
+
+    def load_state_arrays(self, arrays):
+        pass
+
+
+PROTOCOL = sorted(n for n, v in vars(Method).items() if inspect.isfunction(v) and not n.startswith("_"))  # the hooks
+
+
+@pytest.mark.parametrize("hook", PROTOCOL)
+def test_a_method_lacking_a_hook_is_refused_before_any_work(hook):
+    """A method object without one hook of the protocol (transform_grads_after_clip and check_config
+    included) is a clear error naming the hook, before prepare or any step."""
+    method = DuckFullFineTune(drop=[hook])
+    with pytest.raises(TypeError, match=f"lacks.*'{hook}'"):
+        train(small_model(), method, synthetic_task(), TrainConfig(steps=2), progress=False)
+    assert method.calls == []
+
+
+def test_a_method_without_the_method_base_class_trains_and_check_config_runs_first():
+    """The trainer drives any object with the protocol's hooks: check_config against the model's
+    GPTConfig before prepare (a refusal there stops the run before prepare), then every hook per step."""
+    method = DuckFullFineTune()
+    model, reference = small_model(), small_model()
+    cfg = TrainConfig(steps=2, lr=1e-2, seed=3)
+    r = train(model, method, synthetic_task(), cfg, progress=False)
+    assert method.calls == ["check_config", "prepare", "transform_grads_after_clip", "transform_grads_after_clip"]
+    full = train(reference, make_method("full"), synthetic_task(), cfg, progress=False)
+    assert r["history"] == full["history"]
+    narrow = DuckFullFineTune(max_width=8)
+    with pytest.raises(ValueError, match="max_width"):
+        train(small_model(), narrow, synthetic_task(), cfg, progress=False)
+    assert narrow.calls == ["check_config"]
 
 
 def test_bad_method_and_options():

@@ -31,15 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from minisft.core.backend import rng as make_rng
 from minisft.core.backend import to_numpy
-from minisft.data.batches import TokenStream, validation_batches
 from minisft.training.checkpoint import arrays_digest
 from minisft.core.config import GPTConfig
 from minisft.distributed import DistributedError, from_environment
 from minisft.distributed.data_parallel import check_replicas
 from minisft.core.errors import MinisftError
 from minisft.methods import make_method
-from minisft.model.gpt import GPT
-from minisft.training.train import Task, TrainConfig, train
+from minisft.training.train import TrainConfig, train
+from tests.helpers import counter_task, tiny_gpt
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 BATCH = 8
@@ -47,21 +46,12 @@ BATCH = 8
 
 def tiny_model(backend="numpy", seed=0):
     """A float64 GPT of CFG whose biases and LayerNorms are perturbed (no symmetric zeros)."""
-    model = GPT(CFG, backend=backend, dtype="float64", seed=seed)
-    r = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".bias") or ".ln_" in name or name.startswith("ln_f"):
-            p += model.xp.asarray(0.1 * r.standard_normal(p.shape))
-    return model
+    return tiny_gpt(CFG, xp=backend, seed=seed, perturbed=True)
 
 
 def tiny_task(comm=None, xp=np, batch_size=BATCH, n=4000, seed=0):
-    """A learnable synthetic stream (a noisy counter mod V), 2 validation batches per domain."""
-    r = np.random.default_rng(seed)
-    ids = (np.cumsum(r.integers(1, 3, n)) % CFG.vocab_size).astype(np.int32)
-    stream = TokenStream(xp.asarray(ids), "synthetic", CFG.vocab_size)
-    val = validation_batches(stream, batch_size, CFG.block_size, 2)
-    return Task(stream, val, val[:1], batch_size, CFG.block_size, comm)
+    """The counter task (tests.helpers) for CFG: 2 validation batches of the target, 1 of the source."""
+    return counter_task(CFG.vocab_size, CFG.block_size, batch_size, n, seed, source_batches=1, comm=comm, xp=xp)
 
 
 # name -> (method, options): every method, and every branch of a method that reduces a statistic

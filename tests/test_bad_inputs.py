@@ -40,11 +40,9 @@ from minisft.core import config, fileio
 from minisft.model import interop
 from minisft.core.errors import LockedError, MinisftError
 from minisft.methods import REGISTRY, option_specs
+from tests.helpers import MICRO
 
 REPO = Path(__file__).resolve().parents[1]
-MICRO = ex.Preset("micro", ms.GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
-                  max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
-                  finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
 HUGE_INT = "9" * 30
 NAN, INF = math.nan, math.inf
 CASES = {"cli": 0, "set": 0, "api": 0}  # counted as they run (test_count_of_cases prints them)

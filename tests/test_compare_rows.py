@@ -71,13 +71,13 @@ def test_gmt_on_n_micro_batches_of_b_over_n_is_gmt_on_one_batch_of_b():
     from minisft.methods.gmt import GMT
     from minisft.training.train import train
     from tests.gradcheck import assert_trained_like
-    from tests.test_gmt_method import host, synthetic_task, tiny
+    from tests.helpers import counter_task, host_copy, tiny_gpt
 
     runs = []
     for accumulation, B in ((1, 8), (4, 2)):
-        model = tiny(np, 4)
-        start = host(model.params)
+        model = tiny_gpt(xp=np, seed=4)
+        start = host_copy(model.params)
         cfg = TrainConfig(steps=6, lr=1e-2, accumulation=accumulation, eval_every=6, seed=4)
-        train(model, GMT(drop_ratio=0.5), synthetic_task(4, B=B), cfg, progress=False)
-        runs.append(host(model.params))
+        train(model, GMT(drop_ratio=0.5), counter_task(seed=4, B=B), cfg, progress=False)
+        runs.append(host_copy(model.params))
     assert_trained_like(runs[1], runs[0], start, 6)

@@ -18,7 +18,6 @@ import pytest
 
 import minisft.app.experiment as ex
 import minisft.training.train as train_mod
-from minisft.data.batches import TokenStream, validation_batches
 from minisft.model.budgets import count_params
 from minisft.training.checkpoint import load_checkpoint, save_checkpoint
 from minisft.app.cli import main, parse_options, typed_options
@@ -29,31 +28,15 @@ from minisft.methods import REGISTRY, LoRAMethod, Method, SPruFT, make_method, o
 from minisft.methods.spruft import rows_matching_lora, spruft_trainable
 from minisft.model.gpt import GPT
 from minisft.app.report import methods_table, plot_compare
-from minisft.training.train import Task, TrainConfig, train
+from minisft.training.train import TrainConfig, train
+from tests.helpers import MICRO, counter_task, tiny_gpt
 
 REPO = Path(__file__).resolve().parents[1]
 
-MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
-                  max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
-                  finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
-
-
-def synthetic_task(V=40, T=8, B=4, n=3000, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = TokenStream((np.cumsum(rng.integers(1, 3, n)) % V).astype(np.int32), "synthetic", V)
-    val = validation_batches(ids, B, T, 2)
-    return Task(ids, val, val, B, T)
-
-
-def small_model(V=40, T=8, dtype="float32"):
-    return GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=16), backend="numpy", dtype=dtype,
-               seed=0)
-
-
 def run(tmp_path, steps, resume=False, ckpt_every=3, method=None, lr=1e-2, task=None, progress=False):
-    model = small_model()
+    model = tiny_gpt(dtype="float32")
     cfg = TrainConfig(steps=steps, lr=lr, eval_every=4, checkpoint_every=ckpt_every, seed=5, accumulation=2)
-    r = train(model, method or LoRAMethod(r=2, alpha=4), task or synthetic_task(), cfg, workdir=tmp_path,
+    r = train(model, method or LoRAMethod(r=2, alpha=4), task or counter_task(), cfg, workdir=tmp_path,
               resume=resume, progress=progress)
     return model, r
 
@@ -145,7 +128,7 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
     cases = [
         (dict(lr=2e-2), ["train.lr: 0.01 then, 0.02 now"]),
         (dict(method=LoRAMethod(r=3, alpha=4)), ["method_options.r: 2 then, 3 now"]),
-        (dict(task=synthetic_task(seed=1)), ["task: "]),  # other data
+        (dict(task=counter_task(seed=1)), ["task: "]),  # other data
         (dict(lr=2e-2, method=LoRAMethod(r=2, alpha=5)), ["method_options.alpha: 4.0 then, 5.0 now", "train.lr: "]),
     ]
     for kwargs, named in cases:
@@ -155,10 +138,10 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
         differences = message.split("it differs: ")[1].split(" (start afresh")[0].split("; ")
         assert len(differences) == len(named) and all(any(d.startswith(n) for d in differences) for n in named), message
         assert len(message) < 400, message
-    model = small_model()
+    model = tiny_gpt(dtype="float32")
     model.params["wte.weight"][0, 0] += 1.0  # another base model
     with pytest.raises(CheckpointError, match=r"differs: base_model: "):
-        train(model, LoRAMethod(r=2, alpha=4), synthetic_task(),
+        train(model, LoRAMethod(r=2, alpha=4), counter_task(),
               TrainConfig(steps=9, lr=1e-2, eval_every=4, checkpoint_every=3, seed=5, accumulation=2),
               workdir=tmp_path, resume=True, progress=False)
 
@@ -250,8 +233,8 @@ def test_every_run_saves_its_trained_tensors_a_merged_model_and_a_manifest(tmp_p
     """model/trained.safetensors holds every trainable tensor; model/merged.safetensors is a plain
     state dict that GPT.from_state_dict loads into a model computing what the adapted one computes;
     the manifest says what produced them."""
-    model = small_model(dtype="float64")
-    task = synthetic_task()
+    model = tiny_gpt()
+    task = counter_task()
     cfg = TrainConfig(steps=5, lr=1e-2, eval_every=5, seed=1)
     train(model, LoRAMethod(r=2, alpha=4), task, cfg, workdir=tmp_path, progress=False,
           provenance={"preset": "test", "tokenizer": "abc"})
@@ -377,7 +360,7 @@ def test_a_method_lacking_a_hook_is_refused_before_any_work(hook):
     included) is a clear error naming the hook, before prepare or any step."""
     method = DuckFullFineTune(drop=[hook])
     with pytest.raises(TypeError, match=f"lacks.*'{hook}'"):
-        train(small_model(), method, synthetic_task(), TrainConfig(steps=2), progress=False)
+        train(tiny_gpt(dtype="float32"), method, counter_task(), TrainConfig(steps=2), progress=False)
     assert method.calls == []
 
 
@@ -385,15 +368,15 @@ def test_a_method_without_the_method_base_class_trains_and_check_config_runs_fir
     """The trainer drives any object with the protocol's hooks: check_config against the model's
     GPTConfig before prepare (a refusal there stops the run before prepare), then every hook per step."""
     method = DuckFullFineTune()
-    model, reference = small_model(), small_model()
+    model, reference = tiny_gpt(dtype="float32"), tiny_gpt(dtype="float32")
     cfg = TrainConfig(steps=2, lr=1e-2, seed=3)
-    r = train(model, method, synthetic_task(), cfg, progress=False)
+    r = train(model, method, counter_task(), cfg, progress=False)
     assert method.calls == ["check_config", "prepare", "transform_grads_after_clip", "transform_grads_after_clip"]
-    full = train(reference, make_method("full"), synthetic_task(), cfg, progress=False)
+    full = train(reference, make_method("full"), counter_task(), cfg, progress=False)
     assert r["history"] == full["history"]
     narrow = DuckFullFineTune(max_width=8)
     with pytest.raises(ValueError, match="max_width"):
-        train(small_model(), narrow, synthetic_task(), cfg, progress=False)
+        train(tiny_gpt(dtype="float32"), narrow, counter_task(), cfg, progress=False)
     assert narrow.calls == ["check_config"]
 
 

@@ -28,11 +28,11 @@ from minisft.training.optim import AdamW, SGD
 from minisft.training.train import TrainConfig, train
 from tests.helpers import MICRO, TINY, counter_task, tiny_gpt
 
-def prepared(budget=0.1, seed=0, **kw):
+def prepared(budget=0.1, seed=0, estimator="exact", **kw):
     """A tiny model after AdaPEFT.prepare, the method and the base state before it."""
     model = tiny_gpt(seed=seed)
     before = model.state_dict()
-    method = AdaPEFT(budget=budget, lora_r=2, lora_alpha=4, probe_lr=1e-2, **kw)
+    method = AdaPEFT(budget=budget, lora_r=2, lora_alpha=4, probe_lr=1e-2, estimator=estimator, **kw)
     method.prepare(model, counter_task(), np.random.default_rng(seed))
     return model, method, before
 
@@ -65,6 +65,12 @@ def test_tensors_partition_is_every_base_tensor_once():
     assert sum(g.size for g in groups) == count_params(tiny_gpt())["base"]
     assert dense_only("tensors") and not dense_only("modules")
     assert AdaPEFT(groups="tensors").trains_base and not AdaPEFT().trains_base
+
+
+def test_the_default_estimator_is_the_papers_gen():
+    """AdaPEFT's default influence estimator is GeN's forward-only fit, the paper's (proofs/decisions.md
+    §2); the Hessian-vector product ("exact") stays an option."""
+    assert AdaPEFT().config.estimator == "gen" and AdaPEFT(estimator="exact").config.estimator == "exact"
 
 
 def test_user_groups_by_pattern():
@@ -291,7 +297,7 @@ def test_transfer_of_a_subset_by_group_name_across_model_sizes():
             bases[key] = pretrained_tiny(cfg, seed)
             model = GPT.from_state_dict(bases[key], cfg, backend="numpy")
             method = AdaPEFT(budget=lora_trainable(cfg, 2) // 2, lora_r=2, lora_alpha=2, probe_lr=1e-2,
-                             probe_steps=16, every=2)
+                             probe_steps=16, every=2, estimator="exact")
             method.prepare(model, target, np.random.default_rng(seed))
             reports[key] = method.report()
         chosen = {k: reports[k]["chosen"]["groups"] for k in reports}

@@ -14,6 +14,7 @@ import pytest
 from minisft.core.errors import MinisftError
 from minisft.methods import GMT, REGISTRY, GMTConfig, LoRAMethod, SPruFT, SPruFTConfig, make_method
 from minisft.methods.config import from_text, type_name, typed
+from minisft.methods.spruft import DEFAULT_RATIO
 
 
 def test_values_take_their_annotations_type():
@@ -56,7 +57,7 @@ def test_command_line_text_is_parsed_by_the_annotation():
 def test_a_config_is_checked_once_when_made_and_is_frozen():
     c = SPruFTConfig(rows=4, importance="magnitude")
     assert (c.ratio, c.rows, c.targets) == (None, 4, ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
-    assert SPruFTConfig().ratio == 0.05  # neither given: the default ratio
+    assert SPruFTConfig().ratio == DEFAULT_RATIO  # neither given: the default ratio
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.rows = 0
     with pytest.raises(ValueError, match="ratio/rows"):

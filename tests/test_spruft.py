@@ -182,7 +182,7 @@ def test_streaming_probe_holds_only_vectors_and_equals_full_gradient_score(xp):
         for axis, want in (("rows", np.abs(WG.sum(axis=1))), ("cols", np.abs(WG.sum(axis=0)))):
             d = max_rel_diff(got[axis], want)
             assert d <= 1e-10, f"{layer} {axis}: streaming vs |Σ W⊙G| max rel diff {d:.3e}"
-    method = SPruFT(ratio=0.25, multivariable=True, mode="neurons", calib_batches=2)
+    method = SPruFT(ratio=0.25, importance="taylor", multivariable=True, mode="neurons", calib_batches=2)
     method.prepare(tiny_gpt(xp=xp, seed=seed, perturbed=True), task, np.random.default_rng(seed))
     shapes = method.report()["calibration"]["buffers"]
     assert set(shapes) == set(LAYERS) and all(len(s) == 1 for b in shapes.values() for s in b.values()), shapes
@@ -279,9 +279,9 @@ def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr
     seed = 4
     model, task = tiny_gpt(xp=np, seed=seed, perturbed=True), make_task(seed, B=3)
     sd = model.state_dict()
-    method = SPruFT(ratio=0.25)
+    method = SPruFT(ratio=0.25, importance="taylor")
     c = method.config
-    assert (c.calib_batches, c.calib_batch_size, c.importance, c.init) == (50, 1, "taylor", "zeros")
+    assert (c.calib_batches, c.calib_batch_size, c.init) == (50, 1, "zeros")
     method.prepare(model, task, np.random.default_rng(seed))
     assert method.report()["calibration"]["batches"] == 50
     scores, (rows, _), _, _ = reference_selection(tr, sd, task, seed, "taylor", {}, "rows", "layer", ratio=0.25,
@@ -292,6 +292,14 @@ def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr
     assert_same_indices(method.selected_rows, rows, "rows")
     (x, y), = calibration_batches(task, np.random.default_rng(0), 1, batch_size=1)
     assert x.shape == y.shape == (1, task.block_size)
+
+
+def test_defaults_are_the_released_runs():
+    """The defaults the authors run (proofs/decisions.md §1): the README's `--finetuning_type ZOtaylor
+    --n_estimate 2`, the script's `--finetuning_ratio 0.024`, `--taylor_batchs 50`, `--BATCH_SIZE 1`."""
+    c = SPruFT().config
+    assert (c.importance, c.zo_samples, c.ratio, c.rows) == ("zeroth_order", 2, 0.024, None)
+    assert (c.calib_batches, c.calib_batch_size, c.zo_eps, c.scope) == (50, 1, 1e-3, "layer")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,7 +456,7 @@ class _Prepared(SPruFT):
 def test_only_adapter_tensors_change_and_no_full_size_buffer_in_training():
     model, task = tiny_gpt(xp=np, seed=3, dtype="float32", perturbed=True), make_task(3)
     base = model.state_dict()
-    r = train(model, SPruFT(ratio=0.25, calib_batches=2), task,
+    r = train(model, SPruFT(ratio=0.25, importance="taylor", calib_batches=2), task,
               TrainConfig(steps=3, lr=1e-2, grad_clip=None, eval_every=3), progress=False)
     for k, v in model.state_dict().items():
         assert np.array_equal(v, base[k]), f"frozen {k} changed"
@@ -469,7 +477,7 @@ def test_resume_reselects_and_checks_the_selection(tmp_path):
         pass
 
     def run(workdir, resume=False, kill_at=None):
-        method = SPruFT(ratio=0.25, calib_batches=2)
+        method = SPruFT(ratio=0.25, importance="taylor", calib_batches=2)
         if kill_at is not None:
             def after_step(model, step):
                 if step + 1 == kill_at:

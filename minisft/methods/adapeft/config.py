@@ -25,8 +25,8 @@ class AdaPEFTConfig(MethodConfig):
     budget: int | float = option(0.01, "trainable parameters: a count (int) or a fraction of the base model "
                                        "(float in (0, 1])")
     groups: Literal[PARTITIONS] | dict = option("modules", GROUPS_HELP)
-    estimator: Literal[ESTIMATORS] = option("exact", "influence estimator (exact: Hessian-vector product; gen: "
-                                                     "GeN's fit)")
+    estimator: Literal[ESTIMATORS] = option("gen", "influence estimator (gen: GeN's forward-only fit, the "
+                                                   "paper's; exact: Hessian-vector product)")
     direction: Literal[DIRECTIONS] = option("adam", "update direction the influence is measured along")
     probe_steps: int = option(8, "probe training steps (all groups active)")
     every: int = option(4, "measure the influence every this many probe steps")

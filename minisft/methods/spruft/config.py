@@ -24,9 +24,10 @@ GROUP_KINDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.
 @dataclass(frozen=True)
 class SPruFTConfig(MethodConfig):
     ratio: float | None = option(None, "fraction of each unit's rows (or neuron groups) to train, in (0, 1] "
-                                       "(default 0.05 when rows is none)")
+                                       "(the released script's 0.024 when rows is none)")
     rows: int | None = option(None, "rows (or neuron groups) to train per unit, instead of ratio")
-    importance: Importance = option("taylor", "row score")
+    importance: Importance = option("zeroth_order", "row score (the released README's run: "
+                                                             "zeroth_order)")
     scope: Scope = option("layer", "rank rows within each layer (layer) or across all layers on mean-normalised "
                                    "scores (global)")
     mode: Mode = option("rows", "rows: output rows of each linear layer; neurons: whole attention heads / MLP neurons")
@@ -38,7 +39,8 @@ class SPruFTConfig(MethodConfig):
     p: int = option(2, "norm of the magnitude score: 1 or 2")
     targets: tuple[str, ...] = option(LINEAR_SUFFIXES, "linear-layer suffixes to select rows in, among "
                                       + ", ".join(LINEAR_SUFFIXES))
-    zo_samples: int = option(16, "random directions of the zeroth-order gradient estimate")
+    zo_samples: int = option(2, "random directions of the zeroth-order gradient estimate per calibration batch "
+                                "(the released README's --n_estimate 2)")
     zo_eps: float = option(1e-3, "finite-difference step of the zeroth-order estimate")
     bias: bool = option(True, "train the selected rows' bias entries too")
 

@@ -44,5 +44,5 @@ def make_method(name, **options):
 
 __all__ = ["REGISTRY", "AdaPEFT", "AdaPEFTConfig", "FullFineTune", "GMT", "GMTConfig", "GroupSubset",
            "GroupSubsetConfig", "LoRAConfig", "LoRADrop", "LoRADropConfig", "LoRAMethod", "MGPP", "MGPPConfig",
-           "MagnitudePruning", "MagnitudePruningConfig", "Method", "MethodConfig", "OptionSpec", "SPruFT", "SPruFTConfig",
-           "make_method", "method_options", "option_specs", "type_name"]
+           "MagnitudePruning", "MagnitudePruningConfig", "Method", "MethodConfig", "OptionSpec", "SPruFT",
+           "SPruFTConfig", "make_method", "method_options", "option_specs", "type_name"]

@@ -15,8 +15,9 @@ A method decides *what* trains; the trainer (minisft.training.train) does the re
 Options: one frozen dataclass per method, its `Config` (minisft.methods.config: each field typed,
 with a default and a one-line meaning; checked when made). A method is built from keyword options,
 `SPruFT(ratio=0.1)` (or positionally, in the config's field order), or from its config,
-`SPruFT(SPruFTConfig(ratio=0.1))`; `method.config` holds them. The class says its source in `paper`. `minisft methods` prints every option as a table, and
-a test checks every registered method has it all.
+`SPruFT(SPruFTConfig(ratio=0.1))`; `method.config` holds them. The class says its source in
+`paper`. `minisft methods` prints every option as a table, and a test checks every registered
+method has it all.
 """
 
 import math

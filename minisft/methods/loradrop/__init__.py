@@ -28,5 +28,5 @@ proofs/decisions.md §3 (LoRA-drop).
 from .method import SELECTIONS, LoRADrop, LoRADropConfig, keep_and_share, layer_importance, layer_scores
 from .selection import layer_output_sq_norm, normalize_importance, select_layers
 
-__all__ = ["SELECTIONS", "LoRADrop", "LoRADropConfig", "keep_and_share", "layer_importance", "layer_output_sq_norm", "layer_scores",
-           "normalize_importance", "select_layers"]
+__all__ = ["SELECTIONS", "LoRADrop", "LoRADropConfig", "keep_and_share", "layer_importance", "layer_output_sq_norm",
+           "layer_scores", "normalize_importance", "select_layers"]

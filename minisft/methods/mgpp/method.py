@@ -42,6 +42,7 @@ class MGPP(MagnitudePruning):
     def report(self):
         rep = super().report()
         if rep.get("prepared", True):
-            rep.update({"n_train": self.n, **{key: getattr(self.config, key) for key in ("lam", "lam_final", "var0", "var1")},
+            prior = {key: getattr(self.config, key) for key in ("lam", "lam_final", "var0", "var1")}
+            rep.update({"n_train": self.n, **prior,
                         "prior_gradient": "added after the trainer's clipping, for steps t <= t_f: never clipped"})
         return rep

@@ -54,5 +54,5 @@ from .budget import DEFAULT_RATIO, rows_for_ratio, rows_matching_lora, spruft_ro
 from .config import IMPORTANCES, MODES, SCOPES, SPruFTConfig
 from .method import SPruFT
 
-__all__ = ["DEFAULT_RATIO", "IMPORTANCES", "MODES", "SCOPES", "SPruFT", "SPruFTConfig", "calibration", "importance", "rows_for_ratio",
-           "rows_matching_lora", "spruft_rows_per_layer", "spruft_trainable", "structure"]
+__all__ = ["DEFAULT_RATIO", "IMPORTANCES", "MODES", "SCOPES", "SPruFT", "SPruFTConfig", "calibration", "importance",
+           "rows_for_ratio", "rows_matching_lora", "spruft_rows_per_layer", "spruft_trainable", "structure"]

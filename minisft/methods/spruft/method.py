@@ -101,7 +101,8 @@ class SPruFT(Method):
         layers = target_layers(model, self.config.targets)
         units = self._units(model.config, layers)  # validates `rows` against the model before any work
         c = self.config
-        batches = calibration_batches(task, rng, c.calib_batches, c.calib_batch_size) if c.importance not in NO_BATCHES else []
+        batches = [] if c.importance in NO_BATCHES else calibration_batches(task, rng, c.calib_batches,
+                                                                             c.calib_batch_size)
         model.freeze()
         scores, calibration = self._layer_scores(model, batches, rng, units, comm_of(task))
         unit_scores = {name: u.score(scores) for name, u in units.items()}

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,9 @@ from minisft.core import config, fileio
 from minisft.model import interop
 from minisft.core.errors import LockedError, MinisftError
 from minisft.methods import REGISTRY, option_specs
+from tests.helpers import MICRO
 
 REPO = Path(__file__).resolve().parents[1]
-MICRO = ex.Preset("micro", ms.GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
-                  max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
-                  finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
 HUGE_INT = "9" * 30
 NAN, INF = math.nan, math.inf
 CASES = {"cli": 0, "set": 0, "api": 0}  # counted as they run (test_count_of_cases prints them)
@@ -225,12 +224,12 @@ def test_cli_bad_value_is_one_clear_line_before_any_work(command, opt, value, tm
 
 def set_values(annotation):
     """Bad --set values for an option of this type annotation (invalid for every option of it)."""
-    from minisft.methods.__init__ import _members
+    from minisft.methods.config import members
 
-    members = set(_members(annotation))
-    names = {getattr(t, "__name__", str(t)) for t in members}
+    members = set(members(annotation))
+    names = {"choice" if typing.get_origin(t) is typing.Literal else getattr(t, "__name__", str(t)) for t in members}
     out = {"abc"} if not names & {"str", "dict"} else {""}
-    if "str" in names or "dict" in names:
+    if names & {"str", "dict", "choice"}:
         out |= {"bogus-choice"}
     if "int" in names and "float" not in names:
         out |= {"4.5", "nan", "-1", HUGE_INT}

@@ -17,6 +17,7 @@ import minisft.testing as mt
 from minisft.core.backend import to_numpy
 from minisft.methods.gmt.masks import global_gradient_masks, gradient_mask, gradient_masks
 from minisft.methods.select import RADIX_BITS
+from tests.helpers import stable_argsort_keep
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -29,15 +30,6 @@ def floor_count(ratio, n):
     return math.floor(Decimal(repr(float(ratio))) * n)
 
 
-def oracle_keep(arrays_np, k):
-    """Masks dropping the first k entries of a stable argsort of |x| over the concatenation."""
-    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
-    keep = np.ones(flat.size, dtype=bool)
-    keep[np.argsort(flat, kind="stable")[:k]] = False
-    pieces = np.split(keep, np.cumsum([a.size for a in arrays_np]))
-    return [m.reshape(a.shape) for m, a in zip(pieces, arrays_np)]
-
-
 @fixture_ok
 @given(g=arrays(), r=RATIOS)
 @example(g=np.array([1.0, -1.0, 1.0, 0.0, -0.0]), r=0.5)
@@ -47,7 +39,7 @@ def oracle_keep(arrays_np, k):
 def test_mask_equals_stable_argsort_oracle(xp, g, r):
     mask = gradient_mask(xp.asarray(g), r)
     assert mask.shape == g.shape and mask.dtype == bool
-    (expected,) = oracle_keep([g], floor_count(r, g.size))
+    (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
     np.testing.assert_array_equal(to_numpy(mask), expected)
 
 
@@ -59,7 +51,7 @@ def test_narrow_floats_rank_like_their_float64_values(xp, g, r):
     """Per tensor, float32/float16 are ranked on their own bits (native_magnitude_key): the same masks
     as the stable-argsort oracle on the exact float64 values."""
     mask = gradient_mask(xp.asarray(g), r)
-    (expected,) = oracle_keep([g], floor_count(r, g.size))
+    (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
     np.testing.assert_array_equal(to_numpy(mask), expected)
 
 
@@ -89,7 +81,7 @@ def test_ties_deterministic_and_repeatable(xp, g, r):
     first = to_numpy(gradient_mask(xp.asarray(g), r))
     again = to_numpy(gradient_mask(xp.asarray(g.copy()), r))
     np.testing.assert_array_equal(first, again)
-    np.testing.assert_array_equal(first, oracle_keep([g], floor_count(r, g.size))[0])
+    np.testing.assert_array_equal(first, stable_argsort_keep([g], floor_count(r, g.size))[0])
 
 
 @fixture_ok
@@ -128,7 +120,7 @@ def test_global_on_one_tensor_equals_per_tensor(xp, g, r):
 def test_global_exact_count_equals_bruteforce_oracle(xp, gs, r):
     masks = global_gradient_masks([xp.asarray(g) for g in gs], r)
     total = sum(g.size for g in gs)
-    expected = oracle_keep(gs, floor_count(r, total))
+    expected = stable_argsort_keep(gs, floor_count(r, total))
     assert len(masks) == len(gs)
     for m, e in zip(masks, expected):
         np.testing.assert_array_equal(to_numpy(m), e)
@@ -142,7 +134,7 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
     batched = gradient_masks({f"t{i}": xp.asarray(g) for i, g in enumerate(gs)}, r)
     assert list(batched) == [f"t{i}" for i in range(len(gs))]
     for i, g in enumerate(gs):
-        (expected,) = oracle_keep([g], floor_count(r, g.size))
+        (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
         np.testing.assert_array_equal(to_numpy(batched[f"t{i}"]), expected)
 
 
@@ -176,7 +168,7 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
     for r in (0.0, 0.3, 0.5, 0.95):
         masks = gradient_masks([xp.asarray(g) for g in gs], r)
         for g, m in zip(gs, masks):
-            (expected,) = oracle_keep([g], floor_count(r, g.size))
+            (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
             np.testing.assert_array_equal(to_numpy(m), expected)
 
 
@@ -192,9 +184,9 @@ def test_every_way_equals_oracle_per_tensor_and_global(xp, monkeypatch, way, gs,
     tensors together (global_gradient_masks: ties spanning tensors)."""
     _use_way(monkeypatch, way)
     for g, m in zip(gs, gradient_masks([xp.asarray(g) for g in gs], r)):
-        np.testing.assert_array_equal(to_numpy(m), oracle_keep([g], floor_count(r, g.size))[0])
+        np.testing.assert_array_equal(to_numpy(m), stable_argsort_keep([g], floor_count(r, g.size))[0])
     total = sum(g.size for g in gs)
-    for m, e in zip(global_gradient_masks([xp.asarray(g) for g in gs], r), oracle_keep(gs, floor_count(r, total))):
+    for m, e in zip(global_gradient_masks([xp.asarray(g) for g in gs], r), stable_argsort_keep(gs, floor_count(r, total))):
         np.testing.assert_array_equal(to_numpy(m), e)
 
 
@@ -206,7 +198,7 @@ def test_global_dict_structure_mixed_dtypes_and_layout(xp):
     grads = {"h.0.w": xp.asarray(a), "h.0.b": xp.asarray(b), "h.1.w": xp.asarray(c)}
     masks = global_gradient_masks(grads, 0.37)
     assert list(masks) == list(grads)
-    expected = oracle_keep([a, b, c], floor_count(0.37, a.size + b.size + c.size))
+    expected = stable_argsort_keep([a, b, c], floor_count(0.37, a.size + b.size + c.size))
     for name, e in zip(masks, expected):
         np.testing.assert_array_equal(to_numpy(masks[name]), e)
     assert isinstance(global_gradient_masks(tuple(grads.values()), 0.5), tuple)
@@ -220,7 +212,7 @@ def test_radix_select_on_keys_sharing_high_bits(xp):
     values = keys.view(np.float64)
     parts = [values[:1000], -values[1000:50000], values[50000:]]
     masks = global_gradient_masks([xp.asarray(p) for p in parts], 0.61)
-    for m, e in zip(masks, oracle_keep(parts, floor_count(0.61, values.size))):
+    for m, e in zip(masks, stable_argsort_keep(parts, floor_count(0.61, values.size))):
         np.testing.assert_array_equal(to_numpy(m), e)
 
 

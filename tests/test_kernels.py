@@ -14,7 +14,7 @@ from minisft.nn import (attention_backward, attention_forward, cross_entropy_bac
     gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
 from minisft.training.optim import AdamW
 from tests.gradcheck import assert_directional, max_rel_diff
-from tests.helpers import fast_paths, spy_fast_paths
+from tests.helpers import fast_paths, spy_fast_paths, stable_argsort_keep, tiny_gpt
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
@@ -551,14 +551,6 @@ def test_fused_adapters_equal_plain_bodies(monkeypatch, dtype, kind):
 
 
 # ---- the segmented radix select (minisft.methods.select on CuPy) ----
-def _oracle_keep(arrays_np, k):
-    """Drop the first k entries of a stable argsort of |x| over the concatenation (tests/test_gmt_mask.py)."""
-    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
-    keep = np.ones(flat.size, dtype=bool)
-    keep[np.argsort(flat, kind="stable")[:k]] = False
-    return [m.reshape(a.shape) for m, a in zip(np.split(keep, np.cumsum([a.size for a in arrays_np])), arrays_np)]
-
-
 TIES = [0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, 5e-324, 1e-45, 3.0e38]
 
 
@@ -582,9 +574,9 @@ def _select_both_scopes(monkeypatch, arrays_np, r):
     monkeypatch.setattr(fastpath, "ENABLED", True)
     gs = [cp.asarray(a) for a in arrays_np]
     for a, m in zip(arrays_np, gradient_masks(gs, r)):
-        np.testing.assert_array_equal(to_numpy(m), _oracle_keep([a], select.ratio_count(r, a.size, "floor"))[0])
+        np.testing.assert_array_equal(to_numpy(m), stable_argsort_keep([a], select.ratio_count(r, a.size, "floor"))[0])
     total = sum(a.size for a in arrays_np)
-    for a, m, e in zip(arrays_np, global_gradient_masks(gs, r), _oracle_keep(arrays_np, select.ratio_count(r, total, "floor"))):
+    for a, m, e in zip(arrays_np, global_gradient_masks(gs, r), stable_argsort_keep(arrays_np, select.ratio_count(r, total, "floor"))):
         assert m.shape == a.shape and m.dtype == bool
         np.testing.assert_array_equal(to_numpy(m), e)
     assert calls or not arrays_np, "the kernel select did not run"
@@ -750,17 +742,13 @@ def test_gmt_transform_grads_in_one_launch_equals_the_loop(monkeypatch):
     once a step) gives the plain loop's gradients bit for bit and the same kept fractions over 3 steps."""
     import cupy as cp
 
-    from minisft.core.config import GPTConfig
-    from minisft.methods import GMT
-    from minisft.model.gpt import GPT
-
-    from minisft.methods import select
+    from minisft.methods import GMT, select
 
     rng = np.random.default_rng(5)
     calls = spy_fast_paths(monkeypatch, [select.zero_where_dropped_all])
 
     def run():
-        model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16), backend="cupy", dtype="float32", seed=1)
+        model = tiny_gpt(xp="cupy", dtype="float32", seed=1)
         gmt = GMT(0.4, scope="global")
         gmt.prepare(model, None, rng)
         out = []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from minisft.model.adapters import LoRA
 from minisft.core.backend import to_numpy
-from minisft.data.batches import TokenStream, validation_batches
+from minisft.data.batches import TokenStream
 from minisft.model.budgets import count_params
 from minisft.core.config import GPTConfig
 from minisft.methods.base import LoRAMethod
@@ -23,6 +23,7 @@ from minisft.methods.loradrop.method import LoRADrop, keep_and_share, layer_impo
 from minisft.model.gpt import GPT, LINEAR_SUFFIXES, linear_layer_names
 from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import assert_directional, max_rel_diff
+from tests.helpers import counter_task
 
 def tiny(seed=0, L=2, C=8, H=2, V=29, T=6, backend="numpy"):
     cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C)
@@ -30,12 +31,8 @@ def tiny(seed=0, L=2, C=8, H=2, V=29, T=6, backend="numpy"):
 
 
 def make_task(model, B=3, n=1500, seed=0):
-    """A learnable synthetic stream (increments of 1 or 2 mod V) for the model's vocabulary."""
-    cfg = model.config
-    rng = np.random.default_rng(seed)
-    ids = TokenStream((np.cumsum(rng.integers(1, 3, n)) % cfg.vocab_size).astype(np.int32), "synthetic", cfg.vocab_size)
-    val = validation_batches(ids, B, cfg.block_size, 1)
-    return Task(ids, val, val, B, cfg.block_size)
+    """The counter task (tests.helpers) for the model's vocabulary and window."""
+    return counter_task(model.config.vocab_size, model.config.block_size, B, n, seed, val_batches=1)
 
 
 def batches(model, seed, n=2, B=2):

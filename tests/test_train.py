@@ -5,11 +5,12 @@ tables and plots."""
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import json
 import re
 import sys
-from dataclasses import replace
+from dataclasses import MISSING, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,44 +18,26 @@ import pytest
 
 import minisft.app.compare as cmp
 import minisft.app.experiment as ex
-import minisft.training.train as train_module
 import minisft.training.train as train_mod
-from minisft.data.batches import TokenStream, validation_batches
 from minisft.model.budgets import count_params
 from minisft.training.checkpoint import load_checkpoint, save_checkpoint
 from minisft.app.cli import main, parse_options, typed_options
 from minisft.core.config import GPTConfig
-from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError
+from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError, bad_value
 from minisft.core.fileio import RunLock
-from minisft.methods import REGISTRY, LoRAMethod, SPruFT, make_method, option_specs
+from minisft.methods import REGISTRY, LoRAMethod, Method, SPruFT, make_method, option_specs
 from minisft.methods.spruft import rows_matching_lora, spruft_trainable
 from minisft.model.gpt import GPT
 from minisft.app.report import methods_table, plot_compare
-from minisft.training.train import Task, TrainConfig, train
+from minisft.training.train import TrainConfig, train
+from tests.helpers import MICRO, counter_task, tiny_gpt
 
 REPO = Path(__file__).resolve().parents[1]
 
-MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
-                  max_chars=60_000, batch_size=8, pretrain_steps=400, pretrain_lr=1e-2,
-                  finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
-
-
-def synthetic_task(V=40, T=8, B=4, n=3000, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = TokenStream((np.cumsum(rng.integers(1, 3, n)) % V).astype(np.int32), "synthetic", V)
-    val = validation_batches(ids, B, T, 2)
-    return Task(ids, val, val, B, T)
-
-
-def small_model(V=40, T=8, dtype="float32"):
-    return GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=16), backend="numpy", dtype=dtype,
-               seed=0)
-
-
 def run(tmp_path, steps, resume=False, ckpt_every=3, method=None, lr=1e-2, task=None, progress=False):
-    model = small_model()
+    model = tiny_gpt(dtype="float32")
     cfg = TrainConfig(steps=steps, lr=lr, eval_every=4, checkpoint_every=ckpt_every, seed=5, accumulation=2)
-    r = train(model, method or LoRAMethod(r=2, alpha=4), task or synthetic_task(), cfg, workdir=tmp_path,
+    r = train(model, method or LoRAMethod(r=2, alpha=4), task or counter_task(), cfg, workdir=tmp_path,
               resume=resume, progress=progress)
     return model, r
 
@@ -99,7 +82,7 @@ def test_resume_works_whatever_checkpoint_every_the_first_run_used(tmp_path, mon
     last checkpoint is the one its cadence puts last before step 7: every 2 -> 6, every 4 -> 4; the
     default (None) writes its first at step max(1, 9 // 20) = 1 and, with the write-time rule made
     never due (CHECKPOINT_COST = 0), no other."""
-    monkeypatch.setattr(train_module, "CHECKPOINT_COST", 0.0)
+    monkeypatch.setattr(train_mod, "CHECKPOINT_COST", 0.0)
     full_model, full = run(tmp_path / "a", 9, ckpt_every=first)
     with pytest.raises(Killed):
         run(tmp_path / "b", 9, ckpt_every=first, method=killed_after(LoRAMethod(r=2, alpha=4), 7))
@@ -146,7 +129,7 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
     cases = [
         (dict(lr=2e-2), ["train.lr: 0.01 then, 0.02 now"]),
         (dict(method=LoRAMethod(r=3, alpha=4)), ["method_options.r: 2 then, 3 now"]),
-        (dict(task=synthetic_task(seed=1)), ["task: "]),  # other data
+        (dict(task=counter_task(seed=1)), ["task: "]),  # other data
         (dict(lr=2e-2, method=LoRAMethod(r=2, alpha=5)), ["method_options.alpha: 4.0 then, 5.0 now", "train.lr: "]),
     ]
     for kwargs, named in cases:
@@ -156,10 +139,10 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
         differences = message.split("it differs: ")[1].split(" (start afresh")[0].split("; ")
         assert len(differences) == len(named) and all(any(d.startswith(n) for d in differences) for n in named), message
         assert len(message) < 400, message
-    model = small_model()
+    model = tiny_gpt(dtype="float32")
     model.params["wte.weight"][0, 0] += 1.0  # another base model
     with pytest.raises(CheckpointError, match=r"differs: base_model: "):
-        train(model, LoRAMethod(r=2, alpha=4), synthetic_task(),
+        train(model, LoRAMethod(r=2, alpha=4), counter_task(),
               TrainConfig(steps=9, lr=1e-2, eval_every=4, checkpoint_every=3, seed=5, accumulation=2),
               workdir=tmp_path, resume=True, progress=False)
 
@@ -251,8 +234,8 @@ def test_every_run_saves_its_trained_tensors_a_merged_model_and_a_manifest(tmp_p
     """model/trained.safetensors holds every trainable tensor; model/merged.safetensors is a plain
     state dict that GPT.from_state_dict loads into a model computing what the adapted one computes;
     the manifest says what produced them."""
-    model = small_model(dtype="float64")
-    task = synthetic_task()
+    model = tiny_gpt()
+    task = counter_task()
     cfg = TrainConfig(steps=5, lr=1e-2, eval_every=5, seed=1)
     train(model, LoRAMethod(r=2, alpha=4), task, cfg, workdir=tmp_path, progress=False,
           provenance={"preset": "test", "tokenizer": "abc"})
@@ -323,6 +306,81 @@ def test_progress_on_a_pipe_is_a_line_per_phase_and_every_tenth(tmp_path):
             assert err.getvalue() == ""
 
 
+class DuckFullFineTune:
+    """Full fine-tuning as a plain object (no minisft.methods.Method base): every hook of the protocol
+    written out; `calls` records the hooks called, in order."""
+
+    name = "duck"
+
+    def __init__(self, drop=(), max_width=None):
+        self.calls, self.max_width = [], max_width
+        for hook in drop:
+            setattr(self, hook, None)
+
+    def check_config(self, config):
+        self.calls.append("check_config")
+        if self.max_width is not None and config.n_embd > self.max_width:
+            raise bad_value("max_width", self.max_width, f"at least the model's width {config.n_embd}")
+
+    def prepare(self, model, task, rng):
+        self.calls.append("prepare")
+        model.unfreeze()
+
+    def transform_grads(self, model, grads, step):
+        return grads
+
+    def transform_grads_after_clip(self, model, grads, step):
+        self.calls.append("transform_grads_after_clip")
+        return grads
+
+    def optimizer_masks(self, model):
+        return {}
+
+    def after_step(self, model, step):
+        pass
+
+    def report(self):
+        return {}
+
+    def options(self):
+        return {}
+
+    def state_arrays(self):
+        return {}
+
+    def load_state_arrays(self, arrays):
+        pass
+
+
+PROTOCOL = sorted(n for n, v in vars(Method).items() if inspect.isfunction(v) and not n.startswith("_"))  # the hooks
+
+
+@pytest.mark.parametrize("hook", PROTOCOL)
+def test_a_method_lacking_a_hook_is_refused_before_any_work(hook):
+    """A method object without one hook of the protocol (transform_grads_after_clip and check_config
+    included) is a clear error naming the hook, before prepare or any step."""
+    method = DuckFullFineTune(drop=[hook])
+    with pytest.raises(TypeError, match=f"lacks.*'{hook}'"):
+        train(tiny_gpt(dtype="float32"), method, counter_task(), TrainConfig(steps=2), progress=False)
+    assert method.calls == []
+
+
+def test_a_method_without_the_method_base_class_trains_and_check_config_runs_first():
+    """The trainer drives any object with the protocol's hooks: check_config against the model's
+    GPTConfig before prepare (a refusal there stops the run before prepare), then every hook per step."""
+    method = DuckFullFineTune()
+    model, reference = tiny_gpt(dtype="float32"), tiny_gpt(dtype="float32")
+    cfg = TrainConfig(steps=2, lr=1e-2, seed=3)
+    r = train(model, method, counter_task(), cfg, progress=False)
+    assert method.calls == ["check_config", "prepare", "transform_grads_after_clip", "transform_grads_after_clip"]
+    full = train(reference, make_method("full"), counter_task(), cfg, progress=False)
+    assert r["history"] == full["history"]
+    narrow = DuckFullFineTune(max_width=8)
+    with pytest.raises(ValueError, match="max_width"):
+        train(tiny_gpt(dtype="float32"), narrow, counter_task(), cfg, progress=False)
+    assert narrow.calls == ["check_config"]
+
+
 def test_bad_method_and_options():
     with pytest.raises(ValueError, match="method"):
         make_method("nope")
@@ -343,22 +401,17 @@ def test_bad_method_and_options():
         TrainConfig(steps=0)
 
 
-METADATA_PENDING = {}  # method -> why its metadata is still missing (a strict xfail until it lands)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=METADATA_PENDING[n]))
-                                  if n in METADATA_PENDING else n for n in sorted(REGISTRY)])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_method_has_complete_option_metadata_and_the_table_shows_it(name):
-    """Each registered method names its paper, and each option has a type annotation, a default
-    and a one-line meaning; `minisft methods` prints them as a table, not Python dicts. (A strict
-    xfail: once a pending method has its metadata the test passes, which fails the run until the
-    entry leaves METADATA_PENDING.)"""
+    """Each registered method names its paper, and each option of its config has a type
+    annotation, a default and a one-line meaning; `minisft methods` prints them as a table, not
+    Python dicts."""
     table, cls = methods_table(), REGISTRY[name]
     assert cls.paper.strip(), name
     for spec in option_specs(name):
         assert spec.annotation is not None, f"{name}.{spec.name} has no type annotation"
-        assert spec.help.strip(), f"{name}.{spec.name} has no option_help entry"
-    assert set(cls.option_help) == {s.name for s in option_specs(name)}, name
+        assert spec.help.strip(), f"{name}.{spec.name} has no help (minisft.methods.config.option)"
+        assert spec.default is not MISSING, f"{name}.{spec.name} has no default"
     block = table.split(f"\n{name}: ")[1].split("\n\n")[0]
     for spec in option_specs(name):
         assert re.search(rf"^    {spec.name} +\S", block, re.M), (name, spec.name)
@@ -680,7 +733,7 @@ def test_compare_chooses_each_row_s_rate_on_validation_and_reports_test_losses(m
         tests = [json.loads((ex.run_dir(micro_workdir, MICRO, data, row["label"], s, 0, chosen) / "result.json")
                             .read_text())["test"]["target"] for s in (0, 1)]
         assert row["target"]["mean"] == pytest.approx(np.mean(tests), abs=1e-12) and row["seeds"] == [0, 1]
-    monkeypatch.setattr(train_module, "make_optimizer", lambda *a, **k: pytest.fail("a finished run was prepared again"))
+    monkeypatch.setattr(train_mod, "make_optimizer", lambda *a, **k: pytest.fail("a finished run was prepared again"))
     again, _, _ = cmp.compare(MICRO, micro_workdir, data, "numpy", only=["full", "lora-r2"], seeds=2, grid=grid)
     assert json.dumps(again, sort_keys=True) == json.dumps(out, sort_keys=True)
     assert folder.name.startswith("compare-grid")  # another grid than the preset's: its own folder

@@ -20,13 +20,14 @@ from ..core.backend import rng as make_rng
 from ..model.budgets import lora_trainable
 from .experiment import experiment_dir, finetune, make_task, method_lr, pretrained
 from ..core.fileio import RunLock, atomic_write_json, ensure_writable_dir
-from ..methods.adapeft import AdaPEFT, GroupSubset
+from ..methods.adapeft import AdaPEFT, AdaPEFTConfig, GroupSubset
 from .report import save_png
 
 
 def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0, train_front=False,
-                  budget=None, groups="modules", estimator="exact", direction="adam", probe_steps=8,
-                  every=4, progress=None, lr=None):
+                  budget=None, groups=AdaPEFTConfig.groups, estimator=AdaPEFTConfig.estimator,
+                  direction=AdaPEFTConfig.direction, probe_steps=AdaPEFTConfig.probe_steps,
+                  every=AdaPEFTConfig.every, progress=None, lr=None):
     """Measure, write and plot the front into the experiment directory (experiment.experiment_dir;
     with `lr`, its folder adapeft-front-lr<lr>); returns (result dict, that folder, png path or None,
     reason or None).

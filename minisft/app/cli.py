@@ -30,7 +30,6 @@ torch, or outside a checkout, it prints one line saying what to do.
 """
 
 import argparse
-import ast
 import codecs
 import contextlib
 import importlib.machinery
@@ -41,7 +40,6 @@ import re
 import stat
 import subprocess
 import sys
-import types
 import typing
 from pathlib import Path
 
@@ -150,9 +148,11 @@ def grid_entry(text):
 
 def budget_value(text):
     """adapeft-front's --budget: an integer count or a fraction (AdaPEFT checks the range)."""
+    from ..methods.config import from_text
+
     try:
-        return parse_value(text, int | float, "--budget")
-    except CliError as e:
+        return from_text("--budget", text, int | float)
+    except MinisftError as e:
         raise argparse.ArgumentTypeError(f"{text!r}: expected {e.expected}") from None
 
 
@@ -234,6 +234,10 @@ def parser():
                                     "compare.json (or the folder holding it).")
     cl.add_argument("path", type=path_text, metavar="PATH", help="compare.json, or the folder `minisft compare` printed")
     cl.add_argument("--markdown", action="store_true", help="print the claims as a Markdown table")
+    from ..methods import config
+    from ..methods.adapeft import AdaPEFTConfig
+
+    specs = {spec.name: spec for spec in config.specs(AdaPEFTConfig)}
     af = sub.add_parser("adapeft-front", formatter_class=_Help,
                         help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)",
                         description="Measure AdaPEFT's group influences on the base model and write the exact Pareto "
@@ -242,11 +246,15 @@ def parser():
     _common(af)
     af.add_argument("--budget", type=budget_value, help="trainable parameters (an integer) or a fraction of the "
                     "base model (a number in (0, 1]); default: LoRA's count at the preset's rank")
-    af.add_argument("--groups", default="modules", type=choice("modules", "tensors"), metavar="{modules,tensors}")
-    af.add_argument("--estimator", default="exact", type=choice("exact", "gen"), metavar="{exact,gen}")
-    af.add_argument("--direction", default="adam", type=choice("adam", "sgd"), metavar="{adam,sgd}")
-    af.add_argument("--probe-steps", type=positive_int, default=8, metavar="N")
-    af.add_argument("--every", type=positive_int, default=4, metavar="N", help="measure every N probe steps")
+    for name in ("groups", "estimator", "direction"):  # AdaPEFT's options: its choices and defaults
+        spec = specs[name]
+        values = typing.get_args(config.members(spec.annotation)[0])
+        af.add_argument(f"--{name}", default=spec.default, type=choice(*values), metavar="{" + ",".join(values) + "}",
+                        help=spec.help)
+    af.add_argument("--probe-steps", type=positive_int, default=specs["probe_steps"].default, metavar="N",
+                    help=specs["probe_steps"].help)
+    af.add_argument("--every", type=positive_int, default=specs["every"].default, metavar="N",
+                    help=specs["every"].help)
     af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
     sub.add_parser("methods", help="list the methods, their options (type, default, meaning) and papers",
                    description="List every method: its paper and its options with types, defaults and meanings.")
@@ -272,65 +280,6 @@ def parser():
 
 
 # ------------------------------------------------------------------------------- --set values
-_NONE = ("none", "null")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _members(annotation):
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-    else:
-        members = (annotation,)
-    return sorted(members, key=lambda t: t is str)  # str accepts anything: tried last
-
-
-def _parse_one(text, t):
-    """`text` as a value of the plain type `t` (ValueError when it is not one)."""
-    word = text.strip()
-    if t is type(None):
-        if word.lower() in _NONE:
-            return None
-    elif t is bool:
-        if word.lower() in _TRUE + _FALSE:
-            return word.lower() in _TRUE
-    elif t is int:
-        if re.fullmatch(r"[+-]?\d+", word) and abs(int(word)) <= INT64_MAX:
-            return int(word)
-    elif t is float:
-        return float(word)  # nan and inf parse; the method says where they are invalid
-    elif t is str:
-        return text
-    elif typing.get_origin(t) is tuple:
-        (element,) = typing.get_args(t)[:1]
-        if word[:1] in "([":
-            items = ast.literal_eval(word)  # a literal, never evaluated code
-            if not isinstance(items, (list, tuple)):
-                raise ValueError(text)
-        else:
-            items = [item.strip() for item in word.split(",") if item.strip()]
-        return tuple(item if not isinstance(item, str) else parse_value(item, element, "") for item in items)
-    elif t is dict or typing.get_origin(t) is dict:
-        value = ast.literal_eval(word)
-        if isinstance(value, dict):
-            return value
-    raise ValueError(text)
-
-
-def parse_value(text, annotation, option):
-    """`text` as a value of `annotation` (int, float, bool, str, none, tuple[...], dict, unions),
-    or CliError naming `option` and the type expected."""
-    from ..methods import type_name
-
-    if annotation is None:
-        raise CliError(option, text, "an option with a type annotation (this method's metadata lacks one)")
-    for t in _members(annotation):
-        try:
-            return _parse_one(text, t)
-        except (ValueError, SyntaxError, TypeError, MinisftError, RecursionError):
-            continue
-    raise CliError(option, text, type_name(annotation))
-
-
 def parse_options(pairs):
     """["r=4", "alpha=8"] -> {"r": "4", "alpha": "8"}: each OPTION=VALUE once (values stay text)."""
     out = {}
@@ -346,19 +295,18 @@ def parse_options(pairs):
 
 
 def typed_options(method, pairs):
-    """The --set pairs as typed values for `method` (unknown options named with the valid ones)."""
-    from ..methods import REGISTRY, option_specs
+    """The --set pairs as typed values for `method`, parsed by its config's annotations
+    (minisft.methods.config.from_text); an unknown option is named with the valid ones."""
+    from ..methods import option_specs
+    from ..methods.config import from_text
 
     specs = {spec.name: spec for spec in option_specs(method)}
-    renamed = getattr(REGISTRY[method], "renamed_options", {})  # e.g. MGPP's sigma0 -> var0
     out = {}
     for key, text in parse_options(pairs).items():
-        if key in renamed:
-            raise CliError(f"--set {key}", text, f"{renamed[key]} (renamed; see `minisft methods`): "
-                           f"{REGISTRY[method].option_help[renamed[key]]}")
         if key not in specs:
             raise CliError(f"--set {key}", text, f"an option of {method}: one of {', '.join(specs) or '(none)'}")
-        out[key] = parse_value(text, specs[key].annotation, f"--set {key}")
+        with option(f"--set {key}", text):
+            out[key] = from_text(key, text, specs[key].annotation)
     return out
 
 

@@ -176,8 +176,8 @@ def _check_model(model):
         raise bad_type("model", model, "a minisft.GPT")
 
 
-HOOKS = ("prepare", "transform_grads", "optimizer_masks", "after_step", "report", "options", "state_arrays",
-         "load_state_arrays")
+HOOKS = ("check_config", "prepare", "transform_grads", "transform_grads_after_clip", "optimizer_masks", "after_step",
+         "report", "options", "state_arrays", "load_state_arrays")  # the protocol of minisft.methods.base
 
 
 def _json_ready(arg, value):
@@ -337,6 +337,9 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
           record=None):
     """Fine-tune `model` with `method` on `task`; returns a JSON-ready result dict.
 
+    method: any object with every hook of minisft.methods.base's protocol (HOOKS; a Method subclass
+        or not): one that lacks a hook is refused before any work, and `method.check_config(model.
+        config)` runs before `prepare`.
     workdir: the run directory (module docstring), or None to keep nothing on disk.
     resume: continue the run in `workdir` from its last checkpoint; a finished run (its result.json
         of this very configuration) is returned as it is, with a note, and nothing is changed.
@@ -349,7 +352,8 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
     _check_model(model)
     missing = [h for h in HOOKS if not callable(getattr(method, h, None))]
     if missing:
-        raise bad_type("method", method, f"a minisft method (minisft.methods; it lacks {missing[:3]})")
+        raise bad_type("method", method, f"a minisft method (minisft.methods.base's protocol; it lacks {missing})")
+    method.check_config(model.config)  # options that depend on the model's shape, before any work
     if not isinstance(task, Task):
         raise bad_type("task", task, "a minisft.training.train.Task")
     if not isinstance(cfg, TrainConfig):

@@ -410,7 +410,7 @@ def _train_case(name, method_name, lr, options, overrides):
         settings["group_order"] = [g["name"] for g in groups]
         settings["group_sizes"] = {g["name"]: g["n"] for g in groups}
         settings["groups"] = {g.name: {"tensors": list(g.tensors), "lora_layers": list(g.lora_layers)}
-                              for g in build_groups(CONFIG, method.groups, method.lora_r)}
+                              for g in build_groups(CONFIG, method.config.groups, method.config.lora_r)}
     case = CaseWriter(f"train_{name}", f"{method_name}'s selection and first {STEPS} training steps on the tiny GPT-2 "
                       "in float64, with every intermediate of every step", RULES[method_name], PAPERS[method_name],
                       settings)

@@ -4,7 +4,7 @@ MINISFT_FUSED=0 sets at import); both run on the GPU on the same fresh random in
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisft.core import fastpath
@@ -14,7 +14,7 @@ from minisft.nn import (attention_backward, attention_forward, cross_entropy_bac
     gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
 from minisft.training.optim import AdamW
 from tests.gradcheck import assert_directional, max_rel_diff
-from tests.helpers import fast_paths, spy_fast_paths
+from tests.helpers import check_cross_entropy_exact, cross_entropy_cases, fast_paths, spy_fast_paths
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
@@ -307,6 +307,33 @@ def test_cross_entropy_kernels(monkeypatch, dtype, N, V):
     (lf, gf), (lp, gp) = both(monkeypatch, run)
     close(lf, lp, dtype, "cross-entropy loss")
     close(gf, gp, dtype, "cross-entropy backward")
+
+
+def _wide_confident_rows():
+    """Two rows of 3000 logits (more than one per thread of the kernel's block), each target leading
+    by 12 over spread-4 logits, with an offset of 500."""
+    rng = np.random.default_rng(5)
+    z, y = rng.standard_normal((2, 3000)) * 4, np.array([7, 2999])
+    z[0, 7], z[1, 2999] = z[0].max() + 12, z[1].max() + 12
+    return z + 500, y
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the spy is installed once
+@given(case=cross_entropy_cases(), dtype=st.sampled_from(["float64", "float32"]))
+@example(case=(np.array([[9.134, -15.39]]), np.array([0])), dtype="float64")
+@example(case=_wide_confident_rows(), dtype="float64")
+@example(case=_wide_confident_rows(), dtype="float32")
+def test_cross_entropy_kernel_is_exact(monkeypatch, case, dtype):
+    """The fused cross-entropy kernel (the registered fast path) against the exact values of its
+    float inputs (mpmath), loss and every gradient entry, within the error bound of
+    proofs/cross_entropy.md for its order of joins (≤ 1e-13 relative in float64), in the regimes of
+    cross_entropy_cases: confident rows, large offsets, tiny vocabularies."""
+    import cupy as cp
+    calls = spy_fast_paths(monkeypatch)
+    z, y = case
+    with fused("1"):
+        check_cross_entropy_exact(z.astype(dtype), y, xp=cp, kernel=True)
+    assert "cross_entropy_rows" in calls and "cross_entropy_input_grad" in calls, calls
 
 
 @given(N=st.integers(0, 3000), C=st.integers(1, 100), with_b=st.booleans())

@@ -37,6 +37,14 @@ def fast_paths(on):
         fastpath.ENABLED = old
 
 
+def to_device_bits(a, xp):
+    """Host array `a` on backend xp with its exact bits. CuPy's asarray uploads a 0-d array with
+    ndarray.fill, which memsets the array when the value == 0, so a 0-d -0.0 arrives as +0.0
+    (cupy/_core/core.pyx: _array_default, ndarray.fill; CuPy 13 and 14). A one-entry 1-d array is
+    copied byte for byte, and its 0-d view keeps them."""
+    return xp.asarray(a.reshape(1)).reshape(()) if a.ndim == 0 else xp.asarray(a)
+
+
 # ------------------------------------------------------------------------- cross-entropy oracle
 def exact_cross_entropy(z, y, ignore_index=-100):
     """The exact (mean loss, dL/dz) of logits z (N, V) (the floats as given) and targets y (N,), in

@@ -731,7 +731,7 @@ class _Chunks:
         start = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first_of_tensor, counts)) * CHUNK
         seg = np.asarray(segments, dtype=np.int32)[tensor]
         self.n_chunks, self.n_seg = int(counts.sum()), (int(max(segments)) + 1 if len(segments) else 0)
-        self.offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        self.offsets = np.cumsum(n) - n  # each tensor's start in the concatenation
         self.total = int(n.sum())
         first = np.searchsorted(seg, np.arange(self.n_seg), side="left").astype(np.int32)
         self.sizes, self.tensor, self.start, self.seg, self.first, self.offset = (

@@ -429,7 +429,8 @@ def test_activation_bytes_match_a_hand_count_for_one_layer():
     (B·T·C floats, what dW = dyᵀx needs) and no other activation below the head. Above c_fc, the
     layers must pass dx down: gelu keeps its input (B·T·4C), mlp.c_proj keeps nothing of x (its W
     reference is free), ln_f keeps xhat and rstd (B·T·C + B·T), the head keeps nothing of x, the
-    loss keeps probs (B·T·V) and its targets/valid arrays (B·T int64 + B·T bool)."""
+    loss keeps probs (B·T·V), 1 − P at the targets (B·T) and its targets/valid arrays (B·T int64 +
+    B·T bool)."""
     B, T, C, V = 2, 8, 16, 50
     cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=2, n_embd=C)
     model = GPT(cfg, backend="numpy", dtype="float32", seed=0)
@@ -442,6 +443,7 @@ def test_activation_bytes_match_a_hand_count_for_one_layer():
             + B * T * 4 * C * f      # gelu input
             + B * T * C * f + B * T * f  # ln_f xhat, rstd
             + B * T * V * f          # softmax probabilities
+            + B * T * f              # 1 − P at the targets (the target entries of dz, cancellation-free)
             + B * T * 8 + B * T)     # targets (int64), valid mask (bool)
     assert model.last_activation_bytes == hand
 

@@ -426,8 +426,10 @@ def test_zo_converges_like_inverse_sqrt_n():
 def test_zo_bias_is_order_eps_squared_for_cubic():
     """L(θ) = Σ c_i θ_i³: each term is [Σ_i c_i (3θ_i² z_i + ε² z_i³)] z_j, whose mean is
     g_j + 3ε² c_j. With the same draws for two ε the gradient part cancels exactly, and
-    (Ĝ(ε₁) − Ĝ(ε₂)) / (ε₁² − ε₂²) estimates 3c with per-coordinate standard deviation
-    √((105 − 9)c_j² + 15 Σ_{i≠j} c_i²)/√N < 0.2 here: a 1.2 margin is 6σ."""
+    (Ĝ(ε₁) − Ĝ(ε₂)) / (ε₁² − ε₂²) = (1/N) Σ_k (Σ_i c_i z_ki³) z_kj for the documented draws z_k,
+    which this test re-draws: equal to rounding. Its mean is 3c_j, its standard deviation
+    σ_j = √((105 − 9)c_j² + 15 Σ_{i≠j} c_i²)/√N: the estimate is within 5σ_j of 3c_j per coordinate
+    (5σ_j < 0.8 |3c_j| in each, so no bias of the wrong size or a zero bias passes)."""
     c = np.array([1.0, -0.5, 0.25])
     params = {"t": np.array([0.3, -0.7, 1.1])}
     N = 4000
@@ -438,7 +440,12 @@ def test_zo_bias_is_order_eps_squared_for_cubic():
     g1 = zeroth_order_gradient(loss, params, N, eps=1.0, rng=3)["t"]
     g2 = zeroth_order_gradient(loss, params, N, eps=0.5, rng=3)["t"]
     slope = (g1 - g2) / (1.0**2 - 0.5**2)
-    assert np.all(np.abs(slope - 3 * c) < 1.2), f"bias / ε² = {slope}, expected {3 * c}"
+    z = np.random.default_rng(3).standard_normal((N, 3))  # the documented draws: one (3,) per sample
+    exact = ((z**3 @ c)[:, None] * z).mean(axis=0)
+    np.testing.assert_allclose(slope, exact, rtol=1e-9, atol=1e-12)
+    sigma = np.sqrt(96 * c**2 + 15 * (np.sum(c**2) - c**2)) / np.sqrt(N)
+    assert np.all(5 * sigma < 0.8 * np.abs(3 * c)) and np.all(np.abs(slope - 3 * c) <= 5 * sigma), \
+        f"bias / ε² = {slope}, expected {3 * c} ± {5 * sigma}"
     small = zeroth_order_gradient(loss, params, N, eps=1e-3, rng=3)["t"]
     # with ε = 1e-3 the bias 3ε²c is 3e-6·c; the two differ by exactly that plus rounding
     np.testing.assert_allclose(g1 - small, slope * (1.0 - 1e-6), rtol=1e-6, atol=1e-6)

@@ -134,3 +134,24 @@ def check_cross_entropy_exact(z, y, xp=np, kernel=False):
     err = relative_errors(dz, exact_grad, np.finfo(z.dtype).smallest_subnormal)
     worst = np.unravel_index(np.argmax(err), err.shape)
     assert err[worst] <= grad_bound, f"dz{worst}: relative error {err[worst]:.3e} > {grad_bound:.3e}"
+
+
+def check_gelu_exact(x, y, dydx):
+    """GELU values y and derivatives dydx at x (host arrays of x's float dtype) against mpmath: within
+    (8|u| + 8)·u_r of |y| and (8|u| + 12)·u_r of the sum of the derivative's two terms' magnitudes (u_r
+    the rounding unit, u = √(2/π)(x + 0.044715x³)), plus 8|x| times the smallest normal number where the
+    exponential overflows and one subnormal step (proofs/gelu.md)."""
+    import mpmath
+
+    um, tiny = np.finfo(x.dtype).eps / 2, float(np.finfo(x.dtype).tiny)
+    sub = float(np.finfo(x.dtype).smallest_subnormal)
+    with mpmath.workdps(50):
+        k, a = mpmath.sqrt(2 / mpmath.pi), mpmath.mpf(0.044715)
+        for xi, yi, gi in zip(x.reshape(-1), y.reshape(-1), dydx.reshape(-1)):
+            X = mpmath.mpf(float(xi))
+            u = k * (X + a * X**3)
+            s, t = 1 / (1 + mpmath.exp(-2 * u)), X / 2 * mpmath.sech(u) ** 2 * k * (1 + 3 * a * X**2)
+            bound = (8 * abs(u) + 8) * um * abs(X * s) + 8 * abs(X) * tiny + sub
+            assert abs(mpmath.mpf(float(yi)) - X * s) <= bound, f"GELU({xi}) = {yi}, exact {X * s}"
+            bound = (8 * abs(u) + 12) * um * (abs(s) + abs(t)) + 8 * (1 + abs(X)) * tiny + sub
+            assert abs(mpmath.mpf(float(gi)) - (s + t)) <= bound, f"GELU'({xi}) = {gi}, exact {s + t}"

@@ -14,7 +14,7 @@ from minisft.nn import (attention_backward, attention_forward, cross_entropy_bac
     gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
 from minisft.training.optim import AdamW
 from tests.gradcheck import assert_directional, max_rel_diff
-from tests.helpers import check_cross_entropy_exact, cross_entropy_cases, fast_paths, spy_fast_paths
+from tests.helpers import check_cross_entropy_exact, check_gelu_exact, cross_entropy_cases, fast_paths, spy_fast_paths
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
@@ -307,6 +307,19 @@ def test_cross_entropy_kernels(monkeypatch, dtype, N, V):
     (lf, gf), (lp, gp) = both(monkeypatch, run)
     close(lf, lp, dtype, "cross-entropy loss")
     close(gf, gp, dtype, "cross-entropy backward")
+
+
+@given(x=st.lists(st.one_of(st.floats(-40.0, 40.0), st.floats(-1e3, 1e3)), min_size=1, max_size=300),
+       dtype=st.sampled_from(["float64", "float32"]))
+@example(x=[-6.03810354, -9.0, -0.7518, 0.0, 30.0], dtype="float64")  # tails, the derivative's zero
+@example(x=[-6.03810354, -9.0, -0.7518, 0.0, 30.0], dtype="float32")
+def test_gelu_kernels_are_exact(x, dtype):
+    """kernels.gelu and kernels.gelu_backward (the registered fast paths) against mpmath within the
+    bounds of proofs/gelu.md, as tests/test_nn_grad.py::test_gelu_exact checks the reference."""
+    import cupy as cp
+    x = np.array(x, dtype=dtype)
+    xd = cp.asarray(x)
+    check_gelu_exact(x, kernels.gelu(xd).get(), kernels.gelu_backward(cp.ones_like(xd), xd).get())
 
 
 def _wide_confident_rows():

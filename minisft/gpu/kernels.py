@@ -493,13 +493,15 @@ _GELU_U = "T u = (T)%r * (x + (T)%r * x * x * x);" % (math.sqrt(2.0 / math.pi), 
 
 @functools.cache
 def _gelu_kernels():
+    """minisft.nn.gelu's forms: y = x / (1 + e^{−2u}), dy/dx = σ(2u) + ½ x sech²(u) u'(x) (no cancellation
+    in the tails; an overflowing exp or cosh gives the limits 0)."""
     import cupy
 
-    fwd = cupy.ElementwiseKernel("T x", "T y", _GELU_U + " y = (T)0.5 * x * ((T)1 + tanh(u));", "minisft_gelu")
+    fwd = cupy.ElementwiseKernel("T x", "T y", _GELU_U + " y = x / ((T)1 + exp((T)-2 * u));", "minisft_gelu")
     bwd = cupy.ElementwiseKernel(
         "T dy, T x", "T dx",
-        _GELU_U + " T t = tanh(u); T du = (T)%r * ((T)1 + (T)%r * x * x);"
-        " dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * du);"
+        _GELU_U + " T c = cosh(u); T du = (T)%r * ((T)1 + (T)%r * x * x);"
+        " dx = dy * ((T)1 / ((T)1 + exp((T)-2 * u)) + (T)0.5 * x * du / (c * c));"
         % (math.sqrt(2.0 / math.pi), 3 * 0.044715),
         "minisft_gelu_backward")
     return fwd, bwd

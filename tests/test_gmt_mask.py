@@ -17,7 +17,7 @@ import minisft.testing as mt
 from minisft.core.backend import to_numpy
 from minisft.methods.gmt.masks import global_gradient_masks, gradient_mask, gradient_masks
 from minisft.methods.select import RADIX_BITS
-from tests.helpers import stable_argsort_keep
+from tests.helpers import spy_fast_paths, stable_argsort_keep, to_device_bits
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -140,20 +140,34 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
 
 # every way select.py can run, on every backend: (BATCH_BELOW, TIES_BY_COUNT) as each backend sets them,
 # with the fast paths off; "kernels": the fast path, CuPy's radix-select kernels (minisft.gpu.select), on
+# (CuPy only: on NumPy no kernel applies, and the case would rerun the NumPy way under the kernels' name)
 WAYS = {"numpy-way": (0, False), "cupy-way": (1 << 20, True), "sort-positions": (1 << 40, False),
         "partition-count": (0, True), "kernels": None}
 
 
-def _use_way(monkeypatch, way):
+def _use_way(monkeypatch, way, xp):
+    """Set up `way`; returns the list of the fast paths that run (spied), to check afterwards that
+    the kernels ran exactly in the kernels' way."""
     import minisft.core.fastpath as fastpath
     import minisft.methods.select as select
+    if way == "kernels" and xp is np:
+        pytest.skip("the radix-select kernels run on CuPy only")
     monkeypatch.setattr(fastpath, "ENABLED", way == "kernels")
+    calls = spy_fast_paths(monkeypatch)
+    if way != "kernels":
+        batch_below, ties_by_count = WAYS[way]
+        for backend in ("numpy", "cupy"):
+            monkeypatch.setitem(select.BATCH_BELOW, backend, batch_below)
+            monkeypatch.setitem(select.TIES_BY_COUNT, backend, ties_by_count)
+    return calls
+
+
+def _ran_as(way, calls, arrays):
+    """The kernels ran in the kernels' way (when there was anything to select) and nowhere else."""
     if way == "kernels":
-        return
-    batch_below, ties_by_count = WAYS[way]
-    for backend in ("numpy", "cupy"):
-        monkeypatch.setitem(select.BATCH_BELOW, backend, batch_below)
-        monkeypatch.setitem(select.TIES_BY_COUNT, backend, ties_by_count)
+        assert calls or not any(np.size(a) for a in arrays), "the kernels' way ran no kernel"
+    else:
+        assert not calls, f"{way} ran fast paths: {sorted(set(calls))}"
 
 
 @pytest.mark.parametrize("way", list(WAYS))
@@ -161,7 +175,7 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
     """Whether tensors are ranked one by one (partition) or together (one sort by tensor, |x|,
     index), and ties found by a cumulative count or by position, every tensor gets its own
     floor(r·n) smallest, ties by lower index."""
-    _use_way(monkeypatch, way)
+    calls = _use_way(monkeypatch, way, xp)
     rng = np.random.default_rng(7)
     gs = [rng.choice([0.0, -0.0, 1.0, -2.0, 2.0, 3.5], size=s) for s in [(5, 4), (0,), (1,), (13,), (3, 3, 3)]]
     gs += [rng.standard_normal(s).astype(np.float32) for s in [(40,), (2, 7)]]
@@ -170,6 +184,7 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
         for g, m in zip(gs, masks):
             (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
             np.testing.assert_array_equal(to_numpy(m), expected)
+    _ran_as(way, calls, gs)
 
 
 @pytest.mark.parametrize("way", list(WAYS))
@@ -182,12 +197,13 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
 def test_every_way_equals_oracle_per_tensor_and_global(xp, monkeypatch, way, gs, r):
     """Each of select.py's ways gives the oracle's masks, per tensor (gradient_masks) and over all
     tensors together (global_gradient_masks: ties spanning tensors)."""
-    _use_way(monkeypatch, way)
+    calls = _use_way(monkeypatch, way, xp)
     for g, m in zip(gs, gradient_masks([xp.asarray(g) for g in gs], r)):
         np.testing.assert_array_equal(to_numpy(m), stable_argsort_keep([g], floor_count(r, g.size))[0])
     total = sum(g.size for g in gs)
     for m, e in zip(global_gradient_masks([xp.asarray(g) for g in gs], r), stable_argsort_keep(gs, floor_count(r, total))):
         np.testing.assert_array_equal(to_numpy(m), e)
+    _ran_as(way, calls, gs)
 
 
 def test_global_dict_structure_mixed_dtypes_and_layout(xp):
@@ -243,7 +259,8 @@ def test_parity_with_torch_reference(xp, g, r):
 @fixture_ok
 @given(g=st.one_of(arrays(), arrays(st.floats(width=32), np.float32), arrays(st.floats(width=16), np.float16)),
        seed=st.integers(0, 2**32 - 1), transpose=st.booleans())
-@example(g=np.array(-0.0, dtype=np.float32), seed=2, transpose=False)  # kept 0-d -0.0: +0.0 on CuPy (H100, 2026-11-27)
+@example(g=np.array(-0.0, dtype=np.float32), seed=2, transpose=False)  # kept 0-d -0.0: +0.0 on CuPy (H100,
+# 2026-11-27), lost in the test's own upload (xp.asarray of a 0-d array fills it, and fill memsets a zero): to_device_bits
 @example(g=np.array(-0.0, dtype=np.float32), seed=0, transpose=False)  # the same 0-d tensor dropped
 def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, transpose):
     """zero_where_dropped(g, keep) is g[~keep] = +0.0: kept entries keep their exact bits (NaN,
@@ -255,7 +272,7 @@ def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, tra
         g, keep = g.T, keep.T
     expected = g.copy()
     expected[~keep] = 0.0
-    out = xp.asarray(g.copy()) if not transpose else xp.asarray(g.T.copy()).T
+    out = to_device_bits(g.copy(), xp) if not transpose else to_device_bits(g.T.copy(), xp).T
     zero_where_dropped(out, xp.asarray(keep))
     bits = f"u{g.dtype.itemsize}"
     np.testing.assert_array_equal(to_numpy(out).view(bits), expected.view(bits))

@@ -180,6 +180,7 @@ def test_retained_parameter_fraction_is_exact():
 # ------------------------------------------------------------------------ shared LoRA gradient
 @given(seed=st.integers(0, 10**6))
 @settings(max_examples=3, deadline=None)
+@example(seed=1)  # FD at h = 1e-3 missed the shared c_attn gradient by 1e-4 of ‖g‖‖v‖ (truncation: at h = 1e-4, 5e-12)
 def test_shared_lora_gradient_fd_and_sum_over_its_layers(seed):
     """Every trainable tensor after prepare against Richardson finite differences; each shared
     LoRA's gradient equals the sum of the gradients of independent per-layer copies."""
@@ -203,7 +204,9 @@ def test_shared_lora_gradient_fd_and_sum_over_its_layers(seed):
             finally:
                 a[...] = a0
 
-        assert_directional(f, a0, grads[name], rng, label=name)
+        # adapters of scale 0.3 make the attention logits steep: a Richardson step of 1e-3 (of the
+        # tensor's rms) leaves a truncation error up to 1e-4 of ‖g‖‖v‖; 1e-4 leaves none measurable
+        assert_directional(f, a0, grads[name], rng, label=name, h=1e-4)
     copies = tiny(seed, L=3)
     copies.freeze()
     for n, (ad,) in model.adapters.items():

@@ -31,15 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from minisft.core.backend import rng as make_rng
 from minisft.core.backend import to_numpy
-from minisft.data.batches import TokenStream, validation_batches
 from minisft.training.checkpoint import arrays_digest
 from minisft.core.config import GPTConfig
 from minisft.distributed import DistributedError, from_environment
 from minisft.distributed.data_parallel import check_replicas
 from minisft.core.errors import MinisftError
 from minisft.methods import make_method
-from minisft.model.gpt import GPT
-from minisft.training.train import Task, TrainConfig, train
+from minisft.training.train import TrainConfig, train
+from tests.helpers import counter_task, tiny_gpt
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 BATCH = 8
@@ -47,44 +46,38 @@ BATCH = 8
 
 def tiny_model(backend="numpy", seed=0):
     """A float64 GPT of CFG whose biases and LayerNorms are perturbed (no symmetric zeros)."""
-    model = GPT(CFG, backend=backend, dtype="float64", seed=seed)
-    r = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".bias") or ".ln_" in name or name.startswith("ln_f"):
-            p += model.xp.asarray(0.1 * r.standard_normal(p.shape))
-    return model
+    return tiny_gpt(CFG, xp=backend, seed=seed, perturbed=True)
 
 
 def tiny_task(comm=None, xp=np, batch_size=BATCH, n=4000, seed=0):
-    """A learnable synthetic stream (a noisy counter mod V), 2 validation batches per domain."""
-    r = np.random.default_rng(seed)
-    ids = (np.cumsum(r.integers(1, 3, n)) % CFG.vocab_size).astype(np.int32)
-    stream = TokenStream(xp.asarray(ids), "synthetic", CFG.vocab_size)
-    val = validation_batches(stream, batch_size, CFG.block_size, 2)
-    return Task(stream, val, val[:1], batch_size, CFG.block_size, comm)
+    """The counter task (tests.helpers) for CFG: 2 validation batches of the target, 1 of the source."""
+    return counter_task(CFG.vocab_size, CFG.block_size, batch_size, n, seed, source_batches=1, comm=comm, xp=xp)
 
 
 # name -> (method, options): every method, and every branch of a method that reduces a statistic
 PREPARE_CASES = {
-    "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 3}),
-    "spruft-taylor-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "multivariable": True}),
+    "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "taylor"}),
+    "spruft-taylor-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "taylor",
+                                                "multivariable": True}),
     "spruft-obd": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "obd"}),
     "spruft-zeroth-order": ("spruft", {"ratio": 0.25, "calib_batches": 2, "calib_batch_size": None,
                                        "importance": "zeroth_order", "zo_samples": 3}),  # rows split over ranks
     "spruft-magnitude": ("spruft", {"ratio": 0.25, "importance": "magnitude"}),
     "spruft-wanda": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "wanda"}),
     "spruft-wanda-one-batch": ("spruft", {"ratio": 0.25, "calib_batches": 1, "importance": "wanda"}),
-    "spruft-multivariable-one-batch": ("spruft", {"ratio": 0.25, "calib_batches": 1, "multivariable": True,
-                                                  "mode": "neurons"}),  # a rank without a batch
-    "spruft-task-batches": ("spruft", {"ratio": 0.25, "calib_batches": 2, "calib_batch_size": None}),
-    "spruft-neurons-global": ("spruft", {"ratio": 0.25, "calib_batches": 3, "mode": "neurons", "scope": "global"}),
-    "spruft-neurons-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "mode": "neurons",
-                                                "multivariable": True}),
+    "spruft-multivariable-one-batch": ("spruft", {"ratio": 0.25, "calib_batches": 1, "importance": "taylor",
+                                                  "multivariable": True, "mode": "neurons"}),  # a rank without a batch
+    "spruft-task-batches": ("spruft", {"ratio": 0.25, "calib_batches": 2, "calib_batch_size": None,
+                                       "importance": "taylor"}),
+    "spruft-neurons-global": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "taylor", "mode": "neurons",
+                                         "scope": "global"}),
+    "spruft-neurons-multivariable": ("spruft", {"ratio": 0.25, "calib_batches": 3, "importance": "taylor",
+                                                "mode": "neurons", "multivariable": True}),
     "loradrop-joint": ("loradrop", {"r": 2, "alpha": 4, "probe_steps": 3, "probe_lr": 1e-2, "threshold": 0.8}),
     "loradrop-per-type": ("loradrop", {"r": 2, "alpha": 4, "probe_steps": 3, "probe_lr": 1e-2, "threshold": 0.8,
                                        "selection": "per_type"}),
     "adapeft-exact": ("adapeft", {"budget": 0.05, "lora_r": 2, "lora_alpha": 4, "probe_steps": 3, "every": 2,
-                                  "probe_lr": 1e-2}),
+                                  "probe_lr": 1e-2, "estimator": "exact"}),
     "adapeft-gen": ("adapeft", {"budget": 0.05, "lora_r": 2, "lora_alpha": 4, "probe_steps": 3, "every": 2,
                                 "probe_lr": 1e-2, "estimator": "gen"}),
 }
@@ -104,11 +97,11 @@ TRAIN_CASES = {
     "full": ("full", {}, {"accumulation": 2}),
     "full-overlapped": ("full", {}, {}),
     "lora": ("lora", {"r": 2, "alpha": 4}, {}),
-    "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 2}, {"accumulation": 2}),
+    "spruft-taylor": ("spruft", {"ratio": 0.25, "calib_batches": 2, "importance": "taylor"}, {"accumulation": 2}),
     "spruft-obd": ("spruft", {"ratio": 0.25, "calib_batches": 2, "importance": "obd"}, {}),
     "loradrop": ("loradrop", {"r": 2, "alpha": 4, "probe_steps": 3, "probe_lr": 1e-2, "threshold": 0.8}, {}),
     "adapeft": ("adapeft", {"budget": 0.05, "lora_r": 2, "lora_alpha": 4, "probe_steps": 3, "every": 2,
-                            "probe_lr": 1e-2}, {}),
+                            "probe_lr": 1e-2, "estimator": "exact"}, {}),
     "gmt-tensor": ("gmt", {"drop_ratio": 0.5}, {}),
     "gmt-global-frozen": ("gmt", {"drop_ratio": 0.7, "scope": "global", "freeze_masked": True}, {"accumulation": 2}),
     "mgpp": ("mgpp", {"final_sparsity": 0.5, "total_steps": TRAIN_STEPS}, {}),

@@ -29,18 +29,16 @@ import math
 import numpy as np
 import pytest
 
-from minisft.core.config import GPTConfig
 from minisft.methods.adapeft.groups import build_groups
 from minisft.methods.adapeft.method import AdaPEFT
 from minisft.model.gpt import GPT
 from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import assert_trained_like
-from tests.test_adapeft import synthetic_task
+from tests.helpers import TINY, counter_task, tiny_gpt
 
 torch = pytest.importorskip("torch")
 from reference_models import adapeft as twin_ref  # noqa: E402
 
-CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
 U = np.finfo(np.float64).eps / 2
 R, ALPHA, PROBE_LR, PROBE_STEPS, EVERY = 2, 4, 1e-2, 8, 4
 
@@ -73,16 +71,16 @@ def probe_lora_init(method, groups):
     as it was when prepare started (the probe's first draws)."""
     rng = np.random.default_rng()
     rng.bit_generator.state = method.rng_state
-    scratch = GPT.from_state_dict(method.base, CFG, backend="numpy", dtype="float64")
+    scratch = GPT.from_state_dict(method.base, TINY, backend="numpy", dtype="float64")
     scratch.freeze()
-    for g in build_groups(CFG, groups, R):
+    for g in build_groups(TINY, groups, R):
         g.activate(scratch, ALPHA, rng)
     return {layer: (np.array(ad.A), np.array(ad.B)) for layer, (ad,) in scratch.adapters.items()}
 
 
 def run_minisft(estimator, direction, groups, budget, seed, steps, lr, wd):
-    model = GPT(CFG, backend="numpy", dtype="float64", seed=seed)
-    task = RecordingTask(synthetic_task(seed=seed))
+    model = tiny_gpt(seed=seed)
+    task = RecordingTask(counter_task(seed=seed))
     method = RecordingAdaPEFT(budget=budget, groups=groups, estimator=estimator, direction=direction,
                               probe_steps=PROBE_STEPS, every=EVERY, lora_r=R, lora_alpha=ALPHA, probe_lr=PROBE_LR)
     cfg = TrainConfig(steps=steps, lr=lr, weight_decay=wd, grad_clip=None, eval_every=steps, seed=seed)
@@ -177,12 +175,12 @@ def test_probe_selection_and_training_match_the_twin(estimator, direction, group
     probe_batches, fresh, train_batches = split_batches(handed_out, estimator, steps)
 
     # the same groups with the same sizes
-    part = twin_ref.partition(CFG, groups, R)
+    part = twin_ref.partition(TINY, groups, R)
     sizes = {k: v["n"] for k, v in part.items()}
     assert {g["name"]: g["n"] for g in rep["groups"]} == sizes
 
     # the twin's probe; each estimate's tolerance from the twin's state at that step
-    twin = twin_ref.Twin(method.base, CFG, part, probe_lora_init(method, groups), ALPHA / R)
+    twin = twin_ref.Twin(method.base, TINY, part, probe_lora_init(method, groups), ALPHA / R)
     tolerance = {}
 
     def inspect(step, batch, g, d, est):
@@ -252,7 +250,7 @@ def test_probe_selection_and_training_match_the_twin(estimator, direction, group
     start = method.start
     lora_start = {layer: (start[f"{layer}.lora.lora_A"], start[f"{layer}.lora.lora_B"])
                   for g in chosen for layer in part[g]["lora"]}
-    trained = twin_ref.Twin(method.base, CFG, {g: part[g] for g in part if g in chosen}, lora_start, ALPHA / R)
+    trained = twin_ref.Twin(method.base, TINY, {g: part[g] for g in part if g in chosen}, lora_start, ALPHA / R)
     assert set(trained.params) == set(model.trainable_params())
     want = twin_ref.train(trained, train_batches, lr, wd)
     assert_trained_like(model.trainable_params(), want, start, steps)

@@ -1,6 +1,8 @@
 """Adapters: finite differences (hypothesis shapes), PyTorch and HF PEFT parity, merge round trip,
 the RowDelta identities, frozen-base guarantees, memory accounting and bad input."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -178,9 +180,12 @@ def test_lora_matches_hf_peft_on_linear():
                                    (g["l.lora.lora_B"], lin.lora_B["default"].weight.grad.numpy(), "dB")):
             d = max_rel_diff(ours, theirs)
             assert d <= 1e-10, f"{what}: max rel diff vs PEFT {d:.3e}"
-        # PEFT's own initialisation law: A ~ U(±1/√d_in), B = 0
+        # PEFT's own initialisation law: A by torch's kaiming_uniform_(a=√5), i.e. U(±gain·√(3/d_in))
+        # with torch's leaky-ReLU gain, drawn from the adapter's generator; B = 0
         fresh = LoRA(host, "l", r=r, alpha=alpha, generator=5)
-        assert np.all(np.abs(fresh.A) <= 1 / np.sqrt(7)) and np.all(fresh.B == 0)
+        bound = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5)) * math.sqrt(3 / 7)
+        np.testing.assert_allclose(fresh.A, np.random.default_rng(5).uniform(-bound, bound, (r, 7)), rtol=1e-14)
+        assert np.all(fresh.B == 0)
 
 
 def test_lora_matches_hf_peft_on_gpt2():
@@ -429,7 +434,8 @@ def test_activation_bytes_match_a_hand_count_for_one_layer():
     (B·T·C floats, what dW = dyᵀx needs) and no other activation below the head. Above c_fc, the
     layers must pass dx down: gelu keeps its input (B·T·4C), mlp.c_proj keeps nothing of x (its W
     reference is free), ln_f keeps xhat and rstd (B·T·C + B·T), the head keeps nothing of x, the
-    loss keeps probs (B·T·V) and its targets/valid arrays (B·T int64 + B·T bool)."""
+    loss keeps probs (B·T·V), 1 − P at the targets (B·T) and its targets/valid arrays (B·T int64 +
+    B·T bool)."""
     B, T, C, V = 2, 8, 16, 50
     cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=2, n_embd=C)
     model = GPT(cfg, backend="numpy", dtype="float32", seed=0)
@@ -442,6 +448,7 @@ def test_activation_bytes_match_a_hand_count_for_one_layer():
             + B * T * 4 * C * f      # gelu input
             + B * T * C * f + B * T * f  # ln_f xhat, rstd
             + B * T * V * f          # softmax probabilities
+            + B * T * f              # 1 − P at the targets (the target entries of dz, cancellation-free)
             + B * T * 8 + B * T)     # targets (int64), valid mask (bool)
     assert model.last_activation_bytes == hand
 

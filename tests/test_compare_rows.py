@@ -5,6 +5,7 @@ finetune applies a row's training overrides to that run only."""
 import numpy as np
 import pytest
 
+import minisft.app.compare as cmp
 from minisft.app import experiment as ex
 from minisft.methods import make_method
 from minisft.methods.mgpp import MGPP, MagnitudePruning
@@ -13,7 +14,7 @@ from minisft.training.train import Task, TrainConfig
 
 
 def rows(preset):
-    return {label: (name, options, over[0] if over else {}) for label, name, options, *over in ex.compare_runs(preset)}
+    return {label: (name, options, over[0] if over else {}) for label, name, options, *over in cmp.compare_runs(preset)}
 
 
 @pytest.mark.parametrize("preset", sorted(ex.PRESETS))
@@ -27,21 +28,29 @@ def test_every_row_trains_on_the_same_tokens_per_step(preset):
 def test_rows_follow_the_authors_settings():
     p = ex.PRESETS["small"]
     table = rows(p)
-    for label in ("gmt-d0.5", "gmt-d0.9"):
-        assert table[label][2] == {"accumulation": ex.GMT_MICRO_BATCHES, "batch_size": 16 // 4}
-        assert ex.GMT_MICRO_BATCHES == 4
+    for label in ("gmt-d0.2", "gmt-d0.5"):
+        assert table[label][2] == {"accumulation": cmp.GMT_MICRO_BATCHES, "batch_size": 16 // 4}
+        assert cmp.GMT_MICRO_BATCHES == 4
     [spruft] = [v for k, v in table.items() if v[0] == "spruft"]
-    method = ex.build_method(spruft[0], spruft[1], p)
+    method = cmp.build_method(spruft[0], spruft[1], p)
     assert isinstance(method, SPruFT) and spruft[2] == {}
-    assert (method.calib_batches, method.calib_batch_size, method.init) == (50, 1, "zeros")
-    for s in (50, 80, 90):
+    assert (method.config.calib_batches, method.config.calib_batch_size, method.config.init) == (50, 1, "zeros")
+    decay = {"grad_clip": None, "schedule": "cosine", "final_lr_fraction": 0.1}  # BayesianPruner's GPT-2 runs
+    for s in (80, 90, 95):
         (mn, mo, mx), (pn, po, px) = table[f"mgpp-s{s}"], table[f"magprune-s{s}"]
-        assert (mn, pn) == ("mgpp", "magprune") and mo == po and mx == px == {"grad_clip": None}
-        m, b = ex.build_method(mn, mo, p), ex.build_method(pn, po, p)
+        assert (mn, pn) == ("mgpp", "magprune") and mo == po and mx == px == decay
+        m, b = cmp.build_method(mn, mo, p), cmp.build_method(pn, po, p)
         assert type(m) is MGPP and type(b) is MagnitudePruning
         assert b.options() == {k: v for k, v in m.options().items() if k in b.options()}
-        assert (m.var0, m.var1, m.lam, m.lam_final, m.initial_sparsity, m.t_start, m.t_end, m.every, m.mode,
-                m.count_rule, m.total_steps) == (1e-10, 0.05, 1e-3, None, 0.3, 0.1, 0.9, None, "regrow", "exact", 150)
+        c = m.config
+        assert (c.var0, c.var1, c.lam, c.lam_final, c.initial_sparsity, c.t_start, c.t_end, c.every, c.mode,
+                c.count_rule, c.total_steps) == (1e-10, 0.05, 1e-3, None, 0.3, 0.1, 0.9, None, "regrow", "exact", 150)
+    (an, ao, ax) = table["mgpp-s90-anneal"]
+    annealed = cmp.build_method(an, ao, p).config
+    assert (annealed.lam, annealed.lam_final, ax) == (0.1, 1e-4, decay)  # PTMGP's annealing
+    study = rows(ex.PRESETS["study"])
+    assert {k: v[1].get("every") for k, v in study.items() if v[0] in ("mgpp", "magprune")} == \
+        dict.fromkeys([k for k, v in study.items() if v[0] in ("mgpp", "magprune")], 10)
 
 
 def test_train_overrides_change_this_run_only_and_name_bad_keys():
@@ -70,13 +79,13 @@ def test_gmt_on_n_micro_batches_of_b_over_n_is_gmt_on_one_batch_of_b():
     from minisft.methods.gmt import GMT
     from minisft.training.train import train
     from tests.gradcheck import assert_trained_like
-    from tests.test_gmt_method import host, synthetic_task, tiny
+    from tests.helpers import counter_task, host_copy, tiny_gpt
 
     runs = []
     for accumulation, B in ((1, 8), (4, 2)):
-        model = tiny(np, 4)
-        start = host(model.params)
+        model = tiny_gpt(xp=np, seed=4)
+        start = host_copy(model.params)
         cfg = TrainConfig(steps=6, lr=1e-2, accumulation=accumulation, eval_every=6, seed=4)
-        train(model, GMT(drop_ratio=0.5), synthetic_task(4, B=B), cfg, progress=False)
-        runs.append(host(model.params))
+        train(model, GMT(drop_ratio=0.5), counter_task(seed=4, B=B), cfg, progress=False)
+        runs.append(host_copy(model.params))
     assert_trained_like(runs[1], runs[0], start, 6)

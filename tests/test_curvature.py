@@ -15,12 +15,11 @@ from minisft.core.config import GPTConfig
 from minisft.methods.adapeft.curvature import (GEN_MULTIPLIERS, gen_losses, group_influence, hvp, hvp_step,
     quadratic_fit, shifted, step_direction)
 from minisft.methods.adapeft.groups import build_groups
-from minisft.model.gpt import GPT
 from minisft.training.optim import AdamW
 from tests.gradcheck import max_rel_diff
+from tests.helpers import TINY, tiny_gpt
 
 U = np.finfo(np.float64).eps / 2
-CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 
 # ------------------------------------------------------------------- an exactly quadratic loss
@@ -183,9 +182,9 @@ torch = pytest.importorskip("torch")
 from reference_models import curvature as ref_curv  # noqa: E402
 
 
-def probe_model(seed, cfg=CFG, random_adapters=True):
+def probe_model(seed, cfg=TINY, random_adapters=True):
     """A float64 tiny GPT with every "modules" group active (LoRA r=4), adapters random (B ≠ 0)."""
-    model = GPT(cfg, backend="numpy", dtype="float64", seed=seed)
+    model = tiny_gpt(cfg, seed=seed)
     rng = np.random.default_rng(seed)
     groups = build_groups(cfg, "modules", lora_r=4)
     model.freeze()

@@ -6,14 +6,17 @@ merge, an independent process (one thread) for training determinism, and brute-f
 positions for batching.
 """
 
+import ast
 import collections
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import sysconfig
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from minisft.data import corpus as corpus_mod
 from minisft.core.backend import to_numpy
 from minisft.data.batches import TokenStream, corpus_streams, random_windows, validation_batches
 from minisft.data.corpus import Corpus, load_corpus
+from minisft.data.stdlib import split_source
 from minisft.data.tokenizer import EOT, BPETokenizer, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +57,7 @@ def n_chars(corpus, split):
 
 @pytest.fixture(scope="module")
 def small():
-    return tuple(load_corpus(kind, max_chars=SMALL_CHARS) for kind in ("code", "docs"))
+    return tuple(load_corpus(kind, max_chars=SMALL_CHARS) for kind in ("code", "prose"))
 
 
 @pytest.fixture(scope="module")
@@ -64,51 +68,134 @@ def tok(small, tmp_path_factory):
 # ----------------------------------------------------------------------------------------- corpora
 
 
-def test_code_corpus_is_the_stdlib_sources_without_tests_packages_or_docs():
+def _stdlib_files():
+    """The standard library's own *.py files, listed with pathlib (the oracle of the file set)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "pydoc_data"}
-    expected = []
     # site-packages is skipped while listing only because it is large; the filter below excludes it too
     tops = [top for top in root.iterdir() if top.name != "site-packages"]
     paths = [p for top in tops for p in ([top] if top.is_file() else top.rglob("*"))]
+    out = {}
     for p in (p for p in paths if p.suffix == ".py"):
         folders = p.relative_to(root).parts[:-1]
         if skip.isdisjoint(folders) and not any(f.startswith("config-") for f in folders):
             if not p.name.startswith("_sysconfigdata"):
-                expected.append(p.read_bytes().decode("utf-8", errors="replace"))
-    code = load_corpus("code")
-    got = list(code.train_docs) + list(code.val_docs)
-    assert sorted(got) == sorted(t for t in expected if t)
-    assert (root / "os.py").read_text("utf-8") in got
-    for excluded in ("pydoc_data/topics.py", "test/test_grammar.py", "idlelib/idle_test/htest.py"):
-        if (root / excluded).exists():
-            assert (root / excluded).read_text("utf-8") not in got
+                out[p.relative_to(root).as_posix()] = p
+    return root, out
 
 
-def test_docs_corpus_is_the_pydoc_topics():
+def test_code_and_prose_corpora_cover_the_stdlib_files_and_the_topics_in_every_split():
+    """Every standard-library file gives one code and one prose document (an empty one is dropped),
+    the topics are prose documents, and each document sits in the split its key's u places it in:
+    validation u < 0.1, test 0.1 <= u < 0.2, training the rest."""
     from pydoc_data.topics import topics
 
-    docs = load_corpus("docs", val_fraction=0.2)
-    assert sorted(docs.train_docs + docs.val_docs) == sorted(t for t in topics.values() if t)
-    assert docs.split_by == "document"
-    assert set(docs.val_docs) == {t for k, t in topics.items() if u(k) < 0.2}
+    from minisft.data.stdlib import code_of, prose_of
+
+    root, files = _stdlib_files()
+    code, prose = load_corpus("code"), load_corpus("prose")
+
+    def split_of(key):
+        return "val" if u(key) < 0.1 else "test" if u(key) < 0.2 else "train"
+
+    for split in ("train", "val", "test"):
+        want_code = sorted(code_of(p) for k, p in files.items() if split_of(k) == split and code_of(p))
+        want_prose = sorted([prose_of(p) for k, p in files.items() if split_of(k) == split and prose_of(p)]
+                            + [t for k, t in topics.items() if split_of(f"pydoc_data.topics/{k}") == split and t])
+        assert sorted(code.docs(split)) == want_code, split
+        assert sorted(prose.docs(split)) == want_prose, split
+    assert code.split_by == prose.split_by == "document"
+    for excluded in ("pydoc_data/topics.py", "test/test_grammar.py", "idlelib/idle_test/htest.py"):
+        assert excluded not in files
 
 
-@given(f1=st.floats(0.05, 0.95), f2=st.floats(0.05, 0.95))
+def _significant_tokens(text, drop=()):
+    """(type, string) of every token but layout and comments, skipping the tokens that start at `drop`."""
+    layout = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT, tokenize.ENDMARKER}
+    return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(text).readline)
+            if t.type not in layout and t.start not in drop]
+
+
+def _docstrings(text):
+    """{(line, column): cleaned docstring} of every module, class and function docstring (ast's definition)."""
+    out = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc is not None:
+                first = node.body[0]
+                line = text.splitlines()[first.lineno - 1]
+                out[(first.lineno, len(line.encode()[:first.col_offset].decode()))] = doc
+    return out
+
+
+SOURCES = {
+    "everything": ('#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n"""Module doc.\n\n    Indented."""\n'
+                   "import os  # the OS\n\n# ------\n# A block\n# of two lines.\ndef f(x):\n"
+                   '    """The doc of f."""\n    s = "not a docstring"  # trailing note\n    return x\n\n\n'
+                   "class C:\n    'Class doc'\n    async def g(self):\n        r'''raw doc'''\n        pass\n"),
+    "no prose": "x = 1\ny = [1,\n     2]\n",
+    "only a docstring": '"""Only this."""\n',
+    "bytes and f-strings are not docstrings": 'b"no"\nf"no {1}"\nx = 1  # 100% sure\n',
+    "unicode columns": 'def f():\n    """é ✓ doc"""  # ümlaut ☃\n    return "é"\n',
+}
+
+
+def _check_split(text):
+    """split_source against the tokenizer and ast: the code holds exactly the source's tokens minus its
+    docstring literals and comments, in order, and no comment; the prose holds every docstring
+    (cleaned) and every comment with a letter."""
+    code, prose = split_source(text)
+    docs = _docstrings(text)
+    assert _significant_tokens(code) == _significant_tokens(text, drop=set(docs))
+    left = [t for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type == tokenize.COMMENT]
+    assert all(c.start[0] <= 2 and (c.string.startswith("#!") or "coding" in c.string) for c in left), left
+    comments = [t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                if t.type == tokenize.COMMENT and re.search(r"[^\W\d_]", t.string)
+                and not (t.start[0] == 1 and t.string.startswith("#!")) and "coding:" not in t.string]
+    for piece in [*docs.values(), *comments]:
+        assert piece in prose, piece
+    return code, prose
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_split_source_keeps_every_code_token_and_every_docstring_and_comment(name):
+    code, prose = _check_split(SOURCES[name])
+    assert "not a docstring" not in prose and "import os" not in prose and "------" not in prose
+    assert "#!/usr/bin/env" in code or not SOURCES[name].startswith("#!")  # a shebang is code, not prose
+
+
+def test_split_source_on_standard_library_files():
+    """The same properties on a sample of real files (every 25th by path)."""
+    _, files = _stdlib_files()
+    for key in sorted(files)[::25]:
+        _check_split(files[key].read_text("utf-8"))
+
+
+@given(f1=st.floats(0.05, 0.85), f2=st.floats(0.05, 0.85))
 def test_validation_sets_are_nested_in_val_fraction(f1, f2):
     f1, f2 = sorted((f1, f2))
-    a, b = load_corpus("docs", val_fraction=f1), load_corpus("docs", val_fraction=f2)
+    a, b = load_corpus("prose", val_fraction=f1), load_corpus("prose", val_fraction=f2)
     assume(a.split_by == b.split_by == "document")
     assert set(a.val_docs) <= set(b.val_docs)
     assert set(b.train_docs) <= set(a.train_docs)
 
 
+@given(t1=st.floats(0.05, 0.85), t2=st.floats(0.05, 0.85))
+def test_test_sets_only_take_training_documents_as_test_fraction_grows(t1, t2):
+    t1, t2 = sorted((t1, t2))
+    a, b = load_corpus("prose", test_fraction=t1), load_corpus("prose", test_fraction=t2)
+    assume(a.split_by == b.split_by == "document")
+    assert a.val_docs == b.val_docs
+    assert set(a.test_docs) <= set(b.test_docs) and set(b.train_docs) <= set(a.train_docs)
+
+
 @given(cap=st.integers(1, 600_000))
 @example(cap=SMALL_CHARS)
 def test_max_chars_keeps_exactly_a_prefix_of_the_uncapped_order(cap):
-    full = load_corpus("docs")
-    capped = load_corpus("docs", max_chars=cap)
-    for split in ("train", "val"):
+    full = load_corpus("prose")
+    capped = load_corpus("prose", max_chars=cap)
+    for split in ("train", "val", "test"):
         docs, ref = capped.docs(split), full.docs(split)
         assert n_chars(capped, split) == min(cap, n_chars(full, split))
         assert docs[:-1] == ref[: len(docs) - 1]
@@ -117,7 +204,7 @@ def test_max_chars_keeps_exactly_a_prefix_of_the_uncapped_order(cap):
 
 def test_code_corpus_cap_samples_across_the_library():
     full, capped = load_corpus("code"), load_corpus("code", max_chars=SMALL_CHARS)
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         assert n_chars(capped, split) == min(SMALL_CHARS, n_chars(full, split))
         assert "".join(full.docs(split)).startswith("".join(capped.docs(split)))
 
@@ -140,11 +227,12 @@ IGNORED_FILES = {
 def test_user_folder_split_matches_definition(tmp_path):
     root = tmp_path / "corpus"
     _write_tree(root, {**USER_FILES, **IGNORED_FILES})
-    got = load_corpus(root, val_fraction=0.25)
+    got = load_corpus(root, val_fraction=0.25, test_fraction=0.2)
     ranked = sorted((u(f"corpus/{rel}"), f"corpus/{rel}", text) for rel, text in USER_FILES.items())
     assert got.split_by == "document"
     assert got.val_docs == tuple(t for h, _, t in ranked if h < 0.25)
-    assert got.train_docs == tuple(t for h, _, t in ranked if h >= 0.25)
+    assert got.test_docs == tuple(t for h, _, t in ranked if 0.25 <= h < 0.45)
+    assert got.train_docs == tuple(t for h, _, t in ranked if h >= 0.45)
     assert got.name == str(root)
 
 
@@ -162,14 +250,14 @@ def test_split_ignores_listing_order_and_location(tmp_path, monkeypatch):
     ref = load_corpus(first, val_fraction=0.3)
     monkeypatch.setattr(corpus_mod.os, "walk", reversed_walk)
     other = load_corpus(second, val_fraction=0.3)
-    assert (ref.train_docs, ref.val_docs) == (other.train_docs, other.val_docs)
+    assert (ref.train_docs, ref.val_docs, ref.test_docs) == (other.train_docs, other.val_docs, other.test_docs)
     assert ref.fingerprint() == other.fingerprint()
 
 
 def test_files_and_folders_together_count_each_file_once(tmp_path):
     _write_tree(tmp_path, USER_FILES)
     both = load_corpus([tmp_path / "pkg", tmp_path / "pkg" / "m3.py", str(tmp_path / "notes")], val_fraction=0.3)
-    docs = both.train_docs + both.val_docs
+    docs = both.train_docs + both.val_docs + both.test_docs
     assert len(docs) == 40 and len(set(docs)) == 40
 
 
@@ -179,13 +267,13 @@ def test_files_are_decoded_strictly_and_exactly(tmp_path):
     good = "café naïve ✓\r\n" * 50
     (tmp_path / "a.txt").write_bytes(good.encode())
     got = load_corpus(tmp_path / "a.txt")
-    assert "".join(got.train_docs + got.val_docs) == good
+    assert "".join(got.train_docs + got.val_docs + got.test_docs) == good
     raw = b"caf\xe9 au lait\r\n" * 50
     (tmp_path / "latin.txt").write_bytes(raw)
     with pytest.raises(ValueError, match=r"latin\.txt.*utf-8 encoding \(byte 3 is not.*latin-1"):
         load_corpus(tmp_path / "latin.txt")
     got = load_corpus(tmp_path / "latin.txt", encoding="latin-1")
-    assert "".join(got.train_docs + got.val_docs) == raw.decode("latin-1")
+    assert "".join(got.train_docs + got.val_docs + got.test_docs) == raw.decode("latin-1")
     with pytest.raises(ValueError, match="encoding"):
         load_corpus(tmp_path / "a.txt", encoding="no-such-codec")
 
@@ -216,17 +304,19 @@ def test_binary_files_fifos_devices_and_huge_files_are_refused(tmp_path):
         load_corpus("")
 
 
-@given(n=st.integers(2, 3000), f=st.floats(0.01, 0.99))
-@example(n=2, f=0.5)
-def test_single_file_is_split_by_position(tmp_path_factory, n, f):
+@given(n=st.integers(3, 3000), v=st.floats(0.01, 0.49), t=st.floats(0.01, 0.49))
+@example(n=3, v=0.34, t=0.34)
+def test_single_file_is_split_by_position(tmp_path_factory, n, v, t):
     text = "".join(chr(0x61 + i % 26) for i in range(n))
     path = tmp_path_factory.mktemp("one") / "one.txt"
     path.write_text(text)
-    cut = n - round(n * f)
-    assume(0 < cut < n)
-    got = load_corpus(path, val_fraction=f)
+    test_start = n - round(n * t)
+    val_start = test_start - round(n * v)
+    assume(0 < val_start < test_start < n)
+    got = load_corpus(path, val_fraction=v, test_fraction=t)
     assert got.split_by == "position"
-    assert got.train_docs == (text[:cut],) and got.val_docs == (text[cut:],)
+    assert got.train_docs == (text[:val_start],) and got.val_docs == (text[val_start:test_start],)
+    assert got.test_docs == (text[test_start:],)
 
 
 def test_fingerprint_is_content_addressed():
@@ -281,7 +371,7 @@ def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(TypeError, match="train_docs"):
         Corpus("x", "not a list", [])
     with pytest.raises(ValueError, match="split"):
-        Corpus("x", ["a"], ["b"]).docs("test")
+        Corpus("x", ["a"], ["b"]).docs("validation")
 
 
 # --------------------------------------------------------------------------------------- tokenizer
@@ -349,7 +439,7 @@ def test_second_build_loads_the_cache(tok, small, monkeypatch):
 def test_training_is_deterministic_across_processes_and_threads(tok, tmp_path):
     script = (
         "import sys; from minisft.data.corpus import load_corpus; from minisft.data.tokenizer import build_tokenizer; "
-        f"corpora = [load_corpus(kind, max_chars={SMALL_CHARS}) for kind in ('code', 'docs')]; "
+        f"corpora = [load_corpus(kind, max_chars={SMALL_CHARS}) for kind in ('code', 'prose')]; "
         f"print(build_tokenizer(corpora, vocab_size={SMALL_VOCAB}, cache_dir=sys.argv[1]).path)"
     )
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -541,8 +631,9 @@ def test_batches_bad_input():
 
 
 def test_corpus_streams_are_named_encoded_documents(tok):
-    corpus = Corpus("mini", ["def f():\n    pass\n", "x = 1\n"], ["y = 2\n"])
-    train, val = corpus_streams(corpus, tok)
-    assert (train.name, val.name) == ("mini/train", "mini/val")
+    corpus = Corpus("mini", ["def f():\n    pass\n", "x = 1\n"], ["y = 2\n"], ["z = 3\n"])
+    train, val, test = corpus_streams(corpus, tok)
+    assert (train.name, val.name, test.name) == ("mini/train", "mini/val", "mini/test")
+    assert tok.decode(test.ids) == "z = 3\n" + EOT
     assert train.ids.tolist() == tok.encode_docs(corpus.train_docs).tolist()
     assert tok.decode(val.ids) == "y = 2\n" + EOT

@@ -68,7 +68,7 @@ def _host_call(point):
     calls = {
         "gelu": (a,), "gelu_input_grad": (a, a), "layernorm": (a, a[0], a[0], 1e-5),
         "layernorm_backward_x": (a, a, a[:, :1], a[0]), "column_sums": (a,),
-        "cross_entropy_rows": (a, np.zeros(4, np.int64), -100), "cross_entropy_input_grad": (a, np.zeros(4, np.int64), m[:, 0], 1.0),
+        "cross_entropy_rows": (a, np.zeros(4, np.int64), -100), "cross_entropy_input_grad": (a, np.zeros(4, np.int64), a[:, 0], m[:, 0], 1.0),
         "scatter_add_rows": (a, np.zeros(4, np.int64), a), "attention_forward": (qkv, 1),
         "attention_backward": (qkv[..., :16], attention_forward(qkv, 1)[1]),
         "AdamW._apply": (AdamW(), {"w": a}, {"w": a}, {}, 1e-3), "AdamW._update": (AdamW(), {"step": 1}, a, a, 1e-3, None),

@@ -17,6 +17,7 @@ import minisft.testing as mt
 from minisft.core.backend import to_numpy
 from minisft.methods.gmt.masks import global_gradient_masks, gradient_mask, gradient_masks
 from minisft.methods.select import RADIX_BITS
+from tests.helpers import spy_fast_paths, stable_argsort_keep, to_device_bits
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -29,15 +30,6 @@ def floor_count(ratio, n):
     return math.floor(Decimal(repr(float(ratio))) * n)
 
 
-def oracle_keep(arrays_np, k):
-    """Masks dropping the first k entries of a stable argsort of |x| over the concatenation."""
-    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
-    keep = np.ones(flat.size, dtype=bool)
-    keep[np.argsort(flat, kind="stable")[:k]] = False
-    pieces = np.split(keep, np.cumsum([a.size for a in arrays_np]))
-    return [m.reshape(a.shape) for m, a in zip(pieces, arrays_np)]
-
-
 @fixture_ok
 @given(g=arrays(), r=RATIOS)
 @example(g=np.array([1.0, -1.0, 1.0, 0.0, -0.0]), r=0.5)
@@ -47,19 +39,19 @@ def oracle_keep(arrays_np, k):
 def test_mask_equals_stable_argsort_oracle(xp, g, r):
     mask = gradient_mask(xp.asarray(g), r)
     assert mask.shape == g.shape and mask.dtype == bool
-    (expected,) = oracle_keep([g], floor_count(r, g.size))
+    (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
     np.testing.assert_array_equal(to_numpy(mask), expected)
 
 
 @fixture_ok
-@given(g=st.one_of(arrays(st.floats(width=32, allow_nan=False), np.float32),
-                   arrays(st.floats(width=16, allow_nan=False), np.float16)), r=RATIOS)
+@given(g=st.one_of(arrays(mt.wide_floats(32), np.float32),
+                   arrays(mt.wide_floats(16), np.float16)), r=RATIOS)
 @example(g=np.array([0.0, -0.0, 1.0, -1.0, np.inf], dtype=np.float32), r=0.6)
 def test_narrow_floats_rank_like_their_float64_values(xp, g, r):
     """Per tensor, float32/float16 are ranked on their own bits (native_magnitude_key): the same masks
     as the stable-argsort oracle on the exact float64 values."""
     mask = gradient_mask(xp.asarray(g), r)
-    (expected,) = oracle_keep([g], floor_count(r, g.size))
+    (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
     np.testing.assert_array_equal(to_numpy(mask), expected)
 
 
@@ -89,7 +81,7 @@ def test_ties_deterministic_and_repeatable(xp, g, r):
     first = to_numpy(gradient_mask(xp.asarray(g), r))
     again = to_numpy(gradient_mask(xp.asarray(g.copy()), r))
     np.testing.assert_array_equal(first, again)
-    np.testing.assert_array_equal(first, oracle_keep([g], floor_count(r, g.size))[0])
+    np.testing.assert_array_equal(first, stable_argsort_keep([g], floor_count(r, g.size))[0])
 
 
 @fixture_ok
@@ -128,7 +120,7 @@ def test_global_on_one_tensor_equals_per_tensor(xp, g, r):
 def test_global_exact_count_equals_bruteforce_oracle(xp, gs, r):
     masks = global_gradient_masks([xp.asarray(g) for g in gs], r)
     total = sum(g.size for g in gs)
-    expected = oracle_keep(gs, floor_count(r, total))
+    expected = stable_argsort_keep(gs, floor_count(r, total))
     assert len(masks) == len(gs)
     for m, e in zip(masks, expected):
         np.testing.assert_array_equal(to_numpy(m), e)
@@ -142,26 +134,40 @@ def test_batched_per_tensor_masks_equal_one_by_one(xp, gs, r):
     batched = gradient_masks({f"t{i}": xp.asarray(g) for i, g in enumerate(gs)}, r)
     assert list(batched) == [f"t{i}" for i in range(len(gs))]
     for i, g in enumerate(gs):
-        (expected,) = oracle_keep([g], floor_count(r, g.size))
+        (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
         np.testing.assert_array_equal(to_numpy(batched[f"t{i}"]), expected)
 
 
 # every way select.py can run, on every backend: (BATCH_BELOW, TIES_BY_COUNT) as each backend sets them,
 # with the fast paths off; "kernels": the fast path, CuPy's radix-select kernels (minisft.gpu.select), on
+# (CuPy only: on NumPy no kernel applies, and the case would rerun the NumPy way under the kernels' name)
 WAYS = {"numpy-way": (0, False), "cupy-way": (1 << 20, True), "sort-positions": (1 << 40, False),
         "partition-count": (0, True), "kernels": None}
 
 
-def _use_way(monkeypatch, way):
+def _use_way(monkeypatch, way, xp):
+    """Set up `way`; returns the list of the fast paths that run (spied), to check afterwards that
+    the kernels ran exactly in the kernels' way."""
     import minisft.core.fastpath as fastpath
     import minisft.methods.select as select
+    if way == "kernels" and xp is np:
+        pytest.skip("the radix-select kernels run on CuPy only")
     monkeypatch.setattr(fastpath, "ENABLED", way == "kernels")
+    calls = spy_fast_paths(monkeypatch)
+    if way != "kernels":
+        batch_below, ties_by_count = WAYS[way]
+        for backend in ("numpy", "cupy"):
+            monkeypatch.setitem(select.BATCH_BELOW, backend, batch_below)
+            monkeypatch.setitem(select.TIES_BY_COUNT, backend, ties_by_count)
+    return calls
+
+
+def _ran_as(way, calls, arrays):
+    """The kernels ran in the kernels' way (when there was anything to select) and nowhere else."""
     if way == "kernels":
-        return
-    batch_below, ties_by_count = WAYS[way]
-    for backend in ("numpy", "cupy"):
-        monkeypatch.setitem(select.BATCH_BELOW, backend, batch_below)
-        monkeypatch.setitem(select.TIES_BY_COUNT, backend, ties_by_count)
+        assert calls or not any(np.size(a) for a in arrays), "the kernels' way ran no kernel"
+    else:
+        assert not calls, f"{way} ran fast paths: {sorted(set(calls))}"
 
 
 @pytest.mark.parametrize("way", list(WAYS))
@@ -169,20 +175,21 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
     """Whether tensors are ranked one by one (partition) or together (one sort by tensor, |x|,
     index), and ties found by a cumulative count or by position, every tensor gets its own
     floor(r·n) smallest, ties by lower index."""
-    _use_way(monkeypatch, way)
+    calls = _use_way(monkeypatch, way, xp)
     rng = np.random.default_rng(7)
     gs = [rng.choice([0.0, -0.0, 1.0, -2.0, 2.0, 3.5], size=s) for s in [(5, 4), (0,), (1,), (13,), (3, 3, 3)]]
     gs += [rng.standard_normal(s).astype(np.float32) for s in [(40,), (2, 7)]]
     for r in (0.0, 0.3, 0.5, 0.95):
         masks = gradient_masks([xp.asarray(g) for g in gs], r)
         for g, m in zip(gs, masks):
-            (expected,) = oracle_keep([g], floor_count(r, g.size))
+            (expected,) = stable_argsort_keep([g], floor_count(r, g.size))
             np.testing.assert_array_equal(to_numpy(m), expected)
+    _ran_as(way, calls, gs)
 
 
 @pytest.mark.parametrize("way", list(WAYS))
 @fixture_ok
-@given(gs=st.lists(st.one_of(arrays(), arrays(elements=TIED), arrays(st.floats(width=32, allow_nan=False), np.float32)),
+@given(gs=st.lists(st.one_of(arrays(), arrays(elements=TIED), arrays(mt.wide_floats(32), np.float32)),
                    min_size=0, max_size=4), r=RATIOS)
 @example(gs=[np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.0]), np.array([0.0, 1.0, -1.0])], r=0.5)
 @example(gs=[np.array(0.0), np.array([8.3e-44, 8.3e-44], dtype=np.float32), np.array(0.0)], r=0.5)  # found on
@@ -190,12 +197,13 @@ def test_per_tensor_paths_agree_with_oracle(xp, monkeypatch, way):
 def test_every_way_equals_oracle_per_tensor_and_global(xp, monkeypatch, way, gs, r):
     """Each of select.py's ways gives the oracle's masks, per tensor (gradient_masks) and over all
     tensors together (global_gradient_masks: ties spanning tensors)."""
-    _use_way(monkeypatch, way)
+    calls = _use_way(monkeypatch, way, xp)
     for g, m in zip(gs, gradient_masks([xp.asarray(g) for g in gs], r)):
-        np.testing.assert_array_equal(to_numpy(m), oracle_keep([g], floor_count(r, g.size))[0])
+        np.testing.assert_array_equal(to_numpy(m), stable_argsort_keep([g], floor_count(r, g.size))[0])
     total = sum(g.size for g in gs)
-    for m, e in zip(global_gradient_masks([xp.asarray(g) for g in gs], r), oracle_keep(gs, floor_count(r, total))):
+    for m, e in zip(global_gradient_masks([xp.asarray(g) for g in gs], r), stable_argsort_keep(gs, floor_count(r, total))):
         np.testing.assert_array_equal(to_numpy(m), e)
+    _ran_as(way, calls, gs)
 
 
 def test_global_dict_structure_mixed_dtypes_and_layout(xp):
@@ -206,7 +214,7 @@ def test_global_dict_structure_mixed_dtypes_and_layout(xp):
     grads = {"h.0.w": xp.asarray(a), "h.0.b": xp.asarray(b), "h.1.w": xp.asarray(c)}
     masks = global_gradient_masks(grads, 0.37)
     assert list(masks) == list(grads)
-    expected = oracle_keep([a, b, c], floor_count(0.37, a.size + b.size + c.size))
+    expected = stable_argsort_keep([a, b, c], floor_count(0.37, a.size + b.size + c.size))
     for name, e in zip(masks, expected):
         np.testing.assert_array_equal(to_numpy(masks[name]), e)
     assert isinstance(global_gradient_masks(tuple(grads.values()), 0.5), tuple)
@@ -220,7 +228,7 @@ def test_radix_select_on_keys_sharing_high_bits(xp):
     values = keys.view(np.float64)
     parts = [values[:1000], -values[1000:50000], values[50000:]]
     masks = global_gradient_masks([xp.asarray(p) for p in parts], 0.61)
-    for m, e in zip(masks, oracle_keep(parts, floor_count(0.61, values.size))):
+    for m, e in zip(masks, stable_argsort_keep(parts, floor_count(0.61, values.size))):
         np.testing.assert_array_equal(to_numpy(m), e)
 
 
@@ -251,7 +259,8 @@ def test_parity_with_torch_reference(xp, g, r):
 @fixture_ok
 @given(g=st.one_of(arrays(), arrays(st.floats(width=32), np.float32), arrays(st.floats(width=16), np.float16)),
        seed=st.integers(0, 2**32 - 1), transpose=st.booleans())
-@example(g=np.array(-0.0, dtype=np.float32), seed=2, transpose=False)  # kept 0-d -0.0: +0.0 on CuPy (H100, 2026-11-27)
+@example(g=np.array(-0.0, dtype=np.float32), seed=2, transpose=False)  # kept 0-d -0.0: +0.0 on CuPy (H100,
+# 2026-11-27), lost in the test's own upload (xp.asarray of a 0-d array fills it, and fill memsets a zero): to_device_bits
 @example(g=np.array(-0.0, dtype=np.float32), seed=0, transpose=False)  # the same 0-d tensor dropped
 def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, transpose):
     """zero_where_dropped(g, keep) is g[~keep] = +0.0: kept entries keep their exact bits (NaN,
@@ -263,7 +272,7 @@ def test_zero_where_dropped_writes_positive_zero_and_keeps_bits(xp, g, seed, tra
         g, keep = g.T, keep.T
     expected = g.copy()
     expected[~keep] = 0.0
-    out = xp.asarray(g.copy()) if not transpose else xp.asarray(g.T.copy()).T
+    out = to_device_bits(g.copy(), xp) if not transpose else to_device_bits(g.T.copy(), xp).T
     zero_where_dropped(out, xp.asarray(keep))
     bits = f"u{g.dtype.itemsize}"
     np.testing.assert_array_equal(to_numpy(out).view(bits), expected.view(bits))

@@ -18,11 +18,10 @@ import minisft.app.experiment as ex
 from minisft.core.fileio import atomic_write_checked, atomic_write_json, read_checked
 from minisft.model.interop import load_hf_gpt2, save_hf_gpt2
 from minisft.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.helpers import assert_one_line_error, copy_workdir, micro_workdir, run_cli, tree
-from tests.test_train import MICRO
+from tests.helpers import MICRO, assert_one_line_error, copy_workdir, micro_workdir, run_cli, tree
 
 COMMON = ["--preset", "micro", "--backend", "numpy", "--quiet"]
-RUN = Path("runs/micro-docs-steps4/lora/seed0")
+RUN = Path("runs/micro-prose-steps4/lora/seed0")
 
 
 @pytest.fixture()
@@ -136,7 +135,7 @@ def init_run(work, capsys):
     assert run_cli(["export", work / RUN, "--hf", hf], capsys)[0] == 0
     assert run_cli(["finetune", *COMMON, "--workdir", work, "--method", "lora", "--steps", "2", "--init", hf],
                    capsys)[0] == 0
-    return work, hf, _only(work / "runs", "micro-docs-steps2-init*/lora/seed0")
+    return work, hf, _only(work / "runs", "micro-prose-steps2-init*/lora/seed0")
 
 
 def test_an_init_folder_changed_after_training_is_refused_by_export(init_run, capsys):
@@ -170,9 +169,9 @@ def _compare(work, capsys, *more):
 
 def _other_steps_table(work):
     """C003: a compare table of another experiment (--steps 3) copied over this one's."""
-    other = json.loads((work / "runs/micro-docs-steps2/compare.json").read_text())
+    other = json.loads((work / "runs/micro-prose-steps2/compare.json").read_text())
     other["preset"]["finetune_steps"] = 3
-    atomic_write_json(work / "runs/micro-docs-steps2/compare.json", other)
+    atomic_write_json(work / "runs/micro-prose-steps2/compare.json", other)
 
 
 def _make_fifo(path):
@@ -182,11 +181,11 @@ def _make_fifo(path):
 
 EARLIER_TABLES = {
     "C003 a table of another experiment": (_other_steps_table, "it differs in ['preset']"),
-    "C004 a truncated table": (lambda w: (w / "runs/micro-docs-steps2/compare.json").write_bytes(
-        (w / "runs/micro-docs-steps2/compare.json").read_bytes()[:500]), "a readable earlier table"),
-    "a table without rows": (lambda w: atomic_write_json(w / "runs/micro-docs-steps2/compare.json", {"rows": 3}),
+    "C004 a truncated table": (lambda w: (w / "runs/micro-prose-steps2/compare.json").write_bytes(
+        (w / "runs/micro-prose-steps2/compare.json").read_bytes()[:500]), "a readable earlier table"),
+    "a table without rows": (lambda w: atomic_write_json(w / "runs/micro-prose-steps2/compare.json", {"rows": 3}),
                              "a readable earlier table"),
-    "C005 a FIFO": (lambda w: _make_fifo(w / "runs/micro-docs-steps2/compare.json"), "regular file"),
+    "C005 a FIFO": (lambda w: _make_fifo(w / "runs/micro-prose-steps2/compare.json"), "regular file"),
 }
 
 

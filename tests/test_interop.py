@@ -17,32 +17,30 @@ import minisft as ms
 import minisft.app.experiment as ex
 from minisft.model.adapters import merge_adapters
 from minisft.app.cli import main
-from minisft.core.config import GPTConfig
 from minisft.methods import make_method
 from minisft.training.train import TrainConfig, train
 from tests.gradcheck import max_rel_diff
-from tests.test_train import MICRO, synthetic_task
+from tests.helpers import MICRO, TINY, counter_task, tiny_gpt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
 IDX = np.random.default_rng(0).integers(0, 40, (2, 8))
 
 
 def trained(name, steps=4, **options):
-    """(model, method): a float64 model of CFG after `steps` steps of method `name` (LoRA's B moves
+    """(model, method): a float64 model of TINY after `steps` steps of method `name` (LoRA's B moves
     off zero)."""
-    model, method = ms.GPT(CFG, backend="numpy", dtype="float64", seed=0), make_method(name, **options)
-    train(model, method, synthetic_task(), TrainConfig(steps=steps, lr=1e-2, eval_every=steps), progress=False)
+    model, method = tiny_gpt(), make_method(name, **options)
+    train(model, method, counter_task(), TrainConfig(steps=steps, lr=1e-2, eval_every=steps), progress=False)
     return model, method
 
 
 def hf_model(state_dict):
     """transformers' GPT2LMHeadModel (float64, eval) holding a minisft state dict via to_hf_gpt2."""
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**ms.interop.hf_gpt2_config(CFG))).double().eval()
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**ms.interop.hf_gpt2_config(TINY))).double().eval()
     hf.load_state_dict({k: torch.tensor(v) for k, v in ms.interop.to_hf_gpt2(state_dict).items()})
     return hf
 
@@ -57,7 +55,7 @@ def logits_of(hf):
 def test_lora_result_loads_in_peft_with_equal_logits(tmp_path, name, options):
     model, method = trained(name, **options)
     base = model.state_dict()  # LoRA training leaves the base tensors as they were
-    assert base["h.0.attn.c_attn.weight"].tolist() == ms.GPT(CFG, backend="numpy", dtype="float64", seed=0
+    assert base["h.0.attn.c_attn.weight"].tolist() == ms.GPT(TINY, backend="numpy", dtype="float64", seed=0
                                                              ).state_dict()["h.0.attn.c_attn.weight"].tolist()
     folder = ms.interop.save_peft_adapter(model, tmp_path / "adapter")
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
@@ -80,12 +78,12 @@ def test_merged_result_loads_in_transformers_with_equal_logits(tmp_path, name, o
     merge_adapters(model)
     merged = model.state_dict()
     assert max_rel_diff(model.logits(IDX), before) <= 1e-12
-    folder = ms.interop.save_hf_gpt2(merged, CFG, tmp_path / "hf")
+    folder = ms.interop.save_hf_gpt2(merged, TINY, tmp_path / "hf")
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(folder), dtype=torch.float64).eval()
     d = max_rel_diff(logits_of(hf), before)
     assert d <= 1e-10, f"GPT2LMHeadModel.from_pretrained logits vs minisft's: max rel diff {d:.3e}"
     config, state_dict = ms.interop.load_hf_gpt2(folder)
-    assert config == CFG and all(np.array_equal(state_dict[k], v) for k, v in merged.items())
+    assert config == TINY and all(np.array_equal(state_dict[k], v) for k, v in merged.items())
 
 
 def hf_random(tmp_path, n_positions=8, prefix=True, **extra):
@@ -167,7 +165,7 @@ def test_peft_export_refuses_what_peft_lora_cannot_hold(tmp_path):
     merge_adapters(model)
     with pytest.raises(ValueError, match="a merged LoRA"):
         ms.interop.save_peft_adapter(model, tmp_path)
-    bare = ms.GPT(CFG, backend="numpy", dtype="float64")
+    bare = ms.GPT(TINY, backend="numpy", dtype="float64")
     bare.freeze()
     with pytest.raises(ValueError, match="no LoRA adapter"):
         ms.interop.save_peft_adapter(bare, tmp_path)
@@ -186,15 +184,15 @@ def test_write_peft_lora_validates_its_factors(tmp_path):
 
 
 def test_save_hf_gpt2_validates_its_input(tmp_path):
-    sd = ms.GPT(CFG, backend="numpy", dtype="float64").state_dict()
+    sd = ms.GPT(TINY, backend="numpy", dtype="float64").state_dict()
     with pytest.raises(ValueError, match=r"missing \['wpe.weight'\]"):
-        ms.interop.save_hf_gpt2({k: v for k, v in sd.items() if k != "wpe.weight"}, CFG, tmp_path)
+        ms.interop.save_hf_gpt2({k: v for k, v in sd.items() if k != "wpe.weight"}, TINY, tmp_path)
     with pytest.raises(ValueError, match=r"state_dict\['ln_f.bias'\].shape"):
-        ms.interop.save_hf_gpt2(dict(sd, **{"ln_f.bias": np.zeros(3)}), CFG, tmp_path)
+        ms.interop.save_hf_gpt2(dict(sd, **{"ln_f.bias": np.zeros(3)}), TINY, tmp_path)
     with pytest.raises(ValueError, match="one float dtype"):
-        ms.interop.save_hf_gpt2(dict(sd, **{"ln_f.bias": sd["ln_f.bias"].astype(np.float32)}), CFG, tmp_path)
+        ms.interop.save_hf_gpt2(dict(sd, **{"ln_f.bias": sd["ln_f.bias"].astype(np.float32)}), TINY, tmp_path)
     with pytest.raises(TypeError, match="GPTConfig"):
-        ms.interop.save_hf_gpt2(sd, CFG.to_dict(), tmp_path)
+        ms.interop.save_hf_gpt2(sd, TINY.to_dict(), tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -229,9 +227,10 @@ def test_finetune_starts_from_an_hf_folder(micro):
     _, init_data = ex.init_model(folder, work, data, backend="numpy", dtype="float64")
     assert init_data.tokenizer.vocab_size <= MICRO.model.vocab_size and init_data.config.block_size == 12
     preset = replace(preset, model=replace(preset.model, block_size=12))  # windows: the model's 12 positions
-    task = ex.make_task(init_data.target[0], init_data.target[1], init_data.code[1], preset)
-    assert abs(r["base"]["target"] - hf_loss(hf, task.val_target)) <= 1e-10 * r["base"]["target"]
-    assert r["final"]["target"] < r["base"]["target"] - 0.1
+    task = ex.make_task(init_data.target, preset, init_data.code)
+    base = r["base"]["val"]["target"]
+    assert abs(base - hf_loss(hf, task.val_target)) <= 1e-10 * base
+    assert r["final"]["target"] < base - 0.1
 
 
 def test_cli_finetune_init(micro, capsys):

@@ -4,7 +4,7 @@ MINISFT_FUSED=0 sets at import); both run on the GPU on the same fresh random in
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisft.core import fastpath
@@ -14,7 +14,8 @@ from minisft.nn import (attention_backward, attention_forward, cross_entropy_bac
     gelu_backward, gelu_forward, layernorm_backward, layernorm_forward)
 from minisft.training.optim import AdamW
 from tests.gradcheck import assert_directional, max_rel_diff
-from tests.helpers import fast_paths, spy_fast_paths
+from tests.helpers import (check_cross_entropy_exact, check_gelu_exact, cross_entropy_cases, fast_paths,
+                           spy_fast_paths, stable_argsort_keep, tiny_gpt)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")]
 TOL = {"float64": 1e-12, "float32": 2e-5}
@@ -309,6 +310,46 @@ def test_cross_entropy_kernels(monkeypatch, dtype, N, V):
     close(gf, gp, dtype, "cross-entropy backward")
 
 
+@given(x=st.lists(st.one_of(st.floats(-40.0, 40.0), st.floats(-1e3, 1e3)), min_size=1, max_size=300),
+       dtype=st.sampled_from(["float64", "float32"]))
+@example(x=[-6.03810354, -9.0, -0.7518, 0.0, 30.0], dtype="float64")  # tails, the derivative's zero
+@example(x=[-6.03810354, -9.0, -0.7518, 0.0, 30.0], dtype="float32")
+def test_gelu_kernels_are_exact(x, dtype):
+    """kernels.gelu and kernels.gelu_backward (the registered fast paths) against mpmath within the
+    bounds of proofs/gelu.md, as tests/test_nn_grad.py::test_gelu_exact checks the reference."""
+    import cupy as cp
+    x = np.array(x, dtype=dtype)
+    xd = cp.asarray(x)
+    check_gelu_exact(x, kernels.gelu(xd).get(), kernels.gelu_backward(cp.ones_like(xd), xd).get())
+
+
+def _wide_confident_rows():
+    """Two rows of 3000 logits (more than one per thread of the kernel's block), each target leading
+    by 12 over spread-4 logits, with an offset of 500."""
+    rng = np.random.default_rng(5)
+    z, y = rng.standard_normal((2, 3000)) * 4, np.array([7, 2999])
+    z[0, 7], z[1, 2999] = z[0].max() + 12, z[1].max() + 12
+    return z + 500, y
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the spy is installed once
+@given(case=cross_entropy_cases(), dtype=st.sampled_from(["float64", "float32"]))
+@example(case=(np.array([[9.134, -15.39]]), np.array([0])), dtype="float64")
+@example(case=_wide_confident_rows(), dtype="float64")
+@example(case=_wide_confident_rows(), dtype="float32")
+def test_cross_entropy_kernel_is_exact(monkeypatch, case, dtype):
+    """The fused cross-entropy kernel (the registered fast path) against the exact values of its
+    float inputs (mpmath), loss and every gradient entry, within the error bound of
+    proofs/cross_entropy.md for its order of joins (≤ 1e-13 relative in float64), in the regimes of
+    cross_entropy_cases: confident rows, large offsets, tiny vocabularies."""
+    import cupy as cp
+    calls = spy_fast_paths(monkeypatch)
+    z, y = case
+    with fused("1"):
+        check_cross_entropy_exact(z.astype(dtype), y, xp=cp, kernel=True)
+    assert "cross_entropy_rows" in calls and "cross_entropy_input_grad" in calls, calls
+
+
 @given(N=st.integers(0, 3000), C=st.integers(1, 100), with_b=st.booleans())
 @example(N=8192, C=768, with_b=True)  # a gpt2 LayerNorm weight gradient: two passes of partial sums
 @example(N=256 * 256 + 1, C=3, with_b=False)  # three passes
@@ -551,14 +592,6 @@ def test_fused_adapters_equal_plain_bodies(monkeypatch, dtype, kind):
 
 
 # ---- the segmented radix select (minisft.methods.select on CuPy) ----
-def _oracle_keep(arrays_np, k):
-    """Drop the first k entries of a stable argsort of |x| over the concatenation (tests/test_gmt_mask.py)."""
-    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
-    keep = np.ones(flat.size, dtype=bool)
-    keep[np.argsort(flat, kind="stable")[:k]] = False
-    return [m.reshape(a.shape) for m, a in zip(np.split(keep, np.cumsum([a.size for a in arrays_np])), arrays_np)]
-
-
 TIES = [0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, 5e-324, 1e-45, 3.0e38]
 
 
@@ -582,9 +615,9 @@ def _select_both_scopes(monkeypatch, arrays_np, r):
     monkeypatch.setattr(fastpath, "ENABLED", True)
     gs = [cp.asarray(a) for a in arrays_np]
     for a, m in zip(arrays_np, gradient_masks(gs, r)):
-        np.testing.assert_array_equal(to_numpy(m), _oracle_keep([a], select.ratio_count(r, a.size, "floor"))[0])
+        np.testing.assert_array_equal(to_numpy(m), stable_argsort_keep([a], select.ratio_count(r, a.size, "floor"))[0])
     total = sum(a.size for a in arrays_np)
-    for a, m, e in zip(arrays_np, global_gradient_masks(gs, r), _oracle_keep(arrays_np, select.ratio_count(r, total, "floor"))):
+    for a, m, e in zip(arrays_np, global_gradient_masks(gs, r), stable_argsort_keep(arrays_np, select.ratio_count(r, total, "floor"))):
         assert m.shape == a.shape and m.dtype == bool
         np.testing.assert_array_equal(to_numpy(m), e)
     assert calls or not arrays_np, "the kernel select did not run"
@@ -750,17 +783,13 @@ def test_gmt_transform_grads_in_one_launch_equals_the_loop(monkeypatch):
     once a step) gives the plain loop's gradients bit for bit and the same kept fractions over 3 steps."""
     import cupy as cp
 
-    from minisft.core.config import GPTConfig
-    from minisft.methods import GMT
-    from minisft.model.gpt import GPT
-
-    from minisft.methods import select
+    from minisft.methods import GMT, select
 
     rng = np.random.default_rng(5)
     calls = spy_fast_paths(monkeypatch, [select.zero_where_dropped_all])
 
     def run():
-        model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16), backend="cupy", dtype="float32", seed=1)
+        model = tiny_gpt(xp="cupy", dtype="float32", seed=1)
         gmt = GMT(0.4, scope="global")
         gmt.prepare(model, None, rng)
         out = []

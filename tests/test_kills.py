@@ -24,13 +24,12 @@ import pytest
 import minisft.app.experiment as ex
 from minisft.core import fileio
 from minisft.core.errors import MinisftError
-from tests.helpers import copy_workdir, micro_workdir, run_cli, tree
-from tests.test_train import MICRO
+from tests.helpers import MICRO, copy_workdir, micro_workdir, run_cli, tree
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 COMMON = ["--preset", "micro", "--backend", "numpy"]
-RUN = Path("runs/micro-docs-steps4/lora/seed0")
+RUN = Path("runs/micro-prose-steps4/lora/seed0")
 
 
 @pytest.fixture()
@@ -117,7 +116,7 @@ def test_a_killed_export_leaves_the_earlier_export_or_the_new_one_never_a_mix(wo
     OUT is A's export or B's, file for file, and the next export removes the killed one's folder."""
     assert run_cli(["finetune", *COMMON, "--workdir", work, "--quiet", "--method", "lora", "--steps", "2",
                     "--label", "b", "--set", "r=1"], capsys)[0] == 0
-    run_a, run_b = work / RUN, work / "runs/micro-docs-steps2/b/seed0"
+    run_a, run_b = work / RUN, work / "runs/micro-prose-steps2/b/seed0"
     out = tmp_path / "out"
     for run, name in ((run_b, "ref-b"), (run_a, "out")):
         assert run_cli(["export", run, "--peft", tmp_path / name], capsys)[0] == 0
@@ -188,7 +187,7 @@ MAIN_WITH_MICRO = """
     import dataclasses, sys
     sys.path.insert(0, sys.argv[1])
     import minisft.app.experiment as ex
-    from tests.test_train import MICRO
+    from tests.helpers import MICRO
     ex.PRESETS["micro"] = dataclasses.replace(MICRO, pretrain_steps=int(sys.argv[2]))
     from minisft.app.cli import main
     print("ready", file=sys.stderr, flush=True)
@@ -221,7 +220,7 @@ def _interrupt_is_one_line(rc, err):
 def test_ctrl_c_during_fine_tuning_is_one_line_and_resume_continues(work, capsys):
     """SIG1: SIGINT once the first checkpoint is written; then --resume equals the uninterrupted run."""
     argv = ["finetune", *COMMON, "--workdir", work, "--method", "lora", "--steps", "120", "--checkpoint-every", "2"]
-    folder = work / "runs/micro-docs-steps120/lora/seed0"
+    folder = work / "runs/micro-prose-steps120/lora/seed0"
 
     def checkpointed(line):  # progress lines come about every 10% of the steps: wait for a checkpoint after one
         while not (folder / "checkpoint.safetensors").exists():

@@ -10,7 +10,7 @@ inside a function counts as much as one at the top). Five rules:
     imports minisft.gpu (which registers itself there).
 
 A unit is a top-level folder of minisft (core, nn, data, distributed, model, training, gpu, testing,
-app), except under methods/: methods.base, methods.select, one unit per paper package and methods
+app), except under methods/: methods.config, methods.base, methods.select, one unit per paper package and methods
 (the registry in methods/__init__.py); and the package root (minisft/__init__.py, the public API). Every unit must be declared in LAYERS: a new
 module gets a place in the architecture on purpose. The last test plants one violation of each
 rule in a copy of the tree and checks that it is reported.
@@ -31,7 +31,7 @@ LAYERS = [
     ("nn", "data", "distributed"),
     ("model",),
     ("training",),
-    ("methods.base", "methods.select"),
+    ("methods.config", "methods.base", "methods.select"),
     ("methods.spruft", "methods.adapeft", "methods.loradrop", "methods.gmt", "methods.mgpp"),
     ("methods",),
     ("gpu",),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from minisft.model.adapters import LoRA
 from minisft.core.backend import to_numpy
-from minisft.data.batches import TokenStream, validation_batches
+from minisft.data.batches import TokenStream
 from minisft.model.budgets import count_params
 from minisft.core.config import GPTConfig
 from minisft.methods.base import LoRAMethod
@@ -23,6 +23,7 @@ from minisft.methods.loradrop.method import LoRADrop, keep_and_share, layer_impo
 from minisft.model.gpt import GPT, LINEAR_SUFFIXES, linear_layer_names
 from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import assert_directional, max_rel_diff
+from tests.helpers import counter_task
 
 def tiny(seed=0, L=2, C=8, H=2, V=29, T=6, backend="numpy"):
     cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C)
@@ -30,12 +31,8 @@ def tiny(seed=0, L=2, C=8, H=2, V=29, T=6, backend="numpy"):
 
 
 def make_task(model, B=3, n=1500, seed=0):
-    """A learnable synthetic stream (increments of 1 or 2 mod V) for the model's vocabulary."""
-    cfg = model.config
-    rng = np.random.default_rng(seed)
-    ids = TokenStream((np.cumsum(rng.integers(1, 3, n)) % cfg.vocab_size).astype(np.int32), "synthetic", cfg.vocab_size)
-    val = validation_batches(ids, B, cfg.block_size, 1)
-    return Task(ids, val, val, B, cfg.block_size)
+    """The counter task (tests.helpers) for the model's vocabulary and window."""
+    return counter_task(model.config.vocab_size, model.config.block_size, B, n, seed, val_batches=1)
 
 
 def batches(model, seed, n=2, B=2):
@@ -183,6 +180,7 @@ def test_retained_parameter_fraction_is_exact():
 # ------------------------------------------------------------------------ shared LoRA gradient
 @given(seed=st.integers(0, 10**6))
 @settings(max_examples=3, deadline=None)
+@example(seed=1)  # FD at h = 1e-3 missed the shared c_attn gradient by 1e-4 of ‖g‖‖v‖ (truncation: at h = 1e-4, 5e-12)
 def test_shared_lora_gradient_fd_and_sum_over_its_layers(seed):
     """Every trainable tensor after prepare against Richardson finite differences; each shared
     LoRA's gradient equals the sum of the gradients of independent per-layer copies."""
@@ -206,7 +204,9 @@ def test_shared_lora_gradient_fd_and_sum_over_its_layers(seed):
             finally:
                 a[...] = a0
 
-        assert_directional(f, a0, grads[name], rng, label=name)
+        # adapters of scale 0.3 make the attention logits steep: a Richardson step of 1e-3 (of the
+        # tensor's rms) leaves a truncation error up to 1e-4 of ‖g‖‖v‖; 1e-4 leaves none measurable
+        assert_directional(f, a0, grads[name], rng, label=name, h=1e-4)
     copies = tiny(seed, L=3)
     copies.freeze()
     for n, (ad,) in model.adapters.items():

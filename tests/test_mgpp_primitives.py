@@ -20,6 +20,7 @@ from scipy.stats import norm
 from minisft.core.backend import to_numpy
 from minisft.methods.mgpp.prior import DEFAULT_LAMBDA, DEFAULT_VAR0, DEFAULT_VAR1, neg_log_prior, neg_log_prior_grad
 from minisft.methods.mgpp.schedule import annealed_lambda, cubic_sparsity, magnitude_masks, pruning_steps
+from tests.helpers import stable_argsort_keep
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 EPS = np.finfo(np.float64).eps
@@ -88,13 +89,6 @@ def test_the_variances_are_not_read_as_standard_deviations():
     assert abs(g - 0.2 / var1) <= 1e-9, g
     f = float(neg_log_prior(np.float64(0.0), 1e-12, 1e-10, 0.05))
     assert abs(f - 0.5 * math.log(2 * math.pi * 1e-10)) <= 1e-9, f
-
-
-@pytest.mark.parametrize("old", ["sigma0", "sigma1"])
-def test_old_sigma_keywords_get_an_error_that_says_what_changed(old):
-    for fn in (neg_log_prior, neg_log_prior_grad):
-        with pytest.raises(TypeError, match=f"{old}=.*renamed var{old[-1]}.*VARIANCE"):
-            fn(np.zeros(3), 1e-3, **{old: 0.01})
 
 
 @pytest.mark.parametrize("scale", ["var0", "var1"])
@@ -336,15 +330,6 @@ def half_up_count(sparsity, n):
     return math.floor(Decimal(repr(float(sparsity))) * n + Decimal("0.5"))
 
 
-def oracle_keep(arrays_np, k):
-    """Masks pruning the first k entries of a stable argsort of |theta| over the concatenation."""
-    flat = np.concatenate([np.abs(a).astype(np.float64).ravel() for a in arrays_np] + [np.zeros(0)])
-    keep = np.ones(flat.size, dtype=bool)
-    keep[np.argsort(flat, kind="stable")[:k]] = False
-    pieces = np.split(keep, np.cumsum([a.size for a in arrays_np]))
-    return [m.reshape(a.shape) for m, a in zip(pieces, arrays_np)]
-
-
 PARAM_VALUES = st.one_of(st.floats(-1, 1), st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-3]))
 PARAMS = st.dictionaries(
     st.sampled_from([f"h.{i}.mlp.c_fc.weight" for i in range(4)]),
@@ -363,7 +348,7 @@ def test_global_magnitude_masks_equal_bruteforce(xp, params, s):
     masks = magnitude_masks({k: xp.asarray(v) for k, v in params.items()}, s, scope="global")
     assert list(masks) == list(params)
     n = sum(v.size for v in params.values())
-    expected = oracle_keep(list(params.values()), half_up_count(s, n))
+    expected = stable_argsort_keep(list(params.values()), half_up_count(s, n))
     for name, e in zip(params, expected):
         np.testing.assert_array_equal(to_numpy(masks[name]), e)
     pruned = np.concatenate([np.abs(v[~to_numpy(masks[k])]) for k, v in params.items()] + [np.zeros(0)])
@@ -379,7 +364,7 @@ def test_layer_magnitude_masks_equal_bruteforce_per_tensor(xp, params, s):
     masks = magnitude_masks({k: xp.asarray(v) for k, v in params.items()}, s, scope="layer")
     for name, v in params.items():
         m = to_numpy(masks[name])
-        np.testing.assert_array_equal(m, oracle_keep([v], half_up_count(s, v.size))[0])
+        np.testing.assert_array_equal(m, stable_argsort_keep([v], half_up_count(s, v.size))[0])
         assert int((~m).sum()) == half_up_count(s, v.size)
         if m.any() and (~m).any():
             assert np.abs(v[~m]).max() <= np.abs(v[m]).min()
@@ -417,11 +402,8 @@ def test_magnitude_masks_parity_with_torch_reference(xp, params, s):
 def oracle_keep_among(arrays_np, olds, k):
     """Masks that keep everything `olds` pruned pruned and prune the first k survivors of a stable
     argsort of |theta| over the concatenation (pruned entries rank last)."""
-    flat = np.concatenate([np.where(o, np.abs(a), np.inf).ravel() for a, o in zip(arrays_np, olds)] + [np.zeros(0)])
-    keep = np.concatenate([o.ravel() for o in olds] + [np.zeros(0, dtype=bool)])
-    keep[np.argsort(flat, kind="stable")[:k]] = False
-    pieces = np.split(keep, np.cumsum([a.size for a in arrays_np]))
-    return [m.reshape(a.shape) for m, a in zip(pieces, arrays_np)]
+    ranked = [np.where(o, np.abs(a), np.inf) for a, o in zip(arrays_np, olds)]
+    return [m & o for m, o in zip(stable_argsort_keep(ranked, k), olds)]
 
 
 @fixture_ok

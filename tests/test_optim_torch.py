@@ -71,11 +71,11 @@ def torch_lrs(base_lr, total_steps, make_scheduler):
     return out
 
 
-def torch_cosine(warmup, total_steps):
+def torch_cosine(warmup, total_steps, eta_min=0.0):
     """Linear warmup whose first step is lr/warmup and whose last is lr (LinearLR), then
-    CosineAnnealingLR from lr to 0 over the remaining total_steps − warmup steps."""
+    CosineAnnealingLR from lr to eta_min over the remaining total_steps − warmup steps."""
     def make(opt):
-        cosine = sched.CosineAnnealingLR(opt, T_max=total_steps - warmup, eta_min=0.0)
+        cosine = sched.CosineAnnealingLR(opt, T_max=total_steps - warmup, eta_min=eta_min)
         if warmup == 0:
             return cosine
         ramp = (sched.LinearLR(opt, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1) if warmup > 1
@@ -99,6 +99,16 @@ def test_cosine_schedule_with_warmup_matches_torch(total, warmup_frac, base_lr):
     ours = [lr_at(s, base_lr, "cosine", total, warmup) for s in range(total)]
     assert_same_lrs(ours, torch_lrs(base_lr, total, torch_cosine(warmup, total)), base_lr,
                     f"cosine, warmup {warmup} of {total}")
+
+
+@given(total=st.integers(1, 400), warmup_frac=st.floats(0, 0.99), base_lr=st.floats(1e-5, 1.0),
+       fraction=st.floats(0.0, 1.0))
+@example(total=600, warmup_frac=0.0, base_lr=3e-4, fraction=0.1)  # compare's pruning rows: cosine to 0.1x
+def test_cosine_schedule_to_a_final_fraction_matches_torch_eta_min(total, warmup_frac, base_lr, fraction):
+    warmup = min(int(warmup_frac * total), total - 1)
+    ours = [lr_at(s, base_lr, "cosine", total, warmup, final_fraction=fraction) for s in range(total)]
+    assert_same_lrs(ours, torch_lrs(base_lr, total, torch_cosine(warmup, total, eta_min=fraction * base_lr)), base_lr,
+                    f"cosine to {fraction} x, warmup {warmup} of {total}")
 
 
 @given(total=st.integers(1, 300), step_every=st.integers(1, 40), gamma=st.floats(0.05, 1.0), base_lr=st.floats(1e-5, 1.0))

@@ -23,12 +23,11 @@ import minisft.app.experiment as ex
 import minisft.training.train as train_module
 from minisft.core import fileio
 from minisft.training.checkpoint import load_checkpoint
-from tests.helpers import assert_one_line_error, copy_workdir, micro_workdir, run_cli, tree
-from tests.test_train import MICRO
+from tests.helpers import MICRO, assert_one_line_error, copy_workdir, micro_workdir, run_cli, tree
 
 COMMON = ["--preset", "micro", "--backend", "numpy", "--quiet"]
-RUN = Path("runs/micro-docs-steps4/lora/seed0")
-FRESH = Path("runs/micro-docs-steps2/fresh/seed0")  # the run of FINETUNE
+RUN = Path("runs/micro-prose-steps4/lora/seed0")
+FRESH = Path("runs/micro-prose-steps2/fresh/seed0")  # the run of FINETUNE
 FINETUNE = ["finetune", *COMMON, "--method", "lora", "--steps", "2", "--label", "fresh", "--checkpoint-every", "1"]
 COMPARE = ["compare", *COMMON, "--steps", "2", "--only", "lora-r2"]
 
@@ -112,9 +111,9 @@ CASES = {
     "F02 the cached tokenizer links to /dev/zero": (_tokenizer, _link("/dev/zero"), FINETUNE, "rebuilt"),
     "the cached base model is a directory": (_base, _directory, FINETUNE, "not a directory"),
     "F08 the cached base model is a FIFO": (_base, _fifo, FINETUNE, "regular file"),
-    "C006 compare.json is a directory": (lambda w: w / "runs/micro-docs-steps2/compare.json", _directory, COMPARE,
+    "C006 compare.json is a directory": (lambda w: w / "runs/micro-prose-steps2/compare.json", _directory, COMPARE,
                                          "not a directory"),
-    "compare.png is a FIFO": (lambda w: w / "runs/micro-docs-steps2/compare.png", _fifo, COMPARE, "regular file"),
+    "compare.png is a FIFO": (lambda w: w / "runs/micro-prose-steps2/compare.png", _fifo, COMPARE, "regular file"),
     "E07 OUT/model.safetensors is a directory": (lambda w: w / "OUT" / "model.safetensors", _directory,
                                                  ["export", RUN, "--hf", "OUT"], "holds other files"),
     "E12 export into the run folder itself": (lambda w: w / RUN / "keep.txt", lambda p: p.write_text("mine"),
@@ -239,7 +238,7 @@ def test_a_full_disk_at_a_checkpoint_or_the_log_is_one_line_and_the_run_stays_re
     file, no temporary left; the last complete checkpoint resumes to the uninterrupted run."""
     argv = ["finetune", *COMMON, "--workdir", work, "--method", "lora", "--steps", "4", "--label", "full-disk",
             "--checkpoint-every", "1"]
-    folder = work / "runs/micro-docs-steps4/full-disk/seed0"
+    folder = work / "runs/micro-prose-steps4/full-disk/seed0"
     with monkeypatch.context() as m:
         _disk_full_writing(m, "checkpoint.safetensors", after=1)
         rc, _, err = run_cli(argv, capsys)
@@ -263,9 +262,9 @@ def test_a_full_disk_at_the_compare_table_keeps_the_trained_rows(work, capsys, m
         _disk_full_writing(m, "compare.json")
         rc, _, err = run_cli(args, capsys)
         assert_one_line_error(rc, err, "compare.json", "No space left on device")
-    assert (work / "runs/micro-docs-steps2/lora-r2/seed0/result.json").is_file()
+    assert (work / "runs/micro-prose-steps2/lora-r2" / f"lr{MICRO.peft_lr!r}" / "seed0" / "result.json").is_file()
     monkeypatch.setattr(train_module, "_step_grads", lambda *a, **k: pytest.fail("a finished row was trained again"))
-    assert run_cli(args, capsys)[0] == 0 and (work / "runs/micro-docs-steps2/compare.json").is_file()
+    assert run_cli(args, capsys)[0] == 0 and (work / "runs/micro-prose-steps2/compare.json").is_file()
 
 
 def test_a_full_disk_during_an_export_leaves_the_earlier_export_whole(work, capsys, monkeypatch):

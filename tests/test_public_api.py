@@ -46,7 +46,7 @@ def test_design_public_api_block_runs():
     assert rm.shape == rt.shape == (6,) and qm.shape == (6,)
     assert ks.tolist() == [True, True, False] and pf[-1][0] == 6
     assert int((~gm).sum()) == 10 and pg.shape == theta.shape and 0.0 < cs < final
-    assert sl.tolist() == [0, 1] and method.ratio == 0.05
+    assert sl.tolist() == [0, 1] and method.config.ratio == 0.05
 
 
 PAPERS = ["spruft", "adapeft", "loradrop", "gmt", "mgpp"]

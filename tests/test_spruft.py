@@ -28,9 +28,9 @@ from minisft.methods.spruft.method import SPruFT
 from minisft.model.gpt import GPT, linear_layer_names
 from minisft.training.train import Task, TrainConfig, train
 from tests.gradcheck import max_rel_diff
+from tests.helpers import TINY, host_copy, tiny_gpt
 
-CFG = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16)
-LAYERS = linear_layer_names(CFG)
+LAYERS = linear_layer_names(TINY)
 KINDS = [("magnitude", {}), ("magnitude", {"p": 1}), ("taylor", {}), ("taylor", {"multivariable": True}),
          ("obd", {}), ("zeroth_order", {"zo_samples": 2}), ("wanda", {}), ("random", {})]
 KIND_IDS = ["magnitude-p2", "magnitude-p1", "taylor", "taylor-multivariable", "obd", "zeroth_order", "wanda", "random"]
@@ -38,23 +38,9 @@ KIND_IDS = ["magnitude-p2", "magnitude-p1", "taylor", "taylor-multivariable", "o
 
 def make_task(seed=0, B=3, T=8):
     rng = np.random.default_rng(seed)
-    ids = TokenStream(rng.integers(0, CFG.vocab_size, 2000).astype(np.int32), "synthetic", CFG.vocab_size)
+    ids = TokenStream(rng.integers(0, TINY.vocab_size, 2000).astype(np.int32), "synthetic", TINY.vocab_size)
     val = validation_batches(ids, B, T, 1)
     return Task(ids, val, [], B, T)
-
-
-def base_model(xp=np, seed=0, dtype="float64"):
-    """A tiny GPT whose biases and LayerNorms are perturbed too (no symmetric zeros anywhere)."""
-    model = GPT(CFG, backend="numpy" if xp is np else "cupy", dtype=dtype, seed=seed)
-    rng = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".bias") or ".ln_" in name or name.startswith("ln_f"):
-            p += model.xp.asarray(0.1 * rng.standard_normal(p.shape), dtype=p.dtype)
-    return model
-
-
-def host(d):
-    return {k: to_numpy(v) for k, v in d.items()}
 
 
 def assert_same_indices(got, want, what):
@@ -85,7 +71,7 @@ def reference_selection(tr, model_sd, task, seed, importance, extra, mode, scope
                         calib_batch_size=1):
     """The twin's unit scores and adapter indices, with the batches (of `calib_batch_size` sequences,
     SPruFT's default 1) and the ZO / random draws of the same seed."""
-    twin = tr.TorchGPT.from_minisft(model_sd, CFG)
+    twin = tr.TorchGPT.from_minisft(model_sd, TINY)
     rng = np.random.default_rng(seed)
     calib_task = replace(task, batch_size=calib_batch_size)
     batches = [] if importance in ("magnitude", "random") else [calib_task.sample(rng) for _ in range(calib)]
@@ -101,7 +87,7 @@ def reference_selection(tr, model_sd, task, seed, importance, extra, mode, scope
 @pytest.mark.parametrize("importance,extra", KINDS, ids=KIND_IDS)
 def test_scores_and_selection_match_torch_reference(tr, xp, importance, extra, mode, scope):
     seed, ratio = 3, 0.3
-    model, task = base_model(xp, seed), make_task(seed)
+    model, task = tiny_gpt(xp=xp, seed=seed, perturbed=True), make_task(seed)
     sd = model.state_dict()
     method = SPruFT(ratio=ratio, importance=importance, mode=mode, scope=scope, calib_batches=2, **extra)
     method.prepare(model, task, np.random.default_rng(seed))
@@ -122,7 +108,7 @@ def test_training_matches_torch_after_20_adamw_steps(tr, mode, init):
     against the twin: same calibration batches, same kaiming draws in the documented order, same
     training batches, torch.optim.AdamW on RowDeltaLinear / ColumnDeltaLinear wrappers."""
     seed, lr, wd, steps = 11, 1e-2, 0.01, 20
-    model, task = base_model(np, seed), make_task(seed)
+    model, task = tiny_gpt(xp=np, seed=seed, perturbed=True), make_task(seed)
     sd = model.state_dict()
     method = SPruFT(ratio=0.25, importance="taylor", mode=mode, init=init, calib_batches=2)
     cfg = TrainConfig(steps=steps, lr=lr, weight_decay=wd, grad_clip=None, eval_every=steps, seed=seed)
@@ -132,7 +118,7 @@ def test_training_matches_torch_after_20_adamw_steps(tr, mode, init):
     assert_same_indices(method.selected_cols, cols, "columns")
     init_deltas = tr.ref.initial_deltas(twin, rows, cols, init, True, rng)
     trained = tr.ref.train_deltas(twin, rows, cols, init_deltas, [task.sample(rng) for _ in range(steps)], lr, wd)
-    params = host(model.adapter_params())
+    params = host_copy(model.adapter_params())
     expected = {}
     for (layer, axis), (w, b) in trained.items():
         kind = "row_delta" if axis == "rows" else "column_delta"
@@ -150,7 +136,7 @@ def test_calibration_statistics_match_autograd(tr, xp):
     """G (GradientProbe) = Σ_b ∂L_b/∂W, F (SquaredGradientProbe) = mean per-sequence (∂ℓ_s/∂W)²,
     Ĝ (zeroth order) = the twin's SPSA with the same draws; every target layer at once."""
     seed = 4
-    model, task = base_model(xp, seed), make_task(seed)
+    model, task = tiny_gpt(xp=xp, seed=seed, perturbed=True), make_task(seed)
     model.freeze()
     rng = np.random.default_rng(seed)
     batches = calibration_batches(task, rng, 3)
@@ -159,7 +145,7 @@ def test_calibration_statistics_match_autograd(tr, xp):
     run_calibration(model, grad, batches)
     run_calibration(model, sq, batches)
     zo = zeroth_order_weight_gradients(model, LAYERS, batches, 2, 1e-3, np.random.default_rng(seed + 1))
-    twin = tr.TorchGPT.from_minisft(model.state_dict(), CFG)
+    twin = tr.TorchGPT.from_minisft(model.state_dict(), TINY)
     G_ref = tr.ref.summed_gradients(twin, LAYERS, batches)
     F_ref = tr.ref.mean_squared_sample_gradients(twin, LAYERS, batches)
     zo_ref = tr.ref.zeroth_order_gradients(twin, LAYERS, batches, 2, 1e-3, np.random.default_rng(seed + 1))
@@ -180,7 +166,7 @@ def test_calibration_statistics_match_autograd(tr, xp):
 
 def test_streaming_probe_holds_only_vectors_and_equals_full_gradient_score(xp):
     seed = 6
-    model, task = base_model(xp, seed), make_task(seed)
+    model, task = tiny_gpt(xp=xp, seed=seed, perturbed=True), make_task(seed)
     model.freeze()
     batches = calibration_batches(task, np.random.default_rng(seed), 3)
     full = {layer: GradientProbe(model, layer) for layer in LAYERS}
@@ -192,12 +178,12 @@ def test_streaming_probe_holds_only_vectors_and_equals_full_gradient_score(xp):
         bufs = stream[layer].buffers()
         assert {k: tuple(v.shape) for k, v in bufs.items()} == {"rows": (d_out,), "cols": (d_in,)}, layer
         WG = to_numpy(model.params[layer + ".weight"] * full[layer].G)
-        got = host(stream[layer].scores())
+        got = host_copy(stream[layer].scores())
         for axis, want in (("rows", np.abs(WG.sum(axis=1))), ("cols", np.abs(WG.sum(axis=0)))):
             d = max_rel_diff(got[axis], want)
             assert d <= 1e-10, f"{layer} {axis}: streaming vs |Σ W⊙G| max rel diff {d:.3e}"
-    method = SPruFT(ratio=0.25, multivariable=True, mode="neurons", calib_batches=2)
-    method.prepare(base_model(xp, seed), task, np.random.default_rng(seed))
+    method = SPruFT(ratio=0.25, importance="taylor", multivariable=True, mode="neurons", calib_batches=2)
+    method.prepare(tiny_gpt(xp=xp, seed=seed, perturbed=True), task, np.random.default_rng(seed))
     shapes = method.report()["calibration"]["buffers"]
     assert set(shapes) == set(LAYERS) and all(len(s) == 1 for b in shapes.values() for s in b.values()), shapes
 
@@ -217,7 +203,7 @@ def test_each_calibration_batch_adds_only_its_own_gradient(xp):
     """Per-class (here per-batch) gradients must not leak: with a gradient left to accumulate, a
     second batch would add G₁ + G₂ instead of G₂. The two-batch probe equals the sum of one-batch
     probes, and differs from the cumulative reading 2G₁ + G₂."""
-    model, task = base_model(xp, 1), make_task(1)
+    model, task = tiny_gpt(xp=xp, seed=1, perturbed=True), make_task(1)
     model.freeze()
     b1, b2 = calibration_batches(task, np.random.default_rng(1), 2)
     layer = "h.0.mlp.c_fc"
@@ -230,7 +216,7 @@ def test_each_calibration_batch_adds_only_its_own_gradient(xp):
 def test_obd_accumulator_sums_squares_over_batches(xp):
     """Regression: the released code keyed its OBD accumulator inconsistently, so each batch's
     squares overwrote the last. Two batches: sum of the single-batch sums, count 2B, F = sum / 2B."""
-    model, task = base_model(xp, 2), make_task(2)
+    model, task = tiny_gpt(xp=xp, seed=2, perturbed=True), make_task(2)
     model.freeze()
     b1, b2 = calibration_batches(task, np.random.default_rng(2), 2)
     layer = "h.1.attn.c_proj"
@@ -246,7 +232,7 @@ def test_obd_accumulator_sums_squares_over_batches(xp):
 def test_kaiming_init_with_bias_deltas_does_not_crash(mode):
     """Regression: the released code applied a kaiming initialiser to the 1-D bias delta (it raises).
     Here weights follow U(±1/√fan_in), bias deltas start at zero."""
-    model = base_model(np, 0)
+    model = tiny_gpt(xp=np, seed=0, perturbed=True)
     method = SPruFT(ratio=0.25, importance="magnitude", mode=mode, init="kaiming_uniform", bias=True)
     method.prepare(model, None, np.random.default_rng(0))
     for ads in model.adapters.values():
@@ -265,7 +251,7 @@ def test_scores_reduce_over_the_right_axis(importance, extra, axis):
     j and has d_in entries. With row 3 of every weight (or column 5 of every c_proj) zeroed, exactly
     that score vanishes, for every importance. (Rows and columns are zeroed in separate models: a
     zero c_proj column makes the neuron feeding it dead, so its c_fc row's gradient vanishes too.)"""
-    model, task = base_model(np, 8), make_task(8)
+    model, task = tiny_gpt(xp=np, seed=8, perturbed=True), make_task(8)
     for layer in LAYERS:
         if axis == "rows":
             model.params[layer + ".weight"][3] = 0.0
@@ -291,10 +277,11 @@ def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr
     50 batches of ONE sequence each, whatever the task's batch size; the Taylor scores and rows
     equal the twin's on exactly those batches."""
     seed = 4
-    model, task = base_model(np, seed), make_task(seed, B=3)
+    model, task = tiny_gpt(xp=np, seed=seed, perturbed=True), make_task(seed, B=3)
     sd = model.state_dict()
-    method = SPruFT(ratio=0.25)
-    assert (method.calib_batches, method.calib_batch_size, method.importance, method.init) == (50, 1, "taylor", "zeros")
+    method = SPruFT(ratio=0.25, importance="taylor")
+    c = method.config
+    assert (c.calib_batches, c.calib_batch_size, c.init) == (50, 1, "zeros")
     method.prepare(model, task, np.random.default_rng(seed))
     assert method.report()["calibration"]["batches"] == 50
     scores, (rows, _), _, _ = reference_selection(tr, sd, task, seed, "taylor", {}, "rows", "layer", ratio=0.25,
@@ -307,6 +294,14 @@ def test_default_calibration_is_the_released_codes_50_batches_of_one_sequence(tr
     assert x.shape == y.shape == (1, task.block_size)
 
 
+def test_defaults_are_the_released_runs():
+    """The defaults the authors run (proofs/decisions.md §1): the README's `--finetuning_type ZOtaylor
+    --n_estimate 2`, the script's `--finetuning_ratio 0.024`, `--taylor_batchs 50`, `--BATCH_SIZE 1`."""
+    c = SPruFT().config
+    assert (c.importance, c.zo_samples, c.ratio, c.rows) == ("zeroth_order", 2, 0.024, None)
+    assert (c.calib_batches, c.calib_batch_size, c.zo_eps, c.scope) == (50, 1, 1e-3, "layer")
+
+
 # ------------------------------------------------------------------------------------------------
 # selection: determinism, ties, budgets
 # ------------------------------------------------------------------------------------------------
@@ -317,11 +312,11 @@ def test_selection_is_deterministic_and_ties_go_to_lower_indices():
     reports = []
     for _ in range(2):
         method = SPruFT(ratio=0.25, importance="taylor", calib_batches=2)
-        method.prepare(base_model(np, 5), task, np.random.default_rng(5))
+        method.prepare(tiny_gpt(xp=np, seed=5, perturbed=True), task, np.random.default_rng(5))
         reports.append(method.report())
     assert reports[0] == reports[1]
     for mode in ("rows", "neurons"):
-        model = base_model(np, 5)
+        model = tiny_gpt(xp=np, seed=5, perturbed=True)
         for layer in LAYERS:
             model.params[layer + ".weight"][...] = 0.5  # every row, column and group ties
         method = SPruFT(ratio=0.5, importance="magnitude", mode=mode)
@@ -345,7 +340,7 @@ def oracle_rows_for_ratio(n, ratio):
 @example(ratio=1.0)
 @settings(max_examples=15)
 def test_ratio_budget_counts_are_exact(ratio):
-    model = base_model(np, 0)
+    model = tiny_gpt(xp=np, seed=0, perturbed=True)
     method = SPruFT(ratio=ratio, importance="magnitude")
     method.prepare(model, None, np.random.default_rng(0))
     rep = method.report()
@@ -355,14 +350,14 @@ def test_ratio_budget_counts_are_exact(ratio):
     d_in = {layer: model.params[layer + ".weight"].shape[1] for layer in LAYERS}
     trainable = sum(k * (d_in[layer] + 1) for layer, k in expected.items())
     assert rep["trainable"] == trainable == count_params(model)["trainable"]
-    assert rep["trainable"] == spruft_trainable(CFG, ratio=ratio)
+    assert rep["trainable"] == spruft_trainable(TINY, ratio=ratio)
 
 
 @given(ratio=st.floats(0.001, 1.0))
 @example(ratio=0.05)
 @settings(max_examples=10)
 def test_global_budget_total_is_exact(ratio):
-    model = base_model(np, 0)
+    model = tiny_gpt(xp=np, seed=0, perturbed=True)
     method = SPruFT(ratio=ratio, importance="magnitude", scope="global")
     method.prepare(model, None, np.random.default_rng(0))
     total = sum(model.params[layer + ".weight"].shape[0] for layer in LAYERS)
@@ -372,7 +367,7 @@ def test_global_budget_total_is_exact(ratio):
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_rows_budget_counts_are_exact(scope):
     method = SPruFT(rows=5, importance="magnitude", scope=scope)
-    method.prepare(base_model(np, 0), None, np.random.default_rng(0))
+    method.prepare(tiny_gpt(xp=np, seed=0, perturbed=True), None, np.random.default_rng(0))
     counts = method.report()["counts"]
     if scope == "layer":
         assert counts == dict.fromkeys(LAYERS, 5)
@@ -385,7 +380,7 @@ def test_neuron_budget_counts_groups(scope):
     """ratio 0.3: per block ⌊0.3·64⌋ → 16 MLP neurons and max(1, ⌊0.3·2⌋) = 1 head (C=16, 2 heads);
     globally ⌊0.3·128⌋ = 38 neurons and ⌊0.3·4⌋ = 1 head over both blocks."""
     method = SPruFT(ratio=0.3, importance="magnitude", mode="neurons", scope=scope)
-    model = base_model(np, 0)
+    model = tiny_gpt(xp=np, seed=0, perturbed=True)
     method.prepare(model, None, np.random.default_rng(0))
     groups = method.report()["groups"]
     n = {kind: [len(groups[f"h.{i}.{kind}"]) for i in range(2)] for kind in ("mlp", "attn")}
@@ -393,7 +388,7 @@ def test_neuron_budget_counts_groups(scope):
         assert n == {"mlp": [16, 16], "attn": [1, 1]}
     else:
         assert sum(n["mlp"]) == 38 and sum(n["attn"]) == 1
-    hd = CFG.n_embd // CFG.n_head
+    hd = TINY.n_embd // TINY.n_head
     for i in range(2):
         assert len(method.selected_rows.get(f"h.{i}.attn.c_attn", [])) == 3 * hd * n["attn"][i]
         assert len(method.selected_cols.get(f"h.{i}.attn.c_proj", [])) == hd * n["attn"][i]
@@ -406,11 +401,11 @@ def test_neuron_budget_counts_groups(scope):
 
 def test_neuron_mode_trains_exactly_the_groups_rows_and_columns():
     seed = 9
-    model, task = base_model(np, seed), make_task(seed)
+    model, task = tiny_gpt(xp=np, seed=seed, perturbed=True), make_task(seed)
     method = SPruFT(ratio=0.3, importance="taylor", mode="neurons", calib_batches=2)
     method.prepare(model, task, np.random.default_rng(seed))
-    groups, C, hd = method.report()["groups"], CFG.n_embd, CFG.n_embd // CFG.n_head
-    for i in range(CFG.n_layer):
+    groups, C, hd = method.report()["groups"], TINY.n_embd, TINY.n_embd // TINY.n_head
+    for i in range(TINY.n_layer):
         neurons, heads = groups[f"h.{i}.mlp"], groups[f"h.{i}.attn"]
         want = {f"h.{i}.mlp.c_fc": (sorted(neurons), None), f"h.{i}.mlp.c_proj": (None, sorted(neurons)),
                 f"h.{i}.attn.c_attn": (sorted(p * C + h * hd + t for h in heads for p in range(3)
@@ -424,7 +419,7 @@ def test_neuron_mode_trains_exactly_the_groups_rows_and_columns():
     # at the zero initialisation the deltas' gradients are slices of the dense gradient
     x, y = task.sample(np.random.default_rng(0))
     _, g = model.loss_and_grads(x, y)
-    dense = GPT.from_state_dict(model.state_dict(), CFG, backend="numpy", dtype="float64")
+    dense = GPT.from_state_dict(model.state_dict(), TINY, backend="numpy", dtype="float64")
     dense.freeze()
     dense.unfreeze([layer + s for layer in LAYERS for s in (".weight", ".bias")])
     _, gd = dense.loss_and_grads(x, y)
@@ -459,9 +454,9 @@ class _Prepared(SPruFT):
 
 
 def test_only_adapter_tensors_change_and_no_full_size_buffer_in_training():
-    model, task = base_model(np, 3, dtype="float32"), make_task(3)
+    model, task = tiny_gpt(xp=np, seed=3, dtype="float32", perturbed=True), make_task(3)
     base = model.state_dict()
-    r = train(model, SPruFT(ratio=0.25, calib_batches=2), task,
+    r = train(model, SPruFT(ratio=0.25, importance="taylor", calib_batches=2), task,
               TrainConfig(steps=3, lr=1e-2, grad_clip=None, eval_every=3), progress=False)
     for k, v in model.state_dict().items():
         assert np.array_equal(v, base[k]), f"frozen {k} changed"
@@ -482,13 +477,13 @@ def test_resume_reselects_and_checks_the_selection(tmp_path):
         pass
 
     def run(workdir, resume=False, kill_at=None):
-        method = SPruFT(ratio=0.25, calib_batches=2)
+        method = SPruFT(ratio=0.25, importance="taylor", calib_batches=2)
         if kill_at is not None:
             def after_step(model, step):
                 if step + 1 == kill_at:
                     raise Killed
             method.after_step = after_step
-        model = base_model(np, 2)
+        model = tiny_gpt(xp=np, seed=2, perturbed=True)
         cfg = TrainConfig(steps=6, lr=1e-2, grad_clip=None, eval_every=6, checkpoint_every=3, seed=2)
         return model, method, train(model, method, make_task(2), cfg, workdir=workdir, resume=resume, progress=False)
 
@@ -580,11 +575,11 @@ def test_bad_option_types_fail_at_construction(kwargs, arg):
 def test_model_dependent_errors_at_prepare_leave_the_model_untouched():
     for method in (SPruFT(rows=17, importance="magnitude"),  # attn.c_proj has 16 rows
                    SPruFT(rows=3, mode="neurons", importance="magnitude")):  # 2 heads per block
-        model = base_model(np, 0)
+        model = tiny_gpt(xp=np, seed=0, perturbed=True)
         with pytest.raises(ValueError, match="rows"):
             method.prepare(model, None, np.random.default_rng(0))
         assert not model.adapters and model.trainable == set(model.params)
-    model = base_model(np, 0)
+    model = tiny_gpt(xp=np, seed=0, perturbed=True)
     with pytest.raises(TypeError, match="task"):
         SPruFT(importance="taylor").prepare(model, None, np.random.default_rng(0))
     assert not model.adapters and model.trainable == set(model.params)
@@ -592,6 +587,6 @@ def test_model_dependent_errors_at_prepare_leave_the_model_untouched():
     with pytest.raises(ValueError, match="model.adapters"):
         SPruFT(importance="magnitude").prepare(model, None, np.random.default_rng(0))
     with pytest.raises(ValueError, match="r="):
-        rows_matching_lora(CFG, 17)
+        rows_matching_lora(TINY, 17)
     with pytest.raises(TypeError, match="model_config"):
         rows_matching_lora({"n_embd": 16}, 2)

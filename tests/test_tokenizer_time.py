@@ -29,7 +29,7 @@ TRAIN = """
 
 
 def _ordinary(n):
-    return _repeated("".join(load_corpus("docs").train_docs))(n)
+    return _repeated("".join(load_corpus("prose").train_docs))(n)
 
 
 def _repeated(unit):

@@ -5,55 +5,39 @@ tables and plots."""
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import json
 import re
 import sys
-from dataclasses import replace
+from dataclasses import MISSING, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import minisft.app.compare as cmp
 import minisft.app.experiment as ex
-import minisft.training.train as train_module
 import minisft.training.train as train_mod
-from minisft.data.batches import TokenStream, validation_batches
 from minisft.model.budgets import count_params
 from minisft.training.checkpoint import load_checkpoint, save_checkpoint
 from minisft.app.cli import main, parse_options, typed_options
 from minisft.core.config import GPTConfig
-from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError
+from minisft.core.errors import CheckpointError, LockedError, NonFiniteLossError, bad_value
 from minisft.core.fileio import RunLock
-from minisft.methods import REGISTRY, LoRAMethod, SPruFT, make_method, option_specs
+from minisft.methods import REGISTRY, LoRAMethod, Method, SPruFT, make_method, option_specs
 from minisft.methods.spruft import rows_matching_lora, spruft_trainable
 from minisft.model.gpt import GPT
 from minisft.app.report import methods_table, plot_compare
-from minisft.training.train import Task, TrainConfig, train
+from minisft.training.train import TrainConfig, train
+from tests.helpers import MICRO, counter_task, tiny_gpt
 
 REPO = Path(__file__).resolve().parents[1]
 
-MICRO = ex.Preset("micro", GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16),
-                  max_chars=60_000, batch_size=8, pretrain_steps=200, pretrain_lr=1e-2,
-                  finetune_steps=12, finetune_lr=3e-3, peft_lr=1e-2, eval_batches=2, lora_r=2)
-
-
-def synthetic_task(V=40, T=8, B=4, n=3000, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = TokenStream((np.cumsum(rng.integers(1, 3, n)) % V).astype(np.int32), "synthetic", V)
-    val = validation_batches(ids, B, T, 2)
-    return Task(ids, val, val, B, T)
-
-
-def small_model(V=40, T=8, dtype="float32"):
-    return GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=16), backend="numpy", dtype=dtype,
-               seed=0)
-
-
 def run(tmp_path, steps, resume=False, ckpt_every=3, method=None, lr=1e-2, task=None, progress=False):
-    model = small_model()
+    model = tiny_gpt(dtype="float32")
     cfg = TrainConfig(steps=steps, lr=lr, eval_every=4, checkpoint_every=ckpt_every, seed=5, accumulation=2)
-    r = train(model, method or LoRAMethod(r=2, alpha=4), task or synthetic_task(), cfg, workdir=tmp_path,
+    r = train(model, method or LoRAMethod(r=2, alpha=4), task or counter_task(), cfg, workdir=tmp_path,
               resume=resume, progress=progress)
     return model, r
 
@@ -98,7 +82,7 @@ def test_resume_works_whatever_checkpoint_every_the_first_run_used(tmp_path, mon
     last checkpoint is the one its cadence puts last before step 7: every 2 -> 6, every 4 -> 4; the
     default (None) writes its first at step max(1, 9 // 20) = 1 and, with the write-time rule made
     never due (CHECKPOINT_COST = 0), no other."""
-    monkeypatch.setattr(train_module, "CHECKPOINT_COST", 0.0)
+    monkeypatch.setattr(train_mod, "CHECKPOINT_COST", 0.0)
     full_model, full = run(tmp_path / "a", 9, ckpt_every=first)
     with pytest.raises(Killed):
         run(tmp_path / "b", 9, ckpt_every=first, method=killed_after(LoRAMethod(r=2, alpha=4), 7))
@@ -145,7 +129,7 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
     cases = [
         (dict(lr=2e-2), ["train.lr: 0.01 then, 0.02 now"]),
         (dict(method=LoRAMethod(r=3, alpha=4)), ["method_options.r: 2 then, 3 now"]),
-        (dict(task=synthetic_task(seed=1)), ["task: "]),  # other data
+        (dict(task=counter_task(seed=1)), ["task: "]),  # other data
         (dict(lr=2e-2, method=LoRAMethod(r=2, alpha=5)), ["method_options.alpha: 4.0 then, 5.0 now", "train.lr: "]),
     ]
     for kwargs, named in cases:
@@ -155,10 +139,10 @@ def test_resume_refuses_another_run_naming_only_the_fields_that_differ(tmp_path)
         differences = message.split("it differs: ")[1].split(" (start afresh")[0].split("; ")
         assert len(differences) == len(named) and all(any(d.startswith(n) for d in differences) for n in named), message
         assert len(message) < 400, message
-    model = small_model()
+    model = tiny_gpt(dtype="float32")
     model.params["wte.weight"][0, 0] += 1.0  # another base model
     with pytest.raises(CheckpointError, match=r"differs: base_model: "):
-        train(model, LoRAMethod(r=2, alpha=4), synthetic_task(),
+        train(model, LoRAMethod(r=2, alpha=4), counter_task(),
               TrainConfig(steps=9, lr=1e-2, eval_every=4, checkpoint_every=3, seed=5, accumulation=2),
               workdir=tmp_path, resume=True, progress=False)
 
@@ -248,8 +232,8 @@ def test_every_run_saves_its_trained_tensors_a_merged_model_and_a_manifest(tmp_p
     """model/trained.safetensors holds every trainable tensor; model/merged.safetensors is a plain
     state dict that GPT.from_state_dict loads into a model computing what the adapted one computes;
     the manifest says what produced them."""
-    model = small_model(dtype="float64")
-    task = synthetic_task()
+    model = tiny_gpt()
+    task = counter_task()
     cfg = TrainConfig(steps=5, lr=1e-2, eval_every=5, seed=1)
     train(model, LoRAMethod(r=2, alpha=4), task, cfg, workdir=tmp_path, progress=False,
           provenance={"preset": "test", "tokenizer": "abc"})
@@ -320,6 +304,81 @@ def test_progress_on_a_pipe_is_a_line_per_phase_and_every_tenth(tmp_path):
             assert err.getvalue() == ""
 
 
+class DuckFullFineTune:
+    """Full fine-tuning as a plain object (no minisft.methods.Method base): every hook of the protocol
+    written out; `calls` records the hooks called, in order."""
+
+    name = "duck"
+
+    def __init__(self, drop=(), max_width=None):
+        self.calls, self.max_width = [], max_width
+        for hook in drop:
+            setattr(self, hook, None)
+
+    def check_config(self, config):
+        self.calls.append("check_config")
+        if self.max_width is not None and config.n_embd > self.max_width:
+            raise bad_value("max_width", self.max_width, f"at least the model's width {config.n_embd}")
+
+    def prepare(self, model, task, rng):
+        self.calls.append("prepare")
+        model.unfreeze()
+
+    def transform_grads(self, model, grads, step):
+        return grads
+
+    def transform_grads_after_clip(self, model, grads, step):
+        self.calls.append("transform_grads_after_clip")
+        return grads
+
+    def optimizer_masks(self, model):
+        return {}
+
+    def after_step(self, model, step):
+        pass
+
+    def report(self):
+        return {}
+
+    def options(self):
+        return {}
+
+    def state_arrays(self):
+        return {}
+
+    def load_state_arrays(self, arrays):
+        pass
+
+
+PROTOCOL = sorted(n for n, v in vars(Method).items() if inspect.isfunction(v) and not n.startswith("_"))  # the hooks
+
+
+@pytest.mark.parametrize("hook", PROTOCOL)
+def test_a_method_lacking_a_hook_is_refused_before_any_work(hook):
+    """A method object without one hook of the protocol (transform_grads_after_clip and check_config
+    included) is a clear error naming the hook, before prepare or any step."""
+    method = DuckFullFineTune(drop=[hook])
+    with pytest.raises(TypeError, match=f"lacks.*'{hook}'"):
+        train(tiny_gpt(dtype="float32"), method, counter_task(), TrainConfig(steps=2), progress=False)
+    assert method.calls == []
+
+
+def test_a_method_without_the_method_base_class_trains_and_check_config_runs_first():
+    """The trainer drives any object with the protocol's hooks: check_config against the model's
+    GPTConfig before prepare (a refusal there stops the run before prepare), then every hook per step."""
+    method = DuckFullFineTune()
+    model, reference = tiny_gpt(dtype="float32"), tiny_gpt(dtype="float32")
+    cfg = TrainConfig(steps=2, lr=1e-2, seed=3)
+    r = train(model, method, counter_task(), cfg, progress=False)
+    assert method.calls == ["check_config", "prepare", "transform_grads_after_clip", "transform_grads_after_clip"]
+    full = train(reference, make_method("full"), counter_task(), cfg, progress=False)
+    assert r["history"] == full["history"]
+    narrow = DuckFullFineTune(max_width=8)
+    with pytest.raises(ValueError, match="max_width"):
+        train(tiny_gpt(dtype="float32"), narrow, counter_task(), cfg, progress=False)
+    assert narrow.calls == ["check_config"]
+
+
 def test_bad_method_and_options():
     with pytest.raises(ValueError, match="method"):
         make_method("nope")
@@ -340,22 +399,17 @@ def test_bad_method_and_options():
         TrainConfig(steps=0)
 
 
-METADATA_PENDING = {}  # method -> why its metadata is still missing (a strict xfail until it lands)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=METADATA_PENDING[n]))
-                                  if n in METADATA_PENDING else n for n in sorted(REGISTRY)])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_method_has_complete_option_metadata_and_the_table_shows_it(name):
-    """Each registered method names its paper, and each option has a type annotation, a default
-    and a one-line meaning; `minisft methods` prints them as a table, not Python dicts. (A strict
-    xfail: once a pending method has its metadata the test passes, which fails the run until the
-    entry leaves METADATA_PENDING.)"""
+    """Each registered method names its paper, and each option of its config has a type
+    annotation, a default and a one-line meaning; `minisft methods` prints them as a table, not
+    Python dicts."""
     table, cls = methods_table(), REGISTRY[name]
     assert cls.paper.strip(), name
     for spec in option_specs(name):
         assert spec.annotation is not None, f"{name}.{spec.name} has no type annotation"
-        assert spec.help.strip(), f"{name}.{spec.name} has no option_help entry"
-    assert set(cls.option_help) == {s.name for s in option_specs(name)}, name
+        assert spec.help.strip(), f"{name}.{spec.name} has no help (minisft.methods.config.option)"
+        assert spec.default is not MISSING, f"{name}.{spec.name} has no default"
     block = table.split(f"\n{name}: ")[1].split("\n\n")[0]
     for spec in option_specs(name):
         assert re.search(rf"^    {spec.name} +\S", block, re.M), (name, spec.name)
@@ -378,14 +432,14 @@ def test_pretrain_beats_unigram_entropy_and_finetune_helps(micro_workdir):
     data = ex.build_data(MICRO, micro_workdir)
     model, result = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
     h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
-    task = ex.make_task(data.code[0], data.code[1], None, MICRO)
+    task = ex.make_task(data.code, MICRO)
     loss = ex.evaluate(model, task.val_target)
     print(f"micro pretrain: code val loss {loss:.4f} vs unigram entropy {h:.4f}")
     assert loss < h - 0.3
     again, cached = ex.pretrained(MICRO, micro_workdir, data, backend="numpy")
     assert cached is None and all(np.array_equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
     _, r = ex.finetune(MICRO, micro_workdir, data, make_method("full"), "full", backend="numpy")
-    assert r["final"]["target"] < r["base"]["target"]
+    assert r["final"]["target"] < r["base"]["val"]["target"] and r["test"]["target"] < r["base"]["test"]["target"]
 
 
 def test_the_cached_base_is_keyed_by_content_and_verified(micro_workdir, tmp_path, monkeypatch, capsys):
@@ -426,7 +480,9 @@ def test_runs_of_other_presets_data_or_settings_never_share_a_directory(micro_wo
             ex.run_dir(micro_workdir, MICRO, data, "full", seed=1),
             ex.run_dir(micro_workdir, MICRO, data, "full", seed=1, base_seed=0)}
     assert len(dirs) == 8
-    assert ex.run_dir(micro_workdir, MICRO, data, "full") == micro_workdir / "runs" / "micro-docs" / "full" / "seed0"
+    assert ex.run_dir(micro_workdir, MICRO, data, "full") == micro_workdir / "runs" / "micro-prose" / "full" / "seed0"
+    assert ex.run_dir(micro_workdir, MICRO, data, "full", lr=1e-3) == (micro_workdir / "runs" / "micro-prose" / "full"
+                                                                        / "lr0.001" / "seed0")
     for label in ("../x", "/abs", "a/b", "", ".."):
         with pytest.raises(ValueError, match="label"):
             ex.run_dir(micro_workdir, MICRO, data, label)
@@ -438,15 +494,15 @@ def test_compare_is_deterministic_records_its_origin_and_cli_works(micro_workdir
     an earlier table; a bad method is an error."""
     args = ["compare", "--preset", "micro", "--backend", "numpy", "--workdir", str(micro_workdir), "--quiet"]
     assert main(args) == 0  # every row
-    folder = micro_workdir / "runs" / "micro-docs"
+    folder = micro_workdir / "runs" / "micro-prose"
     first = (folder / "compare.json").read_bytes()
     out = capsys.readouterr().out
-    assert "lora-r2" in out and "docs val" in out and "code val" in out
+    assert "lora-r2" in out and "prose test" in out and "code test" in out
     compared = json.loads(first)
-    assert [r["label"] for r in compared["rows"]] == [label for label, *_ in ex.compare_runs(MICRO)]
+    assert [r["label"] for r in compared["rows"]] == [label for label, *_ in cmp.compare_runs(MICRO)]
     assert compared["seeds"] == [0] and compared["provenance"]["preset"] == "micro"
-    assert compared["minisft_version"] and "git_commit" in compared and compared["domains"]["target"] == "docs"
-    result = json.loads((folder / "lora-r2" / "seed0" / "result.json").read_text())
+    assert compared["minisft_version"] and "git_commit" in compared and compared["domains"]["target"] == "prose"
+    result = json.loads((folder / "lora-r2" / f"lr{MICRO.peft_lr!r}" / "seed0" / "result.json").read_text())
     prov = result["provenance"]
     assert prov["preset"] == "micro" and prov["seed"] == 0 and prov["data"]["target"] == ex.build_data(
         MICRO, micro_workdir).fingerprints["target"] and "minisft_version" in prov and "git_commit" in prov
@@ -464,22 +520,23 @@ def test_compare_with_seeds_keeps_every_seed_and_prints_mean_and_sd(micro_workdi
             "--seed", "1", "--seeds", "2", "--only", "lora-r2", "gmt-d0.5"]
     assert main(args + ["--markdown"]) == 0
     out = capsys.readouterr().out
-    folder = micro_workdir / "runs" / "micro-docs-seed1"
+    folder = micro_workdir / "runs" / "micro-prose-seed1"
     compared = json.loads((folder / "compare-seeds2.json").read_text())  # a table of 2 seeds has its own file
     assert not (folder / "compare.json").exists()
     assert compared["seeds"] == [1, 2] and [r["label"] for r in compared["rows"]] == ["lora-r2", "gmt-d0.5"]
     for row in compared["rows"]:
-        finals = [run["final"]["target"] for run in row["runs"]]
-        assert [run["seed"] for run in row["runs"]] == [1, 2] and finals[0] != finals[1]
-        assert row["target"]["mean"] == pytest.approx(np.mean(finals), abs=1e-12)
-        assert row["target"]["sd"] == pytest.approx(np.std(finals, ddof=1), abs=1e-12)
-        assert (folder / row["label"] / "seed2" / "result.json").exists()
+        tests = [run["test"]["target"] for run in row["runs"]]
+        assert [run["seed"] for run in row["runs"]] == [1, 2] and tests[0] != tests[1]
+        assert row["target"]["mean"] == pytest.approx(np.mean(tests), abs=1e-12)
+        assert row["target"]["sd"] == pytest.approx(np.std(tests, ddof=1), abs=1e-12)
+        assert (folder / row["label"] / f"lr{row['lr']['chosen']!r}" / "seed2" / "result.json").exists()
     lines = out.splitlines()
     assert lines[0].startswith("| method | trainable |") and lines[1].startswith("| --- | ---: |")
     assert re.search(r"`minisft compare --preset micro --seeds 2 --markdown`: seeds 1\.\.2, numpy float32, "
                      r"minisft \S+, commit \S+\)", out)
     lora = next(line for line in lines if line.startswith("| lora-r2 |"))
     assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \|", lora), lora
+    assert "| paper | claim |" in out  # the claims follow the table
     png = folder / "compare-seeds2.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
@@ -491,15 +548,17 @@ def test_the_plot_is_written_with_every_panel(tmp_path):
     import matplotlib.pyplot as plt
 
     def row(label, trainable, t, s, seeds=2):
-        runs = [{"seed": k, "base": {"target": 5.0, "source": 4.0}, "sparsity": 0.0, "report": {}, "final": None,
+        runs = [{"seed": k, "base": {"val": {"target": 5.0, "source": 4.0}, "test": {"target": 5.0, "source": 4.0}},
+                 "sparsity": 0.0, "report": {}, "final": None,
                  "history": {"eval": [{"step": 5, "target": t + 0.1 * k}, {"step": 10, "target": t + 0.01 * k}]}}
                 for k in range(seeds)]
         return {"label": label, "counts": {"trainable": trainable}, "target": {"mean": t, "sd": 0.01},
                 "source": {"mean": s, "sd": 0.02}, "runs": runs}
 
-    labels = [label for label, *_ in ex.compare_runs(ex.PRESETS["small"])]
+    labels = [label for label, *_ in cmp.compare_runs(ex.PRESETS["small"])]
     compared = {"rows": [row(label, 1000 * (i + 1), 4.0 + 0.01 * i, 4.5) for i, label in enumerate(labels)],
-                "base": {"target": 5.0, "source": 4.0}, "domains": {"target": "notes", "source": "code"},
+                "base": {"val": {"target": 5.0, "source": 4.0}, "test": {"target": 5.0, "source": 4.0}},
+                "domains": {"target": "notes", "source": "code"},
                 "seeds": [0, 1]}
     captured = {}
     real_close = plt.close
@@ -537,7 +596,7 @@ def test_data_columns_are_named_after_the_data_and_errors_name_real_paths(tmp_pa
     assert main(["finetune", "--preset", "micro", "--backend", "numpy", "--workdir", work, "--quiet",
                  "--method", "lora", "--data", str(notes)]) == 0
     out = capsys.readouterr().out
-    assert "notes val" in out and "code val" in out and "docs val" not in out
+    assert "notes test" in out and "code test" in out and "prose test" not in out
     (exp,) = (tmp_path / "w" / "runs").iterdir()
     assert re.fullmatch(r"micro-data-[0-9a-f]{10}", exp.name)
     tiny_file = tmp_path / "tiny.txt"
@@ -559,7 +618,7 @@ def test_cli_bad_data_paths(tmp_path, capsys):
 def test_tiny_preset_end_to_end(tmp_path, capsys):
     """The issue's CI run (slow; its default-run smoke test is the micro compare above):
     `minisft pretrain --preset tiny` beats the unigram entropy by a wide margin, and `minisft
-    compare --preset tiny` runs every method and fine-tuning lowers the docs validation loss below
+    compare --preset tiny` runs every method and fine-tuning lowers the prose test loss below
     the base model's."""
     work = str(tmp_path / "work")
     assert main(["pretrain", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
@@ -569,11 +628,11 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     print(out)
     assert loss < entropy - 0.5
     assert main(["compare", "--preset", "tiny", "--backend", "numpy", "--workdir", work, "--quiet"]) == 0
-    result = json.loads((tmp_path / "work" / "runs" / "tiny-docs" / "compare.json").read_text())
-    assert {r["method"] for r in result["rows"]} == set(n for _, n, *_ in ex.compare_runs(ex.PRESETS["tiny"]))
+    result = json.loads((tmp_path / "work" / "runs" / "tiny-prose" / "compare.json").read_text())
+    assert {r["method"] for r in result["rows"]} == set(n for _, n, *_ in cmp.compare_runs(ex.PRESETS["tiny"]))
     for r in result["rows"]:
-        assert r["target"]["mean"] < result["base"]["target"], r["label"]
-    assert (tmp_path / "work" / "runs" / "tiny-docs" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out
+        assert r["target"]["mean"] < result["base"]["test"]["target"], r["label"]
+    assert (tmp_path / "work" / "runs" / "tiny-prose" / "compare.png").exists() or "matplotlib" in capsys.readouterr().out
 
 
 # widths with their head counts: n_embd a multiple of n_head, 8..128
@@ -595,11 +654,11 @@ def test_compare_rows_build_and_the_spruft_label_says_the_exact_budget(n_layer, 
         preset = replace(ex.PRESETS["tiny"], model=cfg, lora_r=r)
         if r > n_embd:
             with pytest.raises(ValueError, match=f"r={r}"):
-                ex.compare_runs(preset)
+                cmp.compare_runs(preset)
             continue
-        runs = ex.compare_runs(preset)
+        runs = cmp.compare_runs(preset)
         for label, name, options, *_ in runs:
-            ex.build_method(name, options, preset)
+            cmp.build_method(name, options, preset)
         [(label, options)] = [(label, options) for label, name, options, *_ in runs if name == "spruft"]
         kind, value = re.fullmatch(r"spruft-(rows|ratio)(.+)", label).groups()
         budget = {kind: int(value) if kind == "rows" else float(value)}
@@ -651,3 +710,29 @@ def test_bench_writes_its_json_into_the_workdir(monkeypatch, tmp_path):
     assert main(["bench", "--workdir", str(tmp_path / "w"), "--steps", "2"]) == 0
     assert calls[-1][3:] == ["--steps", "2", "--out", str(tmp_path / "w" / "bench.json")]
     assert main(["bench", "--out", "x.json"]) == 0 and calls[-1][3:] == ["--out", "x.json"]
+
+
+def test_compare_chooses_each_row_s_rate_on_validation_and_reports_test_losses(micro_workdir, micro, monkeypatch):
+    """With a grid of two rates per family: the first seed runs every rate, the row keeps the one of
+    the lowest final target validation loss, the second seed runs only that one; the row's losses
+    are the test losses of the chosen rate's runs; a second compare trains nothing (every run is
+    read back from its result) and writes the same compare.json."""
+    grid = {"full": (1e-3, 3e-3), "peft": (3e-3, 1e-2)}
+    data = ex.build_data(MICRO, micro_workdir)
+    out, _, folder = cmp.compare(MICRO, micro_workdir, data, "numpy", only=["full", "lora-r2"], seeds=2, grid=grid)
+    for row in out["rows"]:
+        fam = "full" if row["method"] == "full" else "peft"
+        vals = {lr: json.loads((ex.run_dir(micro_workdir, MICRO, data, row["label"], 0, 0, lr) / "result.json")
+                               .read_text())["final"]["target"] for lr in grid[fam]}
+        chosen = min(vals, key=lambda lr: (vals[lr], lr))
+        assert row["lr"] == {"grid": list(grid[fam]), "chosen": chosen, "chosen_on_seed": 0,
+                             "val_target": {repr(lr): v for lr, v in vals.items()}}
+        other = [lr for lr in grid[fam] if lr != chosen][0]
+        assert not ex.run_dir(micro_workdir, MICRO, data, row["label"], 1, 0, other).exists()
+        tests = [json.loads((ex.run_dir(micro_workdir, MICRO, data, row["label"], s, 0, chosen) / "result.json")
+                            .read_text())["test"]["target"] for s in (0, 1)]
+        assert row["target"]["mean"] == pytest.approx(np.mean(tests), abs=1e-12) and row["seeds"] == [0, 1]
+    monkeypatch.setattr(train_mod, "make_optimizer", lambda *a, **k: pytest.fail("a finished run was prepared again"))
+    again, _, _ = cmp.compare(MICRO, micro_workdir, data, "numpy", only=["full", "lora-r2"], seeds=2, grid=grid)
+    assert json.dumps(again, sort_keys=True) == json.dumps(out, sort_keys=True)
+    assert folder.name.startswith("compare-grid")  # another grid than the preset's: its own folder

@@ -16,7 +16,7 @@ import pytest
 from minisft.methods.gmt.method import GMT
 from minisft.training.train import TrainConfig, train
 from tests.gradcheck import assert_trained_like
-from tests.test_gmt_method import CFG, host, synthetic_task, tiny
+from tests.helpers import TINY, counter_task, host_copy, tiny_gpt
 
 torch = pytest.importorskip("torch")
 from reference_models import gmt_mgpp as ref  # noqa: E402
@@ -31,9 +31,9 @@ def test_gmt_with_clipping_and_a_schedule_matches_torch(schedule):
     torch's scheduler's at every step, clipping was active on most steps (the check is not vacuous),
     the masks are the twin's and the parameters agree within 1e-10."""
     seed, steps, lr, wd, acc, clip, warmup = 5, 12, 2e-2, 0.05, 2, 0.3, 3
-    model, task = tiny(np, seed), synthetic_task(seed)
-    twin = TorchGPT.from_minisft(model.state_dict(), CFG)
-    start = host(model.params)
+    model, task = tiny_gpt(xp=np, seed=seed), counter_task(seed=seed)
+    twin = TorchGPT.from_minisft(model.state_dict(), TINY)
+    start = host_copy(model.params)
     method = GMT(0.5, scope="tensor")
     cfg = TrainConfig(steps=steps, lr=lr, weight_decay=wd, grad_clip=clip, accumulation=acc, eval_every=steps,
                       seed=seed, schedule=schedule, warmup=warmup, gamma=0.7, step_every=4)
@@ -50,5 +50,5 @@ def test_gmt_with_clipping_and_a_schedule_matches_torch(schedule):
     want, masks = ref.train_gmt(twin, batches, lr, wd, 0.5, "tensor", False, grad_clip=clip,
                                 make_scheduler=make_scheduler)
     for name, keep in masks[-1].items():
-        assert np.array_equal(host(method.masks)[name], keep), f"last step, {name}: mask differs from the twin"
+        assert np.array_equal(host_copy(method.masks)[name], keep), f"last step, {name}: mask differs from the twin"
     assert_trained_like(model.params, want, start, steps)

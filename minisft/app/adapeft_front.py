@@ -10,7 +10,7 @@ non-empty front point is fine-tuned for the preset's steps (runs/<experiment>/ad
 realised validation loss is recorded — the test of whether predicted influence ranks subsets the
 way training does. Fronts of other options never share a file: the file names (and the trained
 points' labels) add every option that is not the default (`front_name`), e.g.
-adapeft-front-tensors-gen-sgd-b100000.json.
+adapeft-front-tensors-exact-sgd-b100000.json.
 
 Default budget: the LoRA baseline's trainable count (rank preset.lora_r on all four linear layers
 of every block), so the front's chosen point is comparable with the compare table's LoRA row.
@@ -23,12 +23,13 @@ from ..model.budgets import lora_trainable
 from .experiment import experiment_dir, finetune, make_task, method_lr, pretrained
 from ..core.errors import bad_value
 from ..core.fileio import RunLock, atomic_write_json, check_output_file, ensure_writable_dir
-from ..methods.adapeft import AdaPEFT, GroupSubset
+from ..methods.adapeft import AdaPEFT, AdaPEFTConfig, GroupSubset
 from .report import save_png
 
 
-DEFAULTS = {"budget": None, "groups": "modules", "estimator": "exact", "direction": "adam", "probe_steps": 8,
-            "every": 4, "train_front": False}
+DEFAULTS = {"budget": None, "groups": AdaPEFTConfig.groups, "estimator": AdaPEFTConfig.estimator,
+            "direction": AdaPEFTConfig.direction, "probe_steps": AdaPEFTConfig.probe_steps,
+            "every": AdaPEFTConfig.every, "train_front": False}
 SHORT = {"budget": "b", "probe_steps": "p", "every": "e"}  # values of the other options name themselves
 
 
@@ -48,10 +49,12 @@ def front_name(**options):
 
 
 def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0, train_front=False,
-                  budget=None, groups="modules", estimator="exact", direction="adam", probe_steps=8,
-                  every=4, progress=None, lr=None):
-    """Measure, write and plot the front into the experiment directory (experiment.experiment_dir);
-    returns (result dict, that folder, png path or None, reason or None).
+                  budget=None, groups=AdaPEFTConfig.groups, estimator=AdaPEFTConfig.estimator,
+                  direction=AdaPEFTConfig.direction, probe_steps=AdaPEFTConfig.probe_steps,
+                  every=AdaPEFTConfig.every, progress=None, lr=None):
+    """Measure, write and plot the front into the experiment directory (experiment.experiment_dir;
+    with `lr`, its folder adapeft-front-lr<lr>); returns (result dict, that folder, png path or None,
+    reason or None).
 
     budget: None for LoRA's trainable count at rank preset.lora_r on every linear layer, else as
     AdaPEFT's. LoRA groups use rank preset.lora_r (α = r). The probe, and every trained front
@@ -59,7 +62,8 @@ def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0
     and selection uses the seed's generator exactly as `minisft finetune --method adapeft` with
     these options would.
     """
-    folder = ensure_writable_dir(experiment_dir(workdir, preset, data, seed, lr, dtype), "workdir")
+    folder = experiment_dir(workdir, preset, data, seed, dtype)
+    folder = ensure_writable_dir(folder if lr is None else folder / f"adapeft-front-lr{lr!r}", "workdir")
     name = front_name(budget=budget, groups=groups, estimator=estimator, direction=direction, probe_steps=probe_steps,
                       every=every, train_front=train_front)
     with RunLock(folder, "experiment directory"):
@@ -73,7 +77,7 @@ def adapeft_front(preset, workdir, data, backend="auto", dtype="float32", seed=0
 def _front(preset, workdir, folder, name, data, backend, dtype, seed, train_front, budget, groups, estimator, direction,
            probe_steps, every, progress, lr):
     model, _ = pretrained(preset, workdir, data, backend, dtype, seed, progress)
-    task = make_task(data.target[0], data.target[1], data.code[1], preset)
+    task = make_task(data.target, preset, data.code)
     options = {"budget": lora_trainable(model.config, preset.lora_r) if budget is None else budget,
                "groups": groups, "estimator": estimator, "direction": direction, "probe_steps": probe_steps,
                "every": every, "lora_r": preset.lora_r, "lora_alpha": preset.lora_r}
@@ -125,7 +129,7 @@ def plot_front(result, path):
     if trained:
         ax2 = axes[0][1]
         ax2.plot([t["params"] for t in trained], [t["final"]["target"] for t in trained], "o-", label="front points")
-        ax2.axhline(trained[0]["base"]["target"], color="grey", ls=":", label="base model")
+        ax2.axhline(trained[0]["base"]["val"]["target"], color="grey", ls=":", label="base model")
         ax2.set(xscale="log", xlabel="trainable parameters", ylabel="target validation loss",
                 title="realised after fine-tuning")
         ax2.legend(fontsize=7)

@@ -30,7 +30,6 @@ torch, or outside a checkout, it prints one line saying what to do.
 """
 
 import argparse
-import ast
 import codecs
 import contextlib
 import importlib.machinery
@@ -41,7 +40,6 @@ import re
 import stat
 import subprocess
 import sys
-import types
 import typing
 from pathlib import Path
 
@@ -143,11 +141,22 @@ def encoding_text(text):
     return name
 
 
+def grid_entry(text):
+    """compare's --lr-grid entry FAMILY=LR,LR,...: (family, rates)."""
+    family, sep, rates = text.partition("=")
+    if family not in ("full", "peft") or not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected full=LR,... or peft=LR,...")
+    values = [positive_float(v) for v in rates.split(",")]
+    return family, values
+
+
 def budget_value(text):
     """adapeft-front's --budget: an integer count or a fraction (AdaPEFT checks the range)."""
+    from ..methods.config import from_text
+
     try:
-        return parse_value(text, int | float, "--budget")
-    except CliError as e:
+        return from_text("--budget", text, int | float)
+    except MinisftError as e:
         raise argparse.ArgumentTypeError(f"{text!r}: expected {e.expected}") from None
 
 
@@ -174,6 +183,8 @@ def _common(p, fine_tuning=True):
         p.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
         p.add_argument("--lr", type=positive_float, help="fine-tuning learning rate (default: the preset's "
                        "finetune_lr for methods that train base tensors, peft_lr for adapter methods)")
+    p.add_argument("--tf32", action="store_true", help="float32 products on TF32 tensor cores (a GPU of compute "
+                   "capability >= 8.0): CuPy's matrix products and minisft's attention tiles (sets CUPY_TF32=1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (notes still print)")
 
 
@@ -222,6 +233,20 @@ def parser():
                       "same settings is reused and an unfinished one resumed)")
     cmp_.add_argument("--gpus", type=positive_int, metavar="N", help="run the rows in parallel, one process per GPU "
                       "(started here by `minisft launch`); the same compare.json as one process")
+    cmp_.add_argument("--lr-grid", nargs="+", type=grid_entry, metavar="FAMILY=LR,LR,...",
+                      help="the learning rates each row chooses from on validation, per family: full (methods "
+                           "that train base tensors) and peft (adapter methods), e.g. full=1e-4,3e-4,1e-3 "
+                           "peft=1e-3,3e-3,1e-2; a family not named keeps the preset's grid (--lr: one rate for all)")
+    cl = sub.add_parser("claims", formatter_class=_Help, help="each paper's headline claim, measured on a comparison",
+                        description="Print each paper's headline claim, the paired measurement on a comparison's "
+                                    "test split and the verdict of the rule in minisft.app.claims, from a "
+                                    "compare.json (or the folder holding it).")
+    cl.add_argument("path", type=path_text, metavar="PATH", help="compare.json, or the folder `minisft compare` printed")
+    cl.add_argument("--markdown", action="store_true", help="print the claims as a Markdown table")
+    from ..methods import config
+    from ..methods.adapeft import AdaPEFTConfig
+
+    specs = {spec.name: spec for spec in config.specs(AdaPEFTConfig)}
     af = sub.add_parser("adapeft-front", formatter_class=_Help,
                         help="AdaPEFT's Pareto front of influence vs parameters (JSON + PNG)",
                         description="Measure AdaPEFT's group influences on the base model and write the exact Pareto "
@@ -230,11 +255,15 @@ def parser():
     _common(af)
     af.add_argument("--budget", type=budget_value, help="trainable parameters (an integer) or a fraction of the "
                     "base model (a number in (0, 1]); default: LoRA's count at the preset's rank")
-    af.add_argument("--groups", default="modules", type=choice("modules", "tensors"), metavar="{modules,tensors}")
-    af.add_argument("--estimator", default="exact", type=choice("exact", "gen"), metavar="{exact,gen}")
-    af.add_argument("--direction", default="adam", type=choice("adam", "sgd"), metavar="{adam,sgd}")
-    af.add_argument("--probe-steps", type=positive_int, default=8, metavar="N")
-    af.add_argument("--every", type=positive_int, default=4, metavar="N", help="measure every N probe steps")
+    for name in ("groups", "estimator", "direction"):  # AdaPEFT's options: its choices and defaults
+        spec = specs[name]
+        values = typing.get_args(config.members(spec.annotation)[0])
+        af.add_argument(f"--{name}", default=spec.default, type=choice(*values), metavar="{" + ",".join(values) + "}",
+                        help=spec.help)
+    af.add_argument("--probe-steps", type=positive_int, default=specs["probe_steps"].default, metavar="N",
+                    help=specs["probe_steps"].help)
+    af.add_argument("--every", type=positive_int, default=specs["every"].default, metavar="N",
+                    help=specs["every"].help)
     af.add_argument("--train-front", action="store_true", help="also fine-tune every front point and report its loss")
     sub.add_parser("methods", help="list the methods, their options (type, default, meaning) and papers",
                    description="List every method: its paper and its options with types, defaults and meanings.")
@@ -260,65 +289,6 @@ def parser():
 
 
 # ------------------------------------------------------------------------------- --set values
-_NONE = ("none", "null")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _members(annotation):
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-    else:
-        members = (annotation,)
-    return sorted(members, key=lambda t: t is str)  # str accepts anything: tried last
-
-
-def _parse_one(text, t):
-    """`text` as a value of the plain type `t` (ValueError when it is not one)."""
-    word = text.strip()
-    if t is type(None):
-        if word.lower() in _NONE:
-            return None
-    elif t is bool:
-        if word.lower() in _TRUE + _FALSE:
-            return word.lower() in _TRUE
-    elif t is int:
-        if re.fullmatch(r"[+-]?\d+", word) and abs(int(word)) <= INT64_MAX:
-            return int(word)
-    elif t is float:
-        return float(word)  # nan and inf parse; the method says where they are invalid
-    elif t is str:
-        return text
-    elif typing.get_origin(t) is tuple:
-        (element,) = typing.get_args(t)[:1]
-        if word[:1] in "([":
-            items = ast.literal_eval(word)  # a literal, never evaluated code
-            if not isinstance(items, (list, tuple)):
-                raise ValueError(text)
-        else:
-            items = [item.strip() for item in word.split(",") if item.strip()]
-        return tuple(item if not isinstance(item, str) else parse_value(item, element, "") for item in items)
-    elif t is dict or typing.get_origin(t) is dict:
-        value = ast.literal_eval(word)
-        if isinstance(value, dict):
-            return value
-    raise ValueError(text)
-
-
-def parse_value(text, annotation, option):
-    """`text` as a value of `annotation` (int, float, bool, str, none, tuple[...], dict, unions),
-    or CliError naming `option` and the type expected."""
-    from ..methods import type_name
-
-    if annotation is None:
-        raise CliError(option, text, "an option with a type annotation (this method's metadata lacks one)")
-    for t in _members(annotation):
-        try:
-            return _parse_one(text, t)
-        except (ValueError, SyntaxError, TypeError, MinisftError, RecursionError):
-            continue
-    raise CliError(option, text, type_name(annotation))
-
-
 def parse_options(pairs):
     """["r=4", "alpha=8"] -> {"r": "4", "alpha": "8"}: each OPTION=VALUE once (values stay text)."""
     out = {}
@@ -334,19 +304,18 @@ def parse_options(pairs):
 
 
 def typed_options(method, pairs):
-    """The --set pairs as typed values for `method` (unknown options named with the valid ones)."""
-    from ..methods import REGISTRY, option_specs
+    """The --set pairs as typed values for `method`, parsed by its config's annotations
+    (minisft.methods.config.from_text); an unknown option is named with the valid ones."""
+    from ..methods import option_specs
+    from ..methods.config import from_text
 
     specs = {spec.name: spec for spec in option_specs(method)}
-    renamed = getattr(REGISTRY[method], "renamed_options", {})  # e.g. MGPP's sigma0 -> var0
     out = {}
     for key, text in parse_options(pairs).items():
-        if key in renamed:
-            raise CliError(f"--set {key}", text, f"{renamed[key]} (renamed; see `minisft methods`): "
-                           f"{REGISTRY[method].option_help[renamed[key]]}")
         if key not in specs:
             raise CliError(f"--set {key}", text, f"an option of {method}: one of {', '.join(specs) or '(none)'}")
-        out[key] = parse_value(text, specs[key].annotation, f"--set {key}")
+        with option(f"--set {key}", text):
+            out[key] = from_text(key, text, specs[key].annotation)
     return out
 
 
@@ -411,8 +380,10 @@ def _method_errors(method, build, given=None):
 def validate(args):
     """Everything that can be checked before data is read: returns what the command needs
     (preset, method objects, training configuration)."""
+    from . import compare as cmp
     from . import experiment as ex
     from ..methods import REGISTRY
+    from ..model.budgets import lora_trainable
 
     check_workdir(args.workdir)
     check_data(args.data)
@@ -422,10 +393,11 @@ def validate(args):
         if args.method not in REGISTRY:
             raise CliError("--method", args.method, f"one of {', '.join(sorted(REGISTRY))}")
         options = typed_options(args.method, args.set)
-        method = _method_errors(args.method, lambda: ex.build_method(args.method, options, preset), options)
-        if getattr(method, "total_steps", None) is not None and method.total_steps > preset.finetune_steps:
-            raise CliError("--set total_steps", method.total_steps, f"at most the run's --steps "
-                           f"({preset.finetune_steps}): the schedule is a fraction of total_steps")
+        method = _method_errors(args.method, lambda: cmp.build_method(args.method, options, preset), options)
+        total = method.options().get("total_steps")
+        if total is not None and total > preset.finetune_steps:
+            raise CliError("--set total_steps", total, f"at most the run's --steps ({preset.finetune_steps}): the "
+                           "schedule is a fraction of total_steps")
         _method_errors(args.method, lambda: method.check_config(preset.model))
         with option("--label", args.label or args.method):
             plan["label"] = name_text(args.label or args.method)
@@ -439,7 +411,16 @@ def validate(args):
         plan["method"] = method
     elif args.command == "compare":
         with option("--only", args.only):
-            ex.check_only(preset, args.only)
+            cmp.check_only(preset, args.only)
+        if args.lr is not None and args.lr_grid:
+            raise CliError("--lr", args.lr, "either --lr (one rate for every row) or --lr-grid, not both")
+        grid = preset.lr_grid_dict()
+        if args.lr is not None:
+            grid = {family: (args.lr,) for family in grid}
+        for family, rates in args.lr_grid or ():
+            grid[family] = tuple(rates)
+        with option("--lr-grid", args.lr_grid):
+            plan["grid"] = cmp.lr_grid(preset, grid)
         if args.gpus is not None and args.gpus > 1:
             from ..core.backend import resolve_backend
 
@@ -448,15 +429,16 @@ def validate(args):
             if backend != "cupy":
                 raise CliError("--gpus", args.gpus, "a machine with GPUs and CuPy (--backend cupy or auto); CPU "
                                "processes: mpirun -n N minisft compare")
-        for label, name, options, *_ in ex.compare_runs(preset):  # a 4th element: per-row training settings
-            method = ex.build_method(name, options, preset)
+        for label, name, options, *_ in cmp.compare_runs(preset):  # a 4th element: per-row training settings
+            method = cmp.build_method(name, options, preset)
             method.check_config(preset.model)
-            with option("--lr", args.lr):
-                ex.finetune_config(preset, method, args.seed, args.lr)
+            for lr in plan["grid"][cmp.family(method)]:
+                with option("--lr", lr):
+                    ex.finetune_config(preset, method, args.seed, lr)
     elif args.command == "adapeft-front":
         from ..methods import AdaPEFT
 
-        budget = ex.lora_trainable(preset.model, preset.lora_r) if args.budget is None else args.budget
+        budget = lora_trainable(preset.model, preset.lora_r) if args.budget is None else args.budget
         with option("--budget", args.budget):
             method = AdaPEFT(budget=budget, groups=args.groups, estimator=args.estimator, direction=args.direction,
                              probe_steps=args.probe_steps, every=args.every, lora_r=preset.lora_r,
@@ -533,6 +515,21 @@ def bench(argv):
     return subprocess.call([sys.executable, "-m", "reference_models.bench.step", *argv])
 
 
+def claims(args):
+    """`minisft claims PATH`: the claims of a compare.json (minisft.app.claims)."""
+    from ..core.fileio import read_json
+    from .claims import evaluate_claims, format_claims
+
+    path = Path(args.path)
+    with option("PATH", args.path):
+        compared = read_json(path / "compare.json" if path.is_dir() else path)
+    try:
+        print(format_claims(evaluate_claims(compared), markdown=args.markdown))
+    except (KeyError, TypeError) as e:
+        raise CliError("PATH", args.path, f"a compare.json written by `minisft compare` (it lacks {e})") from None
+    return 0
+
+
 def export(args):
     """`minisft export RUN --hf OUT | --peft OUT` (minisft.app.export): the folder is checked first, then the run."""
     from .export import export_hf, export_peft
@@ -591,8 +588,10 @@ def _communicator(args):
 
 
 def _run(args):
-    if args.command in ("methods", "vectors", "export"):
+    if args.command in ("methods", "vectors", "export", "claims"):
         return _command(args, None, None)
+    if args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # read by CuPy at its first float32 product, and by the attention tiles
     plan = validate(args)
     comm = _communicator(args)
     try:
@@ -619,6 +618,8 @@ def _rank0_output(comm):
 
 
 def _command(args, plan, comm):
+    if args.command == "claims":
+        return claims(args)
     if args.command == "methods":
         from .report import methods_table
 
@@ -631,7 +632,9 @@ def _command(args, plan, comm):
             return write_suite_command(args.out)
     if args.command == "export":
         return export(args)
+    from . import compare as cmp
     from . import experiment as ex
+    from .claims import evaluate_claims, format_claims
     from .report import format_table, plot_compare
     from ..core.fileio import ensure_writable_dir
 
@@ -645,7 +648,7 @@ def _command(args, plan, comm):
         data = ex.build_data(preset, workdir, args.data, args.encoding, progress)
     if args.command == "pretrain":
         model, result = ex.pretrained(preset, workdir, data, args.backend, args.dtype, args.seed, progress, comm)
-        task = ex.make_task(data.code[0], data.code[1], None, preset, comm)
+        task = ex.make_task(data.code, preset, comm=comm)
         h = ex.unigram_entropy(data.code[0], data.tokenizer.vocab_size)
         loss = ex.evaluate(model, task.val_target, comm)
         print(f"pretrained {preset.name} base: code validation loss {loss:.4f} nats/token; "
@@ -676,21 +679,22 @@ def _command(args, plan, comm):
             raise CliError("--resume", e.value, e.expected) from None
         folder = ex.run_dir(workdir, preset, data, label, args.seed, lr=args.lr, dtype=args.dtype,
                             init=None if args.init is None else ex.init_key(args.init))
-        row = ex.summarize(label, [r])
+        row = cmp.summarize(label, [r], lr=args.lr)
         print(format_table({"rows": [row], "base": r["base"], "domains": data.domains}, {label: r["ms_per_step"]}))
         print(f"\nrun: {folder} (model: {folder / 'model'})")
         return 0
-    out, timings, folder = ex.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
-                                      args.seeds, args.lr, comm, overwrite=args.overwrite)
+    out, timings, folder = cmp.compare(preset, workdir, data, args.backend, args.dtype, args.seed, progress, args.only,
+                                       args.seeds, plan["grid"], comm, overwrite=args.overwrite)
     if not lead:
         return 0
-    ms = {row["label"]: ex.ms_per_step(timings, row["label"]) for row in out["rows"]}
+    ms = {row["label"]: cmp.ms_per_step(timings, row["label"], row["lr"]["chosen"]) for row in out["rows"]}
     print(format_table(out, ms, markdown=args.markdown))
+    print("\n" + format_claims(evaluate_claims(out), markdown=args.markdown))
     if args.markdown:
         seeds = out["seeds"]
         print(f"\n(`minisft compare --preset {preset.name} --seeds {len(seeds)} --markdown`: seeds {seeds[0]}..{seeds[-1]}, "
               f"{out['backend']} {out['dtype']}, minisft {out['minisft_version']}, commit {out['git_commit'] or 'unknown'})")
-    result_name, _, plot_name = ex.compare_files(args.seeds)
+    result_name, _, plot_name = cmp.compare_files(args.seeds)
     png, why = plot_compare(out, folder / plot_name)
     print(f"\nresults: {folder / result_name}" + (f", plot: {png}" if png else f" ({why})"))
     return 0

@@ -2,17 +2,20 @@
 
     minisft export RUN --hf OUT     the fine-tuned model with every adapter merged, as an HF GPT-2
                                     folder (config.json + model.safetensors) that
-                                    `GPT2LMHeadModel.from_pretrained(OUT)` loads
+                                    `GPT2LMHeadModel.from_pretrained(OUT)` loads, with the run's
+                                    tokenizer (tokenizer.json, tokenizer_config.json,
+                                    special_tokens_map.json: `AutoTokenizer.from_pretrained(OUT)`)
     minisft export RUN --peft OUT   a LoRA or LoRA-drop run's adapter as a PEFT folder
                                     (adapter_config.json + adapter_model.safetensors) and, in OUT/base,
-                                    the base model it applies to as an HF GPT-2 folder:
-                                    `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(OUT/base), OUT)`
+                                    the base model it applies to as an HF GPT-2 folder with the
+                                    tokenizer: `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(OUT/base), OUT)`
 
 RUN is a run folder `minisft finetune` wrote (WORKDIR/runs/<experiment>/<label>/seed<s>): its
-`model/merged.safetensors` (the merged base state dict), `model/trained.safetensors` (the trainable
-tensors), `model/manifest.json` (method, options, model config, which base the run started from) and
-`result.json` (the run's fingerprint and the method's report: LoRA-drop's shared layers). Every
-safetensors file is read through `checkpoint.load_checkpoint`, which verifies its checksum.
+`model/merged.safetensors` (the merged base state dict in minisft's names and (out, in) layout, in the
+run's dtype), `model/trained.safetensors` (the trainable tensors), `model/manifest.json` (method,
+options, model config, dtype, which base and tokenizer the run started from) and `result.json` (the
+run's fingerprint and the method's report: LoRA-drop's shared layers). Every safetensors file is
+read through `checkpoint.load_checkpoint`, which verifies its checksum.
 
 Identity, not only integrity (`run_files`): the manifest used is the checksummed copy inside the
 safetensors files, and model/manifest.json, trained.safetensors and merged.safetensors must carry
@@ -20,12 +23,16 @@ the same one; result.json's fingerprint must be the run the manifest names (its 
 report the one the manifest's digest names. An edited manifest, another run's model file or an
 edited result is an error naming the file, never a silent export.
 
-The base of a PEFT export is the file the run started from, as its manifest records it: the cached
-pretrained base (WORKDIR/pretrain/<file>, found from the run folder's place in its workdir, RUN
-resolved first) or the HF folder of `finetune --init`; its tensors must have the digest the run
-recorded when it started (a base replaced since, another seed's or an edited --init folder, is an
-error). LoRA-drop's shared LoRA is written as one copy of its factors per layer that uses it (PEFT
-has no shared factors; interop.write_peft_lora).
+Both exports are in the run's dtype: a float64 run's merged model and PEFT base are float64, so
+transformers' default loading (the checkpoint's dtype) computes in float64. The base of a PEFT export
+is the file the run started from, as its manifest records it: the cached pretrained base
+(WORKDIR/pretrain/<file>, found from the run folder's place in its workdir, RUN resolved first) or
+the HF folder of `finetune --init`, cast to the run's dtype as the run cast it; its tensors must have
+the digest the run recorded when it started (a base replaced since, another seed's or an edited
+--init folder, is an error). The tokenizer is the one whose SHA-256 the manifest records: the
+`--init` folder's tokenizer.json, or the workdir's cached BPE (WORKDIR/cache/bpe-*.json); an export
+without it is refused. LoRA-drop's shared LoRA is written as one copy of its factors per layer that
+uses it (PEFT has no shared factors; interop.write_peft_lora).
 
 OUT is written as one folder (`fileio.replaced_folder`): the files go into a temporary folder that
 takes OUT's place in one step, so a killed export leaves the earlier OUT or the new one, never a
@@ -43,8 +50,10 @@ from ..training.checkpoint import arrays_digest, checkpoint_meta, load_checkpoin
 from ..training.train import MODEL_FILES, run_identity
 from ..core.config import GPTConfig
 from ..core.errors import MinisftError, bad_value, foreign_file
-from ..core.fileio import as_path, atomic_write_json, bad_path, owned_folder, read_json, replaced_folder
+from ..core.fileio import (as_path, atomic_write_json, bad_path, owned_folder, read_checked, read_json,
+    replaced_folder)
 from ..core.version import __version__
+from ..data.tokenizer import BPETokenizer, save_hf_tokenizer
 from ..model.interop import load_hf_gpt2, save_hf_gpt2, write_peft_lora
 
 LORA_METHODS = ("lora", "loradrop")
@@ -62,7 +71,7 @@ def run_files(run):
     run = as_path("run", run)
     if not (run / "model" / "manifest.json").is_file():
         raise bad_value("run", str(run), "a finished run folder of `minisft finetune` (holding model/manifest.json)")
-    run = run.resolve()
+    run = run.resolve()  # the workdir is found from the run's place in it
     manifest = read_json(run / "model" / "manifest.json")
     stored = None
     for name in MODEL_FILES[:2]:
@@ -94,13 +103,48 @@ def _config(manifest, run):
         raise bad_value("run", str(run), f"a model/manifest.json with the model's config ({e})") from None
 
 
+def _workdir(run):
+    """WORKDIR of a run folder WORKDIR/runs/<experiment>/<label>/seed<s>."""
+    return run.parents[3] if len(run.parents) > 3 else run
+
+
+def _tokenizer(run, manifest):
+    """The run's tokenizer (module docstring): the BPETokenizer whose fingerprint the manifest records."""
+    want = manifest.get("tokenizer")
+    init = (manifest.get("base") or {}).get("init")
+    candidates = [Path(init) / "tokenizer.json"] if init else []
+    candidates += sorted((_workdir(run) / "cache").glob("bpe-*.json"))
+    for path in candidates:
+        if path.is_file():
+            try:
+                tok = (BPETokenizer.from_file(path) if path.name == "tokenizer.json"
+                       else BPETokenizer.from_str(read_checked(path), path))
+            except ValueError:  # a damaged cache file is not the run's tokenizer
+                continue
+            if tok.fingerprint() == want:
+                return tok
+    raise bad_value("run", str(run), f"its tokenizer (SHA-256 {want}) in {_workdir(run) / 'cache'}"
+                    + (f" or {init}" if init else "") + ": it was moved or deleted (the tokenizer is exported with "
+                    "the model)")
+
+
+def _save_hf(state_dict, run, manifest, out_dir):
+    """The HF GPT-2 folder of `state_dict` in the run's dtype, with the run's tokenizer."""
+    config = _config(manifest, run)
+    dtype = manifest.get("dtype", "float32")
+    out = save_hf_gpt2({k: v.astype(dtype, copy=False) for k, v in state_dict.items()}, config, out_dir)
+    save_hf_tokenizer(_tokenizer(run, manifest), out, config.block_size)
+    return out
+
+
 def export_hf(run, out_dir):
-    """Write the run's merged model as an HF GPT-2 folder; returns its Path."""
+    """Write the run's merged model and tokenizer as an HF GPT-2 folder; returns its Path."""
     check_out_folder(out_dir)
     run, manifest, _ = run_files(run)
+    _tokenizer(run, manifest)  # refused before anything is written
     arrays, _ = load_checkpoint(run / "model" / "merged.safetensors")
     with _export_folder(out_dir, run, manifest, "hf") as tmp:
-        save_hf_gpt2(arrays, _config(manifest, run), tmp)
+        _save_hf(arrays, run, manifest, tmp)
     return as_path("out_dir", out_dir)
 
 
@@ -112,8 +156,7 @@ def _base_state_dict(run, manifest):
         state_dict = load_hf_gpt2(base["init"])[1]
         where = f"its --init folder {base['init']}"
     elif "pretrained" in base:
-        workdir = run.parents[3] if len(run.parents) > 3 else run  # WORKDIR/runs/<experiment>/<label>/seed<s>
-        path = workdir / base["pretrained"]
+        path = _workdir(run) / base["pretrained"]
         if not path.is_file():
             raise bad_value("run", str(run), f"its base model at {path} (the workdir's cached pretrained base, "
                             "which the run started from); it was moved or deleted")
@@ -159,9 +202,10 @@ def export_peft(run, out_dir):
     run, manifest, result = run_files(run)
     factors = _lora_factors(run, manifest, result)
     base = _base_state_dict(run, manifest)
+    _tokenizer(run, manifest)  # refused before anything is written
     with _export_folder(out_dir, run, manifest, "peft") as tmp:
         write_peft_lora(factors, tmp)
-        save_hf_gpt2(base, _config(manifest, run), Path(tmp) / "base")
+        _save_hf(base, run, manifest, Path(tmp) / "base")
     return as_path("out_dir", out_dir)
 
 

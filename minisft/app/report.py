@@ -1,14 +1,15 @@
 """What `minisft` prints and draws: the comparison table (text or Markdown), the methods table, and
 the comparison plot (PNG, when matplotlib is installed).
 
-The comparison's input is compare.json's dictionary (experiment.compare, or one finetune run made
-into a row by experiment.summarize): rows with counts, memory, mean ± sd of the final losses over
-the seeds, and the per-seed histories; "domains" names the target and source columns.
+The comparison's input is compare.json's dictionary (compare.compare, or one finetune run made
+into a row by compare.summarize): rows with counts, memory, the chosen learning rate, mean ± sd over
+the seeds of the test losses, and the per-seed histories; "domains" names the target and source
+columns.
 
 The plot, three panels and one legend outside them:
-  (1) target-domain loss against source-domain loss (forgetting): one marked point per method, the
-      base model as a star; with several seeds, error bars of ± one standard deviation;
-  (2) target-domain loss against trainable parameters (log scale), the base model as a line;
+  (1) target-domain test loss against source-domain test loss (forgetting): one marked point per
+      method, the base model as a star; with several seeds, error bars of ± one standard deviation;
+  (2) target-domain test loss against trainable parameters (log scale), the base model as a line;
   (3) target-domain validation loss during fine-tuning (mean over seeds, band ± one sd), from the
       base model's loss at step 0.
 Colours: the Okabe–Ito palette (distinguishable with the common colour-vision deficiencies) and a
@@ -28,8 +29,8 @@ NO_MATPLOTLIB = "matplotlib is not installed (pip install 'minisft[plot]'); no p
 
 
 def _columns(domains):
-    return ("method", "trainable", "%", "frozen MB", "train MB", "grads MB", "optim MB", "act MB", "ms/step",
-            f"{domains['target']} val", f"{domains['source']} val", "sparsity")
+    return ("method", "trainable", "%", "frozen MB", "train MB", "grads MB", "optim MB", "act MB", "ms/step", "lr",
+            f"{domains['target']} test", f"{domains['source']} test", "sparsity")
 
 
 def _fmt_stat(stat, digits=4):
@@ -44,22 +45,29 @@ def table_rows(compared, ms_per_step):
     out = []
     base = compared.get("base")
     if base is not None:
-        out.append(["(base model)", "0", "0.00", "", "", "", "", "", "", f"{base['target']:.4f}",
-                    f"{base['source']:.4f}", ""])
+        out.append(["(base model)", "0", "0.00", "", "", "", "", "", "", "", f"{base['test']['target']:.4f}",
+                    f"{base['test']['source']:.4f}", ""])
     for r in compared["rows"]:
         m, c = r["memory"], r["counts"]
         ms = ms_per_step.get(r["label"])
         out.append([r["label"], f"{c['trainable']:,}", f"{c['trainable_pct']:.2f}",
                     f"{m['frozen'] / MB:.2f}", f"{m['trainable'] / MB:.2f}", f"{m['grads'] / MB:.2f}",
                     f"{m['optimizer'] / MB:.2f}", f"{m['activations'] / MB:.2f}",
-                    "-" if ms is None else f"{ms:.1f}", _fmt_stat(r["target"]), _fmt_stat(r["source"]),
+                    "-" if ms is None else f"{ms:.1f}", _lr(r.get("lr")), _fmt_stat(r["target"]), _fmt_stat(r["source"]),
                     f"{r['sparsity']['mean']:.3f}"])
     return out
 
 
+def _lr(lr):
+    """The row's learning rate: the grid's choice, or the one rate a run used ("-": the preset's)."""
+    if isinstance(lr, dict):
+        lr = lr["chosen"]
+    return "-" if lr is None else f"{lr:g}"
+
+
 def format_table(compared, ms_per_step, markdown=False):
     """The comparison as aligned text, or as a Markdown table (`markdown`)."""
-    columns = _columns(compared.get("domains", {"target": "docs", "source": "code"}))
+    columns = _columns(compared.get("domains", {"target": "prose", "source": "code"}))
     body = table_rows(compared, ms_per_step)
     if markdown:
         line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
@@ -119,7 +127,7 @@ def _mean_curve(row):
 
     runs = row["runs"]
     steps = [0] + [e["step"] for e in runs[0]["history"]["eval"]]
-    losses = np.array([[r["base"]["target"]] + [e["target"] for e in r["history"]["eval"]] for r in runs])
+    losses = np.array([[r["base"]["val"]["target"]] + [e["target"] for e in r["history"]["eval"]] for r in runs])
     return steps, losses.mean(axis=0), (losses.std(axis=0, ddof=1) if len(runs) > 1 else None)
 
 
@@ -138,8 +146,8 @@ def plot_compare(compared, path):
     tgt, src = domains["target"], domains["source"]
     styles = _styles([r["label"] for r in rows])
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
-    ax1.plot([base["source"]], [base["target"]], label="base model", **BASE_STYLE)
-    ax2.axhline(base["target"], color="#000000", ls=":", lw=1.2)
+    ax1.plot([base["test"]["source"]], [base["test"]["target"]], label="base model", **BASE_STYLE)
+    ax2.axhline(base["test"]["target"], color="#000000", ls=":", lw=1.2)
     for r in rows:
         colour, marker, ls, filled = styles[r["label"]]
         kw = dict(color=colour, marker=marker, ms=8, mfc=colour if filled else "white", mec=colour, mew=1.6)
@@ -152,14 +160,14 @@ def plot_compare(compared, path):
         ax3.plot(steps, mean, ls=ls, lw=1.6, markevery=[len(steps) - 1], **kw)
         if sd is not None:
             ax3.fill_between(steps, mean - sd, mean + sd, color=colour, alpha=0.12, lw=0)
-    ax3.plot([0], [base["target"]], **BASE_STYLE)
-    ax1.set(xlabel=f"{src} validation loss (source domain: higher = more forgetting)",
-            ylabel=f"{tgt} validation loss (target domain)", title="(1) adaptation vs forgetting")
-    ax2.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"{tgt} validation loss (target domain)",
+    ax3.plot([0], [base["val"]["target"]], **BASE_STYLE)
+    ax1.set(xlabel=f"{src} test loss (source domain: higher = more forgetting)",
+            ylabel=f"{tgt} test loss (target domain)", title="(1) adaptation vs forgetting")
+    ax2.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"{tgt} test loss (target domain)",
             title="(2) adaptation vs trainable parameters")
     ax3.set(xlabel="fine-tuning step", ylabel=f"{tgt} validation loss (target domain)",
             title="(3) validation loss during fine-tuning")
-    ax2.annotate("base model", (1, base["target"]), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+    ax2.annotate("base model", (1, base["test"]["target"]), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                  fontsize=8)
     ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in (ax1, ax2, ax3):

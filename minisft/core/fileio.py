@@ -414,12 +414,13 @@ def _checked_digest(key, data):
     return sha256_hex(json.dumps(key).encode("utf-8") + b"\n" + data)
 
 
-def read_checked(path, key):
+def read_checked(path, key=None):
     """The text stored by `atomic_write_checked` at `path` for `key`, after verifying its SHA-256
     (CorruptFileError naming the path when the file is damaged, edited or of another format) and its
-    key (ForeignFileError when it is an intact file made for another key)."""
-    if not isinstance(key, str):
-        raise bad_type("key", key, "a str (what the file was made for)")
+    key (ForeignFileError when it is an intact file made for another key; key None: any key, for a
+    caller that checks the text's identity itself, by its fingerprint)."""
+    if key is not None and not isinstance(key, str):
+        raise bad_type("key", key, "None or a str (what the file was made for)")
     path = as_path("path", path)
     if path.is_dir():
         raise bad_path("path", path, "a file, not a directory (move the directory away)")
@@ -432,7 +433,7 @@ def read_checked(path, key):
     if not ok:
         raise CorruptFileError(f"path={str(path)!r}: expected a file whose content matches its stored SHA-256 "
                                "(it was damaged or edited)")
-    if stored["key"] != key:
+    if key is not None and stored["key"] != key:
         raise foreign_file("path", path, f"the file made for key {key[:24]}, its name's key; it holds the one made "
                            f"for key {stored['key'][:24]} (it was put there by hand?): move it away and run again")
     return stored["text"]

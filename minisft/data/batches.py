@@ -134,8 +134,9 @@ def validation_batches(ids, batch_size, block_size, n_batches=None):
 
 
 def corpus_streams(corpus, tokenizer):
-    """The training and validation TokenStreams of `corpus` ("<name>/train", "<name>/val")."""
-    from .corpus import Corpus
+    """The training, validation and test TokenStreams of `corpus` ("<name>/train", "<name>/val",
+    "<name>/test")."""
+    from .corpus import SPLITS, Corpus
     from .tokenizer import BPETokenizer
 
     if not isinstance(corpus, Corpus):
@@ -144,5 +145,5 @@ def corpus_streams(corpus, tokenizer):
         raise bad_type("tokenizer", tokenizer, "a minisft.data.tokenizer.BPETokenizer")
     return tuple(
         TokenStream(tokenizer.encode_docs(corpus.docs(split)), f"{corpus.name}/{split}", tokenizer.vocab_size)
-        for split in ("train", "val")
+        for split in SPLITS
     )

@@ -223,3 +223,37 @@ def build_tokenizer(corpora, vocab_size=512, min_frequency=2, cache_dir=None):
     tok = BPETokenizer(_train([d for c in corpora for d in c.train_docs], vocab_size, min_frequency), path)
     atomic_write_checked(path, tok.to_str(), key)
     return tok
+
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_hf_tokenizer(tokenizer, out_dir, model_max_length):
+    """Write `tokenizer` (a BPETokenizer) into the folder `out_dir` as Hugging Face tokenizer files;
+    returns the folder's Path. Files are written atomically:
+
+        tokenizer.json            the tokenizer JSON itself (`to_str()`): `tokenizers.Tokenizer.from_file`
+                                  loads it; set its `encode_special_tokens = True` to encode as minisft
+                                  does a text holding the literal "<|endoftext|>" (as bytes, not id 0)
+        tokenizer_config.json     for `transformers.AutoTokenizer.from_pretrained(out_dir)` and
+                                  `PreTrainedTokenizerFast.from_pretrained(out_dir)`: a fast tokenizer with
+                                  "<|endoftext|>" as its end-of-text, padding and unknown token,
+                                  `split_special_tokens` on (so every text encodes as minisft encodes it),
+                                  no prefix space, `model_max_length` = the model's positions
+        special_tokens_map.json   the same special tokens
+
+    Encoding a text with either HF class gives minisft's `encode(text)` ids
+    (tests/test_export.py::test_hf_tokenizer_encodes_as_minisft)."""
+    from ..core.fileio import atomic_write_json
+
+    if not isinstance(tokenizer, BPETokenizer):
+        raise bad_type("tokenizer", tokenizer, "a minisft BPETokenizer")
+    model_max_length = positive_int("model_max_length", model_max_length)
+    folder = ensure_writable_dir(out_dir, "out_dir")
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
+    config = dict(special, tokenizer_class="PreTrainedTokenizerFast", split_special_tokens=True, add_prefix_space=False,
+                  clean_up_tokenization_spaces=False, model_max_length=model_max_length)
+    atomic_write_text(folder / HF_TOKENIZER_FILES[0], tokenizer.to_str())
+    atomic_write_json(folder / HF_TOKENIZER_FILES[1], config)
+    atomic_write_json(folder / HF_TOKENIZER_FILES[2], special)
+    return folder

@@ -11,8 +11,7 @@
 `arrays` is a list/tuple of arrays or a dict of them, changed in place and returned. A dict is
 walked in sorted key order, so ranks may build it in any order; a list must be in the same order on
 every rank. Every rank must call the same collectives in the same order with the same layout
-(names, shapes, dtypes): `assert_same_layout` checks that once (a mismatch would otherwise sum
-unrelated numbers, or hang).
+(names, shapes, dtypes): a mismatch would sum unrelated numbers, or hang.
 
 Arrays live on the backend's device: NumPy for "single" and "mpi", CuPy for "nccl"; they must be
 C-contiguous (an in-place collective writes through the array's own memory) and of a numeric dtype
@@ -132,18 +131,6 @@ class Communicator:
             return _decode(data)
         with self._watch("bcast_object"):
             return _decode(self._bcast_bytes(data, root))
-
-    def assert_same_layout(self, arrays, what="arrays"):
-        """Raise DistributedError unless every rank passes the same names, shapes and dtypes."""
-        mine = self._layout(arrays, what)
-        layouts = self.allgather_object(mine)
-        for r, other in enumerate(layouts):
-            if other != mine:
-                diff = [x for x in other if x not in mine][:3] or [x for x in mine if x not in other][:3]
-                raise DistributedError(f"{what}: rank {self.rank} holds {len(mine)} tensors, rank {r} {len(other)}, "
-                                       f"and they differ (first differences {diff}); expected the same names, "
-                                       "shapes and dtypes on every rank")
-        return mine
 
     # ----------------------------------------------------------------- lifetime and failure
     def barrier(self):
@@ -267,11 +254,6 @@ class Communicator:
             require(id(a) not in seen, name, "the same array twice", "distinct arrays (one would be reduced twice)")
             seen.add(id(a))
         return [a for _, a in named]
-
-    def _layout(self, arrays, what):
-        items = self._items(arrays, what)
-        names = sorted(arrays) if isinstance(arrays, dict) else list(range(len(items)))
-        return [[str(n), list(a.shape), a.dtype.name] for n, a in zip(names, items)]
 
 
 def _report(items, buckets):

@@ -36,7 +36,6 @@ from .watchdog import DEFAULT_TIMEOUT
 
 BACKENDS = ("auto", "single", "mpi", "nccl")
 DEVICES = ("numpy", "cupy")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 # (rank, size, local rank) variables of each MPI launcher family; None: not provided
 MPI_VARIABLES = (

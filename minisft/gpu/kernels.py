@@ -8,8 +8,8 @@ each against its reference body on the GPU (`pytest -m gpu` on a GPU machine).
 
 | kernel                  | replaces (plain xp)                                    | passes over the big array |
 |-------------------------|--------------------------------------------------------|---------------------------|
-| cross_entropy_rows      | max, subtract, exp, sum, log, gather, divide           | 2 reads + 1 write         |
-| cross_entropy_backward  | copy, scatter −1, scale, mask                          | 1 read + 1 write          |
+| cross_entropy_rows      | argmax, subtract, exp, sum, log1p, gather, divide      | 2 reads + 1 write         |
+| cross_entropy_backward  | copy, scatter −(1 − p), scale, mask                    | 1 read + 1 write          |
 | gelu / gelu_backward    | 8 / 12 elementwise kernels                             | 1 / 2 reads + 1 write     |
 | layernorm / backward    | 9 / 7 kernels                                          | 1-2 reads + 1-2 writes    |
 | adamw                   | ~15 kernels per tensor                                 | one kernel per tensor     |
@@ -32,8 +32,9 @@ the tensors' pointers and cut every tensor into CHUNK-element pieces, one block 
 148 tensors cost a handful of launches instead of a few per tensor.
 
 Attention has its own tiled kernels in minisft.gpu.flash_attention. Rows are reduced by one thread block
-each; (max, sum) pairs combine as in the online softmax (Milakov & Gimelshein 2018):
-(m, s) ⊕ (m', s') = (M, s·e^{m−M} + s'·e^{m'−M}), M = max(m, m').
+each; the cross-entropy's (max, sum) pairs join as in the online softmax (Milakov & Gimelshein 2018),
+the sum leaving out the max's own term: (m, s) ⊕ (m', s') = (m, s + (s' + 1)·e^{m'−m}) for m > m',
+(m, s + s' + 1) for m = m' (proofs/cross_entropy.md).
 """
 
 import functools
@@ -49,19 +50,6 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
-// combine two online-softmax states (m, s): the sum s is relative to the max m
-template <typename T> __device__ __forceinline__ void combine(T &m, T &s, T m2, T s2) {
-    T M = m > m2 ? m : m2;
-    if (M == (T)NEG_INF) { return; }
-    s = s * exp(m - M) + s2 * exp(m2 - M);
-    m = M;
-}
-template <typename T> __device__ __forceinline__ void warp_combine(T &m, T &s) {
-    for (int o = 16; o > 0; o >>= 1) {
-        T m2 = __shfl_xor_sync(0xffffffff, m, o), s2 = __shfl_xor_sync(0xffffffff, s, o);
-        combine(m, s, m2, s2);
-    }
-}
 // block-wide sum; every thread gets the result. blockDim.x is a multiple of 32, at most 1024.
 template <typename T> __device__ T block_sum(T v) {
     __shared__ T buf[32];
@@ -74,37 +62,50 @@ template <typename T> __device__ T block_sum(T v) {
     v = warp_sum(v);
     return v;
 }
-// block-wide online-softmax state; every thread gets (m, s).
-template <typename T> __device__ void block_combine(T &m, T &s) {
+// Cross-entropy state of a set of logits: its max m and s = Σ e^{z − m} over all but one of the entries equal
+// to m (the max's own e^0 = 1 is left out, so that a small s survives: the loss is (m − z_y) + log1p(s)).
+// Empty: (−∞, 0). Joining two states, the smaller max becomes one of the terms of the larger's sum.
+// Symmetric in the two states (bit for bit), so every lane of a butterfly ends with the same state.
+template <typename T> __device__ __forceinline__ void ce_join(T &m, T &s, T m2, T s2) {
+    if (m2 == m) {  // a tie: one of the two maxima becomes a term e^0 = 1
+        if (m != (T)NEG_INF) s = (s + s2) + (T)1;
+        return;
+    }
+    if (m2 > m) { T t = m; m = m2; m2 = t; t = s; s = s2; s2 = t; }
+    if (m2 != (T)NEG_INF) s += (s2 + (T)1) * exp(m2 - m);  // m2 < m here; an empty state adds nothing
+}
+template <typename T> __device__ void block_ce_join(T &m, T &s) {
     __shared__ T bm[32], bs[32];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    warp_combine(m, s);
+    for (int o = 16; o > 0; o >>= 1) ce_join(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
     __syncthreads();
     if (lane == 0) { bm[warp] = m; bs[warp] = s; }
     __syncthreads();
     m = lane < nw ? bm[lane] : (T)NEG_INF;
     s = lane < nw ? bs[lane] : (T)0;
-    warp_combine(m, s);
+    for (int o = 16; o > 0; o >>= 1) ce_join(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
 }
 
-// probs[r, :] = softmax(Z[r, :]); loss[r] = logsumexp(Z[r, :]) − Z[r, y_r] (0 where y_r is ignored)
+// Row r of z: probs[r, :] = softmax(z[r, :]) = e^{z − m} / (1 + s); loss[r] = (m − z_y) + log1p(s) (0 where y_r is
+// ignored); comp[r] = 1 − probs[r, y_r], as s / (1 + s) where z_y = m (no cancellation when probs[r, y_r] ≈ 1).
+// The reference is minisft.nn.cross_entropy.cross_entropy_rows.
 template <typename T>
 __device__ void cross_entropy_rows(const T* Z, const long long* __restrict__ y, T* probs,
-                                   T* __restrict__ loss, long long n_cols, long long ignore_index) {
+                                   T* __restrict__ loss, T* __restrict__ comp, long long n_cols, long long ignore_index) {
     long long r = blockIdx.x;
     const T* z = Z + r * n_cols;
     T* p = probs + r * n_cols;
-    T m = (T)NEG_INF, sum = 0;
-    for (long long j = threadIdx.x; j < n_cols; j += blockDim.x) {
-        T v = z[j];
-        if (v > m) { sum = sum * exp(m - v) + 1; m = v; } else { sum += exp(v - m); }
-    }
+    T m = (T)NEG_INF, s = 0;
+    for (long long j = threadIdx.x; j < n_cols; j += blockDim.x) ce_join(m, s, z[j], (T)0);  // one logit: (z_j, 0)
     bool ignored = y[r] == ignore_index;
-    T z_target = ignored ? (T)0 : z[y[r]];  // read before the barrier in block_combine: probs may alias Z
-    block_combine(m, sum);
-    T inv = (T)1 / sum;
+    T z_target = z[ignored ? 0 : y[r]];  // read before the barrier in block_ce_join: probs may alias Z
+    block_ce_join(m, s);
+    T inv = (T)1 / ((T)1 + s);
     for (long long j = threadIdx.x; j < n_cols; j += blockDim.x) p[j] = exp(z[j] - m) * inv;
-    if (threadIdx.x == 0) loss[r] = ignored ? (T)0 : m + log(sum) - z_target;
+    if (threadIdx.x == 0) {
+        loss[r] = ignored ? (T)0 : (m - z_target) + log1p(s);
+        comp[r] = z_target == m ? s * inv : (T)1 - exp(z_target - m) * inv;
+    }
 }
 // partial[k, c] = Σ_{r = k·R}^{min((k+1)·R, N) − 1} A[r, c] (· B[r, c] when has_b); a block covers 32 columns
 // with 8 rows at a time, so a warp reads 32 consecutive elements of a row
@@ -403,7 +404,7 @@ __device__ void copy_many(const unsigned long long* __restrict__ table, const lo
 _ENTRY = r"""
 extern "C" {
 #define INSTANTIATE(T, S) \
-__global__ void cross_entropy_rows_##S(const T* z, const long long* y, T* p, T* l, long long n, long long ig) { cross_entropy_rows<T>(z, y, p, l, n, ig); } \
+__global__ void cross_entropy_rows_##S(const T* z, const long long* y, T* p, T* l, T* c, long long n, long long ig) { cross_entropy_rows<T>(z, y, p, l, c, n, ig); } \
 __global__ void layernorm_rows_##S(const T* x, const T* w, const T* b, T* y, T* xh, T* rs, long long C, T eps, int kx, int kr) { layernorm_rows<T>(x, w, b, y, xh, rs, C, eps, kx, kr); } \
 __global__ void column_sums_##S(const T* a, const T* b, T* p, long long N, long long C, long long R, int hb) { column_sums<T>(a, b, p, N, C, R, hb); } \
 __global__ void layernorm_rows_backward_##S(const T* dy, const T* xh, const T* rs, const T* w, T* dx, long long C) { layernorm_rows_backward<T>(dy, xh, rs, w, dx, C); } \
@@ -454,17 +455,18 @@ def _scalar(x, v):
 
 # ---------------------------------------------------------------------------- cross-entropy
 def cross_entropy_rows(z, y, ignore_index, out=None):
-    """(probs (N, V), per-row loss (N,)) of logits z (N, V) and int64 targets y (N,); probs are
-    written into `out` when given (it may be z itself)."""
+    """(probs (N, V), per-row loss (N,), 1 − probs[n, y[n]] (N,)) of logits z (N, V) and int64 targets
+    y (N,), as minisft.nn.cross_entropy.cross_entropy_rows; probs are written into `out` when given
+    (it may be z itself)."""
     import cupy
 
     z = cupy.ascontiguousarray(z)
     y = cupy.ascontiguousarray(y, dtype=cupy.int64)
     N, V = z.shape
     probs = cupy.empty_like(z) if out is None else out
-    loss = cupy.empty(N, dtype=z.dtype)
-    _launch("cross_entropy_rows", z, N, (z, y, probs, loss, V, ignore_index))
-    return probs, loss
+    loss, complement = cupy.empty(N, dtype=z.dtype), cupy.empty(N, dtype=z.dtype)
+    _launch("cross_entropy_rows", z, N, (z, y, probs, loss, complement, V, ignore_index))
+    return probs, loss, complement
 
 
 @functools.cache
@@ -472,15 +474,16 @@ def _ce_backward_kernel():
     import cupy
 
     return cupy.ElementwiseKernel(
-        "T p, raw int64 y, raw bool valid, int64 V, T scale", "T dz",
-        "long long r = i / V; dz = valid[r] ? (p - (T)((i % V) == y[r])) * scale : (T)0;",
+        "T p, raw int64 y, raw T complement, raw bool valid, int64 V, T scale", "T dz",
+        "long long r = i / V; dz = valid[r] ? ((i % V) == y[r] ? -complement[r] : p) * scale : (T)0;",
         "minisft_ce_backward")
 
 
-def cross_entropy_backward(probs, y, valid, scale, out=None):
-    """dz = scale · (probs − onehot(y)) on valid rows, 0 on ignored rows; into `out` when given (it
-    may be probs itself: each element is read, then written, by one thread)."""
-    args = (probs, y, valid, probs.shape[-1], probs.dtype.type(scale))
+def cross_entropy_backward(probs, y, complement, valid, scale, out=None):
+    """dz = scale · (probs − onehot(y)) on valid rows, 0 on ignored rows, the target entry written as
+    −scale · complement; into `out` when given (it may be probs itself: each element is read, then
+    written, by one thread)."""
+    args = (probs, y, complement, valid, probs.shape[-1], probs.dtype.type(scale))
     return _ce_backward_kernel()(*args) if out is None else _ce_backward_kernel()(*args, out)
 
 
@@ -490,13 +493,15 @@ _GELU_U = "T u = (T)%r * (x + (T)%r * x * x * x);" % (math.sqrt(2.0 / math.pi), 
 
 @functools.cache
 def _gelu_kernels():
+    """minisft.nn.gelu's forms: y = x / (1 + e^{−2u}), dy/dx = σ(2u) + ½ x sech²(u) u'(x) (no cancellation
+    in the tails; an overflowing exp or cosh gives the limits 0)."""
     import cupy
 
-    fwd = cupy.ElementwiseKernel("T x", "T y", _GELU_U + " y = (T)0.5 * x * ((T)1 + tanh(u));", "minisft_gelu")
+    fwd = cupy.ElementwiseKernel("T x", "T y", _GELU_U + " y = x / ((T)1 + exp((T)-2 * u));", "minisft_gelu")
     bwd = cupy.ElementwiseKernel(
         "T dy, T x", "T dx",
-        _GELU_U + " T t = tanh(u); T du = (T)%r * ((T)1 + (T)%r * x * x);"
-        " dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * du);"
+        _GELU_U + " T c = cosh(u); T du = (T)%r * ((T)1 + (T)%r * x * x);"
+        " dx = dy * ((T)1 / ((T)1 + exp((T)-2 * u)) + (T)0.5 * x * du / (c * c));"
         % (math.sqrt(2.0 / math.pi), 3 * 0.044715),
         "minisft_gelu_backward")
     return fwd, bwd
@@ -728,7 +733,7 @@ class _Chunks:
         start = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first_of_tensor, counts)) * CHUNK
         seg = np.asarray(segments, dtype=np.int32)[tensor]
         self.n_chunks, self.n_seg = int(counts.sum()), (int(max(segments)) + 1 if len(segments) else 0)
-        self.offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        self.offsets = np.cumsum(n) - n  # each tensor's start in the concatenation
         self.total = int(n.sum())
         first = np.searchsorted(seg, np.arange(self.n_seg), side="left").astype(np.int32)
         self.sizes, self.tensor, self.start, self.seg, self.first, self.offset = (

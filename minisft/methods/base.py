@@ -12,26 +12,43 @@ A method decides *what* trains; the trainer (minisft.training.train) does the re
     state_arrays() / load_state_arrays(arrays)     method state a checkpoint must carry (masks)
 `prepare` is deterministic given the rng, so a resumed run re-selects the same way.
 
-Options: every constructor parameter is an option, with a type annotation (int, float, bool, str,
-tuple[str, ...], `int | None`, ...) that `make_method` checks and the command line parses by, a
-one-line meaning in the class's `option_help`, and the class says its source in `paper`; the
-constructor checks every value (a clear error naming the option, the value and the expectation).
-`minisft methods` prints this as a table, and a test checks every registered method has it all.
+Options: one frozen dataclass per method, its `Config` (minisft.methods.config: each field typed,
+with a default and a one-line meaning; checked when made). A method is built from keyword options,
+`SPruFT(ratio=0.1)` (or positionally, in the config's field order), or from its config,
+`SPruFT(SPruFTConfig(ratio=0.1))`; `method.config` holds them. The class says its source in
+`paper`. `minisft methods` prints every option as a table, and a test checks every registered
+method has it all.
 """
 
 import math
+from dataclasses import dataclass
 
 from ..model.adapters import LoRA
 from ..model.budgets import check_targets, lora_trainable, target_layers
-from ..core.errors import bad_value, boolean, positive_int, real_in
+from ..core.errors import bad_type, bad_value, require
 from ..model.gpt import LINEAR_SUFFIXES
+from .config import MethodConfig, option, specs
 
 
 class Method:
     name = "method"
     paper = ""  # one line: authors, year, arXiv id (or "baseline")
-    option_help = {}  # {option: one-line meaning}
+    Config = MethodConfig  # the options' dataclass
     trains_base = False  # True: the method updates base tensors in place (full-FT learning rate)
+
+    def __init__(self, *args, **options):
+        """From its `Config`, or from the Config's arguments (options by keyword, or positionally in
+        the Config's field order), which the Config checks."""
+        names = [spec.name for spec in specs(self.Config)]
+        if len(args) == 1 and not options and isinstance(args[0], MethodConfig):
+            if type(args[0]) is not self.Config:
+                raise bad_type("config", args[0], f"a {self.Config.__name__}")
+            self.config = args[0]
+            return
+        unknown = sorted(set(options) - set(names))
+        if unknown or len(args) > len(names):
+            raise bad_value(f"{self.name} options", unknown or list(args), f"options among {names}")
+        self.config = self.Config(*args, **options)
 
     def check_config(self, config):
         pass
@@ -59,8 +76,8 @@ class Method:
         pass
 
     def options(self):
-        """The constructor arguments, for logs and checkpoint compatibility checks."""
-        return {}
+        """The options, JSON-ready, for logs and checkpoint compatibility checks."""
+        return self.config.to_dict()
 
     def report(self):
         return {}
@@ -76,8 +93,19 @@ class FullFineTune(Method):
     def prepare(self, model, task, rng):
         model.unfreeze()
 
-    def report(self):
-        return {}
+
+@dataclass(frozen=True)
+class LoRAConfig(MethodConfig):
+    r: int = option(8, "rank of the A (r, in) and B (out, r) factors")
+    alpha: float = option(8.0, "scaling numerator: the update is (alpha / r) B A (alpha / sqrt(r) with use_rslora)")
+    targets: tuple[str, ...] = option(LINEAR_SUFFIXES, "linear-layer suffixes to adapt, among "
+                                      + ", ".join(LINEAR_SUFFIXES))
+    use_rslora: bool = option(False, "rank-stabilised scaling alpha / sqrt(r) (PEFT's use_rslora)")
+
+    def check(self):
+        require(self.r > 0, "r", self.r, "a positive integer")
+        require(0 < self.alpha < math.inf, "alpha", self.alpha, "a number in (0, inf)")
+        self._set("targets", check_targets(self.targets))
 
 
 class LoRAMethod(Method):
@@ -85,30 +113,17 @@ class LoRAMethod(Method):
 
     name = "lora"
     paper = "baseline: Hu et al. 2021, arXiv 2106.09685 (LoRA exactly as HF PEFT)"
-    option_help = {"r": "rank of the A (r, in) and B (out, r) factors",
-                   "alpha": "scaling numerator: the update is (alpha / r) B A (alpha / sqrt(r) with use_rslora)",
-                   "targets": f"linear-layer suffixes to adapt, among {', '.join(LINEAR_SUFFIXES)}",
-                   "use_rslora": "rank-stabilised scaling alpha / sqrt(r) (PEFT's use_rslora)"}
-
-    def __init__(self, r: int = 8, alpha: float = 8, targets: tuple[str, ...] = LINEAR_SUFFIXES,
-                 use_rslora: bool = False):
-        self.r = positive_int("r", r)
-        self.alpha = real_in("alpha", alpha, 0.0, math.inf, low_open=True, high_open=True)
-        self.targets = check_targets(targets)
-        self.use_rslora = boolean("use_rslora", use_rslora)
-
-    def options(self):
-        return {"r": self.r, "alpha": self.alpha, "targets": list(self.targets), "use_rslora": self.use_rslora}
+    Config = LoRAConfig
 
     def check_config(self, config):
-        lora_trainable(config, self.r, self.targets)
+        lora_trainable(config, self.config.r, self.config.targets)
 
     def prepare(self, model, task, rng):
-        layers = target_layers(model, self.targets)
+        layers = target_layers(model, self.config.targets)
         if any(model.adapters.get(layer) for layer in layers):
             raise bad_value("model", "a model whose target layers have adapters already",
                             "a model without adapters on the target layers (prepare each model once)")
         model.freeze()
+        c = self.config
         for layer in layers:
-            model.add_adapter(layer, LoRA(model, layer, r=self.r, alpha=self.alpha,
-                                          use_rslora=self.use_rslora, generator=rng))
+            model.add_adapter(layer, LoRA(model, layer, r=c.r, alpha=c.alpha, use_rslora=c.use_rslora, generator=rng))

@@ -238,14 +238,8 @@ def zero_where_dropped(g, keep):
 
     The bits of g times keep (0 or 1) in an unsigned view of g's width: all-zero bits (+0.0) where
     dropped, g's own bits where kept. The same as copyto(g, 0, where=~keep), without the masked
-    store, which on NumPy is about 20 times slower than a multiply. A 0-d g is settled on the host
-    (one bool read): on CuPy 14 the bit multiply of a 0-d view turned a kept -0.0 into +0.0
-    (H100, 2026-11-27; tests/test_gmt_mask.py::test_zero_where_dropped_writes_positive_zero_and_keeps_bits)."""
+    store, which on NumPy is about 20 times slower than a multiply."""
     xp = array_module(g)
-    if g.ndim == 0:
-        if not bool(keep):
-            g[...] = 0
-        return
     if getattr(keep, "dtype", None) != bool or keep.shape != g.shape:
         raise bad_value("keep", getattr(keep, "shape", keep), f"a bool array of g's shape {g.shape}")
     bits = g.view(xp.dtype(f"uint{8 * g.dtype.itemsize}"))

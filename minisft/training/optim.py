@@ -181,10 +181,12 @@ def make_optimizer(name, lr, weight_decay=0.0, **kw):
 
 
 # ----------------------------------------------------------------------------------- schedules
-def lr_at(step, base_lr, schedule="constant", total_steps=None, warmup=0, gamma=0.85, step_every=1):
+def lr_at(step, base_lr, schedule="constant", total_steps=None, warmup=0, gamma=0.85, step_every=1,
+          final_fraction=0.0):
     """Learning rate at `step` (0-based):
-    constant;  cosine — linear warmup over `warmup` steps, then cosine from base_lr to 0 at
-    total_steps;  step — base_lr · gamma^⌊step / step_every⌋ (SPruFT's ×0.85 per epoch)."""
+    constant;  cosine — linear warmup over `warmup` steps, then cosine from base_lr down to
+    final_fraction · base_lr at total_steps (torch's CosineAnnealingLR with eta_min = final_fraction ·
+    base_lr);  step — base_lr · gamma^⌊step / step_every⌋ (SPruFT's ×0.85 per epoch)."""
     nonnegative_int("step", step)
     real_in("base_lr", base_lr, 0.0, math.inf, low_open=True, high_open=True)
     if schedule == "constant":
@@ -195,7 +197,7 @@ def lr_at(step, base_lr, schedule="constant", total_steps=None, warmup=0, gamma=
         if step < warmup:
             return base_lr * (step + 1) / warmup
         progress = min(1.0, (step - warmup) / (total_steps - warmup))
-        return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
     if schedule == "step":
         return base_lr * gamma ** (step // step_every)
     raise bad_value("schedule", schedule, "'constant', 'cosine' or 'step'")

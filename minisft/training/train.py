@@ -18,7 +18,7 @@ error):
     checkpoint.safetensors       the last checkpoint, while the run is unfinished
     model/trained.safetensors    every trainable tensor (adapter parameters, trained base tensors)
     model/merged.safetensors     the base model's state dict with the adapters merged (a plain GPT:
-                                 `GPT.from_state_dict` loads it; HF names)
+                                 `GPT.from_state_dict` loads it; minisft names, (out, in) weights)
     model/manifest.json          what produced it: method and options, configurations, provenance
                                  (preset, data and tokenizer fingerprints from the caller), seed,
                                  minisft version and git commit
@@ -90,10 +90,15 @@ SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT_COST = 0.01  # the default policy's bound on checkpoint time / training time (after the first)
 
 
+EVAL_SPLITS = ("val_target", "val_source", "test_target", "test_source")
+
+
 @dataclass
 class Task:
-    """Training stream and fixed evaluation batches. `val_source` measures forgetting. `comm`: the
-    Communicator of a data-parallel run (None: one process); `batch_size` is the GLOBAL batch."""
+    """Training stream and fixed evaluation batches: validation batches (evaluated during training,
+    for choices) and test batches (evaluated once, at the end, for the reported numbers) of the
+    target domain and of the source domain (forgetting). `comm`: the Communicator of a data-parallel
+    run (None: one process); `batch_size` is the GLOBAL batch."""
 
     train_ids: object
     val_target: list
@@ -101,13 +106,15 @@ class Task:
     batch_size: int = 16
     block_size: int = 64
     comm: object = None
+    test_target: list = field(default_factory=list)
+    test_source: list = field(default_factory=list)
 
     def __post_init__(self):
         if not isinstance(self.train_ids, TokenStream):
             self.train_ids = TokenStream(self.train_ids, "train_ids")
-        for split in ("val_target", "val_source"):
+        for split in EVAL_SPLITS:
             if not isinstance(getattr(self, split), (list, tuple)):
-                raise bad_type(split, getattr(self, split), "a list of (x, y) validation batches")
+                raise bad_type(split, getattr(self, split), "a list of (x, y) evaluation batches")
         self.batch_size = positive_int("batch_size", self.batch_size)
         self.block_size = positive_int("block_size", self.block_size)
         if self.comm is not None and not isinstance(self.comm, Communicator):
@@ -119,7 +126,7 @@ class Task:
     def digest(self):
         """SHA-256 (hex) of the training stream and every validation batch: equal digests, equal data."""
         arrays = {"train": self.train_ids.ids}
-        for split in ("val_target", "val_source"):
+        for split in EVAL_SPLITS:
             for i, (x, y) in enumerate(getattr(self, split)):
                 arrays[f"{split}/{i}/x"], arrays[f"{split}/{i}/y"] = x, y
         return arrays_digest({k: to_numpy(v) for k, v in arrays.items()}, {"B": self.batch_size, "T": self.block_size})
@@ -143,6 +150,7 @@ class TrainConfig:
     gamma: float = 0.85
     step_every: int = 1
     grad_clip: float | None = 1.0
+    final_lr_fraction: float = 0.0
     accumulation: int = 1
     eval_every: int = 50
     checkpoint_every: int | None = None
@@ -158,6 +166,7 @@ class TrainConfig:
         real_in("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
         real_in("weight_decay", self.weight_decay, 0.0, math.inf, low_open=False, high_open=True)
         real_in("gamma", self.gamma, 0.0, 1.0, low_open=True, high_open=False)
+        real_in("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0, low_open=False, high_open=False)
         if self.grad_clip is not None:
             real_in("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
@@ -179,8 +188,8 @@ def _check_model(model):
         raise bad_type("model", model, "a minisft.GPT")
 
 
-HOOKS = ("prepare", "transform_grads", "optimizer_masks", "after_step", "report", "options", "state_arrays",
-         "load_state_arrays")
+HOOKS = ("check_config", "prepare", "transform_grads", "transform_grads_after_clip", "optimizer_masks", "after_step",
+         "report", "options", "state_arrays", "load_state_arrays")  # the protocol of minisft.methods.base
 
 
 def _json_ready(arg, value):
@@ -340,6 +349,9 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
           record=None, overwrite=False):
     """Fine-tune `model` with `method` on `task`; returns a JSON-ready result dict.
 
+    method: any object with every hook of minisft.methods.base's protocol (HOOKS; a Method subclass
+        or not): one that lacks a hook is refused before any work, and `method.check_config(model.
+        config)` runs before `prepare`.
     workdir: the run directory (module docstring), or None to keep nothing on disk.
     resume: continue the run in `workdir` from its last checkpoint; a finished run (its result.json
         of this very configuration, with its model files) is returned as it is, with a note, and
@@ -355,7 +367,8 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
     _check_model(model)
     missing = [h for h in HOOKS if not callable(getattr(method, h, None))]
     if missing:
-        raise bad_type("method", method, f"a minisft method (minisft.methods; it lacks {missing[:3]})")
+        raise bad_type("method", method, f"a minisft method (minisft.methods.base's protocol; it lacks {missing})")
+    method.check_config(model.config)  # options that depend on the model's shape, before any work
     if not isinstance(task, Task):
         raise bad_type("task", task, "a minisft.training.train.Task")
     if not isinstance(cfg, TrainConfig):
@@ -366,8 +379,8 @@ def train(model, method, task, cfg, workdir=None, resume=False, progress=None, l
     require(not (resume and overwrite), "overwrite", overwrite, "False with resume=True (continue, or replace: one)")
     require(not (resume or overwrite) or workdir is not None, "resume" if resume else "overwrite", True,
             "a workdir to resume or overwrite")
-    _check_schedule_length(method, cfg)
     mode_of(progress)
+    _check_schedule_length(method, cfg, progress)
     provenance, record = _json_ready("provenance", provenance), _json_ready("record", record)
     if workdir is None:
         return _train(model, method, task, cfg, None, False, False, progress, label, provenance, record)
@@ -430,14 +443,16 @@ def _checkpoint_step(path):
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def _check_schedule_length(method, cfg):
-    """A method that schedules by the run's length (MGPP, magnitude pruning: `total_steps`) must
-    not be told a longer run than it gets: its schedule would end after the run (never pruning,
-    when it starts after the run's last step)."""
-    total = getattr(method, "total_steps", None)
-    if total is not None and total > cfg.steps:
-        raise bad_value("total_steps", total, f"at most the run's steps={cfg.steps} (the method's schedule is a "
-                        "fraction of total_steps: with more, it would not finish within the run)")
+def _check_schedule_length(method, cfg, progress):
+    """A method that schedules by the run's length (MGPP, magnitude pruning: `total_steps`) told a
+    longer run than it gets does not finish its schedule (nor start it, when it starts after the
+    run's last step): a note says so (a short run of a long schedule can be meant, to measure a
+    step; the command line refuses it)."""
+    total = method.options().get("total_steps")
+    if total is not None and total > cfg.steps and progress is not False:
+        note(f"{method.name}: total_steps={total} is beyond the run's {cfg.steps} steps: its schedule, a fraction of "
+             "total_steps, will not finish within the run (its sparsity stays below final_sparsity, 0 if pruning "
+             "starts after the last step)")
 
 
 def _lead(comm):
@@ -495,7 +510,7 @@ def _train(model, method, task, cfg, workdir, resume, overwrite, progress, label
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
         _finite("gradient norm", grad_norm, step + 1, f"{last} No result was written.")
         grads = method.transform_grads_after_clip(model, grads, step)
-        lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every)
+        lr = lr_at(step, cfg.lr, cfg.schedule, cfg.steps, cfg.warmup, cfg.gamma, cfg.step_every, cfg.final_lr_fraction)
         opt.step(model.trainable_params(), grads, masks=method.optimizer_masks(model), lr=lr, check_finite=False)
         method.after_step(model, step)
         step_times.append(time.perf_counter() - t0)
@@ -520,6 +535,9 @@ def _train(model, method, task, cfg, workdir, resume, overwrite, progress, label
             clock.written(time.perf_counter() - t1)
     bar.close()
     _check_replicas(comm, model, opt, method, generator, cfg.steps)
+    test = {"target": evaluate(model, task.test_target, comm), "source": evaluate(model, task.test_source, comm)}
+    for split in ("target", "source"):
+        _finite(f"{split} test loss", test[split], cfg.steps, f"The model after step {cfg.steps} is not saved; no result was written.")
     result = {
         "method": method.name,
         "options": method.options(),
@@ -528,6 +546,7 @@ def _train(model, method, task, cfg, workdir, resume, overwrite, progress, label
         "memory": peak or memory_report(model, grads, opt),
         "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,  # None: no step ran
         "final": history["eval"][-1] if history["eval"] else None,
+        "test": test,
         "history": history,
         "report": method.report(),
         "sparsity": weight_sparsity(model),

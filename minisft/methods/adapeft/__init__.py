@@ -35,6 +35,7 @@ proofs/decisions.md §2 (AdaPEFT).
 """
 
 from . import curvature, groups, knapsack
+from .config import AdaPEFTConfig, GroupSubsetConfig
 from .method import AdaPEFT, GroupSubset, probe
 
-__all__ = ["AdaPEFT", "GroupSubset", "curvature", "groups", "knapsack", "probe"]
+__all__ = ["AdaPEFT", "AdaPEFTConfig", "GroupSubset", "GroupSubsetConfig", "curvature", "groups", "knapsack", "probe"]

@@ -14,22 +14,13 @@ import numpy as np
 from ...model.budgets import count_params, lora_trainable
 from ...model.gpt import param_shapes
 from ...distributed import data_parallel as dp
-from ...core.errors import NonFiniteLossError, bad_type, positive_int, ratio_in, require
+from ...core.errors import NonFiniteLossError, require
 from ...training.optim import SGD, AdamW
 from ..base import Method
 from . import knapsack
-from .curvature import DIRECTIONS, ESTIMATORS, group_influence, step_direction
-from .groups import apply_groups_by_name, build_groups, check_groups, dense_only
-
-
-def check_budget(budget):
-    """`budget` after checking it is a positive int or a float fraction in (0, 1]."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
-        raise bad_type("budget", budget, "a positive int (parameters) or a float in (0, 1] (fraction of the base)")
-    if isinstance(budget, (int, np.integer)):
-        require(budget > 0, "budget", budget, "a positive parameter count")
-        return int(budget)
-    return ratio_in("budget", budget, 0.0, 1.0)
+from .config import AdaPEFTConfig, GroupSubsetConfig
+from .curvature import group_influence, step_direction
+from .groups import apply_groups_by_name, build_groups, dense_only
 
 
 def capacity_of(budget, base_params):
@@ -119,60 +110,34 @@ class AdaPEFT(Method):
 
     name = "adapeft"
     paper = "Xu & Bu 2025, arXiv 2505.12579 (GeN estimator: arXiv 2407.02772)"
-    option_help = {
-        "budget": "trainable parameters: a count (int) or a fraction of the base model (float in (0, 1])",
-        "groups": "partition into groups: modules (LoRA per module type, biases, norms, embeddings), tensors, "
-                  "or a {name: patterns} dict (Python API)",
-        "estimator": f"influence estimator: {', '.join(ESTIMATORS)} (exact: Hessian-vector product; gen: GeN's fit)",
-        "direction": f"update direction the influence is measured along: {', '.join(DIRECTIONS)}",
-        "probe_steps": "probe training steps (all groups active)",
-        "every": "measure the influence every this many probe steps",
-        "lora_r": "rank of the LoRA groups", "lora_alpha": "scaling numerator of the LoRA groups",
-        "probe_lr": "learning rate of the probe",
-        "eta": "step size the influence is evaluated at (none: probe_lr)",
-    }
+    Config = AdaPEFTConfig
 
-    def __init__(self, budget: int | float = 0.01, groups: str | dict = "modules", estimator: str = "exact",
-                 direction: str = "adam", probe_steps: int = 8, every: int = 4, lora_r: int = 8,
-                 lora_alpha: float = 8, probe_lr: float = 1e-3, eta: float | None = None):
-        self.budget = check_budget(budget)
-        self.groups = check_groups(groups)
-        require(estimator in ESTIMATORS, "estimator", estimator, f"one of {ESTIMATORS}")
-        require(direction in DIRECTIONS, "direction", direction, f"one of {DIRECTIONS}")
-        self.estimator, self.direction = estimator, direction
-        self.probe_steps = positive_int("probe_steps", probe_steps)
-        self.every = positive_int("every", every)
-        self.lora_r = positive_int("lora_r", lora_r)
-        self.lora_alpha = ratio_in("lora_alpha", lora_alpha, 0.0, math.inf, high_open=True)
-        self.probe_lr = ratio_in("probe_lr", probe_lr, 0.0, math.inf, high_open=True)
-        self.eta = None if eta is None else ratio_in("eta", eta, 0.0, math.inf, high_open=True)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         self._report = {}
 
     @property
     def trains_base(self):
         """Full-FT learning rate only when every group is a dense base tensor ("tensors"); a partition
         with LoRA groups ("modules") is a PEFT method."""
-        return dense_only(self.groups)
-
-    def options(self):
-        return {"budget": self.budget, "groups": self.groups, "estimator": self.estimator,
-                "direction": self.direction, "probe_steps": self.probe_steps, "every": self.every,
-                "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "probe_lr": self.probe_lr, "eta": self.eta}
+        return dense_only(self.config.groups)
 
     def check_config(self, config):
         """lora_r against the layers' widths and the budget against the groups of a model of `config`."""
-        if not dense_only(self.groups):
-            lora_trainable(config, self.lora_r)
+        c = self.config
+        if not dense_only(c.groups):
+            lora_trainable(config, c.lora_r)
         base = sum(math.prod(shape) for shape in param_shapes(config).values())
-        check_capacity(self.budget, build_groups(config, self.groups, self.lora_r), base)
+        check_capacity(c.budget, build_groups(config, c.groups, c.lora_r), base)
 
     def prepare(self, model, task, rng):
         require(not model.adapters, "model", f"adapters on {sorted(model.adapters)[:4]}", "a base model without adapters")
-        groups = build_groups(model.config, self.groups, self.lora_r)
-        capacity = check_capacity(self.budget, groups, count_params(model)["base"])
+        c = self.config
+        groups = build_groups(model.config, c.groups, c.lora_r)
+        capacity = check_capacity(c.budget, groups, count_params(model)["base"])
         base = {k: model.params[k].copy() for g in groups for k in g.tensors}
-        records, _ = probe(model, task, rng, groups, self.estimator, self.direction, self.probe_steps, self.every,
-                           self.probe_lr, self.eta, self.lora_alpha, dp.comm_of(task))
+        records, _ = probe(model, task, rng, groups, c.estimator, c.direction, c.probe_steps, c.every,
+                           c.probe_lr, c.eta, c.lora_alpha, dp.comm_of(task))
         for k, v in base.items():
             model.params[k][...] = v
         model.adapters.clear()
@@ -185,11 +150,11 @@ class AdaPEFT(Method):
                 "at least one group with a valid influence estimate that fits the budget "
                 "(try more probe_steps, another estimator or a different probe_lr)")
         chosen = [n for n, z in zip(names, mask) if z]
-        apply_groups_by_name(model, chosen, self.groups, self.lora_r, self.lora_alpha, rng)
+        apply_groups_by_name(model, chosen, c.groups, c.lora_r, c.lora_alpha, rng)
         self._report = {
-            "partition": self.groups if isinstance(self.groups, str) else "user",
-            "estimator": self.estimator, "direction": self.direction,
-            "budget": {"requested": self.budget, "capacity": capacity, "base_params": count_params(model)["base"]},
+            "partition": c.groups if isinstance(c.groups, str) else "user",
+            "estimator": c.estimator, "direction": c.direction,
+            "budget": {"requested": c.budget, "capacity": capacity, "base_params": count_params(model)["base"]},
             "groups": summary,
             "probes": records,
             "chosen": {"groups": chosen, "params": int(sizes[mask].sum()),
@@ -206,36 +171,28 @@ class GroupSubset(Method):
 
     name = "group_subset"
     paper = "Xu & Bu 2025, arXiv 2505.12579 (a fixed subset of AdaPEFT's groups: transfer, front points)"
-    option_help = {"names": "the groups to train, by name (see `minisft adapeft-front`)",
-                   "groups": "the partition the names refer to: modules, tensors, or a {name: patterns} dict",
-                   "lora_r": "rank of the LoRA groups", "lora_alpha": "scaling numerator of the LoRA groups"}
+    Config = GroupSubsetConfig
 
-    def __init__(self, names: tuple[str, ...] = ("lora:attn.c_attn",), groups: str | dict = "modules",
-                 lora_r: int = 8, lora_alpha: float = 8):
-        names = [names] if isinstance(names, str) else list(names)
-        require(bool(names) and all(isinstance(n, str) for n in names), "names", names, "a non-empty list of group names")
-        self.names, self.groups = names, check_groups(groups)
-        self.lora_r = positive_int("lora_r", lora_r)
-        self.lora_alpha = ratio_in("lora_alpha", lora_alpha, 0.0, math.inf, high_open=True)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         self.chosen = []
 
     @property
     def trains_base(self):
-        return dense_only(self.groups)
-
-    def options(self):
-        return {"names": self.names, "groups": self.groups, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha}
+        return dense_only(self.config.groups)
 
     def check_config(self, config):
         """The names against the groups of a model of `config`, and lora_r against its widths."""
-        known = [g.name for g in build_groups(config, self.groups, self.lora_r)]
-        for name in self.names:
-            require(name in known, "names", name, f"a group of the {self.groups!r} partition, such as {known[:4]}")
-        if not dense_only(self.groups):
-            lora_trainable(config, self.lora_r)
+        c = self.config
+        known = [g.name for g in build_groups(config, c.groups, c.lora_r)]
+        for name in c.names:
+            require(name in known, "names", name, f"a group of the {c.groups!r} partition, such as {known[:4]}")
+        if not dense_only(c.groups):
+            lora_trainable(config, c.lora_r)
 
     def prepare(self, model, task, rng):
-        self.chosen = apply_groups_by_name(model, self.names, self.groups, self.lora_r, self.lora_alpha, rng)
+        c = self.config
+        self.chosen = apply_groups_by_name(model, list(c.names), c.groups, c.lora_r, c.lora_alpha, rng)
 
     def report(self):
         return {"groups": [g.name for g in self.chosen], "params": sum(g.size for g in self.chosen)}

@@ -21,11 +21,12 @@ proofs/adamw_masks.md (what AdamW does with a zeroed gradient).
 
 Choices where the paper is ambiguous, or where minisft's trainer decides (Γ by the trainer's
 accumulation and compare's N, the exact count, ties, what trains, freeze_masked, clipping order):
-proofs/decisions.md §4 (GMT). Overhead: the wall time of `transform_grads`, ending with a device
-synchronisation on CuPy; `report()` gives the median in ms. `masks` holds the last step's masks.
+proofs/decisions.md §4 (GMT). `masks` holds the last step's masks; the kept counts stay on the
+device until `report()` or a checkpoint reads them (a step's one host read is the masks' NaN check,
+select.nan_counts).
 """
 
 from .masks import global_gradient_masks, gradient_mask, gradient_masks
-from .method import GMT, SCOPES
+from .method import GMT, SCOPES, GMTConfig
 
-__all__ = ["GMT", "SCOPES", "global_gradient_masks", "gradient_mask", "gradient_masks"]
+__all__ = ["GMT", "GMTConfig", "SCOPES", "global_gradient_masks", "gradient_mask", "gradient_masks"]

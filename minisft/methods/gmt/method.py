@@ -1,17 +1,30 @@
 """GMT as a fine-tuning method: the `GMT` class the trainer drives (map: minisft/methods/gmt/__init__.py;
 decisions: proofs/decisions.md §4; derivations: proofs/gmt_mgpp_methods.md)."""
 
-import time
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
-from ...core.backend import synchronize, to_numpy
-from ...core.errors import boolean, real_in, require
+from ...core.backend import to_numpy
+from ...core.errors import require
+from ..config import MethodConfig, option
 from ..select import zero_where_dropped_all
 from ..base import Method
 from .masks import global_gradient_masks, gradient_masks
 
-SCOPES = ("tensor", "global")
+Scope = Literal["tensor", "global"]
+SCOPES = get_args(Scope)
+
+
+@dataclass(frozen=True)
+class GMTConfig(MethodConfig):
+    drop_ratio: float = option(0.5, "fraction of each gradient's entries dropped (the smallest |g|), in [0, 1)")
+    scope: Scope = option("tensor", "rank entries within each tensor (tensor) or across all tensors (global)")
+    freeze_masked: bool = option(False, "also freeze the dropped entries' Adam moments and weight decay")
+
+    def check(self):
+        require(0 <= self.drop_ratio < 1, "drop_ratio", self.drop_ratio, "a number in [0, 1)")
 
 
 class GMT(Method):
@@ -20,15 +33,11 @@ class GMT(Method):
 
     name = "gmt"
     paper = "Li et al. 2024, arXiv 2406.15330"
-    option_help = {"drop_ratio": "fraction of each gradient's entries dropped (the smallest |g|), in [0, 1)",
-                   "scope": "rank entries within each tensor (tensor) or across all tensors (global)",
-                   "freeze_masked": "also freeze the dropped entries' Adam moments and weight decay"}
+    Config = GMTConfig
     trains_base = True
 
-    def __init__(self, drop_ratio: float = 0.5, scope: str = "tensor", freeze_masked: bool = False):
-        self.drop_ratio = real_in("drop_ratio", drop_ratio, 0.0, 1.0, low_open=False, high_open=True)
-        require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
-        self.scope, self.freeze_masked = scope, boolean("freeze_masked", freeze_masked)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         self._reset()
 
     def _reset(self):
@@ -37,10 +46,6 @@ class GMT(Method):
         self._pending = {}  # names -> (len(names),) kept counts on the device, summed since the last fold
         self._sizes = {}  # name -> entries of the tensor
         self._steps = 0
-        self._seconds = []
-
-    def options(self):
-        return {"drop_ratio": self.drop_ratio, "scope": self.scope, "freeze_masked": self.freeze_masked}
 
     def prepare(self, model, task, rng):
         model.unfreeze()
@@ -49,25 +54,23 @@ class GMT(Method):
 
     def keep_masks(self, grads):
         """{name: (shape) float gradient} -> {name: (shape) bool}, True = kept (scope's ranking)."""
-        if self.scope == "global":
-            return global_gradient_masks(grads, self.drop_ratio)
-        return gradient_masks(grads, self.drop_ratio)
+        if self.config.scope == "global":
+            return global_gradient_masks(grads, self.config.drop_ratio)
+        return gradient_masks(grads, self.config.drop_ratio)
 
     def transform_grads(self, model, grads, step):
-        """Zero the dropped entries of every gradient in place; grads: {name: (shape) array}."""
-        t0 = time.perf_counter()
+        """Zero the dropped entries of every gradient in place; grads: {name: (shape) array}. The kept
+        counts stay on the device (folded into ints by `_fold_pending`)."""
         ordered = {name: grads[name] for name in model.trainable_params() if name in grads}
         self.masks = self.keep_masks(ordered)
         names = tuple(self.masks)
         kept = zero_where_dropped_all([grads[n] for n in names], [self.masks[n] for n in names])
         self._pending[names] = kept if names not in self._pending else self._pending[names] + kept
         self._steps += 1
-        synchronize(model.xp)
-        self._seconds.append(time.perf_counter() - t0)
         return grads
 
     def optimizer_masks(self, model):
-        return self.masks if self.freeze_masked else {}
+        return self.masks if self.config.freeze_masked else {}
 
     def _fold_pending(self):
         """Add the device count vectors into `_kept` (one transfer each): no host read in the step."""
@@ -88,7 +91,7 @@ class GMT(Method):
         self._pending = {}
 
     def report(self):
-        """Realised kept fraction per tensor and overall (mean over the steps), masking overhead."""
+        """Realised kept fraction per tensor and overall (mean over the steps)."""
         if not self._steps:
             return {"steps": 0}
         self._fold_pending()
@@ -98,6 +101,5 @@ class GMT(Method):
             "steps": self._steps,
             "kept_fraction": {name: n / (self._steps * self._sizes[name]) for name, n in kept.items()},
             "kept_fraction_overall": sum(kept.values()) / entries,
-            "mask_ms_per_step": 1000 * float(np.median(self._seconds)) if self._seconds else None,
         }
 

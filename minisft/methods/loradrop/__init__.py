@@ -25,8 +25,8 @@ exact arithmetic, ties, joint vs per-type selection, re-initialisation, draw ord
 proofs/decisions.md §3 (LoRA-drop).
 """
 
-from .method import SELECTIONS, LoRADrop, keep_and_share, layer_importance, layer_scores
+from .method import SELECTIONS, LoRADrop, LoRADropConfig, keep_and_share, layer_importance, layer_scores
 from .selection import layer_output_sq_norm, normalize_importance, select_layers
 
-__all__ = ["SELECTIONS", "LoRADrop", "keep_and_share", "layer_importance", "layer_output_sq_norm", "layer_scores",
-           "normalize_importance", "select_layers"]
+__all__ = ["SELECTIONS", "LoRADrop", "LoRADropConfig", "keep_and_share", "layer_importance", "layer_output_sq_norm",
+           "layer_scores", "normalize_importance", "select_layers"]

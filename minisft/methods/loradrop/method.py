@@ -8,6 +8,10 @@ its squared norm to a float64 running sum on the device; no per-sample output is
 Derivations: proofs/loradrop_method.md.
 """
 
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
 import numpy as np
 
 from ...model.adapters import LoRA, SharedLoRA
@@ -15,14 +19,16 @@ from ...core.backend import array_module, to_numpy
 from ...data.batches import disjoint_windows, windows_at
 from ...model.budgets import check_targets, lora_param_count, lora_trainable, target_layers
 from ...distributed.data_parallel import comm_of, loss_and_grads, mean_batch_loss
-from ...core.errors import bad_type, bad_value, boolean, positive_int, real_in, require
+from ...core.errors import bad_type, bad_value, require
 from ...model.gpt import LINEAR_SUFFIXES
 from ...training.optim import make_optimizer
+from ..config import MethodConfig, option
 from ..select import ratio_count
 from ..base import Method
 from .selection import layer_output_sq_norm, normalize_importance, select_layers
 
-SELECTIONS = ("joint", "per_type")
+Selection = Literal["joint", "per_type"]
+SELECTIONS = get_args(Selection)
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -121,86 +127,86 @@ def keep_and_share(layers, scores, threshold, selection="joint"):
 
 
 # ------------------------------------------------------------------------------------ method
+@dataclass(frozen=True)
+class LoRADropConfig(MethodConfig):
+    r: int = option(8, "LoRA rank")
+    alpha: float = option(8.0, "LoRA scaling numerator (alpha / r)")
+    threshold: float = option(0.9, "keep the most important layers until their normalised importance sums to this")
+    sample_fraction: float = option(0.1, "fraction of the training windows the importance is measured on")
+    probe_steps: int = option(20, "LoRA training steps before measuring the importance")
+    probe_lr: float = option(1e-3, "learning rate of those probe steps")
+    targets: tuple[str, ...] = option(LINEAR_SUFFIXES, "linear-layer suffixes to adapt, among "
+                                      + ", ".join(LINEAR_SUFFIXES))
+    selection: Selection = option("joint", "rank all target layers together (joint) or each module type alone "
+                                           "(per_type)")
+    reinit: bool = option(True, "re-initialise the kept LoRAs after the probe (else keep the probe's weights)")
+
+    def check(self):
+        require(self.r > 0, "r", self.r, "a positive integer")
+        require(0 < self.alpha < math.inf, "alpha", self.alpha, "a number in (0, inf)")
+        require(0 < self.threshold <= 1, "threshold", self.threshold, "a number in (0, 1]")
+        require(0 < self.sample_fraction <= 1, "sample_fraction", self.sample_fraction, "a number in (0, 1]")
+        require(self.probe_steps > 0, "probe_steps", self.probe_steps, "at least 1: an untrained probe has B = 0, "
+                "so every LoRA output, and with it every layer's importance, is zero")
+        require(0 < self.probe_lr < math.inf, "probe_lr", self.probe_lr, "a number in (0, inf)")
+        self._set("targets", check_targets(self.targets))
+
+
 class LoRADrop(Method):
     """LoRA-drop: probe, score by LoRA output, keep the important layers, share one LoRA per
     module type among the rest (package docstring)."""
 
     name = "loradrop"
     paper = "Zhou et al. 2024, arXiv 2402.07721"
-    option_help = {"r": "LoRA rank", "alpha": "LoRA scaling numerator (alpha / r)",
-                   "threshold": "keep the most important layers until their normalised importance sums to this",
-                   "sample_fraction": "fraction of the training windows the importance is measured on",
-                   "probe_steps": "LoRA training steps before measuring the importance",
-                   "probe_lr": "learning rate of those probe steps",
-                   "targets": f"linear-layer suffixes to adapt, among {', '.join(LINEAR_SUFFIXES)}",
-                   "selection": f"rank layers {' or '.join(SELECTIONS)}",
-                   "reinit": "re-initialise the kept LoRAs after the probe (else keep the probe's weights)"}
+    Config = LoRADropConfig
 
-    def __init__(self, r: int = 8, alpha: float = 8, threshold: float = 0.9, sample_fraction: float = 0.1,
-                 probe_steps: int = 20, probe_lr: float = 1e-3, targets: tuple[str, ...] = LINEAR_SUFFIXES,
-                 selection: str = "joint", reinit: bool = True):
-        self.r = positive_int("r", r)
-        self.alpha = real_in("alpha", alpha, 0.0, float("inf"), low_open=True, high_open=True)
-        self.threshold = real_in("threshold", threshold, 0.0, 1.0, low_open=True, high_open=False)
-        self.sample_fraction = real_in("sample_fraction", sample_fraction, 0.0, 1.0, low_open=True, high_open=False)
-        require(probe_steps != 0, "probe_steps", probe_steps, "at least 1: an untrained probe has B = 0, so "
-                "every LoRA output, and with it every layer's importance, is zero")
-        self.probe_steps = positive_int("probe_steps", probe_steps)
-        self.probe_lr = real_in("probe_lr", probe_lr, 0.0, float("inf"), low_open=True, high_open=True)
-        self.targets = check_targets(targets)
-        require(selection in SELECTIONS, "selection", selection, f"one of {SELECTIONS}")
-        self.selection = selection
-        self.reinit = boolean("reinit", reinit)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         self._report = {}
 
-    def options(self):
-        return {"r": self.r, "alpha": self.alpha, "threshold": self.threshold,
-                "sample_fraction": self.sample_fraction, "probe_steps": self.probe_steps,
-                "probe_lr": self.probe_lr, "targets": list(self.targets), "selection": self.selection,
-                "reinit": self.reinit}
-
     def check_config(self, config):
-        lora_trainable(config, self.r, self.targets)
+        lora_trainable(config, self.config.r, self.config.targets)
 
     def sample(self, task, rng):
         """D_s: (starts (k,) host int64 of the sampled windows, m the number of disjoint windows,
         batch(indices into starts) -> (x, y) each (len(indices), T)) (package docstring)."""
         T = task.block_size
         stream, m = disjoint_windows(task.train_ids, T)
-        k = ratio_count(self.sample_fraction, m, "floor")
-        require(k >= 1, "sample_fraction", self.sample_fraction,
+        k = ratio_count(self.config.sample_fraction, m, "floor")
+        require(k >= 1, "sample_fraction", self.config.sample_fraction,
                 f"a fraction keeping at least one of the {m} windows of {stream.name} (got floor(fraction * {m}) = 0)")
         starts = (T + 1) * np.sort(rng.choice(m, size=k, replace=False)).astype(np.int64)
         return starts, m, (lambda i: windows_at(stream.ids, starts[i], T))
 
     def prepare(self, model, task, rng):
         model.freeze()
-        layers = target_layers(model, self.targets)
+        c = self.config
+        layers = target_layers(model, c.targets)
         comm = comm_of(task)
         starts, m, batch = self.sample(task, rng)
         k, B = len(starts), task.batch_size
-        probe = {n: model.add_adapter(n, LoRA(model, n, r=self.r, alpha=self.alpha, generator=rng)) for n in layers}
-        opt = make_optimizer("adamw", self.probe_lr, weight_decay=0.0)
-        for _ in range(self.probe_steps):
+        probe = {n: model.add_adapter(n, LoRA(model, n, r=c.r, alpha=c.alpha, generator=rng)) for n in layers}
+        opt = make_optimizer("adamw", c.probe_lr, weight_decay=0.0)
+        for _ in range(c.probe_steps):
             probe_loss, grads = loss_and_grads(model, *batch(rng.integers(0, k, size=B)), comm)
             opt.step(model.trainable_params(), grads)
         sample = [batch(np.arange(i, min(i + B, k))) for i in range(0, k, B)]
         scores, sample_loss = layer_scores(model, sample, comm)
         importance = layer_importance(scores)
-        kept, shared = keep_and_share(layers, scores, self.threshold, self.selection)
+        kept, shared = keep_and_share(layers, scores, c.threshold, c.selection)
         for n in layers:
-            if not (n in kept and not self.reinit):
+            if not (n in kept and not c.reinit):
                 _detach(model, n, probe[n])
-        if self.reinit:
+        if c.reinit:
             for n in kept:
-                model.add_adapter(n, LoRA(model, n, r=self.r, alpha=self.alpha, generator=rng))
+                model.add_adapter(n, LoRA(model, n, r=c.r, alpha=c.alpha, generator=rng))
         for suffix, dropped in shared.items():
-            SharedLoRA(model, suffix, dropped[0], r=self.r, alpha=self.alpha, generator=rng).attach(model, dropped)
-        n_all, n_kept, n_shared = (lora_param_count((model.params[n + ".weight"].shape for n in names), self.r)
+            SharedLoRA(model, suffix, dropped[0], r=c.r, alpha=c.alpha, generator=rng).attach(model, dropped)
+        n_all, n_kept, n_shared = (lora_param_count((model.params[n + ".weight"].shape for n in names), c.r)
                                    for names in (layers, kept, [d[0] for d in shared.values()]))
         self._report = {
             "sample": {"windows": k, "of_windows": m, "tokens": k * task.block_size},
-            "probe": {"steps": self.probe_steps, "lr": self.probe_lr, "last_loss": probe_loss, "sample_loss": sample_loss},
+            "probe": {"steps": c.probe_steps, "lr": c.probe_lr, "last_loss": probe_loss, "sample_loss": sample_loss},
             "scores": scores,
             "importance": importance,
             "kept": kept,

@@ -34,13 +34,14 @@ Derivations: proofs/mgpp_prior.md (prior, its gradient, the counts), proofs/gmt_
 (the method's gradient, masks and steps).
 """
 
-from .configs import CONFIGS
+from .configs import CONFIGS, MODES, MagnitudePruningConfig, MGPPConfig
 from .method import MGPP
 from .prior import DEFAULT_LAMBDA, DEFAULT_VAR0, DEFAULT_VAR1, MIN_VAR, check_prior, neg_log_prior, neg_log_prior_grad
-from .pruning import MODES, MagnitudePruning
+from .pruning import MagnitudePruning
 from .schedule import (COUNT_RULES, DEFAULT_PRUNE_END_FRACTION, DEFAULT_PRUNE_EVERY_FRACTION, SCOPES, annealed_lambda,
     cubic_sparsity, magnitude_masks, pruning_steps)
 
 __all__ = ["CONFIGS", "COUNT_RULES", "DEFAULT_LAMBDA", "DEFAULT_PRUNE_END_FRACTION", "DEFAULT_PRUNE_EVERY_FRACTION",
-           "DEFAULT_VAR0", "DEFAULT_VAR1", "MGPP", "MIN_VAR", "MODES", "MagnitudePruning", "SCOPES", "annealed_lambda",
+           "DEFAULT_VAR0", "DEFAULT_VAR1", "MGPP", "MGPPConfig", "MIN_VAR", "MODES", "MagnitudePruning",
+           "MagnitudePruningConfig", "SCOPES", "annealed_lambda",
            "check_prior", "cubic_sparsity", "magnitude_masks", "neg_log_prior", "neg_log_prior_grad", "pruning_steps"]

@@ -26,22 +26,6 @@ DEFAULT_VAR1 = 0.05
 MIN_VAR = 1e-300  # so that w / var is a finite float64 (float32 needs var >= ~1e-38)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-# the arguments named sigma0, sigma1 before they became variances (issue 16)
-RENAMED = {"sigma0": "var0", "sigma1": "var1"}
-
-
-def refuse_renamed(renamed, expected="lam, var0, var1"):
-    """Raise a TypeError naming an old `sigma0=` / `sigma1=` keyword (or any other unknown one)
-    and saying what changed; `renamed`: the **kwargs a function or method collected; `expected`:
-    the arguments it takes, for the message about an unknown one."""
-    for old, value in renamed.items():
-        if old in RENAMED:
-            new = RENAMED[old]
-            raise TypeError(f"{old}={value!r}: MGPP's {old} was renamed {new} and is now a VARIANCE, as in the "
-                            f"authors' code (N(0, {new}), not N(0, {old}^2)): pass {new}={old}**2 "
-                            f"(the old default sigma0=1e-4 is var0=1e-8; the defaults are now var0={DEFAULT_VAR0}, "
-                            f"var1={DEFAULT_VAR1})")
-        raise TypeError(f"{old}={value!r}: not an argument (expected one of {expected})")
 
 
 def check_prior(lam, var0, var1):
@@ -60,16 +44,15 @@ def _log_components(theta, lam, var0, var1):
     return slab, spike
 
 
-def neg_log_prior(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAULT_VAR1, **renamed):
+def neg_log_prior(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAULT_VAR1):
     """-log pi(theta), elementwise. theta: any shape -> the same shape (theta's float dtype)."""
-    refuse_renamed(renamed)
     lam, var0, var1 = check_prior(lam, var0, var1)
     xp = array_module(theta)
     slab, spike = _log_components(xp.asarray(theta), lam, var0, var1)
     return -xp.logaddexp(slab, spike)
 
 
-def neg_log_prior_grad(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAULT_VAR1, **renamed):
+def neg_log_prior_grad(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAULT_VAR1):
     """d/dtheta of -log pi(theta), elementwise. theta: any shape -> the same shape.
 
     theta * (w1 / var1 + w0 / var0); w1 = sigmoid(d) = exp(-log(1 + e^-d)) and w0 = sigmoid(-d),
@@ -77,7 +60,6 @@ def neg_log_prior_grad(theta, lam=DEFAULT_LAMBDA, var0=DEFAULT_VAR0, var1=DEFAUL
     factor is finite (var >= 1e-300) so w0 = 0 at large |theta| gives exactly 0, and a subnormal
     theta keeps full relative precision (one rounded product).
     """
-    refuse_renamed(renamed)
     lam, var0, var1 = check_prior(lam, var0, var1)
     xp = array_module(theta)
     theta = xp.asarray(theta)

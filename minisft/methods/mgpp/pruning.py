@@ -5,15 +5,12 @@ proofs/gmt_mgpp_methods.md)."""
 
 import numpy as np
 
-from ...core.errors import bad_value, positive_int, real_in, require
+from ...core.errors import bad_value, require
 from ...model.gpt import linear_layer_names
 from ..select import ratio_count, zero_where_dropped
 from ..base import Method
-from .configs import CONFIGS, config_value
-from .schedule import (COUNT_RULES, DEFAULT_PRUNE_END_FRACTION, DEFAULT_PRUNE_EVERY_FRACTION, SCOPES, authors_count,
-    cubic_sparsity, magnitude_masks, pruning_steps)
-
-MODES = ("regrow", "monotone")
+from .configs import MagnitudePruningConfig
+from .schedule import DEFAULT_PRUNE_EVERY_FRACTION, authors_count, cubic_sparsity, magnitude_masks, pruning_steps
 
 
 class MagnitudePruning(Method):
@@ -25,69 +22,36 @@ class MagnitudePruning(Method):
     name = "magprune"
     trains_base = True
     paper = "Zhu & Gupta 2017, arXiv 1710.01878 (cubic schedule), as MGPP's authors run it (arXiv 2411.00969)"
-    option_help = {
-        "final_sparsity": "s_f: fraction of the prunable weights pruned from t_f on, in [0, 1)",
-        "config": f"named option set {sorted(CONFIGS)}: fills the options left at None",
-        "initial_sparsity": "s_i: sparsity of the first pruning step t_i (None: the config's, 0.3 / gpt2 0.1)",
-        "t_start": "t_i as a fraction of total_steps, floored (None: the config's, 0.1 / gpt2 0.01)",
-        "t_end": "t_f as a fraction of total_steps, floored, < 1: the last pruning step; mask fixed after",
-        "every": "Δt in steps between pruning steps, counted from t_i (None: 1% of total_steps, at least 1)",
-        "mode": "'regrow': masks recomputed from scratch, pruned weights may regrow (authors); "
-                "'monotone': pruned weights frozen, masks only shrink",
-        "count_rule": "'exact': round(s·n) pruned; 'authors': |w| strictly below the int(n·s)-th smallest",
-        "scope": "'global': one ranking over all prunable matrices (authors); 'layer': each matrix alone",
-        "total_steps": "the run's optimizer steps (compare sets it); the schedule is a fraction of it",
-    }
+    Config = MagnitudePruningConfig
 
-    def __init__(self, final_sparsity: float = 0.8, config: str = "default", initial_sparsity: float | None = None,
-                 t_start: float | None = None, t_end: float = DEFAULT_PRUNE_END_FRACTION, every: int | None = None,
-                 mode: str = "regrow", count_rule: str = "exact", scope: str = "global",
-                 total_steps: int | None = None):
-        self.config = config
-        self.final_sparsity = real_in("final_sparsity", final_sparsity, 0.0, 1.0, low_open=False, high_open=True)
-        self.initial_sparsity = real_in("initial_sparsity", config_value(config, "initial_sparsity", initial_sparsity),
-                                        0.0, self.final_sparsity, low_open=False, high_open=False)
-        self.t_start = real_in("t_start", config_value(config, "t_start", t_start), 0.0, 1.0,
-                               low_open=False, high_open=True)
-        self.t_end = real_in("t_end", t_end, 0.0, 1.0, low_open=True, high_open=True)
-        require(self.t_end > self.t_start, "t_end", t_end, f"a fraction greater than t_start={self.t_start!r}")
-        self.every = None if every is None else positive_int("every", every)
-        require(mode in MODES, "mode", mode, f"one of {MODES}")
-        require(count_rule in COUNT_RULES, "count_rule", count_rule, f"one of {COUNT_RULES}")
-        require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
-        self.mode, self.count_rule, self.scope = mode, count_rule, scope
-        self.total_steps = None if total_steps is None else positive_int("total_steps", total_steps)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         self.t_i = self.t_f = self.delta_t = None
         self._steps = set()
-        if self.total_steps is not None:
-            self.t_i, self.t_f, self.delta_t = self._window(self.total_steps)
+        if self.config.total_steps is not None:
+            self.t_i, self.t_f, self.delta_t = self._window(self.config.total_steps)
             self._steps = set(self.pruning_steps())
         self.prunable, self.sizes, self.masks, self.history = [], {}, {}, []  # set by prepare
 
     def _window(self, total_steps):
         """(t_i, t_f, Δt) in steps: floors of the fractions of total_steps, t_i < t_f < total_steps."""
-        t_i = ratio_count(self.t_start, total_steps, "floor")
-        t_f = ratio_count(self.t_end, total_steps, "floor")
+        t_i = ratio_count(self.config.t_start, total_steps, "floor")
+        t_f = ratio_count(self.config.t_end, total_steps, "floor")
         require(t_f > t_i, "total_steps", total_steps,
                 f"enough steps that floor(t_end * total_steps) = {t_f} exceeds floor(t_start * total_steps) = {t_i}")
-        every = self.every or max(1, ratio_count(DEFAULT_PRUNE_EVERY_FRACTION, total_steps, "floor"))
+        every = self.config.every or max(1, ratio_count(DEFAULT_PRUNE_EVERY_FRACTION, total_steps, "floor"))
         return t_i, t_f, every
-
-    def options(self):
-        return {"final_sparsity": self.final_sparsity, "config": self.config,
-                "initial_sparsity": self.initial_sparsity, "t_start": self.t_start, "t_end": self.t_end,
-                "every": self.every, "mode": self.mode, "count_rule": self.count_rule, "scope": self.scope,
-                "total_steps": self.total_steps}
 
     def pruning_steps(self):
         """The 0-based steps t after whose update `after_step` prunes, ascending (t_i, ..., t_f)."""
         return pruning_steps(self.t_i, self.t_f, self.delta_t)
 
     def sparsity_at(self, step):
-        return cubic_sparsity(step, self.final_sparsity, self.t_i, self.t_f, self.initial_sparsity)
+        c = self.config
+        return cubic_sparsity(step, c.final_sparsity, self.t_i, self.t_f, c.initial_sparsity)
 
     def prepare(self, model, task, rng):
-        if self.total_steps is None:
+        if self.config.total_steps is None:
             raise bad_value("total_steps", None, "the number of training steps (TrainConfig.steps): "
                             "t_start, t_end and the default every are fractions of it")
         model.unfreeze()
@@ -98,20 +62,20 @@ class MagnitudePruning(Method):
     def transform_grads(self, model, grads, step):
         """Monotone mode: the pruned entries' gradients set to 0 (they are no longer parameters,
         and stay out of the clipping norm). Regrow mode: nothing (the authors mask no gradient)."""
-        if self.mode == "monotone":
+        if self.config.mode == "monotone":
             for name, keep in self.masks.items():
                 zero_where_dropped(grads[name], keep)
         return grads
 
     def optimizer_masks(self, model):
         """Monotone mode: pruned entries and their AdamW moments stay untouched. Regrow mode: none."""
-        return self.masks if self.mode == "monotone" else {}
+        return self.masks if self.config.mode == "monotone" else {}
 
     def after_step(self, model, step):
         if step in self._steps:
             pruned, regrown = self.prune(model, self.sparsity_at(step))
             self.history.append({"step": step, "pruned": pruned, "regrown": regrown})
-        elif step > self.t_f and self.mode == "regrow":  # the fixed mask, re-applied after every update
+        elif step > self.t_f and self.config.mode == "regrow":  # the fixed mask, re-applied after every update
             for name, keep in self.masks.items():
                 zero_where_dropped(model.params[name], keep)
 
@@ -122,8 +86,8 @@ class MagnitudePruning(Method):
         bool, True = kept) become the new masks. Returns (pruned, regrown): the entries pruned now,
         and those pruned by the last masks that are kept now."""
         weights = {name: model.params[name] for name in self.prunable}
-        kept = (self.masks or None) if self.mode == "monotone" else None
-        new = magnitude_masks(weights, sparsity, self.scope, kept=kept, count_rule=self.count_rule)
+        kept = (self.masks or None) if self.config.mode == "monotone" else None
+        new = magnitude_masks(weights, sparsity, self.config.scope, kept=kept, count_rule=self.config.count_rule)
         xp = model.xp
         regrown = sum(int(xp.count_nonzero(~self.masks[name] & new[name])) for name in self.masks)
         for name, keep in new.items():
@@ -134,8 +98,9 @@ class MagnitudePruning(Method):
     def target_counts(self, sparsity):
         """Pruned entries asked for at `sparsity`: [total] (global) or one per prunable matrix;
         count_rule="authors": the kthvalue rank k (at most k - 1 are pruned)."""
-        sizes = [sum(self.sizes.values())] if self.scope == "global" else [self.sizes[name] for name in self.prunable]
-        if self.count_rule == "authors":
+        sizes = ([sum(self.sizes.values())] if self.config.scope == "global"
+                 else [self.sizes[name] for name in self.prunable])
+        if self.config.count_rule == "authors":
             return [authors_count(sparsity, n) for n in sizes]
         return [ratio_count(sparsity, n, "half_up") for n in sizes]
 
@@ -159,9 +124,7 @@ class MagnitudePruning(Method):
                   for name in self.prunable}
         total = sum(self.sizes.values())
         return {
-            "mode": self.mode,
-            "count_rule": self.count_rule,
-            "scope": self.scope,
+            **{key: getattr(self.config, key) for key in ("mode", "count_rule", "scope")},
             "prunable_params": total,
             "t_start_step": self.t_i,
             "t_end_step": self.t_f,
@@ -173,5 +136,5 @@ class MagnitudePruning(Method):
             "sparsity": {name: p / self.sizes[name] for name, p in pruned.items()},
             "sparsity_overall": sum(pruned.values()) / total,
             "pruned": sum(pruned.values()),
-            "target_pruned": sum(self.target_counts(self.final_sparsity)),
+            "target_pruned": sum(self.target_counts(self.config.final_sparsity)),
         }

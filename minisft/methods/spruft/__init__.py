@@ -51,7 +51,8 @@ code's pitfalls): proofs/decisions.md §1 (SPruFT), with the released files and 
 
 from . import calibration, importance, structure
 from .budget import DEFAULT_RATIO, rows_for_ratio, rows_matching_lora, spruft_rows_per_layer, spruft_trainable
-from .method import IMPORTANCES, MODES, SCOPES, SPruFT
+from .config import IMPORTANCES, MODES, SCOPES, SPruFTConfig
+from .method import SPruFT
 
-__all__ = ["DEFAULT_RATIO", "IMPORTANCES", "MODES", "SCOPES", "SPruFT", "calibration", "importance", "rows_for_ratio",
-           "rows_matching_lora", "spruft_rows_per_layer", "spruft_trainable", "structure"]
+__all__ = ["DEFAULT_RATIO", "IMPORTANCES", "MODES", "SCOPES", "SPruFT", "SPruFTConfig", "calibration", "importance",
+           "rows_for_ratio", "rows_matching_lora", "spruft_rows_per_layer", "spruft_trainable", "structure"]

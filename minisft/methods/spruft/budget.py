@@ -9,7 +9,7 @@ from ...core.errors import bad_value, boolean, positive_int, real_in, require
 from ...model.gpt import LINEAR_SUFFIXES
 from ..select import decimal_fraction, ratio_count
 
-DEFAULT_RATIO = 0.05
+DEFAULT_RATIO = 0.024  # the released script's --finetuning_ratio (proofs/decisions.md §1)
 
 
 def check_budget(ratio, rows):

@@ -10,7 +10,8 @@ differentiates). Over calibration batches b = 1..K a probe accumulates
                             cols_j = Σ_b Σ_n X⁽ᵇ⁾_nj (dY⁽ᵇ⁾W)_nj       (d_in,)   (neuron mode)
     SquaredGradientProbe    F = (1/S) Σ_b Σ_s G_s ⊙ G_s                (d_out, d_in)  OBD
                             (G_s the gradient of sample s's share of its batch loss, S samples)
-    ActivationNormProbe     ‖X_j‖₂ = sqrt(Σ_b Σ_n X⁽ᵇ⁾_nj²)             (d_in,)   wanda (forward only)
+    ActivationNormProbe     ‖X_j‖₂ = sqrt(Σ_b Σ_n X⁽ᵇ⁾_nj²)             (3, d_in) wanda (forward only; the
+                                                                          sum in three scaled ranges)
 
 and `zeroth_order_weight_gradients` estimates G from forward passes only:
 Ĝ = Σ_b SPSA_b(W), each term `importance.zeroth_order_gradient` on batch b's loss.
@@ -30,7 +31,8 @@ from ...model.adapters.base import Adapter
 from ...distributed.data_parallel import loss as global_loss
 from ...distributed.data_parallel import rank_batches, reduce_loss_and_grads, world_size
 from ...core.errors import bad_type, bad_value, positive_int, require
-from .importance import TaylorAccumulator, per_sample_sq_grad_sum, zeroth_order_gradient
+from .importance import (TaylorAccumulator, norms_from_square_sums, per_sample_sq_grad_sum, square_sums_by_range,
+    zeroth_order_gradient)
 
 
 class Probe(Adapter):
@@ -139,17 +141,17 @@ class SquaredGradientProbe(Probe):
 
 
 class ActivationNormProbe(Probe):
-    """‖X_j‖₂ over all calibration tokens (d_in,), accumulated in the FORWARD pass as Σ X_nj²
-    (so a forward-only calibration suffices; the probe asks for no gradient)."""
+    """‖X_j‖₂ over all calibration tokens (d_in,), accumulated in the FORWARD pass as the three range
+    sums of importance.square_sums_by_range (so a forward-only calibration suffices, the probe asks
+    for no gradient, and no square of a tiny or huge activation under- or overflows)."""
 
     def __init__(self, model, layer):
         super().__init__(model, layer)
-        self.sq = self.xp.zeros(self.d_in, dtype=self.dtype)
+        self.sq = self.xp.zeros((3, self.d_in), dtype=self.dtype)
 
     def _forward(self, x, y):
-        # x (..., d_in): add Σ over every token of x² per input feature; no cache, no backward
-        flat = x.reshape(-1, self.d_in)
-        self.sq += self.xp.einsum("nj,nj->j", flat, flat)
+        # x (..., d_in): add every token's squares per input feature; no cache, no backward
+        self.sq += square_sums_by_range(x.reshape(-1, self.d_in))
         self.batches += 1
         return y, None
 
@@ -157,7 +159,7 @@ class ActivationNormProbe(Probe):
         """(d_in,) ‖X_j‖₂ = sqrt(Σ X_nj²) (the released code keeps the squared sum and never takes
         the root; the root changes rankings: proofs/importance.md)."""
         require(self.batches > 0, f"{self.layer} probe", "no batches", "at least one calibration batch first")
-        return self.xp.sqrt(self.sq)
+        return norms_from_square_sums(self.sq)
 
     def buffers(self):
         return {"sq": self.sq}

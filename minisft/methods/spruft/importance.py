@@ -15,6 +15,8 @@ flattened over (B, T); the weight gradient is G = dYᵀ X. Row i of W is output 
                        row_taylor(W, Ĝ)                                          zeroth_order_gradient
     quantile mean      s_i = (1/Q) Σ_q quantile_q({S_c,i}_c),  q ∈ linspace(0, 1, Q)   quantile_mean
     wanda              s_i = Σ_j |W_ij| ‖X_j‖₂, ‖X_j‖₂ over the calibration tokens  row_wanda
+                       (the norm without under/overflow)             square_sums_by_range,
+                                                                     norms_from_square_sums
     random             s_i ~ U[0, 1) i.i.d.                                      random_scores
 
 Column ("input feature") versions, used by the neuron mode (structure.py), are the row functions
@@ -170,7 +172,8 @@ class TaylorAccumulator:
 
 def row_wanda(W, act_norm):
     """W (d_out, d_in), act_norm (d_in,) -> (d_out,): Σ_j |W_ij| · ‖X_j‖₂, Wanda's metric reduced
-    over the input axis j (‖X_j‖₂ = sqrt(Σ_n X_nj²) over the calibration tokens: ActivationNormProbe)."""
+    over the input axis j (‖X_j‖₂ = sqrt(Σ_n X_nj²) over the calibration tokens: ActivationNormProbe,
+    by square_sums_by_range and norms_from_square_sums)."""
     _matrix("W", W)
     _float_array("act_norm", act_norm, 1, f"1-D (d_in,) = ({W.shape[1]},)")
     require(act_norm.shape[0] == W.shape[1], "act_norm.shape", tuple(act_norm.shape), f"({W.shape[1]},), W's d_in")
@@ -179,6 +182,43 @@ def row_wanda(W, act_norm):
     _nonnegative("act_norm", act_norm)
     xp = array_module(W)
     return _scores("W, act_norm", xp.abs(W) @ act_norm)
+
+
+# |x| ranges of the scaled square sums, per float width: (b, s) = below 2^-b (scaled by 2^s), between
+# 2^-b and 2^b (unscaled), at or above 2^b (scaled by 2^-s). Each range's squares stay normal numbers
+# and its sums of up to 2^20 tokens finite: float64 (500, 600), float32 (50, 96).
+SQUARE_SUM_RANGES = {8: (500, 600), 4: (50, 96)}
+
+
+def square_sums_by_range(x):
+    """x (N, d) float32/64 -> (3, d): Σ_n over the tokens of (x_nj·2^s)² where |x_nj| < 2^-b, x_nj² where
+    2^-b ≤ |x_nj| < 2^b, (x_nj·2^-s)² for the rest (|x_nj| ≥ 2^b, and NaN, which propagates)
+    ((b, s) = SQUARE_SUM_RANGES[itemsize]).
+
+    The three sums of a column are ‖X_j‖₂² split so that no square underflows or overflows (x² alone
+    underflows to 0 below |x| ≈ 1.5e-162 in float64, 1e-19 in float32); each is an ordinary sum, so
+    batches and data-parallel ranks add them as they come. `norms_from_square_sums` takes the root."""
+    xp = array_module(x)
+    b, s = SQUARE_SUM_RANGES[x.dtype.itemsize]
+    a = xp.abs(x)
+    low, high = 2.0**-b, 2.0**b
+    out = xp.empty((3, x.shape[-1]), dtype=x.dtype)
+    ranges = ((a < low, 2.0**s), ((a >= low) & (a < high), 1.0), (~(a < high), 2.0**-s))  # NaN, ±inf: the last
+    for i, (part, scale) in enumerate(ranges):
+        scaled = xp.where(part, x, 0) * x.dtype.type(scale)
+        out[i] = xp.einsum("nj,nj->j", scaled, scaled)
+    return out
+
+
+def norms_from_square_sums(sq):
+    """(3, d) square_sums_by_range -> (d,) ‖X_j‖₂ = sqrt(2^-2s·sq[0] + sq[1] + 2^2s·sq[2]), evaluated in
+    the scale of the largest range present; the smaller ones enter by ldexp, and what that rounds to
+    zero lies below 2^-70 (float64; float32: 2^-45) of the sum."""
+    xp = array_module(sq)
+    _, s = SQUARE_SUM_RANGES[sq.dtype.itemsize]
+    small, mid, big = sq
+    return xp.where(big != 0, xp.ldexp(xp.sqrt(big + xp.ldexp(mid, -2 * s) + xp.ldexp(small, -4 * s)), s),
+                    xp.where(mid != 0, xp.sqrt(mid + xp.ldexp(small, -2 * s)), xp.ldexp(xp.sqrt(small), -s)))
 
 
 def random_scores(n, rng):

@@ -1,30 +1,26 @@
 """SPruFT as a fine-tuning method: the `SPruFT` class the trainer drives — score, select, wrap
 (map: minisft/methods/spruft/__init__.py; decisions: proofs/decisions.md §1; derivations: proofs/spruft.md)."""
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...model.adapters import ColumnDelta, RowDelta
-from ...model.adapters.rows import INITS
 from ...core.backend import to_numpy
-from ...model.budgets import check_targets, target_layers, target_shapes
+from ...model.budgets import target_layers, target_shapes
 from ...distributed.data_parallel import comm_of
-from ...core.errors import CheckpointError, bad_value, boolean, positive_int, real_in, require
-from ...model.gpt import LINEAR_SUFFIXES, param_shapes
+from ...core.errors import CheckpointError, require
+from ...model.gpt import param_shapes
 from ..select import ratio_count
 from ..base import Method
-from .budget import check_budget, unit_count
+from .budget import unit_count
 from .calibration import (ActivationNormProbe, GradientProbe, SquaredGradientProbe, StreamingTaylorProbe,
     calibration_batches, run_calibration, zeroth_order_weight_gradients)
-from .importance import (MAGNITUDE_P, col_magnitude, col_obd, col_taylor, col_wanda, global_threshold_rows,
+from .config import GROUP_KINDS, SPruFTConfig
+from .importance import (col_magnitude, col_obd, col_taylor, col_wanda, global_threshold_rows,
     random_scores, row_magnitude, row_obd, row_taylor, row_wanda, top_rows)
 from .structure import ROWS, Groups, attention_head_groups, group_adapter_indices, group_scores, mlp_neuron_groups
 
-IMPORTANCES = ("magnitude", "taylor", "obd", "zeroth_order", "wanda", "random")
-SCOPES = ("layer", "global")
-MODES = ("rows", "neurons")
 # (row score, column score) of each importance; taylor and zeroth_order take (W, G, multivariable)
 SCORERS = {
     "magnitude": (row_magnitude, col_magnitude),
@@ -34,17 +30,6 @@ SCORERS = {
     "wanda": (row_wanda, col_wanda),
 }
 NO_BATCHES = ("magnitude", "random")  # importances that draw no calibration batch
-# neuron-mode group kinds: (row member, column member) suffixes of a block
-GROUP_KINDS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
-
-
-def _targets(targets, mode):
-    targets = check_targets(targets)
-    if mode == "neurons":
-        whole = all(set(pair) <= set(targets) or not set(pair) & set(targets) for pair in GROUP_KINDS.values())
-        require(whole, "targets", list(targets),
-                f"in neuron mode, complete groups: {list(GROUP_KINDS.values())} (each pair wholly or not)")
-    return targets
 
 
 def _axis_score(importance, axis, W, stat, p, multivariable):
@@ -100,70 +85,24 @@ class SPruFT(Method):
 
     name = "spruft"
     paper = "Li & Bhaskara 2025, arXiv 2502.11439"
-    option_help = {
-        "ratio": "fraction of each unit's rows (or neuron groups) to train, in (0, 1] (default 0.05 when rows is none)",
-        "rows": "rows (or neuron groups) to train per unit, instead of ratio",
-        "importance": f"row score: {', '.join(IMPORTANCES)}",
-        "scope": "rank rows within each layer (layer) or across all layers on mean-normalised scores (global)",
-        "mode": "rows: output rows of each linear layer; neurons: whole attention heads / MLP neurons",
-        "init": f"initial value of the trained row deltas: {', '.join(INITS)}",
-        "calib_batches": "calibration batches for data-based scores (the released code's 50)",
-        "calib_batch_size": "sequences per calibration batch (the released code's 1); none: the task's batch size",
-        "multivariable": "Taylor score |sum_j W_ij G_ij| instead of sum_j |W_ij G_ij|",
-        "p": "norm of the magnitude score: 1 or 2",
-        "targets": f"linear-layer suffixes to select rows in, among {', '.join(LINEAR_SUFFIXES)}",
-        "zo_samples": "random directions of the zeroth-order gradient estimate",
-        "zo_eps": "finite-difference step of the zeroth-order estimate",
-        "bias": "train the selected rows' bias entries too",
-    }
+    Config = SPruFTConfig
 
-    def __init__(self, ratio: float | None = None, rows: int | None = None, importance: str = "taylor",
-                 scope: str = "layer", mode: str = "rows", init: str = "zeros", calib_batches: int = 50,
-                 calib_batch_size: int | None = 1, multivariable: bool = False, p: int = 2,
-                 targets: tuple[str, ...] = LINEAR_SUFFIXES, zo_samples: int = 16, zo_eps: float = 1e-3,
-                 bias: bool = True):
-        ratio, rows = check_budget(ratio, rows)
-        if importance == "quantile_taylor":
-            raise bad_value("importance", importance, f"one of {IMPORTANCES}: the quantile mean needs classes, "
-                            "which a next-token objective lacks (see minisft.methods.spruft's docstring)")
-        require(importance in IMPORTANCES, "importance", importance, f"one of {IMPORTANCES}")
-        require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
-        require(mode in MODES, "mode", mode, f"one of {MODES}")
-        require(init in INITS, "init", init, f"one of {INITS}")
-        multivariable = boolean("multivariable", multivariable)
-        require(not multivariable or importance in ("taylor", "zeroth_order"), "multivariable", multivariable,
-                f"False for importance={importance!r} (it is a Taylor-score option)")
-        if isinstance(p, bool) or p not in MAGNITUDE_P:
-            raise bad_value("p", p, f"one of {MAGNITUDE_P}")
-        self.ratio, self.rows = ratio, rows
-        self.importance, self.scope, self.mode, self.init = importance, scope, mode, init
-        self.calib_batches = positive_int("calib_batches", calib_batches)
-        self.calib_batch_size = None if calib_batch_size is None else positive_int("calib_batch_size", calib_batch_size)
-        self.multivariable, self.p = multivariable, int(p)
-        self.targets = _targets(targets, mode)
-        self.zo_samples = positive_int("zo_samples", zo_samples)
-        self.zo_eps = real_in("zo_eps", zo_eps, 0.0, math.inf, low_open=True, high_open=True)
-        self.bias = boolean("bias", bias)
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
         # after prepare: host int64 indices {layer: rows / cols}; host scores {layer: {axis: (d,)}}
         # and {unit: (n,)} (a unit is a layer in row mode, "h.{i}.attn" / "h.{i}.mlp" in neuron mode)
         self.selected_rows, self.selected_cols, self._report = {}, {}, {}
         self.layer_scores, self.unit_scores = {}, {}
 
-    def options(self):
-        return {"ratio": self.ratio, "rows": self.rows, "importance": self.importance, "scope": self.scope,
-                "mode": self.mode, "init": self.init, "calib_batches": self.calib_batches,
-                "calib_batch_size": self.calib_batch_size,
-                "multivariable": self.multivariable, "p": self.p, "targets": list(self.targets),
-                "zo_samples": self.zo_samples, "zo_eps": self.zo_eps, "bias": self.bias}
-
     # ------------------------------------------------------------------------------- prepare
     def prepare(self, model, task, rng):
         require(not model.adapters, "model.adapters", sorted(model.adapters)[:4],
                 "a model without adapters (SPruFT scores and wraps the base model)")
-        layers = target_layers(model, self.targets)
+        layers = target_layers(model, self.config.targets)
         units = self._units(model.config, layers)  # validates `rows` against the model before any work
-        needs_batches = self.importance not in NO_BATCHES
-        batches = calibration_batches(task, rng, self.calib_batches, self.calib_batch_size) if needs_batches else []
+        c = self.config
+        batches = [] if c.importance in NO_BATCHES else calibration_batches(task, rng, c.calib_batches,
+                                                                             c.calib_batch_size)
         model.freeze()
         scores, calibration = self._layer_scores(model, batches, rng, units, comm_of(task))
         unit_scores = {name: u.score(scores) for name, u in units.items()}
@@ -180,11 +119,11 @@ class SPruFT(Method):
 
     def check_config(self, config):
         """`rows` against the target layers' units of a model of `config` (before any data is read)."""
-        self._units(config, [layer for layer, _, _ in target_shapes(config, self.targets)])
+        self._units(config, [layer for layer, _, _ in target_shapes(config, self.config.targets)])
 
     def _units(self, cfg, layers):
         """{unit name: _Unit}: one per layer (row mode) or per block and group kind (neuron mode)."""
-        if self.mode == "rows":
+        if self.config.mode == "rows":
             shapes = param_shapes(cfg)
             units = {layer: _Unit(shapes[layer + ".weight"][0], "rows", ((layer, "rows"),)) for layer in layers}
         else:
@@ -198,10 +137,10 @@ class SPruFT(Method):
                         axes = tuple((f"h.{i}.{_layer_suffix(m.suffix)}", "rows" if m.axis == ROWS else "cols")
                                      for m in groups.members)
                         units[f"h.{i}.{kind}"] = _Unit(groups.n_groups, kind, axes, groups, i)
-        if self.rows is not None:
-            what = "rows" if self.mode == "rows" else "groups"
+        if self.config.rows is not None:
+            what = "rows" if self.config.mode == "rows" else "groups"
             for name, u in units.items():
-                require(self.rows <= u.size, "rows", self.rows, f"at most {u.size}, the {what} of {name}")
+                require(self.config.rows <= u.size, "rows", self.config.rows, f"at most {u.size}, the {what} of {name}")
         return units
 
     def _layer_scores(self, model, batches, rng, units, comm=None):
@@ -212,56 +151,57 @@ class SPruFT(Method):
                 axes.setdefault(layer, []).append(axis)
         W = {layer: model.params[layer + ".weight"] for layer in axes}
         calibration = {"batches": len(batches)}
-        if self.importance == "magnitude":
+        c = self.config
+        if c.importance == "magnitude":
             stats = dict.fromkeys(axes)
-        elif self.importance == "random":  # drawn layer by layer, axis by axis, in unit order
+        elif c.importance == "random":  # drawn layer by layer, axis by axis, in unit order
             stats = {layer: {axis: model.xp.asarray(random_scores(W[layer].shape[0 if axis == "rows" else 1], rng))
                              for axis in axes[layer]} for layer in axes}
         else:
-            if self.importance == "zeroth_order":
-                stats = zeroth_order_weight_gradients(model, list(axes), batches, self.zo_samples, self.zo_eps, rng, comm)
-                calibration.update(forward_passes=2 * self.zo_samples * len(batches), buffers=_shapes(stats))
+            if c.importance == "zeroth_order":
+                stats = zeroth_order_weight_gradients(model, list(axes), batches, c.zo_samples, c.zo_eps, rng, comm)
+                calibration.update(forward_passes=2 * c.zo_samples * len(batches), buffers=_shapes(stats))
             else:
                 probes = {layer: self._probe(model, layer, axes[layer]) for layer in axes}
-                calibration["mean_loss"] = run_calibration(model, probes, batches, backward=self.importance != "wanda",
+                calibration["mean_loss"] = run_calibration(model, probes, batches, backward=c.importance != "wanda",
                                                             comm=comm)
                 calibration["buffers"] = {layer: _shapes(pr.buffers()) for layer, pr in probes.items()}
-                if self.importance == "taylor" and self.multivariable:
+                if c.importance == "taylor" and c.multivariable:
                     return {layer: pr.scores() for layer, pr in probes.items()}, calibration
                 stats = {layer: self._statistic(pr) for layer, pr in probes.items()}
-        scores = {layer: {axis: _axis_score(self.importance, axis, W[layer], stats[layer], self.p, self.multivariable)
+        scores = {layer: {axis: _axis_score(c.importance, axis, W[layer], stats[layer], c.p, c.multivariable)
                           for axis in axes[layer]} for layer in axes}
         return scores, calibration
 
     def _statistic(self, probe):
         """What the scores need from a probe: G (taylor), F (obd) or ‖X_j‖₂ (wanda)."""
-        if self.importance == "taylor":
+        if self.config.importance == "taylor":
             return probe.G
-        return probe.fisher() if self.importance == "obd" else probe.norms()
+        return probe.fisher() if self.config.importance == "obd" else probe.norms()
 
     def _probe(self, model, layer, axes):
-        if self.importance == "wanda":
+        if self.config.importance == "wanda":
             return ActivationNormProbe(model, layer)
-        if self.importance == "obd":
+        if self.config.importance == "obd":
             return SquaredGradientProbe(model, layer)
-        if self.multivariable:
+        if self.config.multivariable:
             return StreamingTaylorProbe(model, layer, rows="rows" in axes, cols="cols" in axes)
         return GradientProbe(model, layer)
 
     def _select(self, units, unit_scores):
         """{unit: host int64 indices}: top-k per unit, or one threshold per family (global)."""
-        if self.scope == "layer":
-            return {name: to_numpy(top_rows(unit_scores[name], unit_count(u.size, self.ratio, self.rows))) for name, u in units.items()}
+        c = self.config
+        if c.scope == "layer":
+            return {name: to_numpy(top_rows(unit_scores[name], unit_count(u.size, c.ratio, c.rows)))
+                    for name, u in units.items()}
         chosen = {}
         for family in dict.fromkeys(u.family for u in units.values()):
             names = [name for name, u in units.items() if u.family == family]
             sizes = [units[name].size for name in names]
-            total = (max(1, ratio_count(self.ratio, sum(sizes), "floor")) if self.rows is None
-                     else self.rows * len(names))
+            total = max(1, ratio_count(c.ratio, sum(sizes), "floor")) if c.rows is None else c.rows * len(names)
             picked = global_threshold_rows({name: unit_scores[name] for name in names}, total)
             chosen.update({name: to_numpy(idx) for name, idx in picked.items()})
         return chosen
-
 
     def _attach(self, model, layers, rng):
         """Row deltas (and column deltas in neuron mode) in linear-layer order; {layer: trainable}."""
@@ -269,10 +209,11 @@ class SPruFT(Method):
         for layer in layers:
             n = 0
             if layer in self.selected_rows:
-                ad = RowDelta(model, layer, self.selected_rows[layer], bias=self.bias, init=self.init, generator=rng)
+                ad = RowDelta(model, layer, self.selected_rows[layer], bias=self.config.bias, init=self.config.init,
+                              generator=rng)
                 n += model.add_adapter(layer, ad).n_trainable()
             if layer in self.selected_cols:
-                ad = ColumnDelta(model, layer, self.selected_cols[layer], init=self.init, generator=rng)
+                ad = ColumnDelta(model, layer, self.selected_cols[layer], init=self.config.init, generator=rng)
                 n += model.add_adapter(layer, ad).n_trainable()
             trainable[layer] = n
         return trainable
@@ -280,15 +221,14 @@ class SPruFT(Method):
     # -------------------------------------------------------------------------------- report
     def _make_report(self, layers, units, chosen, trainable, calibration):
         report = {
-            "importance": self.importance, "multivariable": self.multivariable, "mode": self.mode,
-            "scope": self.scope,
+            **{key: getattr(self.config, key) for key in ("importance", "multivariable", "mode", "scope")},
             "rows": {layer: self.selected_rows[layer].tolist() for layer in layers if layer in self.selected_rows},
             "counts": {layer: int(self.selected_rows.get(layer, np.empty(0)).size) for layer in layers},
             "trainable_by_layer": trainable,
             "trainable": sum(trainable.values()),
             "calibration": calibration,
         }
-        if self.mode == "neurons":
+        if self.config.mode == "neurons":
             report["columns"] = {layer: self.selected_cols[layer].tolist()
                                  for layer in layers if layer in self.selected_cols}
             report["column_counts"] = {layer: int(self.selected_cols.get(layer, np.empty(0)).size) for layer in layers}

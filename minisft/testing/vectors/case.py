@@ -1,6 +1,11 @@
 """One golden-vector case being written: named tensors with their manifest entries, turned into a
 safetensors file and a manifest record (the format: minisft.testing's docstring).
 
+A case states its rule (`rule`: formulas and precise sentences, conventions, rounding, tie order,
+what is included) so that it can be implemented from the manifest alone: no field points into
+minisft's source as the definition (tests/test_vectors.py checks every case). `discriminates`
+names the readings of the rule that the case's tensors tell apart.
+
 Tolerances. A float tensor's entry carries rtol and atol = rtol · max|finite expected| (its scale):
 - "float64": 1e-10, the bound minisft's own float64 parity tests meet against PyTorch;
 - "float32": 1e-5. A float32 case's expected values are computed in float64 from its float32
@@ -25,10 +30,10 @@ PLAIN = "C order, axes as listed"
 class CaseWriter:
     """Collects the tensors of one case; `record()` is its manifest entry, `to_bytes()` its file."""
 
-    def __init__(self, name, description, checks, settings=None):
-        self.name, self.description, self.checks = name, description, checks
+    def __init__(self, name, description, rule, references, settings=None):
+        self.name, self.description, self.rule, self.references = name, description, rule, references
         self.settings = dict(settings or {})
-        self.tensors, self.entries = {}, {}
+        self.tensors, self.entries, self.readings = {}, {}, []
 
     def _add(self, key, array, entry):
         if key in self.tensors:
@@ -55,9 +60,18 @@ class CaseWriter:
         self._add(key, a, {"role": "expected", "meaning": meaning, "axes": axes, "layout": layout,
                            "equation": equation, "rtol": rtol, "atol": atol})
 
+    def discriminates(self, reading_id, tensors, right, wrong):
+        """Name a close reading of the rule this case tells apart: on `tensors` (keys of this case)
+        the `right` reading and the `wrong` one give different answers."""
+        unknown = [k for k in tensors if k not in self.entries]
+        if unknown:
+            raise bad_value(f"{self.name} discriminating tensors", unknown, "keys of tensors added to the case")
+        self.readings.append({"id": reading_id, "tensors": list(tensors), "right": right, "wrong": wrong})
+
     def record(self):
-        return {"file": f"{self.name}.safetensors", "description": self.description, "checks": self.checks,
-                "settings": self.settings, "tensors": self.entries}
+        return {"file": f"{self.name}.safetensors", "description": self.description, "rule": self.rule,
+                "references": self.references, "discriminates": self.readings, "settings": self.settings,
+                "tensors": self.entries}
 
     def to_bytes(self):
         """The safetensors bytes: tensors in the format's fixed order, no metadata (deterministic)."""

@@ -5,7 +5,6 @@ Batches are inputs of a case, never numpy RNG draws the other implementation wou
 repeat: `ReplayTask.sample` hands out the given batches in order and ignores the generator.
 """
 
-import inspect
 
 import numpy as np
 
@@ -13,7 +12,7 @@ from ...core.backend import to_numpy
 from ...data.batches import TokenStream, windows_at
 from ...core.config import GPTConfig
 from ...core.errors import bad_value
-from ...methods import REGISTRY, make_method
+from ...methods import make_method, method_options
 from ...model.gpt import GPT, linear_layer_names
 from ...training.train import Task
 from .case import PLAIN, WEIGHT_OUT_IN
@@ -56,9 +55,7 @@ def fixed_batches(n, seed):
 def explicit_method(name, **options):
     """make_method(name, **options) with EVERY option of the method given: a default changed later
     must not silently change a golden case (a new option makes this fail until it is set here)."""
-    params = inspect.signature(REGISTRY[name].__init__).parameters.values() if name in REGISTRY else ()
-    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-    missing = sorted(named - set(options))
+    missing = sorted(set(method_options(name)) - set(options))
     if missing:
         raise bad_value(f"{name} options of a vectors case", missing,
                         "every option set explicitly (minisft/testing/vectors/: add them, then regenerate the kept copy)")

@@ -10,7 +10,7 @@ save_pretrained leaves it out); the gradient of wte is the sum of its embedding 
 
 import numpy as np
 
-from ...model.interop import CONV1D, PREFIX, to_hf_gpt2
+from ...model.interop import CONV1D, PREFIX, hf_gpt2_config, to_hf_gpt2
 from .case import PLAIN, WEIGHT_IN_OUT, CaseWriter, float32_case
 from .fixtures import B, CONFIG, T, tiny_gpt2_params, tiny_model
 
@@ -41,24 +41,30 @@ def gpt2_cases():
         case = CaseWriter(
             f"gpt2_tiny_{dtype}",
             f"a {CONFIG.n_layer}-layer GPT-2 (vocab {CONFIG.vocab_size}, {CONFIG.block_size} positions, "
-            f"{CONFIG.n_head} heads, width {CONFIG.n_embd}, no dropout) in {dtype}: logits, mean cross-entropy "
-            "and the gradient of every parameter, with HF GPT2LMHeadModel names and layout"
-            + ("" if dtype == "float64" else "; expected values computed in float64 from the float32 parameters"),
-            "minisft/model/gpt.py (GPT-2: pre-LayerNorm blocks, tanh GELU, causal attention, LM head tied to wte); "
-            "proofs/ of each layer",
-            {"config": CONFIG.to_dict(), "hf_config": {"model_type": "gpt2", "activation_function": "gelu_new",
-                                                       "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True},
+            f"{CONFIG.n_head} heads, width {CONFIG.n_embd}) in {dtype}: logits, mean cross-entropy and the gradient "
+            "of every parameter, with HF GPT2LMHeadModel names and layout",
+            "The model of conventions.model on the given parameters, which are stored as HF GPT2LMHeadModel's "
+            "state_dict holds them: names with the 'transformer.' prefix, and the Conv1D weights attn.c_attn, "
+            "attn.c_proj, mlp.c_fc, mlp.c_proj as (in, out) (y = x W + b; transpose them for conventions.model's "
+            "(out, in)); lm_head.weight is tied to transformer.wte.weight and not stored. Expected: logits (B, T, V), "
+            "the mean cross-entropy over the targets that are not -100, and its gradient with respect to every "
+            "stored parameter in the same names and layout; the gradient of wte is the sum of its embedding and "
+            "LM-head uses." + ("" if dtype == "float64" else " float32 case: expected values computed in float64 "
+                                                              "from the float32 parameters, rounded to float32."),
+            "GPT-2: Radford et al. 2019",
+            {"config": CONFIG.to_dict(), "hf_config": hf_gpt2_config(CONFIG, dtype),
              "lm_head": "tied to transformer.wte.weight (not stored)", "ignore_index": -100})
         case.input("idx", idx, "input token ids", "(B, T)")
         case.input("targets", targets, "next-token targets; -100 = ignored", "(B, T)")
         for name, value in _hf(params).items():
             case.input(f"params/{name}", value, f"parameter {name}", str(value.shape), _layout(name))
-        case.expected("logits", logits.astype(dtype), "ln_f(x) wteᵀ", "(B, T, vocab)", "minisft.GPT.logits", dtype)
+        case.expected("logits", logits.astype(dtype), "ln_f(h) wteᵀ", "(B, T, vocab)", "logits = ln_f(h) wte^T",
+                      dtype)
         case.expected("loss", np.asarray(loss, dtype=dtype), "mean cross-entropy over the non-ignored targets", "()",
-                      "minisft.GPT.loss_and_grads", dtype)
+                      "mean over targets != -100 of logsumexp(logits) - logits[target]", dtype)
         for name, g in _hf(grads).items():
             extra = " (embedding and tied LM head together)" if name.endswith("wte.weight") else ""
             case.expected(f"grads/{name}", g.astype(dtype), f"dloss/d{name}{extra}", str(g.shape),
-                          "minisft.GPT.loss_and_grads (explicit backward)", dtype, _layout(name))
+                          f"d loss / d {name}", dtype, _layout(name))
         cases.append(case)
     return cases

@@ -2,8 +2,7 @@
 
 Each case gives the inputs and an upstream gradient dy (dloss = 1 for the cross-entropy) and
 expects the output and every input/weight gradient, i.e. the vector-Jacobian products
-dL/dθ = (∂out/∂θ)ᵀ dy. Derivations: proofs/<layer>.md; the forward formula is the layer module's
-docstring.
+dL/dθ = (∂out/∂θ)ᵀ dy; each case's rule states the layer's formula (RULES).
 """
 
 import numpy as np
@@ -131,6 +130,26 @@ def _cross_entropy(rng):
 
 
 BUILDERS = (_linear, _attention, _layernorm, _gelu, _embedding, _cross_entropy)
+RULES = {
+    "linear": "y = x W^T + b with W (d_out, d_in); for the upstream gradient dy: dx = dy W, dW = sum over the "
+              "leading axes of dy^T x, db = sum over the leading axes of dy.",
+    "attention": "Causal multi-head self-attention on the fused projection qkv (B, T, 3C), C = H * hd: q, k, v = "
+                 "qkv[..., 0:C], qkv[..., C:2C], qkv[..., 2C:3C]; head j uses features j*hd..(j+1)*hd; y_j = "
+                 "softmax(q_j k_j^T / sqrt(hd), position t attending to 0..t) v_j; y = the heads concatenated in "
+                 "order. dqkv = the vector-Jacobian product of y at dy, in qkv's layout.",
+    "layernorm": "y = (x - mean) / sqrt(var + 1e-5) * w + b over the last axis, var the biased variance (divided by "
+                 "C); dx, dw, db the vector-Jacobian products at dy (dw, db summed over the leading axes).",
+    "gelu": "y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GPT-2's tanh approximation, not the erf GELU); "
+            "dx = dy * dy/dx elementwise.",
+    "embedding": "x = wte[idx] + wpe[0..T-1] (positions 0..T-1 of the (n_positions, C) table); dwte row v = sum of "
+                 "dy[b, t] over the (b, t) with idx[b, t] = v (0 for unused ids); dwpe row t = sum over b of "
+                 "dy[b, t] for t < T, 0 beyond.",
+    "cross_entropy": "loss = mean over the positions whose target is not -100 of logsumexp(z) - z[target] (natural "
+                     "log); dlogits = d loss / d z = (softmax(z) - onehot(target)) / n_valid on valid positions, 0 "
+                     "on ignored ones (upstream dloss = 1).",
+}
+FLOAT32 = (" float32 case: the inputs are float32; the expected values are computed in float64 arithmetic from "
+           "them and rounded to float32 (the correctly rounded answer).")
 
 
 def nn_cases():
@@ -143,19 +162,14 @@ def nn_cases():
             given = values if dtype == "float64" else float32_case(values)
             out = run(widened(given))
             case = CaseWriter(
-                f"nn_{layer}_{dtype}",
-                f"minisft.nn.{layer}_forward / _backward in {dtype}"
-                + ("" if dtype == "float64" else " (expected: float64 arithmetic on these float32 inputs, "
-                                                 "rounded to float32)"),
-                f"minisft/nn/{layer}.py docstring; derivation proofs/{layer}.md",
-                settings)
+                f"nn_{layer}_{dtype}", f"the {layer} layer's forward and backward in {dtype}",
+                RULES[layer] + ("" if dtype == "float64" else FLOAT32), "GPT-2: Radford et al. 2019", settings)
             for key, value in given.items():
                 meaning, axes = docs[key]
                 case.input(key, value, meaning, axes, layouts.get(key, PLAIN))
             for key, value in out.items():
                 meaning, axes = docs[key]
-                case.expected(key, np.asarray(value).astype(dtype), meaning, axes,
-                              f"minisft.nn.{layer}_{'forward' if key in ('y', 'x', 'loss') else 'backward'}",
-                              dtype, layouts.get(key, PLAIN))
+                case.expected(key, np.asarray(value).astype(dtype), meaning, axes, meaning, dtype,
+                              layouts.get(key, PLAIN))
             cases.append(case)
     return cases

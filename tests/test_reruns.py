@@ -268,6 +268,9 @@ def test_compare_reuses_finished_rows_keeps_seed_counts_apart_and_overwrite_retr
     two = json.loads((folder / "compare-seeds2.json").read_text())
     assert two["seeds"] == [0, 1] and [r["seeds"] for r in two["rows"]] == [[0, 1]]
     assert (folder / "compare.json").read_bytes() == first
+    rc, _, err = run_cli(["claims", folder], capsys)  # two tables in the folder: name one
+    assert_one_line_error(rc, err, "compare-seeds2.json", "name the file")
+    assert run_cli(["claims", folder / "compare-seeds2.json"], capsys)[0] == 0
     row = folder / "lora-r2" / f"lr{MICRO.peft_lr!r}" / "seed0"
     stamp = (row / "result.json").stat().st_mtime_ns
     rc, _, err = run_cli(args + ["--overwrite"], capsys)

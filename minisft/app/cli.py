@@ -241,7 +241,8 @@ def parser():
                         description="Print each paper's headline claim, the paired measurement on a comparison's "
                                     "test split and the verdict of the rule in minisft.app.claims, from a "
                                     "compare.json (or the folder holding it).")
-    cl.add_argument("path", type=path_text, metavar="PATH", help="compare.json, or the folder `minisft compare` printed")
+    cl.add_argument("path", type=path_text, metavar="PATH", help="compare.json (compare-seeds<K>.json for K seeds), or "
+                    "the folder `minisft compare` printed when it holds one table")
     cl.add_argument("--markdown", action="store_true", help="print the claims as a Markdown table")
     from ..methods import config
     from ..methods.adapeft import AdaPEFTConfig
@@ -521,8 +522,14 @@ def claims(args):
     from .claims import evaluate_claims, format_claims
 
     path = Path(args.path)
+    if path.is_dir():  # the folder of one table: compare.json, or compare-seeds<K>.json (compare.compare_files)
+        tables = sorted(p.name for p in path.glob("compare*.json") if not p.name.endswith("-timings.json"))
+        if len(tables) != 1:
+            raise CliError("PATH", args.path, f"a compare table, or a folder holding one (it holds {tables or 'none'}: "
+                           "name the file)")
+        path = path / tables[0]
     with option("PATH", args.path):
-        compared = read_json(path / "compare.json" if path.is_dir() else path)
+        compared = read_json(path)
     try:
         print(format_claims(evaluate_claims(compared), markdown=args.markdown))
     except (KeyError, TypeError) as e:

@@ -27,10 +27,11 @@ timeout "$LEFT" python3 -m minisft compare --preset study --seeds 3 --tf32 --bac
 RC=$?
 stamp "compare rc=$RC"
 if [ $RC = 0 ]; then
-  python3 -m minisft claims "$WORK"/runs/study-prose/compare.json --markdown > "$OUT/study-claims.md"
-  cp "$WORK"/runs/study-prose/compare.json "$OUT/study-compare.json"
-  cp "$WORK"/runs/study-prose/compare-timings.json "$OUT/study-compare-timings.json"
-  cp "$WORK"/runs/study-prose/compare.png "$OUT/study-compare.png" 2>/dev/null
+  # a table of 3 seeds is compare-seeds3.* (tables of other seed counts never share a file)
+  python3 -m minisft claims "$WORK"/runs/study-prose/compare-seeds3.json --markdown > "$OUT/study-claims.md"
+  cp "$WORK"/runs/study-prose/compare-seeds3.json "$OUT/study-compare.json"
+  cp "$WORK"/runs/study-prose/compare-seeds3-timings.json "$OUT/study-compare-timings.json"
+  cp "$WORK"/runs/study-prose/compare-seeds3.png "$OUT/study-compare.png" 2>/dev/null
 fi
 grep -E "phase|done in|pretrain|tokenizer" "$OUT/study-progress.txt" | tail -60 >> "$OUT/study-times.txt"
 wait

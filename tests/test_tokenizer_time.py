@@ -14,8 +14,6 @@ import textwrap
 
 import pytest
 
-from minisft.data.corpus import load_corpus
-
 SIZE = 2_000_000  # characters
 RATIO = 4.0
 TRAIN = """
@@ -29,7 +27,10 @@ TRAIN = """
 
 
 def _ordinary(n):
-    return _repeated("".join(load_corpus("prose").train_docs))(n)
+    """English prose: Python's documentation topics, repeated to n characters."""
+    from pydoc_data.topics import topics
+
+    return _repeated("".join(topics.values()))(n)
 
 
 def _repeated(unit):

@@ -101,10 +101,18 @@ def neg_log_prior_grad(theta, lam, var0, var1):
 
 
 def select_layers(importance, threshold):
-    """(n_layers,) importance -> sorted int64 tensor of kept layers: stable sort descending,
-    float64 cumsum of normalised importance, first position reaching the threshold."""
+    """(n_layers,) importance -> sorted int64 tensor of kept layers: stable sort descending, then the
+    shortest prefix whose share of the total reaches the threshold, in exact rational arithmetic
+    (the importances' binary values, the threshold read as its shortest decimal: a float cumulative
+    sum can fall short of the threshold by one rounding and keep one layer more)."""
     g = importance.double()
     order = torch.sort(g, descending=True, stable=True).indices
-    cum = torch.cumsum(g[order] / g.sum(), 0)
-    n_kept = int((cum < threshold).sum()) + 1
-    return torch.sort(order[: min(n_kept, g.numel())]).values
+    values = [Fraction(float(v)) for v in g[order]]
+    target = Fraction(repr(float(threshold))) * sum(values)
+    running, n_kept = Fraction(0), len(values)
+    for i, v in enumerate(values):
+        running += v
+        if running >= target:
+            n_kept = i + 1
+            break
+    return torch.sort(order[:n_kept]).values

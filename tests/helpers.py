@@ -7,8 +7,6 @@ import math
 
 import numpy as np
 
-import numpy as np
-
 from minisft.app.experiment import Preset
 from minisft.core import fastpath
 from minisft.core.backend import to_numpy
@@ -136,7 +134,7 @@ def with_preset(name, preset):
 _BUILT = {}
 
 
-def micro_workdir(tmp_path_factory, preset, capsys=None):
+def micro_workdir(tmp_path_factory, preset):
     """A workdir of `preset` (named "micro") holding its tokenizer, its base model and a finished
     4-step LoRA run (runs/micro-prose-steps4/lora/seed0, checkpoint every 2 steps), built once per
     session: copy it (copy_workdir) before changing anything in it."""

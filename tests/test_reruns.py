@@ -25,9 +25,8 @@ from minisft.app.adapeft_front import DEFAULTS, front_name
 from minisft.core.errors import MinisftError
 from minisft.methods import LoRAMethod
 from minisft.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.helpers import (assert_one_line_error, copy_workdir, micro_workdir, run_cli, tree,
-                           with_preset)
-from tests.helpers import MICRO, counter_task, tiny_gpt
+from tests.helpers import (MICRO, assert_one_line_error, copy_workdir, counter_task, micro_workdir, run_cli,
+                           tiny_gpt, tree)
 from tests.test_train import Killed, killed_after, run
 
 STEPS = 9  # the trainer-level runs: tests.test_train.run (LoRA, eval every 4, accumulation 2)

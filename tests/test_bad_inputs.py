@@ -38,6 +38,7 @@ import minisft.app.experiment as ex
 from minisft.data import batches, corpus, tokenizer
 from minisft.training import checkpoint, optim, train
 from minisft.methods import select as select_module
+import minisft.testing as mtesting
 from minisft.app import cli, experiment
 from minisft.core import config, fileio
 from minisft.model import interop
@@ -590,7 +591,8 @@ API = {
                             {"name": [Bad(n, "method") for n in ("nope", "", None, 3)]}),
     "importance.row_magnitude": (ms.importance.row_magnitude, lambda t: {"W": np.ones((3, 2))},
                                  {"W": [None, [[1.0]], np.ones(3), np.array([[1.0, NAN]]), np.array([[INF, 1.0]]),
-                                        np.ones((2, 2), int)], "p": [0, 3, 1.5, True, NAN]}),
+                                        np.ones((2, 2), int), np.full((2, 3), 1e200)],  # IM09: scores of inf
+                                  "p": [0, 3, 1.5, True, NAN]}),
     "importance.row_taylor": (ms.importance.row_taylor, lambda t: {"W": np.ones((3, 2)), "G": np.ones((3, 2))},
                               {"W": [np.array([[NAN, 1], [1, 1], [1, 1]])],
                                "G": [np.ones((2, 2)), None, np.full((3, 2), INF)], "multivariable": ["yes", None, 1]}),
@@ -679,6 +681,12 @@ API.update({
                                    lambda t: {"model": _model()},
                                    {"model": [Bad(_lora_model(), "model")]}),  # AD06: prepared twice
     "memory.memory_report": (ms.memory.memory_report, lambda t: {"model": _model()}, {"model": [None, "m"]}),  # AD20
+    "testing.assert_close": (mtesting.assert_close,  # T13, T14 (a complex actual passed), T16
+                             lambda t: {"actual": np.ones(2), "expected": np.ones(2), "rtol": 0.0, "atol": 0.0},
+                             {"actual": [["a", "b"], np.array([1 + 1j, 1.0]), None], "expected": [{"x": 1}],
+                              "rtol": ["1e-3", None, True], "atol": ["0", None]}),
+    "testing.read_manifest": (mtesting.read_manifest, lambda t: {"directory": REPO / "tests" / "data" / "vectors"},
+                              {"directory": [Bad(None, "directory"), Bad(3, "directory"), Bad("", "directory")]}),  # T15
 })
 
 

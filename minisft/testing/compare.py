@@ -9,6 +9,8 @@ the two values there; for integers and masks the differing entries, and for a sh
 array (a selection: rows, layers, a subset) both index lists in full, also when the lengths differ.
 """
 
+import numbers
+
 import numpy as np
 
 from ..core.errors import bad_type, bad_value
@@ -18,6 +20,18 @@ SHOWN = 64  # a 1-D integer array up to this length is printed whole in a messag
 
 class VectorMismatch(AssertionError):
     """An implementation's tensor differs from a golden vector beyond the tolerance."""
+
+
+def _real_array(arg, value):
+    """`value` as a NumPy array of reals or bools: strings, objects and complex numbers (whose
+    imaginary part a float comparison would drop) are refused."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise bad_type(arg, value, f"an array of real numbers ({e})") from None
+    if a.dtype.kind not in "biuf":
+        raise bad_type(arg, value, f"an array of real numbers or bools (got dtype {a.dtype})")
+    return a
 
 
 def _index(flat, shape):
@@ -47,7 +61,10 @@ def assert_close(actual, expected, rtol, atol, name="tensor"):
     The message names the tensor, the shapes, the largest absolute and relative error with the
     index where each occurs (and both values there), and how many entries fail; for integer
     arrays and masks, the differing entries with both values (short 1-D ones in full)."""
-    a, e = np.asarray(actual), np.asarray(expected)
+    a, e = _real_array("actual", actual), _real_array("expected", expected)
+    for arg, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+            raise bad_type(arg, tol, "a real number")
     if a.shape != e.shape:
         hint = ""
         if a.ndim == 2 and a.shape == e.shape[::-1]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..core.errors import CorruptFileError, MinisftError, bad_type, bad_value
+from ..core.fileio import as_path
 from .compare import VectorMismatch, assert_close
 
 SCHEMA_VERSION = 2
@@ -15,7 +16,7 @@ ROLES = ("input", "expected")
 
 def read_manifest(directory):
     """The manifest.json of a suite folder as a dict; a clear error for a missing, foreign or older one."""
-    path = Path(directory) / MANIFEST
+    path = as_path("directory", directory) / MANIFEST
     if not path.is_file():
         raise MinisftError(f"directory={str(directory)!r}: expected a vector suite folder with {MANIFEST} "
                            "(write one with `minisft vectors --out DIR`)")

@@ -4,7 +4,6 @@ against an emulated column-major cuBLAS GEMM, and flash attention's choice of ke
 shared memory (variant, shared_bytes, supported) against the kernels' own source."""
 
 import ctypes
-import math
 import re
 import sys
 from types import SimpleNamespace

@@ -22,7 +22,6 @@ from safetensors.numpy import load_file, save_file
 
 import minisft as ms
 import minisft.testing as mt
-from minisft.app.cli import main
 from minisft.core.errors import CorruptFileError
 
 REPO = Path(__file__).resolve().parents[1]

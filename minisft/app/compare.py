@@ -196,9 +196,10 @@ def _run_jobs(jobs, preset, workdir, data, backend, dtype, seed, progress, comm,
     done = []
     for j in mine:
         label, name, options, overrides, lr, s = jobs[j]
+        started = ex.run_dir(workdir, preset, data, label, s, seed, lr, dtype).exists()  # else a fresh run
         _, r = ex.finetune(preset, workdir, data, build_method(name, options, preset), label, backend, dtype, s,
-                           resume=not overwrite, progress=progress, lr=lr, base_seed=seed, train_overrides=overrides,
-                           base=base, overwrite=overwrite)
+                           resume=started and not overwrite, progress=progress, lr=lr, base_seed=seed,
+                           train_overrides=overrides, base=base, overwrite=overwrite)
         key = f"{label}:lr{lr!r}:seed{s}"
         timing = {key: r["ms_per_step"]}
         timing.update({f"{key}:{k}": v for k, v in r["report"].items() if k.endswith("ms_per_step")})

@@ -7,6 +7,7 @@ import functools
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +112,14 @@ def test_every_cited_test_id_resolves_and_runs_by_default(page):
         slow = [n for n in hits if any("mark.slow" in d for d in names[n])]
         assert not slow or "pytest -m slow" in before, \
             f"{page}: {path}::{name} backs a claim but is marked slow (CI never runs it): {slow}"
+
+
+def test_the_readme_usage_block_runs():
+    """The README's Python example runs as written and gives a finite loss with a gradient for
+    every parameter."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert np.isfinite(float(scope["loss"])) and set(scope["grads"]) == set(scope["model"].params)
+    assert scope["method"].name == "spruft"

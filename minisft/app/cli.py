@@ -47,8 +47,9 @@ from ..core.errors import MinisftError
 from ..distributed.rank_threads import share_cores
 
 DEFAULT_WORKDIR = "minisft-work"
-PRESET_HELP = ("tiny: 2 layers, width 64 (CPU tests, seconds); small: 4 layers, width 128 (the README's "
-               "table, minutes on a CPU); gpt2: GPT-2 124M shapes (a GPU)")
+PRESET_HELP = ("tiny: 2 layers, width 64 (CPU tests, seconds); small: 4 layers, width 128 (the main job, "
+               "minutes on a CPU); study: 6 layers, width 384, T 256, learning-rate grids (the study, a GPU); "
+               "gpt2: GPT-2 124M shapes (a GPU)")
 INT64_MAX = 2**63 - 1
 
 
@@ -175,14 +176,15 @@ def _common(p, fine_tuning=True):
     p.add_argument("--workdir", type=path_text, default=DEFAULT_WORKDIR, help="where caches, runs and results go")
     p.add_argument("--data", nargs="+", type=path_text, metavar="PATH",
                    help="your own text files or folders (*.txt, *.md, *.py, *.rst) as the target domain instead of "
-                        "the standard library's docs; they also train the tokenizer, so a new base model is "
+                        "the standard library's prose; they also train the tokenizer, so a new base model is "
                         "pretrained (once, then cached); tables name the column after the first path")
     p.add_argument("--encoding", type=encoding_text, default="utf-8",
                    help="the text encoding of --data files (decoded strictly: a byte that is not valid is an error)")
     if fine_tuning:
         p.add_argument("--steps", type=positive_int, help="fine-tuning steps (default: the preset's)")
         p.add_argument("--lr", type=positive_float, help="fine-tuning learning rate (default: the preset's "
-                       "finetune_lr for methods that train base tensors, peft_lr for adapter methods)")
+                       "finetune_lr for methods that train base tensors, peft_lr for adapter methods; compare: "
+                       "one rate for every row instead of the preset's grids)")
     p.add_argument("--tf32", action="store_true", help="float32 products on TF32 tensor cores (a GPU of compute "
                    "capability >= 8.0): CuPy's matrix products and minisft's attention tiles (sets CUPY_TF32=1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (notes still print)")

@@ -30,7 +30,6 @@ torch, or outside a checkout, it prints one line saying what to do.
 """
 
 import argparse
-import codecs
 import contextlib
 import importlib.machinery
 import importlib.util
@@ -131,15 +130,12 @@ def name_text(text):
 
 
 def encoding_text(text):
+    from ..core.fileio import text_codec
+
     try:
-        name = codecs.lookup(text).name
-        b"\0\0\0\0".decode(name)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13: LookupError
-    except UnicodeError:
-        pass  # a text encoding (these bytes need not be valid in it)
-    except LookupError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a text encoding Python knows, such as utf-8 "
-                                         "or latin-1 (not a bytes-to-bytes codec such as zlib or base64)") from None
-    return name
+        return text_codec("--encoding", text)
+    except MinisftError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {e.expected}") from None
 
 
 def grid_entry(text):

@@ -44,6 +44,7 @@ Choices:
   never a way to truncate another file.
 """
 
+import codecs
 import contextlib
 import ctypes
 import errno
@@ -199,6 +200,22 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"type {type(obj).__name__} is not JSON serialisable")
+
+
+def text_codec(arg, name):
+    """The canonical name of the text encoding `name` (codecs.lookup); an error naming `arg` for an
+    unknown codec or a bytes-to-bytes one (zlib, base64, hex, rot13), which decodes no text."""
+    if not isinstance(name, str):
+        raise bad_type(arg, name, 'a codec name such as "utf-8" or "latin-1"')
+    try:
+        canonical = codecs.lookup(name).name
+        b"\0\0\0\0".decode(canonical)  # a bytes-to-bytes codec or rot13: LookupError
+    except UnicodeError:
+        pass  # a text encoding (these bytes need not be valid in it)
+    except LookupError:
+        raise bad_value(arg, name, 'a text encoding Python knows, such as "utf-8" or "latin-1" (not a '
+                        'bytes-to-bytes codec such as zlib or base64)') from None
+    return canonical
 
 
 def atomic_write_json(path, obj, indent=2):

@@ -42,7 +42,6 @@ Choices:
   split share cached artefacts whatever settings produced them.
 """
 
-import codecs
 import functools
 import hashlib
 import os
@@ -50,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import bad_type, bad_value, positive_int, ratio_in, require
-from ..core.fileio import MAX_FILE_BYTES, bad_path, read_regular_file
+from ..core.fileio import MAX_FILE_BYTES, bad_path, read_regular_file, text_codec
 from ..core.progress import note
 from . import stdlib
 
@@ -222,16 +221,7 @@ def load_corpus(source, max_chars=None, val_fraction=0.1, test_fraction=0.1, suf
             f"less than 1 - val_fraction = {1 - val_fraction} (some documents must train)")
     if isinstance(suffixes, str) or not suffixes or not all(isinstance(s, str) and s.startswith(".") for s in suffixes):
         raise bad_value("suffixes", suffixes, 'a non-empty list of file suffixes such as ".txt"')
-    if not isinstance(encoding, str):
-        raise bad_type("encoding", encoding, 'a codec name such as "utf-8" or "latin-1"')
-    try:
-        encoding = codecs.lookup(encoding).name
-        b"\0\0\0\0".decode(encoding)  # a bytes-to-bytes codec (zlib, base64, hex) or rot13: LookupError
-    except UnicodeError:
-        pass  # a text encoding (these bytes need not be valid in it)
-    except LookupError:
-        raise bad_value("encoding", encoding, 'a text encoding Python knows, such as "utf-8" or "latin-1" (not a '
-                        'bytes-to-bytes codec such as zlib or base64)') from None
+    encoding = text_codec("encoding", encoding)
     max_file_bytes = positive_int("max_file_bytes", max_file_bytes)
     if isinstance(source, str) and source in EMBEDDED:
         entries, origin = EMBEDDED[source]()

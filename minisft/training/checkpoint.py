@@ -65,24 +65,38 @@ def save_checkpoint(path, arrays, meta):
     return atomic_write_bytes(path, safetensors_bytes(host, metadata=header))
 
 
-def load_checkpoint(path):
-    """(arrays {name: numpy array}, meta dict) from a checkpoint written by save_checkpoint, after
-    checking its checksum."""
+def _read(path, tensors):
+    """(header metadata, {name: array} or None) of the safetensors file at `path`, its tensors read
+    when `tensors`; CheckpointError naming the file when it is missing or not a complete file."""
     path = as_path("checkpoint", path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint={str(path)!r}: expected an existing checkpoint file")
     try:
         with safe_open(str(path), framework="numpy") as f:
-            header = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+            return path, f.metadata() or {}, ({k: f.get_tensor(k) for k in f.keys()} if tensors else None)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint={str(path)!r}: expected a complete safetensors file ({e})") from None
-    if header.get(META_KEY) is None or header.get(DIGEST_KEY) is None:
-        raise CheckpointError(f"checkpoint={str(path)!r}: expected minisft metadata and a checksum in the file header")
+
+
+def _meta(path, header):
+    """The JSON object of minisft metadata in a checkpoint's header."""
     try:
         meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint={str(path)!r}: metadata is not valid JSON ({e})") from None
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected minisft metadata as JSON in the file header "
+                              f"({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected a JSON object of metadata")
+    return meta
+
+
+def load_checkpoint(path):
+    """(arrays {name: numpy array}, meta dict) from a checkpoint written by save_checkpoint, after
+    checking its checksum."""
+    path, header, arrays = _read(path, tensors=True)
+    if header.get(DIGEST_KEY) is None:
+        raise CheckpointError(f"checkpoint={str(path)!r}: expected minisft metadata and a checksum in the file header")
+    meta = _meta(path, header)
     if arrays_digest(arrays, meta) != header[DIGEST_KEY]:
         raise CheckpointError(f"checkpoint={str(path)!r}: its content does not match its checksum: expected an "
                               "unmodified file (it was damaged or edited)")
@@ -92,18 +106,8 @@ def load_checkpoint(path):
 def checkpoint_meta(path):
     """The metadata of the checkpoint at `path`, read from its header only: its arrays are neither
     read nor checked (load_checkpoint does both). CheckpointError when there is no readable header."""
-    path = as_path("checkpoint", path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint={str(path)!r}: expected an existing checkpoint file")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            header = f.metadata() or {}
-        meta = json.loads(header[META_KEY])
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint={str(path)!r}: expected a complete minisft safetensors file ({e})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint={str(path)!r}: expected a JSON object of metadata")
-    return meta
+    path, header, _ = _read(path, tensors=False)
+    return _meta(path, header)
 
 
 def check_arrays(path, what, arrays, expected):

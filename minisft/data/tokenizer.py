@@ -27,7 +27,7 @@ Choices:
 - Determinism: the BPE trainer of `tokenizers` picks the most frequent pair and breaks count ties
   by the pair's symbol ids, and the byte alphabet's ids are assigned in sorted order, so the same
   documents give the same merges whatever the thread count (RAYON_NUM_THREADS) or the process's
-  hash seeds. (The known nondeterminism of `tokenizers`, issue #1794, comes from
+  hash seeds. (The known nondeterminism of the `tokenizers` library (its tracker, #1794) comes from
   continuing-subword prefixes, which this recipe does not use.) tests/test_data.py checks it by
   training in a second process with one thread and comparing the JSON byte for byte.
 - Ids are returned as int32 NumPy arrays (token streams are long; batches widen to int64).

@@ -4,6 +4,9 @@
 #
 #   OUT=results [TESTS=1] [SECONDS_LEFT=570] bash reference_models/bench/gpu_study.sh
 #
+# (PRESET, BACKEND, EXTRA and STEPS change the preset, the backend, the extra options and the
+# fine-tuning steps: PRESET=tiny BACKEND=numpy EXTRA= STEPS=5 rehearses it on a CPU.)
+#
 # The base model is pretrained once (`minisft pretrain --preset study --tf32`), then the rows run as
 # three `minisft compare --preset study --seeds 3 --tf32 --only ...` processes side by side on the
 # one GPU (each in a copy of the work folder: an experiment folder takes one compare at a time), and
@@ -15,9 +18,10 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to a folder for the logs}
 WORK=${WORK:-/tmp/minisft-study}
 BUDGET=${SECONDS_LEFT:-570}
-COMMON="--preset study --tf32 --backend cupy --quiet"
-ROWS=("full lora-r8 lora-r4 spruft loradrop-r8 gmt-d0.2"
-      "adapeft-r8 adapeft-r8-probe32 gmt-d0.5 mgpp-s80 magprune-s80"
+PRESET=${PRESET:-study}
+COMMON="--preset $PRESET --backend ${BACKEND:-cupy} ${EXTRA:---tf32} --quiet"
+ROWS=("full lora spruft loradrop gmt-d0.2"
+      "adapeft gmt-d0.5 mgpp-s80 magprune-s80"
       "mgpp-s90 mgpp-s95 mgpp-s90-anneal magprune-s90 magprune-s95")
 mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
@@ -34,19 +38,20 @@ stamp "pretrained: $(tail -1 "$OUT/study-pretrain.txt")"
 for i in 1 2; do [ -d "$WORK/$i" ] || cp -a "$WORK/0" "$WORK/$i"; done
 PARTS=()
 for i in 0 1 2; do
-  ( timeout "$(left)" python3 -m minisft compare $COMMON --seeds 3 --workdir "$WORK/$i" --only ${ROWS[$i]} \
+  ( timeout "$(left)" python3 -m minisft compare $COMMON ${STEPS:+--steps $STEPS} --seeds 3 --workdir "$WORK/$i" --only ${ROWS[$i]} \
       > "$OUT/study-part$i.txt" 2>&1; echo "rc=$?" >> "$OUT/study-part$i.txt" ) &
   PARTS+=($!)
 done
 wait "${PARTS[@]}"
 for i in 0 1 2; do stamp "part $i: $(tail -1 "$OUT/study-part$i.txt")"; done
-EXP=runs/study-prose
+EXP=runs/$PRESET-prose${STEPS:+-steps$STEPS}
 for i in 1 2; do
   for run in "$WORK/$i/$EXP"/*/; do
     [ -d "$WORK/0/$EXP/$(basename "$run")" ] || cp -a "$run" "$WORK/0/$EXP/"
   done
 done
-timeout "$(left)" python3 -m minisft compare $COMMON --seeds 3 --workdir "$WORK/0" --markdown > "$OUT/study-compare.txt" 2>&1
+timeout "$(left)" python3 -m minisft compare $COMMON ${STEPS:+--steps $STEPS} --seeds 3 --workdir "$WORK/0" --markdown \
+  > "$OUT/study-compare.txt" 2>&1
 RC=$?
 stamp "compare of every row: rc=$RC"
 if [ $RC = 0 ]; then

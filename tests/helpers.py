@@ -263,15 +263,17 @@ def check_cross_entropy_exact(z, y, xp=np, kernel=False):
     assert err[worst] <= grad_bound, f"dz{worst}: relative error {err[worst]:.3e} > {grad_bound:.3e}"
 
 
-def check_gelu_exact(x, y, dydx):
+def check_gelu_exact(x, y, dydx, flush_to_zero=False):
     """GELU values y and derivatives dydx at x (host arrays of x's float dtype) against mpmath: within
     (8|u| + 8)·u_r of |y| and (8|u| + 12)·u_r of the sum of the derivative's two terms' magnitudes (u_r
     the rounding unit, u = √(2/π)(x + 0.044715x³)), plus 8|x| times the smallest normal number where the
-    exponential overflows and one subnormal step (proofs/gelu.md)."""
+    exponential overflows and one subnormal step; `flush_to_zero` (float32 arithmetic that reads and
+    writes subnormals as zero, as CuPy compiles its kernels) adds the smallest normal number
+    (proofs/gelu.md)."""
     import mpmath
 
     um, tiny = np.finfo(x.dtype).eps / 2, float(np.finfo(x.dtype).tiny)
-    sub = float(np.finfo(x.dtype).smallest_subnormal)
+    sub = float(np.finfo(x.dtype).smallest_subnormal) + (tiny if flush_to_zero and x.dtype == np.float32 else 0.0)
     with mpmath.workdps(50):
         k, a = mpmath.sqrt(2 / mpmath.pi), mpmath.mpf(0.044715)
         for xi, yi, gi in zip(x.reshape(-1), y.reshape(-1), dydx.reshape(-1)):

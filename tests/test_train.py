@@ -253,6 +253,19 @@ def test_every_run_saves_its_trained_tensors_a_merged_model_and_a_manifest(tmp_p
     assert manifest["minisft_version"] and "git_commit" in manifest and manifest["model"]["n_layer"] == 2
 
 
+def test_git_commit_is_the_head_of_the_checkout_holding_the_package():
+    """Every manifest and compare.json records the commit of the code that ran (None outside a checkout)."""
+    import subprocess
+    import minisft
+    from minisft.core.version import git_commit
+    checkout = Path(minisft.__file__).resolve().parents[1]
+    if not (checkout / ".git").exists():
+        pytest.skip("minisft is not imported from a git checkout here")
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit() is not None and git_commit().removesuffix("-dirty") == head
+
+
 def test_default_checkpoints_cost_at_most_one_percent_of_the_training_time():
     """The default policy, driven by synthetic timings (steps of 0.1 s; writes of 1 s, then 0.2 s):
     after the first checkpoint (at 5% of the steps) the time spent writing is at most 1% of the

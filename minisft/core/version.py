@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 def git_commit():
     """The commit (40 hex digits) of the checkout holding this package, or None when it is not in
     a git checkout or git is missing. A working tree with uncommitted changes gets "-dirty"."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # minisft/core/version.py -> the checkout
     if not (root / ".git").exists():
         return None
     try:

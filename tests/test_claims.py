@@ -164,3 +164,32 @@ def test_the_markdown_table_has_one_line_per_claim_with_its_verdict():
         assert line.endswith(f"| {claim['verdict']} |") and f"{claim['row']} − {claim['baseline']}" in line
         m = claim["measured"]
         assert f"{m['mean']:+.4f} ± {m['sd']:.4f} [{m['low']:+.4f}, {m['high']:+.4f}]" in line
+
+
+def test_the_readme_s_study_table_is_the_kept_comparison_recomputed():
+    """Every claim row of the README's study table (row − baseline, Δ and its interval, verdict) equals
+    the oracle's recomputation from the per-seed test losses of the raw compare.json it cites, and
+    every claim of that comparison has its row."""
+    import json
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    (cited,) = set(re.findall(r"\(docs/results/(study-[\w.-]+\.json)\)", readme))
+    compared = json.loads((repo / "docs" / "results" / cited).read_text())
+    rows = {r["label"]: r for r in compared["rows"]}
+    table = {m.group(1, 2): m.group(3, 4, 5, 6) for m in re.finditer(
+        r"^\| [^|]+ \| ([\w.-]+) − ([\w.-]+) \| ([+-]\d\.\d{4}) \[([+-]\d\.\d{4}), ([+-]\d\.\d{4})\] \| ([a-z ]+) \|$",
+        readme, re.M)}
+    assert set(table) == {(c["row"], c["baseline"]) for c in compared["claims"]}
+    for claim in compared["claims"]:
+        a = [run["test"]["target"] for run in rows[claim["row"]]["runs"]]
+        b = [run["test"]["target"] for run in rows[claim["baseline"]]["runs"]]
+        verdict, (low, high) = oracle(claim["kind"], a, b, float(np.mean(b)))
+        if claim["row"].startswith("spruft"):  # its second condition: a lower peak memory than LoRA's
+            peak = [sum(v for k, v in rows[x]["memory"].items() if k != "total") for x in (claim["row"], claim["baseline"])]
+            verdict = verdict if peak[0] < peak[1] else NOT
+        mean, shown_low, shown_high, shown = table[claim["row"], claim["baseline"]]
+        assert (mean, shown_low, shown_high) == tuple(f"{v:+.4f}" for v in (np.mean(np.subtract(a, b)), low, high))
+        assert shown == verdict, (claim["row"], shown, verdict)

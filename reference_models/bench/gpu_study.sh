@@ -11,7 +11,8 @@
 # three `minisft compare --preset study --seeds 3 --tf32 --only ...` processes side by side on the
 # one GPU (each in a copy of the work folder: an experiment folder takes one compare at a time), and
 # a last `minisft compare` in the first folder, holding every row's runs, reads them back and writes
-# the table, the claims and the plot. TESTS=1 also runs `pytest -m gpu` alongside. Wall times go to
+# the table, the claims and the plot (the three print their progress, so a piece cut by the time limit
+# shows how far it got). TESTS=1 also runs `pytest -m gpu` alongside. Wall times go to
 # $OUT/study-times.txt.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -38,7 +39,7 @@ stamp "pretrained: $(tail -1 "$OUT/study-pretrain.txt")"
 for i in 1 2; do [ -d "$WORK/$i" ] || cp -a "$WORK/0" "$WORK/$i"; done
 PARTS=()
 for i in 0 1 2; do
-  ( timeout "$(left)" python3 -m minisft compare $COMMON ${STEPS:+--steps $STEPS} --seeds 3 --workdir "$WORK/$i" --only ${ROWS[$i]} \
+  ( timeout "$(left)" python3 -m minisft compare ${COMMON/--quiet/} ${STEPS:+--steps $STEPS} --seeds 3 --workdir "$WORK/$i" --only ${ROWS[$i]} \
       > "$OUT/study-part$i.txt" 2>&1; echo "rc=$?" >> "$OUT/study-part$i.txt" ) &
   PARTS+=($!)
 done

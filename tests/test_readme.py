@@ -123,3 +123,15 @@ def test_the_readme_usage_block_runs():
     exec(compile(block, "README.md", "exec"), scope)
     assert np.isfinite(float(scope["loss"])) and set(scope["grads"]) == set(scope["model"].params)
     assert scope["method"].name == "spruft"
+
+
+def test_every_results_file_is_cited_by_a_page():
+    """docs/results/ holds only measured data that the README, a docs/ page or a proof cites (by name
+    or by a glob such as `run*.json`)."""
+    from fnmatch import fnmatchcase
+
+    pages = PAGES + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proofs").glob("*.md"))
+    cited = [name for page in pages for name in re.findall(r"results/([\w.*-]+)", (ROOT / page).read_text())]
+    kept = sorted(p.name for p in (ROOT / "docs" / "results").iterdir())
+    uncited = [name for name in kept if not any(fnmatchcase(name, ref) for ref in cited)]
+    assert kept and not uncited, f"files in docs/results/ that no page cites: {uncited}"

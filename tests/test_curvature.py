@@ -111,6 +111,7 @@ def quadratic_case(xp, seed, curvature=1.0, cubic=0.0):
 
 
 @given(seed=st.integers(0, 10**6), eta=st.floats(1e-2, 0.5))
+@example(seed=23432, eta=0.23777060374252587)  # found with HYPOTHESIS_PROFILE=dev
 @settings(max_examples=15, suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture])
 def test_group_influence_on_an_exact_quadratic(xp, seed, eta):
     """b_k = g_kᵀd_k and a_k = d_kᵀQ_kk d_k in closed form: "gen" recovers them within the rounding
@@ -139,7 +140,10 @@ def test_group_influence_on_an_exact_quadratic(xp, seed, eta):
             assert abs(e["a"] - a) <= tol_a, (estimator, e["group"], e["a"], a, tol_a)
             assert abs(e["b"] - b) <= tol_b, (estimator, e["group"], e["b"], b, tol_b)
             if e["valid"]:
-                assert e["influence"] == e["b"] ** 2 / (2 * e["a"]) and e["ppi"] == e["influence"] / e["n"]
+                # b² / 2a to a few rounding units (Python's b ** 2 goes through pow(), which may differ from
+                # b · b in the last bit: seed 23432)
+                assert math.isclose(e["influence"], e["b"] ** 2 / (2 * e["a"]), rel_tol=4 * U, abs_tol=0.0)
+                assert e["ppi"] == e["influence"] / e["n"]
     assert all(np.array_equal(to_numpy(params[k]), v) for k, v in before.items())
 
 

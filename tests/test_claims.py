@@ -60,7 +60,7 @@ def comparison(shift):
             row("adapeft-r8-probe32", "adapeft", losses("adapeft-r8-probe32"), report={"chosen": {"groups": ["b", "c"]}}),
             row("gmt-d0.2", "gmt", losses("gmt-d0.2")), row("gmt-d0.5", "gmt", losses("gmt-d0.5")),
             *[row(f"mgpp-s{s}{x}", "mgpp", losses(f"mgpp-s{s}{x}"), report=PRUNE_REPORT, sparsity=s / 100)
-              for s, x in ((80, ""), (90, ""), (95, ""), (90, "-anneal"))],
+              for s, x in ((80, ""), (90, ""), (95, ""), (90, "-anneal"), (90, "-reach"))],
             *[row(f"magprune-s{s}", "magprune", losses(f"magprune-s{s}"), report={"regrown": 3}, sparsity=s / 100)
               for s in (80, 90, 95)]]
     return {"preset": {"lora_r": 8}, "rows": rows}
@@ -81,7 +81,7 @@ def test_every_claim_cell_equals_the_oracle():
     compared = comparison(SHIFTS)
     rows = {r["label"]: r for r in compared["rows"]}
     got = cl.evaluate_claims(compared)
-    assert len(got) == len(cl.claims_for(8)) == 11
+    assert len(got) == len(cl.claims_for(8)) == 12
     seen = set()
     for claim in got:
         a = [run["test"]["target"] for run in rows[claim["row"]]["runs"]]

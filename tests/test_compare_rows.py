@@ -7,6 +7,7 @@ import pytest
 
 import minisft.app.compare as cmp
 from minisft.app import experiment as ex
+from minisft.app.claims import prior_reach
 from minisft.methods import make_method
 from minisft.methods.mgpp import MGPP, MagnitudePruning
 from minisft.methods.spruft import SPruFT
@@ -48,6 +49,12 @@ def test_rows_follow_the_authors_settings():
     (an, ao, ax) = table["mgpp-s90-anneal"]
     annealed = cmp.build_method(an, ao, p).config
     assert (annealed.lam, annealed.lam_final, ax) == (0.1, 1e-4, decay)  # PTMGP's annealing
+    (rn, ro, rx) = table["mgpp-s90-reach"]
+    reach = cmp.build_method(rn, ro, p).config
+    assert (reach.var0, reach.var1, reach.lam, reach.final_sparsity, rx) == (1e-5, 0.05, 1e-3, 0.9, decay)
+    assert ro == {**table["mgpp-s90"][1], "var0": 1e-5}  # only v0 differs from the authors' row
+    assert prior_reach({"n_train": 1, "lam": reach.lam, "var0": reach.var0, "var1": reach.var1})["spike_reach"] == \
+        pytest.approx(0.015, abs=5e-4)  # the reach the constant's comment states
     study = rows(ex.PRESETS["study"])
     assert {k: v[1].get("every") for k, v in study.items() if v[0] in ("mgpp", "magprune")} == \
         dict.fromkeys([k for k, v in study.items() if v[0] in ("mgpp", "magprune")], 10)

@@ -5,8 +5,9 @@ Protocol (what a careful paper runs; decisions: proofs/decisions.md §compare):
   LoRA-drop keeps), SPruFT at LoRA's exact trainable count, LoRA-drop at rank r, AdaPEFT at LoRA's
   count with its probe at two horizons (P and 4P steps: the transfer across training horizons), GMT
   at drop ratios 0.2 and 0.5, MGPP and cubic magnitude pruning on the same schedule at 80%, 90% and
-  95% sparsity (MGPP with λ constant and with PTMGP's annealing 0.1 → 1e-4 at 90%). Method options
-  are the methods' defaults (the authors' where they released code) unless a row says otherwise.
+  95% sparsity (MGPP with λ constant and with PTMGP's annealing 0.1 → 1e-4 at 90%, and at 90% with
+  minisft's v0 = MGPP_REACH_VAR0, where the prior acts). Method options are the methods' defaults
+  (the authors' where they released code) unless a row says otherwise.
 - **The same token budget**: every row takes the preset's steps of the preset's batch (GMT in
   micro-batches of the same total: its Γ is averaged over GMT_MICRO_BATCHES of them, as the paper
   accumulates). Probes and calibration (SPruFT, LoRA-drop, AdaPEFT) read training batches before.
@@ -60,6 +61,11 @@ from . import experiment as ex
 
 GMT_MICRO_BATCHES = 4  # N: compare's GMT rows take the mask on Γ averaged over N micro-batches
 ADAPEFT_PROBE_STEPS = 8  # P: AdaPEFT's probe horizon (its default); the transfer row probes 4P
+# v0 of the row "mgpp-s90-reach", minisft's setting where MGPP's prior acts: the spike's reach
+# (claims.prior_reach: |θ*| = 0.015 with λ = 1e-3, v1 = 0.05) at about the median |θ| of a
+# GPT-2-style model's prunable weights (0.016 on the small preset's base), where the authors' v0 =
+# 1e-10 reaches 5.8e-5 (proofs/decisions.md §compare)
+MGPP_REACH_VAR0 = 1e-5
 FAMILIES = ("full", "peft")  # methods that train base tensors; adapter methods
 
 
@@ -92,6 +98,7 @@ def compare_runs(preset):
         ("gmt-d0.5", "gmt", {"drop_ratio": 0.5}, micro),
         *[(f"mgpp-s{round(100 * s)}", "mgpp", {"final_sparsity": s, **every}, pruning) for s in (0.8, 0.9, 0.95)],
         ("mgpp-s90-anneal", "mgpp", {"final_sparsity": 0.9, "lam": 0.1, "lam_final": 1e-4, **every}, pruning),
+        ("mgpp-s90-reach", "mgpp", {"final_sparsity": 0.9, "var0": MGPP_REACH_VAR0, **every}, pruning),
         *[(f"magprune-s{round(100 * s)}", "magprune", {"final_sparsity": s, **every}, pruning) for s in (0.8, 0.9, 0.95)],
     ]
 

@@ -22,7 +22,7 @@ BUDGET=${SECONDS_LEFT:-570}
 PRESET=${PRESET:-study}
 COMMON="--preset $PRESET --backend ${BACKEND:-cupy} ${EXTRA:---tf32} --quiet"
 ROWS=("full lora spruft loradrop gmt-d0.2"
-      "adapeft gmt-d0.5 mgpp-s80 magprune-s80"
+      "adapeft gmt-d0.5 mgpp-s80 magprune-s80 mgpp-s90-reach"
       "mgpp-s90 mgpp-s95 mgpp-s90-anneal magprune-s90 magprune-s95")
 mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)

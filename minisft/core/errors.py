@@ -129,17 +129,19 @@ def boolean(arg, value):
     return bool(value)
 
 
-def numeric_array(arg, value):
+def numeric_array(arg, value, bools=False, finite=True):
     """`value` as a NumPy array (a NumPy/CuPy array or a nested list as given) after checking it
-    holds finite real numbers (no strings, objects, NaN or infinities)."""
+    holds real numbers (no strings, objects or complex numbers), and bools only with `bools`; with
+    `finite` (the default) no NaN or infinities either."""
     host = value.get() if hasattr(value, "get") and not isinstance(value, (np.ndarray, dict)) else value
+    what = "an array of real numbers" + (" or bools" if bools else "")
     try:
         a = np.asarray(host)
     except (TypeError, ValueError) as e:
-        raise bad_type(arg, value, f"an array of real numbers ({e})") from None
-    if a.dtype.kind not in "iuf":
-        raise bad_type(arg, value, f"an array of real numbers (got dtype {a.dtype})")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise bad_type(arg, value, f"{what} ({e})") from None
+    if a.dtype.kind not in ("biuf" if bools else "iuf"):
+        raise bad_type(arg, value, f"{what} (got dtype {a.dtype})")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise bad_value(arg, "an array with NaN or infinite entries", "finite values")
     return a
 

@@ -13,25 +13,13 @@ import numbers
 
 import numpy as np
 
-from ..core.errors import bad_type, bad_value
+from ..core.errors import bad_type, bad_value, numeric_array
 
 SHOWN = 64  # a 1-D integer array up to this length is printed whole in a message
 
 
 class VectorMismatch(AssertionError):
     """An implementation's tensor differs from a golden vector beyond the tolerance."""
-
-
-def _real_array(arg, value):
-    """`value` as a NumPy array of reals or bools: strings, objects and complex numbers (whose
-    imaginary part a float comparison would drop) are refused."""
-    try:
-        a = np.asarray(value)
-    except (TypeError, ValueError) as e:
-        raise bad_type(arg, value, f"an array of real numbers ({e})") from None
-    if a.dtype.kind not in "biuf":
-        raise bad_type(arg, value, f"an array of real numbers or bools (got dtype {a.dtype})")
-    return a
 
 
 def _index(flat, shape):
@@ -61,7 +49,7 @@ def assert_close(actual, expected, rtol, atol, name="tensor"):
     The message names the tensor, the shapes, the largest absolute and relative error with the
     index where each occurs (and both values there), and how many entries fail; for integer
     arrays and masks, the differing entries with both values (short 1-D ones in full)."""
-    a, e = _real_array("actual", actual), _real_array("expected", expected)
+    a, e = (numeric_array(arg, v, bools=True, finite=False) for arg, v in (("actual", actual), ("expected", expected)))
     for arg, tol in (("rtol", rtol), ("atol", atol)):
         if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
             raise bad_type(arg, tol, "a real number")

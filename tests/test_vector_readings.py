@@ -137,26 +137,18 @@ def spruft_global_ties(case, wrong):
 
 
 def spruft_obd(case, wrong):
-    """OBD scores with F from each sequence's gradient of l_bs / (B T) (right) or of l_bs / T (wrong),
-    by autograd on a TorchGPT, one sequence at a time."""
+    """OBD scores Σ_j W² F, F the mean squared gradient of each sequence's l_s / (B T) (right: the PyTorch
+    twin's reference_models.spruft.mean_squared_sample_gradients) or of l_s / T (wrong: B² times it)."""
+    from reference_models.spruft import mean_squared_sample_gradients
+
     layers = case.settings["layers"]
     twin = twins.torch_model(case.inputs("params/"), twins.config_of(case))
-    weights = {n: twin.get_submodule(n).weight for n in layers}
-    total = {n: torch.zeros_like(w) for n, w in weights.items()}
-    count = 0
-    for x, y in zip(case["calib/x"], case["calib/y"]):
-        B, T = x.shape
-        for s in range(B):
-            for w in weights.values():
-                w.requires_grad_(True)
-                w.grad = None
-            logits = twin(twins.tensor(x[s: s + 1]))[0]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(T, -1), twins.tensor(y[s]), reduction="sum")
-            (loss / (T if wrong else B * T)).backward()
-            for n, w in weights.items():
-                total[n] += w.grad ** 2
-            count += 1
-    return {f"obd/scores/{n}": (weights[n].detach() ** 2 * total[n] / count).sum(1).numpy() for n in layers}
+    batches = list(zip(case["calib/x"], case["calib/y"]))
+    (B,) = {x.shape[0] for x, _ in batches}
+    F = mean_squared_sample_gradients(twin, layers, batches)
+    scale = B * B if wrong else 1
+    return {f"obd/scores/{n}": (twin.get_submodule(n).weight.detach() ** 2 * F[n] * scale).sum(1).numpy()
+            for n in layers}
 
 
 # ------------------------------------------------------------------------------------ AdaPEFT
